@@ -1,0 +1,206 @@
+"""The manifest: one row per image, the only thing stages downstream of the adapters read.
+
+Contract (DESIGN.md §2): image_id, uri, dataset, patient_id, exam_id, laterality (L/R),
+view (CC/MLO/other), birads (normalised string or null), label (0/1 or null), pathology.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import pandas as pd
+import pyarrow as pa
+
+from mammo_ray import storage
+from mammo_ray.errors import ManifestError
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("exam_id", pa.string()),
+        pa.field("laterality", pa.string()),
+        pa.field("view", pa.string()),
+        pa.field("birads", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("pathology", pa.string()),
+    ]
+)
+MANIFEST_COLUMNS: list[str] = MANIFEST_SCHEMA.names
+
+BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6")
+# The binary task of the paper: {1,2,3} benign-ish, {4*,5,6} suspicious. 0 (incomplete) has no label.
+_BIRADS_NEGATIVE = {"1", "2", "3"}
+_BIRADS_POSITIVE = {"4", "4a", "4b", "4c", "5", "6"}
+PATHOLOGY_VALUES: tuple[str, ...] = ("normal", "benign", "malignant")
+LATERALITY_VALUES: tuple[str, ...] = ("L", "R")
+VIEW_VALUES: tuple[str, ...] = ("CC", "MLO", "other")
+
+_BIRADS_PATTERN = re.compile(r"^(?:bi-?rads\s*)?([0-6])\s*([abc]?)$")
+
+
+def normalise_birads(value: object) -> str | None:
+    """'4A', 'BI-RADS 4a', 4, '4.0' -> '4a' / '4'; null-like -> None; anything else -> ValueError."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if float(value) != int(value):
+            raise ValueError(f"unknown BI-RADS value {value!r}")
+        value = str(int(value))
+    text = str(value).strip().lower()
+    if text in {"", "nan", "none", "null"}:
+        return None
+    if text.endswith(".0"):
+        text = text[:-2]
+    match = _BIRADS_PATTERN.match(text)
+    if not match or (match.group(2) and match.group(1) != "4"):
+        raise ValueError(f"unknown BI-RADS value {value!r} (expected one of {', '.join(BIRADS_VALUES)})")
+    return match.group(1) + match.group(2)
+
+
+def label_from_birads(birads: str | None) -> int | None:
+    """Binary label of the paper: BI-RADS {1,2,3} -> 0, {4,4a,4b,4c,5,6} -> 1, 0 or missing -> None."""
+    if birads in _BIRADS_NEGATIVE:
+        return 0
+    if birads in _BIRADS_POSITIVE:
+        return 1
+    return None
+
+
+def normalise_pathology(value: object) -> str | None:
+    """'MALIGNANT', 'M', 'BENIGN_WITHOUT_CALLBACK', 'NORM' -> malignant / benign / normal."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip().lower()
+    if text in {"", "nan", "none"}:
+        return None
+    if text in {"m", "malignant"}:
+        return "malignant"
+    if text in {"b", "benign", "benign_without_callback"}:
+        return "benign"
+    if text in {"n", "norm", "normal"}:
+        return "normal"
+    raise ValueError(f"unknown pathology {value!r} (expected normal, benign or malignant)")
+
+
+def label_from_pathology(pathology: str | None, positive: str = "malignant") -> int | None:
+    """Binary label from pathology: positive='malignant' (malignant vs rest) or 'abnormal' (vs normal)."""
+    if pathology is None:
+        return None
+    if positive == "malignant":
+        return int(pathology == "malignant")
+    if positive == "abnormal":
+        return int(pathology != "normal")
+    raise ValueError(f"unknown positive class {positive!r} (expected 'malignant' or 'abnormal')")
+
+
+def normalise_laterality(value: object) -> str | None:
+    """'L', 'LEFT', 'left' -> 'L'; 'R', 'RIGHT' -> 'R'; null-like -> None; anything else -> ValueError."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip().upper()
+    if text in {"", "NAN", "NONE"}:
+        return None
+    if text in {"L", "LEFT"}:
+        return "L"
+    if text in {"R", "RIGHT"}:
+        return "R"
+    raise ValueError(f"unknown laterality {value!r} (expected L or R)")
+
+
+def normalise_view(value: object) -> str | None:
+    """'CC' -> CC; 'MLO', 'ML' (INbreast's name for MLO) -> MLO; other known views (FB, XCCL...) -> other."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value).strip().upper()
+    if text in {"", "NAN", "NONE"}:
+        return None
+    if text == "CC":
+        return "CC"
+    if text in {"MLO", "ML"}:
+        return "MLO"
+    return "other"
+
+
+def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = False) -> pd.DataFrame:
+    """Check a manifest against the contract and return it with canonical column order and dtypes.
+
+    Every problem is collected (duplicate ids, unknown BI-RADS, bad labels, missing files) and raised
+    together as one ManifestError naming the rows, so a user fixes the file in one pass.
+    """
+    problems: list[str] = []
+    missing_columns = [c for c in ("image_id", "uri", "dataset", "patient_id") if c not in frame.columns]
+    if missing_columns:
+        raise ManifestError(source, [f"missing required column(s): {', '.join(missing_columns)}"])
+    frame = frame.copy()
+    for column in MANIFEST_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    frame = frame[MANIFEST_COLUMNS].reset_index(drop=True)
+
+    for column in ("image_id", "uri", "dataset", "patient_id"):
+        for index in frame.index[frame[column].isna() | (frame[column].astype(str).str.strip() == "")]:
+            problems.append(f"row {index}: empty {column}")
+    frame["image_id"] = frame["image_id"].astype("string")
+    duplicated = frame["image_id"].duplicated(keep=False) & frame["image_id"].notna()
+    for image_id, rows in frame.index[duplicated].groupby(frame["image_id"][duplicated]).items():
+        problems.append(f"duplicate image_id {image_id!r} in rows {', '.join(map(str, rows))}")
+
+    _normalise_column(frame, "birads", normalise_birads, problems)
+    _normalise_column(frame, "laterality", normalise_laterality, problems)
+    _normalise_column(frame, "view", normalise_view, problems)
+    _normalise_column(frame, "pathology", normalise_pathology, problems)
+    for index, value in frame["label"].items():
+        if value is not None and not pd.isna(value) and value not in (0, 1):
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): label {value!r} is not 0, 1 or null")
+
+    if check_files and not problems:
+        for index, uri in frame["uri"].items():
+            if not storage.exists(uri):
+                problems.append(f"row {index} ({frame.at[index, 'image_id']}): file not found: {uri}")
+    if problems:
+        raise ManifestError(source, problems)
+    frame["label"] = pd.array([None if pd.isna(v) else int(v) for v in frame["label"]], dtype="Int8")
+    return frame
+
+
+def _normalise_column(frame: pd.DataFrame, column: str, normalise, problems: list[str]) -> None:
+    values = []
+    for index, value in frame[column].items():
+        try:
+            values.append(normalise(value))
+        except ValueError as error:
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): {column}: {error}")
+            values.append(None)
+    frame[column] = pd.Series(values, index=frame.index, dtype="object")
+
+
+def to_table(frame: pd.DataFrame) -> pa.Table:
+    """A validated manifest frame as an Arrow table with the contract's schema."""
+    return pa.Table.from_pandas(frame[MANIFEST_COLUMNS], schema=MANIFEST_SCHEMA, preserve_index=False)
+
+
+def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False) -> pd.DataFrame:
+    """Validate and write a manifest as Parquet (atomically). Returns the validated frame."""
+    validated = validate_manifest(frame, source=uri, check_files=check_files)
+    storage.write_table(to_table(validated), uri)
+    return validated
+
+
+def read_manifest(uri: str, check_files: bool = False) -> pd.DataFrame:
+    """Read and validate a manifest from Parquet or CSV (local or s3://)."""
+    if uri.lower().endswith(".csv"):
+        with storage.open_input(uri) as handle:
+            frame = pd.read_csv(handle, dtype={"image_id": str, "patient_id": str, "exam_id": str, "birads": str})
+    else:
+        frame = storage.read_table(uri).to_pandas()
+    return validate_manifest(frame, source=uri, check_files=check_files)
+
+
+def manifest_from_records(records: Iterable[dict], source: str) -> pd.DataFrame:
+    """Build and validate a manifest from adapter records (dicts with manifest keys)."""
+    frame = pd.DataFrame.from_records(list(records), columns=MANIFEST_COLUMNS)
+    return validate_manifest(frame, source=source)

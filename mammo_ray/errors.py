@@ -1,0 +1,53 @@
+"""The declared error types. Every failure the library raises on bad input is one of these.
+
+Each carries the file, key or rows it is about, so the message alone tells a user what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MammoRayError(Exception):
+    """Base of every error mammo-ray raises on purpose."""
+
+
+class StorageError(MammoRayError):
+    """A URI could not be resolved, read or written."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{uri}: {reason}")
+
+
+class DecodeError(MammoRayError):
+    """An image file could not be decoded into pixels."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"cannot decode {uri}: {reason}")
+
+
+class ManifestError(MammoRayError):
+    """A manifest (or the metadata an adapter reads) breaks the contract.
+
+    `problems` holds one line per offending row or key, so a user sees all of them at once.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"invalid manifest {source}: {len(self.problems)} problem(s)\n  {shown}{more}")
+
+
+class ConfigError(MammoRayError):
+    """A configuration value is wrong; `key_path` names it (e.g. `storage.s3.endpoint_url`)."""
+
+    def __init__(self, key_path: str, reason: str) -> None:
+        self.key_path = key_path
+        self.reason = reason
+        super().__init__(f"config {key_path}: {reason}")

