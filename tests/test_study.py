@@ -1,0 +1,62 @@
+"""The study runner and the command line, on the synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mammo_ray import storage
+from mammo_ray.config import parse_config
+from mammo_ray.datasets.manifest import read_manifest
+from mammo_ray.errors import ManifestError
+from mammo_ray.study import run_study
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_study_manifest_and_ingest_on_s3(s3_bucket):
+    config = parse_config(
+        {"name": "t", "output": s3_bucket + "/study", "data": {"synthetic": {"patients": 2, "rows": 96}}}
+    )
+    result = run_study(config)
+    assert result.ran == ["manifest", "ingest"]
+    assert result.counts == {"manifest_rows": 8, "ingested_images": 8, "ingest_errors": 0}
+    manifest = read_manifest(s3_bucket + "/study/manifest.parquet", check_files=True)
+    assert set(manifest["view"]) == {"CC", "MLO"} and set(manifest["laterality"]) == {"L", "R"}
+    assert storage.read_table(s3_bucket + "/study/ingest/images.parquet").num_rows == 8
+
+
+def test_study_from_a_manifest_with_missing_files_fails_before_work(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image_id,uri,dataset,patient_id\na,/nowhere/a.dcm,x,p1\nb,/nowhere/b.dcm,x,p1\n")
+    config = parse_config({"output": str(tmp_path / "out"), "data": {"manifest": str(manifest)}})
+    with pytest.raises(ManifestError, match="file not found: /nowhere/a.dcm"):
+        run_study(config, ["manifest"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_synth_writes_the_cohort_to_s3(s3_bucket):
+    out = s3_bucket + "/cli-cohort"
+    completed = subprocess.run(
+        [sys.executable, "-m", "mammo_ray.cli", "synth", "--out", out, "--patients", "2", "--rows", "96"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+    )
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 8
+    assert len(storage.list_files(out + "/images", extensions=[".dcm"])) == 8
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mammo_ray.cli", "run", "--config", str(tmp_path / "absent.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 2
+    assert "absent.yaml" in completed.stderr
