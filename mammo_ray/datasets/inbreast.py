@@ -65,15 +65,17 @@ def read_metadata(metadata_uri: str) -> pd.DataFrame:
         try:
             frame = pd.read_excel(io.BytesIO(raw), sheet_name="Sheet1", dtype=object)
         except Exception as error:  # noqa: BLE001 - any reader failure is a bad metadata file
-            raise ManifestError(metadata_uri, [f"cannot read Sheet1: {type(error).__name__}: {error}"]) from error
+            raise ManifestError(
+                metadata_uri, [f"cannot read Sheet1: {type(error).__name__}: {error}"]
+            ) from error
     else:
         try:
-            frame = pd.read_csv(
-                io.BytesIO(raw), sep=";", dtype=str, keep_default_na=False, encoding="utf-8-sig"
-            )
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
-            frame = pd.read_csv(io.BytesIO(raw), sep=";", dtype=str, keep_default_na=False, encoding="latin-1")
-        except Exception as error:  # noqa: BLE001
+            text = raw.decode("latin-1")
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep=";", dtype=str, keep_default_na=False)
+        except Exception as error:  # noqa: BLE001 - any parser failure is a bad metadata file
             raise ManifestError(metadata_uri, [f"cannot parse as ';'-separated CSV: {error}"]) from error
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -94,7 +96,9 @@ def read_metadata(metadata_uri: str) -> pd.DataFrame:
     # Trailer rows (the xls has a blank row and a totals row after the data): rows without a File Name
     # at the end of the sheet. A row without a File Name in the middle stays and is reported.
     has_name = frame["File Name"].notna().to_numpy()
-    last = int(has_name.nonzero()[0].max()) + 1 if has_name.any() else 0
+    if not has_name.any():
+        raise ManifestError(metadata_uri, ["no data rows (no row has a File Name)"])
+    last = int(has_name.nonzero()[0].max()) + 1
     return frame.iloc[:last].reset_index(drop=True)
 
 
@@ -150,11 +154,16 @@ def build_manifest(
             problems.append(f"{where}: several image files: {', '.join(m['uri'] for m in matches)}")
             continue
         if match["side"] != laterality:
-            problems.append(f"{where}: Laterality {row['Laterality']!r} but image file {match['uri']} says {match['side']}")
+            problems.append(
+                f"{where}: Laterality {row['Laterality']!r} but image file {match['uri']} "
+                f"says {match['side']}"
+            )
             continue
         file_view = _FILE_VIEW_TOKENS.get(match["view"])
         if view in ("CC", "MLO") and file_view is not None and file_view != view:
-            problems.append(f"{where}: View {row['View']!r} but image file {match['uri']} says {match['view']}")
+            problems.append(
+                f"{where}: View {row['View']!r} but image file {match['uri']} says {match['view']}"
+            )
             continue
         records.append(
             {

