@@ -26,7 +26,7 @@ class SyntheticSource(_Strict):
     """Generate the synthetic cohort (the embedded default: no data, no network)."""
 
     patients: int = Field(24, ge=1, le=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     rows: int = Field(512, ge=64, le=8192)
     positive_fraction: float = Field(0.25, ge=0.0, le=1.0)
 

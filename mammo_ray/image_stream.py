@@ -17,7 +17,7 @@ import pyarrow as pa
 import ray.data
 
 from mammo_ray import storage
-from mammo_ray.datasets.manifest import MANIFEST_COLUMNS
+from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, to_table, validate_manifest
 from mammo_ray.errors import MammoRayError
 from mammo_ray.imaging.decode import decode_image
 
@@ -55,67 +55,72 @@ class ReadOptions:
 
 
 def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
-    """The manifest as a Ray Dataset in small blocks, so decoding spreads over every CPU."""
-    frame = manifest[MANIFEST_COLUMNS].reset_index(drop=True)
-    blocks = max(1, math.ceil(len(frame) / max(1, rows_per_block)))
-    parts = [frame.iloc[index::blocks].reset_index(drop=True) for index in range(blocks)] if len(frame) else [frame]
-    # pandas nullable ints do not cross into Arrow cleanly as object; make the label a plain float.
-    return ray.data.from_pandas([_plain(part) for part in parts])
+    """The manifest as a Ray Dataset of typed Arrow blocks, small enough that decoding spreads over every CPU."""
+    table = to_table(validate_manifest(manifest, source="<manifest>"))
+    blocks = max(1, math.ceil(table.num_rows / max(1, rows_per_block)))
+    size = max(1, math.ceil(table.num_rows / blocks))
+    return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.copy()
-    frame["label"] = frame["label"].astype("float64")
-    return frame
+def read_images(
+    manifest: pd.DataFrame, options: ReadOptions = ReadOptions(), skip_content: frozenset[str] = frozenset()
+) -> ray.data.Dataset:
+    """Lazily read and decode every image of `manifest`; one output row per manifest row.
 
-
-def read_images(manifest: pd.DataFrame, options: ReadOptions = ReadOptions()) -> ray.data.Dataset:
-    """Lazily read and decode every image of `manifest`; one output row per manifest row."""
+    Images whose content sha256 is in `skip_content` (work already done) are read and hashed but not
+    decoded, and produce no row.
+    """
     return manifest_dataset(manifest, options.rows_per_block).map_batches(
         decode_batch,
         batch_size=options.batch_size,
         batch_format="pandas",
-        fn_kwargs={"options": options},
+        fn_kwargs={"options": options, "skip_content": skip_content},
     )
 
 
-def decode_batch(batch: pd.DataFrame, options: ReadOptions) -> pd.DataFrame:
+def decode_batch(
+    batch: pd.DataFrame, options: ReadOptions, skip_content: frozenset[str] = frozenset()
+) -> pd.DataFrame:
     """Read and decode each row of a manifest batch; failures become error rows, never exceptions."""
-    pixels, heights, widths, digests, error_types, messages = [], [], [], [], [], []
-    laterality = batch["laterality"].astype(object).tolist()
-    view = batch["view"].astype(object).tolist()
-    for index, uri in enumerate(batch["uri"].tolist()):
-        try:
-            data = storage.read_bytes(uri)
-            digests.append(hashlib.sha256(data).hexdigest())
-            image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)
-        except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
-            if len(digests) == index:
-                digests.append(None)
-            pixels.append(_EMPTY_PIXELS)
-            heights.append(0)
-            widths.append(0)
-            error_types.append(type(error).__name__)
-            messages.append(str(error) if isinstance(error, MammoRayError) else f"{uri}: {error}")
+    rows = []
+    for record in batch.to_dict("records"):
+        decoded = _read_and_decode(record["uri"], options, skip_content)
+        if decoded is None:
             continue
-        pixels.append(image.pixels)
-        heights.append(image.pixels.shape[0])
-        widths.append(image.pixels.shape[1])
-        error_types.append(None)
-        messages.append(None)
+        tag_laterality, tag_view = decoded.pop("tag_laterality"), decoded.pop("tag_view")
         # The manifest is the override; the file's own tags fill what the manifest leaves open.
-        laterality[index] = _present(laterality[index]) or image.laterality
-        view[index] = _present(view[index]) or image.view
-    out = batch.copy()
-    out["laterality"] = laterality
-    out["view"] = view
-    out["pixels"] = pixels
-    out["height"] = np.asarray(heights, dtype=np.int32)
-    out["width"] = np.asarray(widths, dtype=np.int32)
-    out["content_sha256"] = digests
-    out["error_type"] = error_types
-    out["error_message"] = messages
-    return out
+        decoded["laterality"] = _present(record["laterality"]) or tag_laterality
+        decoded["view"] = _present(record["view"]) or tag_view
+        rows.append({**record, **decoded})
+    if not rows:
+        return pd.DataFrame(columns=DECODED_COLUMNS)
+    out = pd.DataFrame.from_records(rows)
+    out["height"] = out["height"].astype(np.int32)
+    out["width"] = out["width"].astype(np.int32)
+    return out[DECODED_COLUMNS]
+
+
+def _read_and_decode(uri: str, options: ReadOptions, skip_content: frozenset[str]) -> dict | None:
+    """One image's decoded columns; None when its content is in `skip_content`."""
+    digest = None
+    try:
+        data = storage.read_bytes(uri)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in skip_content:
+            return None
+        image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)
+    except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
+        message = str(error) if isinstance(error, MammoRayError) else f"{uri}: {error}"
+        return {
+            "pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest,
+            "tag_laterality": None, "tag_view": None,
+            "error_type": type(error).__name__, "error_message": message,
+        }
+    return {
+        "pixels": image.pixels, "height": image.pixels.shape[0], "width": image.pixels.shape[1],
+        "content_sha256": digest, "tag_laterality": image.laterality, "tag_view": image.view,
+        "error_type": None, "error_message": None,
+    }
 
 
 def _present(value: object) -> object:
