@@ -34,6 +34,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ingest.add_argument("--manifest", required=True)
     ingest.add_argument("--output", required=True)
 
+    weights = commands.add_parser("weights", help="pretrained weight files")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    fetch = weights_commands.add_parser(
+        "fetch", help="download the ImageNet and NYU files once (needs internet) and copy them to a URI"
+    )
+    fetch.add_argument("--to", required=True, help="folder URI (local or s3://) the cluster's workers can read")
+    fetch.add_argument("names", nargs="*", help="files to fetch (default: all known)")
+
     run = commands.add_parser("run", help="run the study from a YAML config")
     run.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     run.add_argument("--output", default=None, help="override the config's output URI")
@@ -72,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = run_ingest(read_manifest(args.manifest), args.output)
             print(json.dumps(result.__dict__))
+        elif args.command == "weights":
+            from mammo_ray.models.fetch import fetch_weights
+            from mammo_ray.models.weights import DEFAULT_FETCH_NAMES
+
+            fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
+            print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))
         elif args.command == "run":
             from mammo_ray.study import run_from_cli
 

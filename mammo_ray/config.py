@@ -76,6 +76,30 @@ class IngestConfig(_Strict):
     max_pixels: int = Field(120_000_000, ge=1)
 
 
+class ExtractorConfig(_Strict):
+    """One feature extractor (DESIGN §4): its weights and preprocessing."""
+
+    name: Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg"]
+    weights: str = Field("random-init:0", description="random-init:<seed>, torchvision:<arch>:<enum>, a path or s3:// URI")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    pool: Literal["global", "4x4"] = "global"
+    input_size: int = Field(224, ge=32, le=2048)
+    nyu_scale: float = Field(0.25, gt=0.0, le=1.0)
+    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
+    tta: int = Field(0, ge=0, le=64)
+
+
+def _default_extractors() -> list[ExtractorConfig]:
+    return [ExtractorConfig(name=name) for name in ("imagenet_resnet50", "nyu_lcc", "nyu_avg")]
+
+
+class EmbedConfig(_Strict):
+    extractors: list[ExtractorConfig] = Field(default_factory=_default_extractors, min_length=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+    max_actors: int = Field(1, ge=1)
+    num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
+
+
 class StudyConfig(_Strict):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
@@ -83,6 +107,7 @@ class StudyConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
 
     def config_hash(self) -> str:
         """A stable hash of every setting: outputs record it as provenance."""

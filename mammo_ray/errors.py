@@ -51,3 +51,9 @@ class ConfigError(MammoRayError):
         self.key_path = key_path
         self.reason = reason
         super().__init__(f"config {key_path}: {reason}")
+
+
+def describe(error: BaseException, uri: str) -> str:
+    """An errors-table message for a failure on `uri`: always names the file, once."""
+    text = str(error) or type(error).__name__
+    return text if uri in text else f"{uri}: {text}"

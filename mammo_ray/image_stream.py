@@ -18,7 +18,7 @@ import ray.data
 
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, to_table, validate_manifest
-from mammo_ray.errors import MammoRayError
+from mammo_ray.errors import describe
 from mammo_ray.imaging.decode import decode_image
 
 ERRORS_SCHEMA = pa.schema(
@@ -110,7 +110,7 @@ def _read_and_decode(uri: str, options: ReadOptions, skip_content: frozenset[str
             return None
         image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)
     except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
-        message = str(error) if isinstance(error, MammoRayError) else f"{uri}: {error}"
+        message = describe(error, uri)
         return {
             "pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest,
             "tag_laterality": None, "tag_view": None,

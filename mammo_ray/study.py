@@ -14,13 +14,15 @@ import ray
 from mammo_ray import storage
 from mammo_ray.config import StudyConfig
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
-from mammo_ray.errors import ConfigError
+from mammo_ray.errors import ConfigError, MammoRayError
 from mammo_ray.image_stream import ReadOptions
+from mammo_ray.models.extractors import ExtractorSpec
+from mammo_ray.stages.embed import EmbedOptions, run_embed
 from mammo_ray.stages.ingest import run_ingest
 
 log = logging.getLogger("mammo_ray.study")
 
-STAGES: tuple[str, ...] = ("manifest", "ingest")
+STAGES: tuple[str, ...] = ("manifest", "ingest", "embed")
 
 
 @dataclass
@@ -63,6 +65,16 @@ def build_manifest(config: StudyConfig) -> pd.DataFrame:
         raise ConfigError("data.adapter.args", str(error)) from None
 
 
+def read_options(config: StudyConfig) -> ReadOptions:
+    ingest = config.ingest
+    return ReadOptions(
+        apply_voi_lut=ingest.apply_voi_lut,
+        max_pixels=ingest.max_pixels,
+        batch_size=ingest.batch_size,
+        rows_per_block=ingest.rows_per_block,
+    )
+
+
 def storage_environment(config: StudyConfig) -> dict[str, str]:
     """The S3 settings of the config as the AWS variables every process (driver and workers) reads."""
     s3 = config.storage.s3
@@ -96,6 +108,7 @@ def ensure_ray(config: StudyConfig) -> None:
 def run_study(config: StudyConfig, stages: Sequence[str] | None = None) -> StudyResult:
     """Run the requested stages (all by default) in order and return what was done."""
     selected = check_stages(stages)
+    check_weights(config, selected)
     result = StudyResult(output=config.output)
     apply_storage_config(config)
     if "manifest" in selected:
@@ -107,17 +120,40 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None) -> Study
     if "ingest" in selected:
         ensure_ray(config)
         manifest = read_manifest(manifest_uri(config))
-        options = ReadOptions(
-            apply_voi_lut=config.ingest.apply_voi_lut,
-            max_pixels=config.ingest.max_pixels,
-            batch_size=config.ingest.batch_size,
-            rows_per_block=config.ingest.rows_per_block,
-        )
-        ingested = run_ingest(manifest, config.output, options)
+        ingested = run_ingest(manifest, config.output, read_options(config))
         result.ran.append("ingest")
         result.counts.update(ingested_images=ingested.images, ingest_errors=ingested.errors)
         log.info("ingest: %d images decoded, %d errors -> %s", ingested.images, ingested.errors, ingested.errors_uri)
+    if "embed" in selected:
+        ensure_ray(config)
+        manifest = read_manifest(manifest_uri(config))
+        embed = config.embed
+        options = EmbedOptions(
+            batch_size=embed.batch_size, max_actors=embed.max_actors, num_gpus=embed.num_gpus, read=read_options(config)
+        )
+        for spec in extractor_specs(config):
+            done = run_embed(manifest, config.output, spec, options)
+            result.counts[f"embedded:{spec.name}"] = done.embedded
+            result.counts[f"skipped:{spec.name}"] = done.skipped
+            result.counts[f"embed_errors:{spec.name}"] = done.errors
+        result.ran.append("embed")
     return result
+
+
+def extractor_specs(config: StudyConfig) -> list[ExtractorSpec]:
+    return [ExtractorSpec(**extractor.model_dump()) for extractor in config.embed.extractors]
+
+
+def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
+    """Every weight file the requested stages need is there (and matches its sha256), before any work."""
+    if "embed" in stages:
+        from mammo_ray.models.weights import check_weights_available
+
+        for index, spec in enumerate(extractor_specs(config)):
+            try:
+                check_weights_available(spec.weights_spec)
+            except MammoRayError as error:
+                raise ConfigError(f"embed.extractors.{index}.weights", str(error)) from None
 
 
 def demo_config(output: str = "output/demo") -> StudyConfig:

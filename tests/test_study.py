@@ -12,21 +12,46 @@ import pytest
 from mammo_ray import storage
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import read_manifest
-from mammo_ray.errors import ManifestError
+from mammo_ray.errors import ConfigError, ManifestError
 from mammo_ray.study import run_study
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_study_manifest_and_ingest_on_s3(s3_bucket):
     config = parse_config(
-        {"name": "t", "output": s3_bucket + "/study", "data": {"synthetic": {"patients": 2, "rows": 96}}}
+        {
+            "name": "t",
+            "output": s3_bucket + "/study",
+            "data": {"synthetic": {"patients": 2, "rows": 96}},
+            "embed": {
+                "extractors": [
+                    {"name": "imagenet_resnet18", "input_size": 64},
+                    {"name": "nyu_lcc", "nyu_scale": 0.125, "weights": "random-init:1"},
+                ]
+            },
+        }
     )
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest"]
-    assert result.counts == {"manifest_rows": 8, "ingested_images": 8, "ingest_errors": 0}
+    assert result.ran == ["manifest", "ingest", "embed"]
+    assert result.counts["manifest_rows"] == 8 and result.counts["ingested_images"] == 8
+    assert result.counts["embedded:imagenet_resnet18"] == 8 and result.counts["embedded:nyu_lcc"] == 8
+    rerun = run_study(config, ["embed"])
+    assert rerun.counts["embedded:nyu_lcc"] == 0 and rerun.counts["skipped:nyu_lcc"] == 8
     manifest = read_manifest(s3_bucket + "/study/manifest.parquet", check_files=True)
     assert set(manifest["view"]) == {"CC", "MLO"} and set(manifest["laterality"]) == {"L", "R"}
     assert storage.read_table(s3_bucket + "/study/ingest/images.parquet").num_rows == 8
+
+
+def test_missing_pretrained_weights_fail_before_any_work(tmp_path):
+    config = parse_config(
+        {
+            "output": str(tmp_path / "out"),
+            "embed": {"extractors": [{"name": "nyu_avg", "weights": str(tmp_path / "ImageOnly__ModeImage_weights.p")}]},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"embed\.extractors\.0\.weights.*ImageOnly__ModeImage_weights\.p"):
+        run_study(config)
+    assert not (tmp_path / "out").exists()
 
 
 def test_study_from_a_manifest_with_missing_files_fails_before_work(tmp_path):
