@@ -18,11 +18,13 @@ from mammo_ray import storage
 from mammo_ray.errors import ConfigError, StorageError
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SyntheticSource(_Strict):
+class SyntheticSource(StrictModel):
     """Generate the synthetic cohort (the embedded default: no data, no network)."""
 
     patients: int = Field(24, ge=1, le=100_000)
@@ -31,14 +33,14 @@ class SyntheticSource(_Strict):
     positive_fraction: float = Field(0.25, ge=0.0, le=1.0)
 
 
-class AdapterSource(_Strict):
+class AdapterSource(StrictModel):
     """Build the manifest with a dataset adapter (inbreast, mias, cbis_ddsm, csv)."""
 
     name: Literal["inbreast", "mias", "cbis_ddsm", "csv"]
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Exactly one of: a synthetic cohort, an existing manifest (Parquet/CSV URI), a dataset adapter."""
 
     synthetic: SyntheticSource | None = None
@@ -53,30 +55,30 @@ class DataConfig(_Strict):
         return self
 
 
-class S3Config(_Strict):
+class S3Config(StrictModel):
     """Where S3 lives, when not in the AWS variables. Credentials never go here: environment or profile."""
 
     endpoint_url: str | None = None
     region: str | None = None
 
 
-class StorageConfig(_Strict):
+class StorageConfig(StrictModel):
     s3: S3Config = Field(default_factory=S3Config)
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: join a running cluster if there is one, else start local Ray")
     num_cpus: int | None = Field(None, ge=1)
 
 
-class IngestConfig(_Strict):
+class IngestConfig(StrictModel):
     batch_size: int = Field(4, ge=1, le=1024)
     rows_per_block: int = Field(16, ge=1)
     apply_voi_lut: bool = True
     max_pixels: int = Field(120_000_000, ge=1)
 
 
-class ExtractorConfig(_Strict):
+class ExtractorConfig(StrictModel):
     """One feature extractor (DESIGN §4): its weights and preprocessing."""
 
     name: Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg"]
@@ -93,14 +95,14 @@ def _default_extractors() -> list[ExtractorConfig]:
     return [ExtractorConfig(name=name) for name in ("imagenet_resnet50", "nyu_lcc", "nyu_avg")]
 
 
-class EmbedConfig(_Strict):
+class EmbedConfig(StrictModel):
     extractors: list[ExtractorConfig] = Field(default_factory=_default_extractors, min_length=1)
     batch_size: int = Field(8, ge=1, le=4096)
     max_actors: int = Field(1, ge=1)
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
     data: DataConfig = Field(default_factory=lambda: DataConfig(synthetic=SyntheticSource()))
