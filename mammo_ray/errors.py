@@ -12,22 +12,25 @@ class MammoRayError(Exception):
     """Base of every error mammo-ray raises on purpose."""
 
 
-class StorageError(MammoRayError):
+class _FileError(MammoRayError):
+    """A failure about one file: `uri` names it, `reason` says what is wrong."""
+
+    prefix = ""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{self.prefix}{uri}: {reason}")
+
+
+class StorageError(_FileError):
     """A URI could not be resolved, read or written."""
 
-    def __init__(self, uri: str, reason: str) -> None:
-        self.uri = uri
-        self.reason = reason
-        super().__init__(f"{uri}: {reason}")
 
-
-class DecodeError(MammoRayError):
+class DecodeError(_FileError):
     """An image file could not be decoded into pixels."""
 
-    def __init__(self, uri: str, reason: str) -> None:
-        self.uri = uri
-        self.reason = reason
-        super().__init__(f"cannot decode {uri}: {reason}")
+    prefix = "cannot decode "
 
 
 class ManifestError(MammoRayError):

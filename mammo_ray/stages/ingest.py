@@ -14,20 +14,15 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage
+from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
 from mammo_ray.image_stream import ReadOptions, error_records, errors_table, read_images
 
 STAGE = "ingest"
 
 IMAGES_SCHEMA = pa.schema(
     [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("dataset", pa.string()),
-        pa.field("patient_id", pa.string()),
-        pa.field("laterality", pa.string()),
-        pa.field("view", pa.string()),
-        pa.field("birads", pa.string()),
-        pa.field("label", pa.int8()),
+        *(MANIFEST_SCHEMA.field(name) for name in ("image_id", "uri", "dataset", "patient_id", "laterality", "view",
+                                                    "birads", "label")),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("content_sha256", pa.string()),
