@@ -1,0 +1,1 @@
+"""The study's report: figures and tables drawn from the stages' Parquet outputs."""

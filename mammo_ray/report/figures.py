@@ -1,0 +1,114 @@
+"""Figures of the report, drawn with matplotlib's Agg backend (no display needed) and written through
+`mammo_ray.storage`, so a local path and an s3:// URI work alike.
+
+Zero-shot NYU predictions per BI-RADS (the paper's Figure 3)
+-------------------------------------------------------------
+An image is *predicted malignant* when its p_malignant > p_benign (the paper compares the two
+probabilities of the image-wise model), otherwise *predicted benign* (a tie counts as benign).
+Images are grouped by their BI-RADS category, in the order 0, 1, 2, 3, 4, 4a, 4b, 4c, 5, 6 (only
+categories present are shown). Images without a BI-RADS but with a pathology (datasets such as MIAS
+that only give pathology) are grouped by it, as ``pathology: normal`` / ``pathology: benign`` /
+``pathology: malignant`` after the BI-RADS groups; images with neither form a last group ``n/a``.
+Rows whose probabilities are missing are not scored images and are left out.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from mammo_ray import storage
+from mammo_ray.datasets.manifest import BIRADS_VALUES, PATHOLOGY_VALUES
+
+COUNT_COLUMNS: list[str] = ["birads", "predicted_benign", "predicted_malignant"]
+NO_GROUP = "n/a"
+PATHOLOGY_PREFIX = "pathology: "
+_GROUP_ORDER: list[str] = [*BIRADS_VALUES, *(PATHOLOGY_PREFIX + p for p in PATHOLOGY_VALUES), NO_GROUP]
+_BENIGN_COLOUR = "#4878a8"
+_MALIGNANT_COLOUR = "#c8504a"
+
+
+def _present(value: object) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and np.isnan(value))
+
+
+def zero_shot_group(birads: object, pathology: object) -> str:
+    """The figure's group of an image: its BI-RADS, else 'pathology: <p>', else 'n/a'."""
+    if _present(birads) and str(birads) != "":
+        return str(birads)
+    if _present(pathology) and str(pathology) != "":
+        return PATHOLOGY_PREFIX + str(pathology)
+    return NO_GROUP
+
+
+def zero_shot_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group (see the module doc), how many images are predicted benign and predicted malignant.
+
+    `frame` has columns p_benign, p_malignant, birads and (optionally) pathology, one row per image
+    (e.g. `read_zero_shot`). Returns columns birads (the group), predicted_benign, predicted_malignant
+    (int64), one row per group present, in BI-RADS order.
+    """
+    missing = [c for c in ("p_benign", "p_malignant", "birads") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"zero-shot counts need column(s) {missing}; got {list(frame.columns)}")
+    scored = frame[frame["p_benign"].notna() & frame["p_malignant"].notna()]
+    pathology = scored["pathology"] if "pathology" in scored.columns else pd.Series(None, index=scored.index)
+    groups = [zero_shot_group(b, p) for b, p in zip(scored["birads"], pathology)]
+    p_benign = scored["p_benign"].to_numpy(dtype=np.float64)
+    malignant = scored["p_malignant"].to_numpy(dtype=np.float64) > p_benign
+    table = pd.DataFrame({"birads": groups, "malignant": malignant})
+    rank = {group: index for index, group in enumerate(_GROUP_ORDER)}
+    rows = []
+    for group in sorted(set(groups), key=lambda g: (rank.get(g, len(rank)), g)):
+        chosen = table.loc[table["birads"] == group, "malignant"]
+        rows.append((group, int((~chosen).sum()), int(chosen.sum())))
+    counts = pd.DataFrame(rows, columns=COUNT_COLUMNS)
+    return counts.astype({"birads": object, "predicted_benign": np.int64, "predicted_malignant": np.int64})
+
+
+def zero_shot_by_birads(frame: pd.DataFrame, path_or_uri: str, *, title: str | None = None) -> None:
+    """Grouped bar chart of `zero_shot_counts(frame)` as a PNG at `path_or_uri` (local or s3://)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    counts = zero_shot_counts(frame)
+    n_images = int(counts[["predicted_benign", "predicted_malignant"]].to_numpy().sum())
+    figure = Figure(figsize=(max(7.0, 1.0 * len(counts) + 4.0), 4.8), dpi=120)
+    FigureCanvasAgg(figure)  # the Agg canvas: renders without a display
+    axes = figure.add_subplot()
+    positions = np.arange(len(counts))
+    width = 0.38
+    bars = [
+        axes.bar(positions - width / 2, counts["predicted_benign"], width, label="predicted benign",
+                 color=_BENIGN_COLOUR),
+        axes.bar(positions + width / 2, counts["predicted_malignant"], width, label="predicted malignant",
+                 color=_MALIGNANT_COLOUR),
+    ]
+    for container in bars:
+        axes.bar_label(container, padding=2, fontsize=9)
+    totals = counts["predicted_benign"] + counts["predicted_malignant"]
+    names = [group.replace(PATHOLOGY_PREFIX, "pathology:\n") for group in counts["birads"]]
+    labels = [f"{name}\nn={total}" for name, total in zip(names, totals)]
+    axes.set_xticks(positions, labels)
+    has_other = any(g not in BIRADS_VALUES for g in counts["birads"])
+    axes.set_xlabel("BI-RADS" + (" (pathology or n/a where no BI-RADS)" if has_other else ""))
+    axes.set_ylabel("images")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.margins(y=0.12)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.set_title(title or "Zero-shot NYU image-wise model: predictions per BI-RADS", fontsize=11)
+    figure.text(0.5, 0.005, f"{n_images} images; predicted malignant = p_malignant > p_benign",
+                ha="center", va="bottom", fontsize=8, color="#555555")
+    if len(counts):
+        axes.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        axes.set_ylim(0, 1)
+        axes.set_yticks([])
+        axes.text(0.5, 0.5, "no scored images", ha="center", va="center", transform=axes.transAxes)
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    storage.write_bytes(path_or_uri, buffer.getvalue())

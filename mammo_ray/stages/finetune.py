@@ -1,0 +1,499 @@
+"""Fine-tuning stage (the paper's Table 1) on Ray Train: manifest -> checkpoints + results/finetune.parquet.
+
+For every (model, task) the configured stages run in order, each one `TorchTrainer.fit()` (Train V2):
+typically the head alone with the body frozen, then the whole network, then the whole network again
+at a larger size (progressive resizing, e.g. 224 then 448). Each stage starts from the previous
+stage's last checkpoint; the first from the model's pretrained weights (ImageNet through torchvision,
+NYU from its published file) or, stated as ``pretrained_on = 'none'``, from a seeded random init.
+The small CNN trains from scratch, so it has no "head only" stage: those are skipped for it.
+
+Inputs are decoded and preprocessed to the stage's size in Ray Data CPU tasks and streamed to the
+workers (`mammo_ray.training.data`); augmentation runs on the workers for the training split only.
+Checkpoints go every epoch to ``RunConfig(storage_path=<checkpoint_path>, name=<run name>)``, a local
+folder or s3:// (through `storage.arrow_filesystem`). Run names are
+``<config.name>-<model>-<pretrained_on>-<task>-<protocol>-<stage>``: rerunning with the same name
+resumes every stage from its latest checkpoint (a finished stage trains no epoch again, a stage
+given more epochs continues where it stopped). See `mammo_ray.training.loop` for the mechanism.
+
+The held-out split is grouped by patient (protocol ``patient``, default) or the paper's image-level
+20% (protocol ``paper``), the same for every model of a task. Metrics (`training.metrics`) are
+computed from the validation predictions of each stage's final checkpoint.
+
+Outputs under `output_uri`:
+  results/finetune.parquet              one row per (model, pretrained_on, task, protocol, stage),
+                                        schema FINETUNE_SCHEMA; rows of earlier runs with other keys stay
+  results/finetune_predictions.parquet  the validation predictions behind every row
+  checkpoints/<run name>/checkpoint_*   unless `checkpoint_path` points elsewhere
+  errors/finetune-<family>-<size>/      images that could not be read or prepared (errors schema)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import Field, model_validator
+from ray.train import DataConfig
+
+import mammo_ray
+from mammo_ray import storage
+from mammo_ray.config import StrictModel
+from mammo_ray.errors import ConfigError
+from mammo_ray.image_stream import ReadOptions
+from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
+from mammo_ray.training.augment import AugmentSpec
+from mammo_ray.training.data import TASKS, InputSpec, class_weights, input_dataset, task_frame
+from mammo_ray.training.metrics import classification_metrics
+from mammo_ray.training.models import input_family
+from mammo_ray.training.splits import make_split
+
+log = logging.getLogger("mammo_ray.finetune")
+
+ModelName = Literal["resnet50", "resnet18", "squeezenet1_1", "nyu", "small_cnn"]
+#: Weights used when a model entry gives none. NYU weights are a file only the user can point to.
+DEFAULT_WEIGHTS: dict[str, str | None] = {
+    "resnet50": "torchvision:resnet50:IMAGENET1K_V1",
+    "resnet18": "torchvision:resnet18:IMAGENET1K_V1",
+    "squeezenet1_1": "torchvision:squeezenet1_1:IMAGENET1K_V1",
+    "nyu": None,
+    "small_cnn": "random-init:0",
+}
+_NAME_PATTERN = r"^[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*$"
+
+
+class FinetuneModelConfig(StrictModel):
+    """One network to fine-tune and the weights it starts from (`random-init:<seed>` = from scratch)."""
+
+    name: ModelName
+    weights: str | None = Field(None, description="None: the default (ImageNet for torchvision models)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _small_cnn_from_scratch(self) -> FinetuneModelConfig:
+        if self.name == "small_cnn" and self.weights is not None and not self.weights.startswith("random-init"):
+            raise ValueError("small_cnn is the from-scratch baseline: its weights must be random-init:<seed>")
+        return self
+
+
+class FinetuneStageConfig(StrictModel):
+    """One stage of the schedule: which parameters train, at which input size, for how long."""
+
+    name: str = Field(..., pattern=_NAME_PATTERN, max_length=40)
+    train: Literal["head", "all"] = "all"
+    size: int = Field(224, ge=16, le=4096)
+    epochs: int = Field(1, ge=1, le=10_000)
+    lr: float = Field(1e-4, gt=0.0, le=10.0)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+
+
+class AugmentConfig(StrictModel):
+    """Training-split augmentation (see `training.augment`)."""
+
+    enabled: bool = True
+    hflip: bool = True
+    vflip: bool = True
+    degrees: float = Field(10.0, ge=0.0, le=180.0)
+    translate: float = Field(0.05, ge=0.0, lt=1.0)
+    scale: float = Field(0.1, ge=0.0, lt=1.0)
+
+    def spec(self) -> AugmentSpec | None:
+        if not self.enabled:
+            return None
+        return AugmentSpec(self.hflip, self.vflip, self.degrees, self.translate, self.scale)
+
+
+def _default_models() -> list[FinetuneModelConfig]:
+    return [FinetuneModelConfig(name="resnet50"), FinetuneModelConfig(name="small_cnn")]
+
+
+def _default_stages() -> list[FinetuneStageConfig]:
+    return [
+        FinetuneStageConfig(name="head", train="head", size=224, epochs=2, lr=1e-3),
+        FinetuneStageConfig(name="all", train="all", size=224, epochs=4, lr=1e-4),
+        FinetuneStageConfig(name="all-448", train="all", size=448, epochs=2, lr=5e-5),
+    ]
+
+
+class FinetuneConfig(StrictModel):
+    """The fine-tuning stage's settings (one section of the study config)."""
+
+    name: str = Field("finetune", pattern=_NAME_PATTERN, max_length=60, description="run-name prefix; same name = resume")
+    models: list[FinetuneModelConfig] = Field(default_factory=_default_models, min_length=1)
+    tasks: list[Literal["binary", "birads"]] = Field(default_factory=lambda: ["binary", "birads"], min_length=1)
+    protocol: Literal["patient", "paper"] = "patient"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
+    stages: list[FinetuneStageConfig] = Field(default_factory=_default_stages, min_length=1)
+    batch_size: int = Field(16, ge=1, le=4096)
+    num_workers: int = Field(1, ge=1, le=4096)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, ge=0.0, description="CPUs each training worker reserves")
+    data_cpus: float = Field(1.0, gt=0.0, description="CPUs each preprocessing task reserves")
+    torch_threads: int | None = Field(None, ge=1, description="None: max(1, int(cpus_per_worker))")
+    mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
+    class_weighted: bool = True
+    weight_decay: float = Field(1e-4, ge=0.0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    crop_to_breast: bool = True
+    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
+    nyu_trunk: Literal["cc", "mlo"] = "cc"
+    checkpoint_path: str | None = Field(None, description="None: <output>/checkpoints")
+    keep_checkpoints: int | None = Field(2, ge=1, description="per run; None keeps every epoch's")
+    cache_inputs: bool = Field(False, description="materialise each stage's inputs in the object store first")
+    read_batch_size: int = Field(4, ge=1, le=1024)
+    rows_per_block: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FinetuneConfig:
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be unique, got {self.tasks}")
+        return self
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+FINETUNE_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("stage_index", pa.int32(), nullable=False),
+        pa.field("train", pa.string(), nullable=False),
+        pa.field("image_size", pa.int32(), nullable=False),
+        pa.field("epochs", pa.int32(), nullable=False),
+        pa.field("accuracy", pa.float64()),
+        pa.field("auroc", pa.float64()),
+        pa.field("precision", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("n_val", pa.int64(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("classes", pa.list_(pa.string()), nullable=False),
+        pa.field("checkpoint_uri", pa.string(), nullable=False),
+        pa.field("weights_id", pa.string(), nullable=False),
+        pa.field("run_name", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("target", pa.int64(), nullable=False),
+        pa.field("prediction", pa.int64(), nullable=False),
+        pa.field("probabilities", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+KEY_COLUMNS: tuple[str, ...] = ("model", "pretrained_on", "task", "protocol", "stage")
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What one stage's `fit()` did in this call.
+
+    start_epoch: the epoch counter it started from (0 = fresh; > 0 = resumed from a checkpoint);
+    epoch: the counter in its final checkpoint; trained: epochs run in this call;
+    images_per_s: training throughput of its last epoch in this call (NaN if it trained none).
+    """
+
+    model: str
+    pretrained_on: str
+    task: str
+    stage: str
+    run_name: str
+    start_epoch: int
+    epoch: int
+    trained: int
+    images_per_s: float
+    checkpoint_uri: str
+    world_size: int
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    rows: pd.DataFrame
+    runs: list[StageRun]
+    uri: str
+    predictions_uri: str
+
+
+def finetune_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "finetune.parquet")
+
+
+def predictions_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "finetune_predictions.parquet")
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    spec: WeightsSpec
+    pretrained_on: str
+
+
+def _resolve_models(config: FinetuneConfig) -> list[_Model]:
+    """Every model with its weights checked (WeightsError at start, before any work), keys unique."""
+    from mammo_ray.models.weights import FETCH_HINT
+
+    models = []
+    for entry in config.models:
+        source = entry.weights or DEFAULT_WEIGHTS[entry.name]
+        if source is None:
+            raise WeightsError(
+                "nyu", "the NYU model needs its published weights; none were given",
+                hint=f"run `{FETCH_HINT}` (fetch name nyu-image-wise) and set the model's weights to the "
+                "copy of ImageOnly__ModeImage_weights.p, or write random-init:<seed> for a random-init run",
+            )
+        spec = WeightsSpec(source, entry.sha256)
+        check_weights_available(spec)
+        pretrained = "none" if spec.kind == "random-init" else ("nyu" if entry.name == "nyu" else "imagenet")
+        models.append(_Model(entry.name, spec, pretrained))
+    keys = [(m.name, m.pretrained_on) for m in models]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("finetune.models", f"two entries share (model, pretrained_on): {keys}")
+    return models
+
+
+def run_name(config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig) -> str:
+    return f"{config.name}-{model.name}-{model.pretrained_on}-{task}-{config.protocol}-{stage.name}"
+
+
+def _stages_for(config: FinetuneConfig, model: str) -> list[tuple[int, FinetuneStageConfig]]:
+    stages = list(enumerate(config.stages))
+    if model == "small_cnn":  # trained from scratch: a frozen random body is not a stage of it
+        stages = [(index, stage) for index, stage in stages if stage.train == "all"]
+    return stages
+
+
+class TrainEvenValWhole(DataConfig):
+    """Ray Train DataConfig: "train" is split evenly across workers (DDP needs the same number of batches
+    on every worker, so up to world_size - 1 rows an epoch may be left out), "val" is split without
+    dropping a row (every validation image is predicted exactly once)."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output: list[dict] = [{} for _ in range(world_size)]
+        hints = worker_node_ids if self._enable_shard_locality else None
+        for name, dataset in datasets.items():
+            dataset = dataset.copy(dataset)
+            if dataset.name is None:
+                dataset.set_name(name)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            splits = dataset.streaming_split(world_size, equal=(name == "train"), locality_hints=hints)
+            for rank, split in enumerate(splits):
+                output[rank][name] = split
+        return output
+
+
+def _fit_stage(
+    *, config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig, classes: list[str],
+    train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state, init_checkpoint, output_uri: str,
+    info: dict,
+):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mammo_ray.training.loop import LoopSpec, train_loop
+
+    input_spec = InputSpec(input_family(model.name), stage.size, config.crop_to_breast, config.source_resolution)
+    read_options = ReadOptions(batch_size=config.read_batch_size, rows_per_block=config.rows_per_block)
+    errors = storage.join(output_uri, "errors", f"finetune-{input_spec.family}-{stage.size}")
+    tag = f"finetune:{input_spec.family}:{stage.size}"
+    datasets = {
+        name: input_dataset(frame, input_spec, errors_uri=errors, stage=tag, read_options=read_options,
+                            num_cpus=config.data_cpus, shuffle=name == "train")
+        for name, frame in (("train", train_frame), ("val", val_frame))
+    }
+    if config.cache_inputs:
+        datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
+    weights = (
+        tuple(class_weights(train_frame["target"].to_numpy(), len(classes))) if config.class_weighted else None
+    )
+    spec = LoopSpec(
+        model=model.name, num_classes=len(classes), train=stage.train, epochs=stage.epochs, lr=stage.lr,
+        weight_decay=config.weight_decay, batch_size=stage.batch_size or config.batch_size, seed=config.seed,
+        input_shape=input_spec.shape, run_token=uuid.uuid4().hex, class_weights=weights,
+        augment=config.augment.spec(), mixed_precision=config.mixed_precision,
+        torch_threads=config.torch_threads or max(1, int(config.cpus_per_worker)),
+        info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": input_spec.id},
+    )
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    filesystem, path = storage.arrow_filesystem(config.checkpoint_path or storage.join(output_uri, "checkpoints"))
+    name = info["run_name"]
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec, "init_state": init_state, "init_checkpoint": init_checkpoint},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=path, storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=TrainEvenValWhole(),
+    )
+    log.info("finetune %s: %d train / %d val images, %s", name, len(train_frame), len(val_frame), stage)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"finetune run {name} finished without a checkpoint")
+    return result, spec
+
+
+def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune every configured model on every task through the configured stages; see the module doc."""
+    from mammo_ray.training.loop import checkpoint_uri, read_predictions, read_state
+
+    models = _resolve_models(config)  # WeightsError here, before any work, if weights are missing
+    tasks = {}
+    for task in config.tasks:
+        frame, classes = task_frame(manifest, task)
+        if len(classes) < 2:
+            raise ConfigError("finetune.tasks", f"task {task!r} needs at least 2 classes in the manifest, "
+                                                f"found {classes or 'none'} ({len(frame)} usable images)")
+        split = make_split(frame, config.protocol, val_fraction=config.val_fraction, seed=config.seed)
+        trained_classes = np.unique(frame["target"].to_numpy()[split.train])
+        if trained_classes.size < 2:
+            raise ConfigError("finetune.tasks", f"task {task!r}: the training split holds a single class")
+        tasks[task] = (frame, classes, split)
+
+    import ray
+
+    config_hash = config.config_hash()
+    rows: list[dict] = []
+    weights_ids: dict[str, str] = {}
+    predictions: list[pd.DataFrame] = []
+    runs: list[StageRun] = []
+    for model in models:
+        resolved = resolve_weights(model.spec)
+        weights_ids[f"{model.name}:{model.pretrained_on}"] = resolved.weights_id
+        for task, (frame, classes, split) in tasks.items():
+            from mammo_ray.training.models import build_model
+
+            seed = resolved.seed if resolved.seed is not None else config.seed
+            initial = build_model(model.name, len(classes), resolved.state_dict, seed=seed,
+                                  source=resolved.source, nyu_trunk=config.nyu_trunk)
+            init_state = ray.put({k: v.detach().cpu() for k, v in initial.state_dict().items()})
+            del initial
+            previous = None
+            train_frame, val_frame = frame.iloc[split.train], frame.iloc[split.val]
+            for stage_index, stage in _stages_for(config, model.name):
+                name = run_name(config, model, task, stage)
+                info = {
+                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task, "stage": stage.name,
+                    "classes": classes, "weights_id": resolved.weights_id, "protocol": config.protocol,
+                    "config_hash": config_hash, "run_name": name,
+                }
+                result, spec = _fit_stage(
+                    config=config, model=model, task=task, stage=stage, classes=classes, train_frame=train_frame,
+                    val_frame=val_frame, init_state=init_state if previous is None else None,
+                    init_checkpoint=previous, output_uri=output_uri, info=info,
+                )
+                checkpoint = result.checkpoint
+                state = read_state(checkpoint)
+                _check_identity(state, info, spec, name)
+                predicted = read_predictions(checkpoint)
+                probabilities = np.stack(predicted["probabilities"].to_numpy()) if len(predicted) else np.zeros((0, len(classes)))
+                scores = classification_metrics(predicted["target"].to_numpy(), probabilities)
+                uri = checkpoint_uri(checkpoint)
+                fresh = bool(result.metrics) and result.metrics.get("run_token") == spec.run_token
+                start = int(result.metrics["start_epoch"]) if fresh else int(state["epoch"])
+                runs.append(StageRun(
+                    model.name, model.pretrained_on, task, stage.name, name, start, int(state["epoch"]),
+                    int(state["epoch"]) - start,
+                    float(result.metrics["train_images_per_s"]) if fresh else math.nan, uri,
+                    int(state["metrics"].get("world_size", 0)), dict(state["metrics"]),
+                ))
+                rows.append({
+                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task, "stage": stage.name,
+                    "stage_index": stage_index, "train": stage.train, "image_size": stage.size,
+                    "epochs": int(state["epoch"]), **scores, "n_train": len(train_frame), "n_val": len(predicted),
+                    "protocol": config.protocol, "classes": classes, "checkpoint_uri": uri,
+                    "weights_id": resolved.weights_id, "run_name": name, "config_hash": config_hash,
+                })
+                chosen = frame.set_index("row").loc[predicted["row"].to_numpy()]
+                predictions.append(pd.DataFrame({
+                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task,
+                    "protocol": config.protocol, "stage": stage.name,
+                    "image_id": chosen["image_id"].astype(str).to_numpy(),
+                    "patient_id": chosen["patient_id"].astype(str).to_numpy(),
+                    "target": predicted["target"].to_numpy(np.int64),
+                    "prediction": probabilities.argmax(axis=1).astype(np.int64) if len(predicted) else np.zeros(0, np.int64),
+                    "probabilities": [np.asarray(p, dtype=np.float32) for p in probabilities],
+                }))
+                previous = checkpoint
+                log.info("finetune %s: epoch %d, %s", name, state["epoch"], scores)
+
+    table = _merge(finetune_uri(output_uri), pd.DataFrame.from_records(rows, columns=FINETUNE_SCHEMA.names),
+                   FINETUNE_SCHEMA, config_hash, weights_ids)
+    frames = [p for p in predictions if len(p)]
+    new_predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTIONS_SCHEMA.names)
+    _merge(predictions_uri(output_uri), new_predictions, PREDICTIONS_SCHEMA, config_hash, weights_ids)
+    written = table.to_pandas()
+    ours = written.set_index(list(KEY_COLUMNS)).index.isin(
+        pd.DataFrame.from_records(rows).set_index(list(KEY_COLUMNS)).index if rows else []
+    )
+    return FinetuneResult(written[ours].reset_index(drop=True), runs, finetune_uri(output_uri),
+                          predictions_uri(output_uri))
+
+
+def _check_identity(state: dict, info: dict, spec, name: str) -> None:
+    """A resumed checkpoint must belong to the same (model, task, stage, classes, size, protocol)."""
+    from mammo_ray.training.loop import IDENTITY_KEYS
+
+    expected = {**info, **spec.info}
+    different = [key for key in IDENTITY_KEYS if state.get(key) != expected.get(key)]
+    if different:
+        details = ", ".join(f"{k}: checkpoint {state.get(k)!r} vs config {expected.get(k)!r}" for k in different)
+        raise ConfigError("finetune.name", f"run {name} resumed a checkpoint of another setup ({details}); "
+                                            "choose another finetune.name or remove the old checkpoints")
+
+
+def _merge(uri: str, new: pd.DataFrame, schema: pa.Schema, config_hash: str, weights: dict[str, str]) -> pa.Table:
+    """Replace the rows of `uri` whose key is in `new`, keep the others; write atomically with provenance."""
+    new_table = pa.Table.from_pandas(new[schema.names], schema=schema, preserve_index=False)
+    if storage.exists(uri):
+        old = storage.read_table(uri).cast(schema).to_pandas()
+        new_keys = set(map(tuple, new[list(KEY_COLUMNS)].astype(str).to_numpy().tolist()))
+        keep = [tuple(k) not in new_keys for k in old[list(KEY_COLUMNS)].astype(str).to_numpy().tolist()]
+        old_table = pa.Table.from_pandas(old[keep][schema.names], schema=schema, preserve_index=False)
+        table = pa.concat_tables([old_table, new_table])
+    else:
+        table = new_table
+    metadata = {
+        "mammo_ray.version": mammo_ray.__version__,
+        "mammo_ray.config_hash": config_hash,
+        "mammo_ray.weights_ids": json.dumps(weights, sort_keys=True),
+        "mammo_ray.stage": "finetune",
+    }
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    storage.write_table(table, uri)
+    return table
+
+
+__all__ = [
+    "FINETUNE_SCHEMA", "PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig", "FinetuneModelConfig",
+    "FinetuneResult", "FinetuneStageConfig", "StageRun", "finetune_uri", "predictions_uri", "run_finetune",
+]

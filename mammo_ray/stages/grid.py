@@ -1,0 +1,379 @@
+"""The classifier grid (the paper's Table 2) on Ray Tune: embeddings tables in, results/grid.parquet out.
+
+How it runs
+-----------
+1. Each extractor's embeddings table is read once (`read_embeddings`), unlabelled rows are dropped
+   (counted per extractor), and its (X, y, patient groups) go into the object store ONCE through
+   `tune.with_parameters`: trials read them from there (zero-copy for the float32 matrix), nothing is
+   re-read per trial.
+2. The grid's cells are grouped into Tune trials by `trial_grouping`: `cell` (one trial per cell),
+   `preprocessing` (the cells sharing extractor, protocol, selection and balancing: the classifiers
+   share each fold's scaler, Lasso and SMOTE) or `protocol` (the default: all cells of an extractor and
+   protocol, sharing each fold's scaler and Lasso too). One trial runs its folds in-process,
+   single-threaded (one CPU, n_jobs=1, BLAS limited to one thread); trials run in parallel, largest
+   first.
+3. A cell that fails is a row with status 'failed' and its error; a trial that crashes makes failed
+   rows for its cells; an extractor whose table is missing makes failed rows without a trial.
+4. `<output>/results/grid.parquet` is written atomically through mammo_ray.storage (local or s3://)
+   with an explicit schema (GRID_SCHEMA) and provenance in its metadata. Tune's own experiment state is
+   scratch: under `<output>/tune/` for a local output, in a temporary folder for s3://.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mammo_ray import storage
+from mammo_ray.classify.config import GridCell, GridConfig
+from mammo_ray.classify.protocols import CellResult, GridData, evaluate_cells
+
+log = logging.getLogger("mammo_ray.grid")
+
+GRID_SCHEMA = pa.schema(
+    [
+        pa.field("extractor", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("selection", pa.string(), nullable=False),
+        pa.field("balancing", pa.string(), nullable=False),
+        pa.field("classifier", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("n_rows", pa.int64(), nullable=False),
+        pa.field("n_positive", pa.int64(), nullable=False),
+        pa.field("n_dropped_unlabelled", pa.int64(), nullable=False),
+        pa.field("n_train", pa.int64()),
+        pa.field("n_test", pa.int64()),
+        pa.field("n_features_in", pa.int64()),
+        pa.field("n_features", pa.int64()),
+        pa.field("cv_folds", pa.int64()),
+        pa.field("cv_balanced_accuracy_mean", pa.float64()),
+        pa.field("cv_balanced_accuracy_std", pa.float64()),
+        pa.field("cv_fold_scores", pa.list_(pa.float64())),
+        pa.field("threshold", pa.float64()),
+        pa.field("accuracy", pa.float64()),
+        pa.field("balanced_accuracy", pa.float64()),
+        pa.field("auc", pa.float64()),
+        pa.field("auc_ci_low", pa.float64()),
+        pa.field("auc_ci_high", pa.float64()),
+        pa.field("precision", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("scale_path", pa.string()),
+        pa.field("weights_ids", pa.list_(pa.string())),
+        pa.field("classifier_seconds", pa.float64()),
+        pa.field("cell_config", pa.string(), nullable=False),
+        pa.field("cell_hash", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+
+#: What each column of grid.parquet means (also written into the file's metadata).
+GRID_COLUMNS_DOC = {
+    "extractor/protocol/selection/balancing/classifier": "the cell",
+    "status, error": "'ok', or 'failed' with '<ErrorType>: <message>'",
+    "n_rows, n_positive": "labelled rows of the extractor's table and positives among them",
+    "n_dropped_unlabelled": "rows of the table without a label (not used)",
+    "n_train, n_test": "held-out split sizes (paper+smote: synthetic rows included)",
+    "n_features_in, n_features": "features of the table / kept by Lasso in the final fit",
+    "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std",
+    "threshold": "held-out decision threshold: 0 for paper, best balanced accuracy on out-of-fold "
+    "training scores for leak_free",
+    "accuracy, balanced_accuracy, precision, recall": "held-out, at the threshold",
+    "auc, auc_ci_low, auc_ci_high": "held-out ROC AUC and its percentile bootstrap interval",
+    "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
+    "weights_ids": "weights of the extractor that made the embeddings",
+    "cell_config, cell_hash": "every setting of the cell (JSON) and its hash",
+    "config_hash": "hash of the whole grid config",
+}
+
+
+def grid_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "grid.parquet")
+
+
+def read_grid(output_uri: str) -> pd.DataFrame:
+    return storage.read_table(grid_uri(output_uri)).to_pandas()
+
+
+@dataclass
+class GridResult:
+    uri: str
+    frame: pd.DataFrame
+    config_hash: str
+    dropped_unlabelled: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_ok(self) -> int:
+        return int((self.frame["status"] == "ok").sum())
+
+    @property
+    def n_failed(self) -> int:
+        return int((self.frame["status"] != "ok").sum())
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+
+
+def available_extractors(output_uri: str) -> list[str]:
+    """Names of the embeddings tables present under <output>/embeddings/ (folders holding Parquet)."""
+    root = storage.join(output_uri, "embeddings")
+    if not storage.exists(root):
+        return []
+    names = set()
+    prefix = root.rstrip("/") + ("/" if storage.is_remote(root) else os.sep)
+    for uri in storage.list_files(root, extensions=[".parquet"]):
+        rest = uri[len(prefix):] if uri.startswith(prefix) else ""
+        parts = rest.replace(os.sep, "/").split("/")
+        if len(parts) >= 2:
+            names.add(parts[0])
+    return sorted(names)
+
+
+def load_grid_data(output_uri: str, extractor: str) -> GridData:
+    """An extractor's labelled embeddings as a GridData (raises when there is no such table)."""
+    from mammo_ray.stages.embed import embeddings_uri, read_embeddings
+
+    frame = read_embeddings(output_uri, extractor)
+    if frame.empty:
+        raise FileNotFoundError(f"no embeddings table at {embeddings_uri(output_uri, extractor)}")
+    return GridData.from_embeddings(frame, extractor)
+
+
+# ------------------------------------------------------------------------------------------------
+# Trials
+# ------------------------------------------------------------------------------------------------
+
+
+def _unit_key(cell: GridCell, grouping: str) -> tuple[str, ...]:
+    if grouping == "cell":
+        return (cell.extractor, cell.protocol, cell.selection, cell.balancing, cell.classifier)
+    if grouping == "preprocessing":
+        return (cell.extractor, cell.protocol, cell.selection, cell.balancing)
+    return (cell.extractor, cell.protocol)
+
+
+def _cost(cells: Sequence[GridCell], data: GridData) -> float:
+    """A rough cost for ordering trials (largest first): kernel SVMs grow with rows squared."""
+    n = data.n_rows
+    majority = n - data.n_positive
+    total = 0.0
+    for cell in cells:
+        rows = n + max(0, majority - data.n_positive) if cell.balancing == "smote" else n
+        width = 0.2 if cell.selection == "lasso" else 1.0
+        total += (rows * rows if cell.classifier.startswith("svm") else rows * 50) * width
+    return total
+
+
+def plan_units(cells: Sequence[GridCell], datasets: dict[str, GridData], grouping: str) -> list[dict[str, Any]]:
+    """Cells grouped into trial units, most expensive first (so the last trial to start is a short one)."""
+    groups: dict[tuple[str, ...], list[GridCell]] = {}
+    for cell in cells:
+        groups.setdefault(_unit_key(cell, grouping), []).append(cell)
+    units = [
+        {"extractor": members[0].extractor, "cells": [list(c.as_dict().values()) for c in members],
+         "cost": _cost(members, datasets[members[0].extractor])}
+        for members in groups.values()
+    ]
+    units.sort(key=lambda unit: -unit["cost"])
+    for index, unit in enumerate(units):
+        unit["id"] = index
+    return units
+
+
+def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
+    return [GridCell(*values) for values in unit["cells"]]
+
+
+def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig) -> None:
+    """One Tune trial: every cell of its unit, folds in-process on one thread."""
+    from ray import tune
+    from threadpoolctl import threadpool_limits
+
+    unit = trial_config["unit"]
+    with threadpool_limits(limits=1):
+        results = evaluate_cells(datasets[unit["extractor"]], _cells_of(unit), grid_config)
+    tune.report({"unit_id": unit["id"], "cells": json.dumps([r.to_dict() for r in results])})
+
+
+def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: GridConfig,
+              storage_path: str, name: str = "grid") -> list[CellResult]:
+    """Run `cells` (all of whose extractors are in `datasets`) as Ray Tune trials; one result per cell.
+
+    Starts a local Ray when none is running. The datasets go to the object store once.
+    """
+    import ray
+    from ray import tune
+
+    if not cells:
+        return []
+    units = plan_units(cells, datasets, config.trial_grouping)
+    needed = {unit["extractor"] for unit in units}
+    trainable = tune.with_resources(
+        tune.with_parameters(_grid_trial, datasets={k: v for k, v in datasets.items() if k in needed},
+                             grid_config=config),
+        {"cpu": config.cpus_per_trial},
+    )
+    if not ray.is_initialized():
+        ray.init()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"unit": tune.grid_search(units)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            max_concurrent_trials=config.max_concurrent_trials,
+            trial_name_creator=lambda trial: f"unit-{trial.config['unit']['id']:03d}",
+            trial_dirname_creator=lambda trial: f"unit-{trial.config['unit']['id']:03d}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result_grid = tuner.fit()
+    by_cell: dict[GridCell, CellResult] = {}
+    seen_units: set[int] = set()
+    for result in result_grid:
+        unit = (result.config or {}).get("unit")
+        if unit is None:
+            continue
+        seen_units.add(unit["id"])
+        metrics = result.metrics or {}
+        if result.error is None and "cells" in metrics:
+            for row in json.loads(metrics["cells"]):
+                cell_result = CellResult(**row)
+                by_cell[cell_result.cell] = cell_result
+        else:
+            error = result.error or RuntimeError("the trial reported no results")
+            for cell in _cells_of(unit):
+                by_cell[cell] = _failed_result(cell, datasets[cell.extractor], config, _trial_error(error))
+    for unit in units:
+        if unit["id"] not in seen_units:
+            for cell in _cells_of(unit):
+                by_cell[cell] = _failed_result(cell, datasets[cell.extractor], config,
+                                               "TrialError: the trial never ran")
+    return [by_cell[cell] for cell in cells]
+
+
+def _trial_error(error: BaseException) -> str:
+    """The root cause of a crashed trial, without Ray's wrapping and traceback."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    message = text[-1] if text else type(cause).__name__
+    return f"TrialError: {message}"
+
+
+def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, error: str) -> CellResult:
+    from mammo_ray.classify.config import settings_hash
+
+    settings = config.cell_settings(cell)
+    result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds, cell_config=json.dumps(settings, sort_keys=True),
+                        cell_hash=settings_hash(settings))
+    if data is not None:
+        result.n_rows, result.n_positive, result.n_dropped_unlabelled = data.n_rows, data.n_positive, data.n_dropped
+        result.n_features_in = int(data.X.shape[1]) if data.X.ndim == 2 else None
+    return result.fail(error)
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+
+def results_table(results: Sequence[CellResult], config: GridConfig,
+                  weights: dict[str, Sequence[str]] | None = None,
+                  dropped: dict[str, int] | None = None) -> pa.Table:
+    """The grid.parquet table: one row per cell, GRID_SCHEMA, provenance in the metadata."""
+    from mammo_ray import __version__
+
+    weights = {k: list(v) for k, v in (weights or {}).items()}
+    config_hash = config.config_hash()
+    records = []
+    for result in results:
+        row = result.to_dict()
+        row["weights_ids"] = weights.get(result.extractor, [])
+        row["config_hash"] = config_hash
+        for key, value in row.items():
+            if isinstance(value, float) and not np.isfinite(value):
+                row[key] = None
+        records.append({name: row.get(name) for name in GRID_SCHEMA.names})
+    table = pa.Table.from_pylist(records, schema=GRID_SCHEMA)
+    metadata = {
+        "mammo_ray.version": __version__,
+        "mammo_ray.stage": "grid",
+        "mammo_ray.config_hash": config_hash,
+        "mammo_ray.grid_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+        "mammo_ray.weights_ids": json.dumps(weights, sort_keys=True),
+        "mammo_ray.dropped_unlabelled": json.dumps(dropped or {}, sort_keys=True),
+        "mammo_ray.columns": json.dumps(GRID_COLUMNS_DOC),
+    }
+    return table.replace_schema_metadata(metadata)
+
+
+def run_grid(output_uri: str, config: GridConfig) -> GridResult:
+    """The classifier grid on every configured extractor's embeddings; writes <output>/results/grid.parquet."""
+    started = time.perf_counter()
+    names = config.extractors if config.extractors is not None else available_extractors(output_uri)
+    if not names:
+        log.warning("grid: no embeddings tables under %s", storage.join(output_uri, "embeddings"))
+    datasets: dict[str, GridData] = {}
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            datasets[name] = load_grid_data(output_uri, name)
+        except Exception as error:  # noqa: BLE001 - a missing table is failed rows, not a crashed study
+            failures[name] = f"{type(error).__name__}: {error}"
+            log.warning("grid: %s: %s", name, failures[name])
+    dropped = {name: data.n_dropped for name, data in datasets.items()}
+    for name, count in dropped.items():
+        if count:
+            log.info("grid: %s: %d rows without a label dropped", name, count)
+    cells = config.cells(list(names))
+    runnable = [cell for cell in cells if cell.extractor in datasets]
+    scratch = None
+    if storage.is_remote(output_uri):
+        scratch = tempfile.mkdtemp(prefix="mammo-grid-tune-")
+        storage_path = scratch
+    else:
+        storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
+    try:
+        computed = tune_grid(datasets, runnable, config, storage_path, name=f"grid-{config.config_hash()}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    by_cell = {result.cell: result for result in computed}
+    results = [
+        by_cell[cell] if cell in by_cell else _failed_result(cell, None, config, failures[cell.extractor])
+        for cell in cells
+    ]
+    weights = {name: data.weights_ids for name, data in datasets.items()}
+    table = results_table(results, config, weights, dropped)
+    uri = grid_uri(output_uri)
+    storage.write_table(table, uri)
+    frame = table.to_pandas()
+    outcome = GridResult(uri, frame, config.config_hash(), dropped, time.perf_counter() - started)
+    log.info("grid: %d cells (%d ok, %d failed) -> %s in %.1f s", len(frame), outcome.n_ok, outcome.n_failed,
+             uri, outcome.seconds)
+    return outcome
+
+
+__all__ = [
+    "GRID_COLUMNS_DOC", "GRID_SCHEMA", "GridResult", "available_extractors", "grid_uri", "load_grid_data",
+    "plan_units", "read_grid", "results_table", "run_grid", "tune_grid",
+]

@@ -1,0 +1,255 @@
+"""Zero-shot NYU inference (the paper's Figure 3): the published image-wise model, unchanged, on every image.
+
+For each image: NYU preprocessing of the image's own view window (CC or MLO; any other or unknown view
+gets the CC window), then the image-wise model's head for the image's own laterality and view
+(L-CC, R-CC, L-MLO or R-MLO; an image whose view is 'other' or unknown uses the CC head of its side),
+giving p_benign and p_malignant (with test-time augmentation, `tta` > 0, the mean over the windows).
+An image without a known laterality (neither in the manifest nor in its DICOM tags) cannot be given a
+head: it is an errors row.
+
+Output: ``<output>/zero_shot/part-*.parquet`` (ZERO_SHOT_SCHEMA), errors in
+``<output>/errors/zero_shot/part-*.parquet`` (stage "zero_shot"), and the figure
+``<output>/figures/zero_shot_by_birads.png`` (predicted benign vs malignant per BI-RADS; see
+`mammo_ray.report.figures`). The pipeline is the shared one of `mammo_ray.stages.inference`:
+incremental on (content_sha256, weights_id, preprocess_id), atomic part files, an actor pool with
+one GPU per actor where there are GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mammo_ray import storage
+from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
+from mammo_ray.errors import MammoRayError
+from mammo_ray.models.extractors import FULL_FIELD_ROWS
+from mammo_ray.models.weights import WeightsSpec
+from mammo_ray.stages.embed import EmbedOptions
+from mammo_ray.stages.inference import InferenceTask, LoadedModel, read_rows, run_inference
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from mammo_ray.imaging.nyu import NYUPreprocess
+
+log = logging.getLogger("mammo_ray.zero_shot")
+
+STAGE = "zero_shot"
+FIGURE_NAME = "zero_shot_by_birads.png"
+
+ZERO_SHOT_SCHEMA = pa.schema(
+    [
+        *(
+            MANIFEST_SCHEMA.field(name)
+            for name in ("image_id", "uri", "dataset", "patient_id", "laterality", "view", "birads", "label",
+                         "pathology")
+        ),
+        pa.field("p_benign", pa.float32(), nullable=False),
+        pa.field("p_malignant", pa.float32(), nullable=False),
+        pa.field("weights_id", pa.string(), nullable=False),
+        pa.field("preprocess_id", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string(), nullable=False),
+    ]
+)
+ZERO_SHOT_COLUMNS: list[str] = ZERO_SHOT_SCHEMA.names
+
+
+class UnknownLateralityError(MammoRayError):
+    """The image's breast side is unknown, so no head of the image-wise model fits it."""
+
+
+@dataclass(frozen=True)
+class ZeroShotSpec:
+    """The zero-shot run: NYU image-wise weights and the preprocessing.
+
+    `weights`: a weights source (`random-init:<seed>`, a local path or s3:// URI of the published
+    `ImageOnly__ModeImage_weights.p`), `sha256` its expected hash. `nyu_scale`: fraction of the native
+    NYU windows (1.0 = 2677x1942 / 2974x1748). `source_resolution`: the inputs' resolution relative
+    to a full-field mammogram (~4000 rows); None estimates it per image from its height. `tta`:
+    test-time augmented windows per image, whose probabilities are averaged (0 = one window).
+    """
+
+    weights: str = "random-init:0"
+    sha256: str | None = None
+    nyu_scale: float = 0.25
+    source_resolution: float | None = None
+    tta: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.nyu_scale > 0:
+            raise ValueError(f"nyu_scale must be positive, got {self.nyu_scale}")
+        if self.source_resolution is not None and not self.source_resolution > 0:
+            raise ValueError(f"source_resolution must be positive or None, got {self.source_resolution}")
+        if self.tta < 0:
+            raise ValueError(f"tta must be >= 0, got {self.tta}")
+
+    @property
+    def weights_spec(self) -> WeightsSpec:
+        return WeightsSpec(self.weights, self.sha256)
+
+    def resolution_for(self, height: int) -> float:
+        """The configured source resolution, or one estimated from the image height (full field = 1.0)."""
+        if self.source_resolution is not None:
+            return self.source_resolution
+        return min(1.0, max(height, 1) / FULL_FIELD_ROWS)
+
+    def preprocessor(self, source_resolution: float = 1.0) -> NYUPreprocess:
+        """Each image's own view window (view=None), `tta` augmented windows when tta > 0."""
+        from mammo_ray.imaging.nyu import NYUPreprocess
+
+        return NYUPreprocess(scale=self.nyu_scale, source_resolution=source_resolution, n_augment=self.tta)
+
+    @property
+    def preprocess_id(self) -> str:
+        resolution = self.source_resolution if self.source_resolution is not None else 1.0
+        suffix = ":source=auto" if self.source_resolution is None else ""
+        return self.preprocessor(resolution).id + suffix
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    scored: int
+    skipped: int
+    errors: int
+    uri: str
+    errors_uri: str
+    figure_uri: str
+    weights_id: str
+    preprocess_id: str
+
+
+def zero_shot_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "zero_shot")
+
+
+def errors_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "errors", STAGE)
+
+
+def figure_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "figures", FIGURE_NAME)
+
+
+def head_for(laterality: object, view: object) -> str:
+    """The image-wise head of an image: 'lcc', 'rcc', 'lmlo' or 'rmlo'.
+
+    View 'other' or unknown -> the CC head of its side; unknown laterality -> UnknownLateralityError.
+    """
+    from mammo_ray.models.nyu import view_key
+
+    if not (isinstance(laterality, str) and laterality in ("L", "R")):  # None, NaN and pd.NA included
+        shown = repr(laterality) if isinstance(laterality, str) else "missing"
+        raise UnknownLateralityError(
+            f"laterality is {shown} (neither the manifest nor the DICOM ImageLaterality tag gives L or R): "
+            "the NYU image-wise model has one head per breast side, so set `laterality` in the manifest"
+        )
+    return view_key(laterality, "MLO" if isinstance(view, str) and view == "MLO" else "CC")
+
+
+@dataclass(frozen=True)
+class ZeroShotTask(InferenceTask):
+    """The zero-shot run as an inference task: own-view window, own-side-and-view head, two probabilities."""
+
+    spec: ZeroShotSpec
+
+    @property
+    def stage(self) -> str:  # type: ignore[override]
+        return STAGE
+
+    @property
+    def weights_spec(self) -> WeightsSpec:
+        return self.spec.weights_spec
+
+    @property
+    def preprocess_id(self) -> str:
+        return self.spec.preprocess_id
+
+    @property
+    def schema(self) -> pa.Schema:
+        return ZERO_SHOT_SCHEMA
+
+    def table_uri(self, output_uri: str) -> str:
+        return zero_shot_uri(output_uri)
+
+    def errors_uri(self, output_uri: str) -> str:
+        return errors_uri(output_uri)
+
+    def prepare(self, pixels: np.ndarray, row) -> tuple[np.ndarray, str]:
+        head = head_for(row.laterality, row.view)  # before the work: a missing side fails fast
+        preprocessor = self.spec.preprocessor(self.spec.resolution_for(pixels.shape[0]))
+        prepared = preprocessor(pixels, row.view, row.laterality)  # (h, w) or (n, h, w)
+        return (prepared[:, None] if prepared.ndim == 3 else prepared[None, None]), head
+
+    def load(self) -> LoadedModel:
+        from mammo_ray.models.nyu import build_nyu_model
+        from mammo_ray.models.weights import resolve_weights
+
+        resolved = resolve_weights(self.spec.weights_spec)
+        module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
+        return LoadedModel(module, resolved.weights_id)
+
+    def forward(self, model: LoadedModel, inputs: torch.Tensor, group: str) -> torch.Tensor:
+        import torch
+
+        p_benign, p_malignant = model.module.predict_proba(inputs, group)
+        return torch.stack([p_benign, p_malignant], dim=1)
+
+    def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
+        nan = np.float32("nan")  # error rows only: dropped before writing
+        return {
+            "p_benign": [nan if o is None else np.float32(o[0]) for o in outputs],
+            "p_malignant": [nan if o is None else np.float32(o[1]) for o in outputs],
+        }
+
+    def to_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        frame = super().to_frame(rows)
+        return frame.assign(
+            p_benign=frame["p_benign"].astype(np.float32), p_malignant=frame["p_malignant"].astype(np.float32)
+        )
+
+
+def read_zero_shot(
+    output_uri: str, *, weights_id: str | None = None, preprocess_id: str | None = None
+) -> pd.DataFrame:
+    """Every committed row of zero_shot/ (optionally only one weights_id / preprocess_id), one per key."""
+    frame = read_rows(zero_shot_uri(output_uri))
+    if frame is None:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in ZERO_SHOT_COLUMNS})
+    if weights_id is not None:
+        frame = frame[frame["weights_id"] == weights_id]
+    if preprocess_id is not None:
+        frame = frame[frame["preprocess_id"] == preprocess_id]
+    keys = ["image_id", "content_sha256", "weights_id", "preprocess_id"]
+    return frame.drop_duplicates(subset=keys).reset_index(drop=True)
+
+
+def run_zero_shot(
+    manifest: pd.DataFrame,
+    output_uri: str,
+    spec: ZeroShotSpec = ZeroShotSpec(),
+    options: EmbedOptions = EmbedOptions(),
+) -> ZeroShotResult:
+    """Score every image of `manifest` not yet scored with these weights and preprocessing, then draw the
+    figure of the manifest's images (predicted benign vs malignant per BI-RADS)."""
+    from mammo_ray.report.figures import zero_shot_by_birads
+
+    task = ZeroShotTask(spec)
+    run = run_inference(manifest, output_uri, task, options)
+    rows = read_zero_shot(output_uri, weights_id=run.weights_id, preprocess_id=task.preprocess_id)
+    # The manifest's images, once each (should an image's file have changed, one of its rows).
+    rows = rows[rows["image_id"].isin(set(manifest["image_id"]))].drop_duplicates(subset=["image_id"])
+    figure = figure_uri(output_uri)
+    zero_shot_by_birads(rows, figure)
+    log.info("zero-shot: %d scored, %d already done (skipped), %d errors; figure %s",
+             run.written, run.skipped, run.errors, figure)
+    return ZeroShotResult(
+        scored=run.written, skipped=run.skipped, errors=run.errors, uri=run.uri, errors_uri=run.errors_uri,
+        figure_uri=figure, weights_id=run.weights_id, preprocess_id=task.preprocess_id,
+    )
