@@ -102,6 +102,16 @@ class EmbedConfig(StrictModel):
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
 
 
+class ZeroShotConfig(StrictModel):
+    """Zero-shot NYU inference (Figure 3): the image-wise model's own benign/malignant heads."""
+
+    weights: str = "random-init:0"
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    nyu_scale: float = Field(0.25, gt=0.0, le=1.0)
+    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
+    tta: int = Field(0, ge=0, le=64)
+
+
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
@@ -110,6 +120,7 @@ class StudyConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
 
     def config_hash(self) -> str:
         """A stable hash of every setting: outputs record it as provenance."""

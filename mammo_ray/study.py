@@ -19,10 +19,11 @@ from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import EmbedOptions, run_embed
 from mammo_ray.stages.ingest import run_ingest
+from mammo_ray.stages.zero_shot import ZeroShotSpec, run_zero_shot
 
 log = logging.getLogger("mammo_ray.study")
 
-STAGES: tuple[str, ...] = ("manifest", "ingest", "embed")
+STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot")
 
 
 @dataclass
@@ -127,16 +128,19 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None) -> Study
     if "embed" in selected:
         ensure_ray(config)
         manifest = read_manifest(manifest_uri(config))
-        embed = config.embed
-        options = EmbedOptions(
-            batch_size=embed.batch_size, max_actors=embed.max_actors, num_gpus=embed.num_gpus, read=read_options(config)
-        )
         for spec in extractor_specs(config):
-            done = run_embed(manifest, config.output, spec, options)
+            done = run_embed(manifest, config.output, spec, embed_options(config))
             result.counts[f"embedded:{spec.name}"] = done.embedded
             result.counts[f"skipped:{spec.name}"] = done.skipped
             result.counts[f"embed_errors:{spec.name}"] = done.errors
         result.ran.append("embed")
+    if "zero_shot" in selected:
+        ensure_ray(config)
+        scored = run_zero_shot(read_manifest(manifest_uri(config)), config.output, zero_shot_spec(config),
+                               embed_options(config))
+        result.counts.update(zero_shot_scored=scored.scored, zero_shot_skipped=scored.skipped,
+                             zero_shot_errors=scored.errors)
+        result.ran.append("zero_shot")
     return result
 
 
@@ -144,16 +148,31 @@ def extractor_specs(config: StudyConfig) -> list[ExtractorSpec]:
     return [ExtractorSpec(**extractor.model_dump()) for extractor in config.embed.extractors]
 
 
+def zero_shot_spec(config: StudyConfig) -> ZeroShotSpec:
+    return ZeroShotSpec(**config.zero_shot.model_dump())
+
+
 def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
     """Every weight file the requested stages need is there (and matches its sha256), before any work."""
-    if "embed" in stages:
-        from mammo_ray.models.weights import check_weights_available
+    from mammo_ray.models.weights import check_weights_available
 
-        for index, spec in enumerate(extractor_specs(config)):
-            try:
-                check_weights_available(spec.weights_spec)
-            except MammoRayError as error:
-                raise ConfigError(f"embed.extractors.{index}.weights", str(error)) from None
+    needed = []
+    if "embed" in stages:
+        needed += [(f"embed.extractors.{i}.weights", s.weights_spec) for i, s in enumerate(extractor_specs(config))]
+    if "zero_shot" in stages:
+        needed.append(("zero_shot.weights", zero_shot_spec(config).weights_spec))
+    for key_path, weights in needed:
+        try:
+            check_weights_available(weights)
+        except MammoRayError as error:
+            raise ConfigError(key_path, str(error)) from None
+
+
+def embed_options(config: StudyConfig) -> EmbedOptions:
+    embed = config.embed
+    return EmbedOptions(
+        batch_size=embed.batch_size, max_actors=embed.max_actors, num_gpus=embed.num_gpus, read=read_options(config)
+    )
 
 
 def demo_config(output: str = "output/demo") -> StudyConfig:

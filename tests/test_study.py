@@ -31,7 +31,7 @@ def test_study_manifest_and_ingest_on_s3(s3_bucket):
             },
         }
     )
-    result = run_study(config)
+    result = run_study(config, ["manifest", "ingest", "embed"])
     assert result.ran == ["manifest", "ingest", "embed"]
     assert result.counts["manifest_rows"] == 8 and result.counts["ingested_images"] == 8
     assert result.counts["embedded:imagenet_resnet18"] == 8 and result.counts["embedded:nyu_lcc"] == 8

@@ -32,6 +32,13 @@ _NYU_DIMS = {"global": 256, "4x4": 4096}
 FULL_FIELD_ROWS = 4000
 
 
+def source_resolution_for(height: int, configured: float | None) -> float:
+    """The configured source resolution, or one estimated from the image height (full field = 1.0)."""
+    if configured is not None:
+        return configured
+    return min(1.0, max(height, 1) / FULL_FIELD_ROWS)
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """One extractor of the study, as the config names it.
@@ -75,10 +82,7 @@ class ExtractorSpec:
         return WeightsSpec(self.weights, self.sha256)
 
     def resolution_for(self, height: int) -> float:
-        """The configured source resolution, or one estimated from the image height (full field = 1.0)."""
-        if self.source_resolution is not None:
-            return self.source_resolution
-        return min(1.0, max(height, 1) / FULL_FIELD_ROWS)
+        return source_resolution_for(height, self.source_resolution)
 
     def preprocessor(self, source_resolution: float = 1.0) -> ImageNetPreprocess | NYUPreprocess:
         if self.family == "imagenet":

@@ -29,7 +29,7 @@ import pyarrow as pa
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
 from mammo_ray.errors import MammoRayError
-from mammo_ray.models.extractors import FULL_FIELD_ROWS
+from mammo_ray.models.extractors import source_resolution_for
 from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.stages.embed import EmbedOptions
 from mammo_ray.stages.inference import InferenceTask, LoadedModel, read_rows, run_inference
@@ -95,10 +95,7 @@ class ZeroShotSpec:
         return WeightsSpec(self.weights, self.sha256)
 
     def resolution_for(self, height: int) -> float:
-        """The configured source resolution, or one estimated from the image height (full field = 1.0)."""
-        if self.source_resolution is not None:
-            return self.source_resolution
-        return min(1.0, max(height, 1) / FULL_FIELD_ROWS)
+        return source_resolution_for(height, self.source_resolution)
 
     def preprocessor(self, source_resolution: float = 1.0) -> NYUPreprocess:
         """Each image's own view window (view=None), `tta` augmented windows when tta > 0."""
