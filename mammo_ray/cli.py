@@ -45,7 +45,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run = commands.add_parser("run", help="run the study from a YAML config")
     run.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     run.add_argument("--output", default=None, help="override the config's output URI")
-    run.add_argument("--stages", nargs="*", default=None)
+    run.add_argument("--stages", nargs="*", default=None, help="run only these stages (in study order)")
+    run.add_argument("--force", action="store_true", help="rerun stages even when their outputs are up to date")
     return parser.parse_args(argv)
 
 
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run":
             from mammo_ray.study import run_from_cli
 
-            return run_from_cli(args.config, args.output, args.stages)
+            return run_from_cli(args.config, args.output, args.stages, args.force)
     except MammoRayError as error:
         print(f"mammo-ray: error: {error}", file=sys.stderr)
         return 2

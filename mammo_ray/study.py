@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot")
 class StudyResult:
     output: str
     ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -106,41 +108,97 @@ def ensure_ray(config: StudyConfig) -> None:
         )
 
 
-def run_study(config: StudyConfig, stages: Sequence[str] | None = None) -> StudyResult:
-    """Run the requested stages (all by default) in order and return what was done."""
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _section(config: StudyConfig, name: str) -> object:
+    return getattr(config, name).model_dump(mode="json")
+
+
+def stage_fingerprint(config: StudyConfig, stage: str) -> str:
+    """What a stage's outputs depend on: its config sections and the content of its input tables."""
+    if stage == "manifest":
+        return _digest(stage, _section(config, "data"))
+    manifest_sha = hashlib.sha256(storage.read_bytes(manifest_uri(config))).hexdigest()
+    sections = {"ingest": ["ingest"], "embed": ["ingest", "embed"], "zero_shot": ["ingest", "zero_shot"]}[stage]
+    return _digest(stage, manifest_sha, [_section(config, name) for name in sections])
+
+
+def _ledger_uri(config: StudyConfig, stage: str) -> str:
+    return storage.join(config.output, "_stages", f"{stage}.json")
+
+
+def _finished_counts(config: StudyConfig, stage: str, fingerprint: str) -> dict[str, int] | None:
+    """The counts of a stage already finished for this fingerprint, or None when it must run."""
+    uri = _ledger_uri(config, stage)
+    if not storage.exists(uri):
+        return None
+    entry = json.loads(storage.read_bytes(uri))
+    return entry["counts"] if entry.get("fingerprint") == fingerprint else None
+
+
+def _run_manifest(config: StudyConfig) -> dict[str, int]:
+    manifest = build_manifest(config)
+    write_manifest(manifest, manifest_uri(config))
+    log.info("manifest: %d images -> %s", len(manifest), manifest_uri(config))
+    return {"manifest_rows": len(manifest)}
+
+
+def _run_ingest(config: StudyConfig) -> dict[str, int]:
+    ingested = run_ingest(read_manifest(manifest_uri(config)), config.output, read_options(config))
+    log.info("ingest: %d images decoded, %d errors -> %s", ingested.images, ingested.errors, ingested.errors_uri)
+    return {"ingested_images": ingested.images, "ingest_errors": ingested.errors}
+
+
+def _run_embed(config: StudyConfig) -> dict[str, int]:
+    manifest = read_manifest(manifest_uri(config))
+    counts = {}
+    for spec in extractor_specs(config):
+        done = run_embed(manifest, config.output, spec, embed_options(config))
+        counts.update(
+            {f"embedded:{spec.name}": done.embedded, f"skipped:{spec.name}": done.skipped,
+             f"embed_errors:{spec.name}": done.errors}
+        )
+    return counts
+
+
+def _run_zero_shot(config: StudyConfig) -> dict[str, int]:
+    manifest = read_manifest(manifest_uri(config))
+    scored = run_zero_shot(manifest, config.output, zero_shot_spec(config), embed_options(config))
+    return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
+
+
+_STAGE_RUNNERS = {"manifest": _run_manifest, "ingest": _run_ingest, "embed": _run_embed, "zero_shot": _run_zero_shot}
+_NEEDS_RAY = {"ingest", "embed", "zero_shot"}
+
+
+def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: bool = False) -> StudyResult:
+    """Run the requested stages (all by default) in order and return what was done.
+
+    A stage whose outputs already exist for the same inputs and config is skipped (its ledger entry under
+    `<output>/_stages/` says so), unless `force`. Stages that process images are also incremental
+    inside: after a crash they redo only the images not yet written.
+    """
     selected = check_stages(stages)
     check_weights(config, selected)
     result = StudyResult(output=config.output)
     apply_storage_config(config)
-    if "manifest" in selected:
-        manifest = build_manifest(config)
-        write_manifest(manifest, manifest_uri(config))
-        result.ran.append("manifest")
-        result.counts["manifest_rows"] = len(manifest)
-        log.info("manifest: %d images -> %s", len(manifest), manifest_uri(config))
-    if "ingest" in selected:
-        ensure_ray(config)
-        manifest = read_manifest(manifest_uri(config))
-        ingested = run_ingest(manifest, config.output, read_options(config))
-        result.ran.append("ingest")
-        result.counts.update(ingested_images=ingested.images, ingest_errors=ingested.errors)
-        log.info("ingest: %d images decoded, %d errors -> %s", ingested.images, ingested.errors, ingested.errors_uri)
-    if "embed" in selected:
-        ensure_ray(config)
-        manifest = read_manifest(manifest_uri(config))
-        for spec in extractor_specs(config):
-            done = run_embed(manifest, config.output, spec, embed_options(config))
-            result.counts[f"embedded:{spec.name}"] = done.embedded
-            result.counts[f"skipped:{spec.name}"] = done.skipped
-            result.counts[f"embed_errors:{spec.name}"] = done.errors
-        result.ran.append("embed")
-    if "zero_shot" in selected:
-        ensure_ray(config)
-        scored = run_zero_shot(read_manifest(manifest_uri(config)), config.output, zero_shot_spec(config),
-                               embed_options(config))
-        result.counts.update(zero_shot_scored=scored.scored, zero_shot_skipped=scored.skipped,
-                             zero_shot_errors=scored.errors)
-        result.ran.append("zero_shot")
+    for stage in selected:
+        fingerprint = stage_fingerprint(config, stage)
+        finished = None if force else _finished_counts(config, stage, fingerprint)
+        if finished is not None:
+            log.info("%s: already done for these inputs and config (fingerprint %s): skipped", stage, fingerprint)
+            result.skipped.append(stage)
+            result.counts.update(finished)
+            continue
+        if stage in _NEEDS_RAY:
+            ensure_ray(config)
+        counts = _STAGE_RUNNERS[stage](config)
+        entry = {"stage": stage, "fingerprint": fingerprint, "counts": counts, "config_hash": config.config_hash()}
+        storage.write_bytes(_ledger_uri(config, stage), json.dumps(entry, indent=2).encode())
+        result.ran.append(stage)
+        result.counts.update(counts)
     return result
 
 
@@ -180,7 +238,9 @@ def demo_config(output: str = "output/demo") -> StudyConfig:
     return StudyConfig(name="demo", output=output)
 
 
-def run_from_cli(config_uri: str | None, output: str | None, stages: Sequence[str] | None) -> int:
+def run_from_cli(
+    config_uri: str | None, output: str | None, stages: Sequence[str] | None, force: bool = False
+) -> int:
     """Entry point of `mammo-ray run` and jobs/full_study.py. Everything is validated before work starts."""
     from mammo_ray.config import load_config
 
@@ -189,6 +249,6 @@ def run_from_cli(config_uri: str | None, output: str | None, stages: Sequence[st
         config = config.model_copy(update={"output": output})
     selected = check_stages(stages)
     log.info("study %s (config %s) -> %s; stages: %s", config.name, config.config_hash(), config.output, selected)
-    result = run_study(config, selected)
-    print(json.dumps({"output": result.output, "ran": result.ran, "counts": result.counts}))
+    result = run_study(config, selected, force=force)
+    print(json.dumps({"output": result.output, "ran": result.ran, "skipped": result.skipped, "counts": result.counts}))
     return 0

@@ -35,8 +35,12 @@ def test_study_manifest_and_ingest_on_s3(s3_bucket):
     assert result.ran == ["manifest", "ingest", "embed"]
     assert result.counts["manifest_rows"] == 8 and result.counts["ingested_images"] == 8
     assert result.counts["embedded:imagenet_resnet18"] == 8 and result.counts["embedded:nyu_lcc"] == 8
-    rerun = run_study(config, ["embed"])
-    assert rerun.counts["embedded:nyu_lcc"] == 0 and rerun.counts["skipped:nyu_lcc"] == 8
+    rerun = run_study(config, ["manifest", "ingest", "embed"])
+    assert rerun.ran == [] and rerun.skipped == ["manifest", "ingest", "embed"]
+    forced = run_study(config, ["embed"], force=True)  # runs, but every image is already embedded
+    assert forced.counts["embedded:nyu_lcc"] == 0 and forced.counts["skipped:nyu_lcc"] == 8
+    changed = parse_config({**config.model_dump(mode="json"), "ingest": {"batch_size": 2}})
+    assert run_study(changed, ["manifest", "ingest"]).ran == ["ingest"]  # its config changed: it reruns
     manifest = read_manifest(s3_bucket + "/study/manifest.parquet", check_files=True)
     assert set(manifest["view"]) == {"CC", "MLO"} and set(manifest["laterality"]) == {"L", "R"}
     assert storage.read_table(s3_bucket + "/study/ingest/images.parquet").num_rows == 8
