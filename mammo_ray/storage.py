@@ -190,11 +190,11 @@ def write_table(table: pa.Table, uri: str, s3: S3Options | None = None) -> None:
     write_bytes(uri, sink.getvalue().to_pybytes(), s3)
 
 
-def read_table(uri: str, s3: S3Options | None = None) -> pa.Table:
-    """Read a Parquet file, or every Parquet file under a folder, as one Arrow table."""
+def read_table(uri: str, s3: S3Options | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, or every Parquet file under a folder, as one Arrow table (optionally some columns)."""
     fs, path = arrow_filesystem(uri, s3)
     try:
-        return pq.read_table(path, filesystem=fs)
+        return pq.read_table(path, filesystem=fs, columns=columns)
     except Exception as error:  # noqa: BLE001
         raise _wrap(uri, "read Parquet", error) from error
 

@@ -24,7 +24,7 @@ from mammo_ray.stages.zero_shot import ZeroShotSpec, run_zero_shot
 
 log = logging.getLogger("mammo_ray.study")
 
-STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot")
+STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot", "report")
 
 
 @dataclass
@@ -120,6 +120,8 @@ def stage_fingerprint(config: StudyConfig, stage: str) -> str:
     """What a stage's outputs depend on: its config sections and the content of its input tables."""
     if stage == "manifest":
         return _digest(stage, _section(config, "data"))
+    if stage in _ALWAYS_RUN:
+        return _digest(stage, config.config_hash())
     manifest_sha = hashlib.sha256(storage.read_bytes(manifest_uri(config))).hexdigest()
     sections = {"ingest": ["ingest"], "embed": ["ingest", "embed"], "zero_shot": ["ingest", "zero_shot"]}[stage]
     return _digest(stage, manifest_sha, [_section(config, name) for name in sections])
@@ -169,7 +171,20 @@ def _run_zero_shot(config: StudyConfig) -> dict[str, int]:
     return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
 
 
-_STAGE_RUNNERS = {"manifest": _run_manifest, "ingest": _run_ingest, "embed": _run_embed, "zero_shot": _run_zero_shot}
+def _run_report(config: StudyConfig) -> dict[str, int]:
+    from mammo_ray.stages.report import build_report
+
+    uris = build_report(config.output, {**config.model_dump(mode="json"), "config_hash": config.config_hash()})
+    log.info("report: %s and %s", uris["markdown"], uris["html"])
+    return {"report_files": len(uris)}
+
+
+_STAGE_RUNNERS = {
+    "manifest": _run_manifest, "ingest": _run_ingest, "embed": _run_embed, "zero_shot": _run_zero_shot,
+    "report": _run_report,
+}
+#: Cheap stages whose inputs are every other table: always rebuilt.
+_ALWAYS_RUN = {"report"}
 _NEEDS_RAY = {"ingest", "embed", "zero_shot"}
 
 
@@ -186,7 +201,7 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: b
     apply_storage_config(config)
     for stage in selected:
         fingerprint = stage_fingerprint(config, stage)
-        finished = None if force else _finished_counts(config, stage, fingerprint)
+        finished = None if force or stage in _ALWAYS_RUN else _finished_counts(config, stage, fingerprint)
         if finished is not None:
             log.info("%s: already done for these inputs and config (fingerprint %s): skipped", stage, fingerprint)
             result.skipped.append(stage)

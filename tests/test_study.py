@@ -89,3 +89,26 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     )
     assert completed.returncode == 2
     assert "absent.yaml" in completed.stderr
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_whole_study_writes_a_report_with_every_section(tmp_path):
+    output = tmp_path / "study"
+    config = parse_config(
+        {
+            "name": "report-test",
+            "output": str(output),
+            "data": {"synthetic": {"patients": 2, "rows": 128}},
+            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
+            "zero_shot": {"nyu_scale": 0.125},
+        }
+    )
+    result = run_study(config)
+    assert "report" in result.ran
+    markdown = (output / "report" / "report.md").read_text()
+    for heading in ("Provenance", "Figure 3", "Table 1", "Table 2"):
+        assert f"## {heading}" in markdown
+    assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
+    assert "figures/zero_shot_by_birads.png" in markdown and (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
+    page = (output / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<img" in page and "src='figures/" not in page  # self-contained
