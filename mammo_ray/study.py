@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import ray
 
-from mammo_ray import storage
+from mammo_ray import layout, storage
 from mammo_ray.config import StudyConfig
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.errors import ConfigError, MammoRayError
@@ -36,7 +36,7 @@ class StudyResult:
 
 
 def manifest_uri(config: StudyConfig) -> str:
-    return storage.join(config.output, "manifest.parquet")
+    return layout.manifest_uri(config.output)
 
 
 def check_stages(stages: Sequence[str] | None) -> list[str]:

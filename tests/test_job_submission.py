@@ -35,6 +35,8 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     """A Ray head on 127.0.0.1 with token auth; yields (dashboard address, client environment)."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/mr-head-")  # short: Ray's unix sockets live under it
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # The job's `python` is found on PATH, as on a cluster node: make it this environment's interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     dashboard_port = _free_port()
     head = subprocess.Popen(

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage
+from mammo_ray import layout, storage
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, MANIFEST_SCHEMA
 from mammo_ray.models.extractors import ExtractorSpec, LoadedExtractor
 from mammo_ray.models.weights import WeightsSpec
@@ -69,7 +69,7 @@ class EmbedResult:
 
 
 def embeddings_uri(output_uri: str, extractor: str) -> str:
-    return storage.join(output_uri, "embeddings", extractor)
+    return layout.embeddings_uri(output_uri, extractor)
 
 
 def errors_uri(output_uri: str, extractor: str) -> str:

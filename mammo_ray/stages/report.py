@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mammo_ray import __version__, storage  # noqa: E402
+from mammo_ray import __version__, layout, storage  # noqa: E402
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts  # noqa: E402
 from mammo_ray.report.render import Section, write_report  # noqa: E402
 
@@ -197,17 +197,13 @@ def _fold_scores(best: pd.DataFrame) -> None:
 
 def build_report(output_uri: str, config: dict) -> dict[str, str]:
     """Read every table the study wrote under `output_uri` and write the report; returns its URIs."""
-    from mammo_ray.stages.finetune import finetune_uri, predictions_uri
-    from mammo_ray.stages.grid import grid_uri
-    from mammo_ray.stages.zero_shot import zero_shot_uri
-
-    manifest = _read(storage.join(output_uri, "manifest.parquet"))
-    zero_shot = _read(zero_shot_uri(output_uri))
-    grid = _read(grid_uri(output_uri))
-    finetune = _read(finetune_uri(output_uri))
-    predictions = _read(predictions_uri(output_uri))
-    errors = _read(storage.join(output_uri, "errors"))
-    embeddings = _read(storage.join(output_uri, "embeddings"), columns=["weights_id"])
+    manifest = _read(layout.manifest_uri(output_uri))
+    zero_shot = _read(layout.zero_shot_uri(output_uri))
+    grid = _read(layout.grid_uri(output_uri))
+    finetune = _read(layout.finetune_uri(output_uri))
+    predictions = _read(layout.finetune_predictions_uri(output_uri))
+    errors = _read(layout.errors_uri(output_uri))
+    embeddings = _read(layout.embeddings_uri(output_uri), columns=["weights_id"])
     weights = _weights_ids(embeddings, zero_shot, grid, finetune)
     banner = RANDOM_INIT_BANNER if any(w.startswith("random-init") for w in weights) else None
     sections = [
@@ -218,6 +214,6 @@ def build_report(output_uri: str, config: dict) -> dict[str, str]:
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"
     uris = write_report(output_uri, title, banner, sections)
-    storage.write_bytes(storage.join(output_uri, "report", "provenance.json"),
+    storage.write_bytes(storage.join(layout.report_uri(output_uri), "provenance.json"),
                         json.dumps({"config": config, "weights_ids": weights}, indent=2, default=str).encode())
     return uris

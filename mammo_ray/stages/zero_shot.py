@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage
+from mammo_ray import layout, storage
 from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
 from mammo_ray.errors import MammoRayError
 from mammo_ray.models.extractors import source_resolution_for
@@ -123,7 +123,7 @@ class ZeroShotResult:
 
 
 def zero_shot_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "zero_shot")
+    return layout.zero_shot_uri(output_uri)
 
 
 def errors_uri(output_uri: str) -> str:
