@@ -58,3 +58,25 @@ def test_unknown_stage_fails_before_work():
     with pytest.raises(ConfigError, match="embedd"):
         check_stages(["manifest", "embedd"])
     assert check_stages(["ingest", "manifest"]) == ["manifest", "ingest"]
+
+
+@pytest.mark.parametrize("name", ["demo", "mini_mias", "inbreast", "cluster_s3"])
+def test_every_shipped_config_validates(name):
+    from pathlib import Path
+
+    load_config(Path(__file__).resolve().parent.parent / "jobs" / "configs" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", ["mini_mias", "inbreast"])
+def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mammo_ray.study import run_study
+
+    config = load_config(Path(__file__).resolve().parent.parent / "jobs" / "configs" / f"{name}.yaml")
+    monkeypatch.chdir(tmp_path)  # no weights/ folder here
+    with pytest.raises(ConfigError) as caught:
+        run_study(config.model_copy(update={"output": str(tmp_path / "out")}))
+    assert "embed.extractors.0.weights" == caught.value.key_path
+    assert "resnet50-11ad3fa6.pth" in str(caught.value) and "mammo-ray weights fetch" in str(caught.value)
+    assert not (tmp_path / "out").exists()
