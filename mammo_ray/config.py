@@ -15,13 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mammo_ray import storage
+from mammo_ray.config_base import StrictModel
+from mammo_ray.stages.finetune import FinetuneConfig
 from mammo_ray.errors import ConfigError, StorageError
-
-
-class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SyntheticSource(StrictModel):
@@ -112,6 +108,16 @@ class ZeroShotConfig(StrictModel):
     tta: int = Field(0, ge=0, le=64)
 
 
+def _demo_finetune() -> FinetuneConfig:
+    """Small enough for the embedded demo on a laptop: random-init resnet18 and the small CNN, 64 px."""
+    return FinetuneConfig(
+        models=[{"name": "resnet18", "weights": "random-init:0"}, {"name": "small_cnn"}],
+        tasks=["binary"],
+        stages=[{"name": "head", "train": "head", "size": 64, "epochs": 1, "lr": 1e-3},
+                {"name": "all", "train": "all", "size": 64, "epochs": 2, "lr": 1e-4}],
+    )
+
+
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
@@ -121,6 +127,7 @@ class StudyConfig(StrictModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
 
     def config_hash(self) -> str:
         """A stable hash of every setting: outputs record it as provenance."""

@@ -24,7 +24,7 @@ from mammo_ray.stages.zero_shot import ZeroShotSpec, run_zero_shot
 
 log = logging.getLogger("mammo_ray.study")
 
-STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot", "report")
+STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot", "finetune", "report")
 
 
 @dataclass
@@ -123,7 +123,8 @@ def stage_fingerprint(config: StudyConfig, stage: str) -> str:
     if stage in _ALWAYS_RUN:
         return _digest(stage, config.config_hash())
     manifest_sha = hashlib.sha256(storage.read_bytes(manifest_uri(config))).hexdigest()
-    sections = {"ingest": ["ingest"], "embed": ["ingest", "embed"], "zero_shot": ["ingest", "zero_shot"]}[stage]
+    sections = {"ingest": ["ingest"], "embed": ["ingest", "embed"], "zero_shot": ["ingest", "zero_shot"],
+                "finetune": ["finetune"]}[stage]
     return _digest(stage, manifest_sha, [_section(config, name) for name in sections])
 
 
@@ -171,6 +172,14 @@ def _run_zero_shot(config: StudyConfig) -> dict[str, int]:
     return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
 
 
+def _run_finetune(config: StudyConfig) -> dict[str, int]:
+    from mammo_ray.stages.finetune import run_finetune
+
+    trained = run_finetune(read_manifest(manifest_uri(config)), config.output, config.finetune)
+    log.info("finetune: %d result rows -> %s", len(trained.rows), trained.uri)
+    return {"finetune_rows": len(trained.rows)}
+
+
 def _run_report(config: StudyConfig) -> dict[str, int]:
     from mammo_ray.stages.report import build_report
 
@@ -181,11 +190,11 @@ def _run_report(config: StudyConfig) -> dict[str, int]:
 
 _STAGE_RUNNERS = {
     "manifest": _run_manifest, "ingest": _run_ingest, "embed": _run_embed, "zero_shot": _run_zero_shot,
-    "report": _run_report,
+    "finetune": _run_finetune, "report": _run_report,
 }
 #: Cheap stages whose inputs are every other table: always rebuilt.
 _ALWAYS_RUN = {"report"}
-_NEEDS_RAY = {"ingest", "embed", "zero_shot"}
+_NEEDS_RAY = {"ingest", "embed", "zero_shot", "finetune"}
 
 
 def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: bool = False) -> StudyResult:
@@ -239,6 +248,13 @@ def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
             check_weights_available(weights)
         except MammoRayError as error:
             raise ConfigError(key_path, str(error)) from None
+    if "finetune" in stages:
+        from mammo_ray.stages.finetune import resolve_models
+
+        try:
+            resolve_models(config.finetune)
+        except MammoRayError as error:
+            raise ConfigError("finetune.models", str(error)) from None
 
 
 def embed_options(config: StudyConfig) -> EmbedOptions:

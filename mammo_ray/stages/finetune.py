@@ -21,7 +21,10 @@ computed from the validation predictions of each stage's final checkpoint.
 
 Outputs under `output_uri`:
   results/finetune.parquet              one row per (model, pretrained_on, task, protocol, stage),
-                                        schema FINETUNE_SCHEMA; rows of earlier runs with other keys stay
+                                        schema FINETUNE_SCHEMA; rows of earlier runs with other keys stay.
+                                        n_train: images in the training split; n_val: validation images
+                                        predicted (an unreadable one is in the errors table instead);
+                                        epochs: the stage's epoch counter in its final checkpoint
   results/finetune_predictions.parquet  the validation predictions behind every row
   checkpoints/<run name>/checkpoint_*   unless `checkpoint_path` points elsewhere
   errors/finetune-<family>-<size>/      images that could not be read or prepared (errors schema)
@@ -44,8 +47,8 @@ from pydantic import Field, model_validator
 from ray.train import DataConfig
 
 import mammo_ray
-from mammo_ray import storage
-from mammo_ray.config import StrictModel
+from mammo_ray import layout, storage
+from mammo_ray.config_base import StrictModel
 from mammo_ray.errors import ConfigError
 from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
@@ -78,7 +81,8 @@ class FinetuneModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _small_cnn_from_scratch(self) -> FinetuneModelConfig:
-        if self.name == "small_cnn" and self.weights is not None and not self.weights.startswith("random-init"):
+        scratch = self.weights is None or self.weights.startswith("random-init")
+        if self.name == "small_cnn" and not scratch:
             raise ValueError("small_cnn is the from-scratch baseline: its weights must be random-init:<seed>")
         return self
 
@@ -125,9 +129,12 @@ def _default_stages() -> list[FinetuneStageConfig]:
 class FinetuneConfig(StrictModel):
     """The fine-tuning stage's settings (one section of the study config)."""
 
-    name: str = Field("finetune", pattern=_NAME_PATTERN, max_length=60, description="run-name prefix; same name = resume")
+    name: str = Field("finetune", pattern=_NAME_PATTERN, max_length=60,
+                      description="run-name prefix: the same name resumes")
     models: list[FinetuneModelConfig] = Field(default_factory=_default_models, min_length=1)
-    tasks: list[Literal["binary", "birads"]] = Field(default_factory=lambda: ["binary", "birads"], min_length=1)
+    tasks: list[Literal["binary", "birads"]] = Field(
+        default_factory=lambda: ["binary", "birads"], min_length=1
+    )
     protocol: Literal["patient", "paper"] = "patient"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
@@ -238,11 +245,11 @@ class FinetuneResult:
 
 
 def finetune_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "results", "finetune.parquet")
+    return layout.finetune_uri(output_uri)
 
 
 def predictions_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "results", "finetune_predictions.parquet")
+    return layout.finetune_predictions_uri(output_uri)
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class _Model:
     pretrained_on: str
 
 
-def _resolve_models(config: FinetuneConfig) -> list[_Model]:
+def resolve_models(config: FinetuneConfig) -> list[_Model]:
     """Every model with its weights checked (WeightsError at start, before any work), keys unique."""
     from mammo_ray.models.weights import FETCH_HINT
 
@@ -315,9 +322,11 @@ def _fit_stage(
 
     from mammo_ray.training.loop import LoopSpec, train_loop
 
-    input_spec = InputSpec(input_family(model.name), stage.size, config.crop_to_breast, config.source_resolution)
+    input_spec = InputSpec(
+        input_family(model.name), stage.size, config.crop_to_breast, config.source_resolution
+    )
     read_options = ReadOptions(batch_size=config.read_batch_size, rows_per_block=config.rows_per_block)
-    errors = storage.join(output_uri, "errors", f"finetune-{input_spec.family}-{stage.size}")
+    errors = storage.join(layout.errors_uri(output_uri), f"finetune-{input_spec.family}-{stage.size}")
     tag = f"finetune:{input_spec.family}:{stage.size}"
     datasets = {
         name: input_dataset(frame, input_spec, errors_uri=errors, stage=tag, read_options=read_options,
@@ -326,9 +335,9 @@ def _fit_stage(
     }
     if config.cache_inputs:
         datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
-    weights = (
-        tuple(class_weights(train_frame["target"].to_numpy(), len(classes))) if config.class_weighted else None
-    )
+    weights = None
+    if config.class_weighted:
+        weights = tuple(class_weights(train_frame["target"].to_numpy(), len(classes)))
     spec = LoopSpec(
         model=model.name, num_classes=len(classes), train=stage.train, epochs=stage.epochs, lr=stage.lr,
         weight_decay=config.weight_decay, batch_size=stage.batch_size or config.batch_size, seed=config.seed,
@@ -337,10 +346,12 @@ def _fit_stage(
         torch_threads=config.torch_threads or max(1, int(config.cpus_per_worker)),
         info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": input_spec.id},
     )
+    _warn_if_no_cpu_left_for_data(config)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
-    filesystem, path = storage.arrow_filesystem(config.checkpoint_path or storage.join(output_uri, "checkpoints"))
+    checkpoints = config.checkpoint_path or storage.join(output_uri, "checkpoints")
+    filesystem, path = storage.arrow_filesystem(checkpoints)
     name = info["run_name"]
     trainer = TorchTrainer(
         train_loop,
@@ -362,11 +373,24 @@ def _fit_stage(
     return result, spec
 
 
-def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune every configured model on every task through the configured stages; see the module doc."""
-    from mammo_ray.training.loop import checkpoint_uri, read_predictions, read_state
+def _warn_if_no_cpu_left_for_data(config: FinetuneConfig) -> None:
+    """Streaming inputs need CPUs beside the training workers' own; say so before a run stalls."""
+    import ray
 
-    models = _resolve_models(config)  # WeightsError here, before any work, if weights are missing
+    if config.cache_inputs or not ray.is_initialized():
+        return
+    free = ray.cluster_resources().get("CPU", 0.0) - config.num_workers * config.cpus_per_worker
+    if free < config.data_cpus:
+        log.warning(
+            "finetune: the workers reserve %.1f of %.1f CPUs, leaving %.1f for preprocessing tasks that need "
+            "%.1f each: lower cpus_per_worker or data_cpus, or set cache_inputs",
+            config.num_workers * config.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0), free,
+            config.data_cpus,
+        )
+
+
+def _prepare_tasks(manifest: pd.DataFrame, config: FinetuneConfig) -> dict[str, tuple]:
+    """task -> (task frame, classes, split); every problem raises before any work starts."""
     tasks = {}
     for task in config.tasks:
         frame, classes = task_frame(manifest, task)
@@ -374,86 +398,113 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
             raise ConfigError("finetune.tasks", f"task {task!r} needs at least 2 classes in the manifest, "
                                                 f"found {classes or 'none'} ({len(frame)} usable images)")
         split = make_split(frame, config.protocol, val_fraction=config.val_fraction, seed=config.seed)
-        trained_classes = np.unique(frame["target"].to_numpy()[split.train])
-        if trained_classes.size < 2:
+        if np.unique(frame["target"].to_numpy()[split.train]).size < 2:
             raise ConfigError("finetune.tasks", f"task {task!r}: the training split holds a single class")
         tasks[task] = (frame, classes, split)
+    return tasks
 
+
+def _initial_state(model: _Model, resolved, num_classes: int, config: FinetuneConfig):
+    """The starting weights of a (model, task) as an object-store reference (workers load it)."""
     import ray
 
+    from mammo_ray.training.models import build_model
+
+    seed = resolved.seed if resolved.seed is not None else config.seed
+    initial = build_model(model.name, num_classes, resolved.state_dict, seed=seed, source=resolved.source,
+                          nyu_trunk=config.nyu_trunk)
+    return ray.put({key: value.detach().cpu() for key, value in initial.state_dict().items()})
+
+
+def _outcome(result, spec, info: dict, frame: pd.DataFrame, n_train: int, stage_index: int):
+    """(finetune row, predictions frame, StageRun) of one finished stage, from its final checkpoint."""
+    from mammo_ray.training.loop import checkpoint_uri, read_predictions, read_state
+
+    checkpoint = result.checkpoint
+    state = read_state(checkpoint)
+    _check_identity(state, info, spec, info["run_name"])
+    predicted = read_predictions(checkpoint)
+    k = len(info["classes"])
+    probabilities = np.stack(predicted["probabilities"].to_numpy()) if len(predicted) else np.zeros((0, k))
+    scores = classification_metrics(predicted["target"].to_numpy(), probabilities)
+    uri = checkpoint_uri(checkpoint)
+    epoch = int(state["epoch"])
+    # result.metrics is this call's last report, or (nothing trained now) the restored checkpoint's.
+    fresh = bool(result.metrics) and result.metrics.get("run_token") == spec.run_token
+    start = int(result.metrics["start_epoch"]) if fresh else epoch
+    rate = float(result.metrics["train_images_per_s"]) if fresh else math.nan
+    keys = {key: info[key] for key in ("model", "pretrained_on", "task", "stage")}
+    run = StageRun(**keys, run_name=info["run_name"], start_epoch=start, epoch=epoch, trained=epoch - start,
+                   images_per_s=rate, checkpoint_uri=uri,
+                   world_size=int(state["metrics"].get("world_size", 0)),
+                   metrics=dict(state["metrics"]))
+    row = {
+        **keys, "stage_index": stage_index, "train": spec.train, "image_size": spec.info["image_size"],
+        "epochs": epoch, **scores, "n_train": n_train, "n_val": len(predicted), "protocol": info["protocol"],
+        "classes": info["classes"], "checkpoint_uri": uri, "weights_id": info["weights_id"],
+        "run_name": info["run_name"], "config_hash": info["config_hash"],
+    }
+    images = frame.set_index("row").loc[predicted["row"].to_numpy()]
+    predictions = pd.DataFrame({
+        **keys, "protocol": info["protocol"],
+        "image_id": images["image_id"].astype(str).to_numpy(),
+        "patient_id": images["patient_id"].astype(str).to_numpy(),
+        "target": predicted["target"].to_numpy(np.int64),
+        "prediction": probabilities.argmax(axis=1).astype(np.int64),
+        "probabilities": [np.asarray(p, dtype=np.float32) for p in probabilities],
+    })
+    return row, predictions, run
+
+
+def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune every configured model on every task through the configured stages; see the module doc.
+
+    Fails before any work with WeightsError when pretrained weights cannot be found, and with
+    ConfigError when a task has fewer than 2 classes.
+    """
+    models = resolve_models(config)
+    tasks = _prepare_tasks(manifest, config)
     config_hash = config.config_hash()
     rows: list[dict] = []
-    weights_ids: dict[str, str] = {}
     predictions: list[pd.DataFrame] = []
     runs: list[StageRun] = []
+    weights_ids: dict[str, str] = {}
     for model in models:
         resolved = resolve_weights(model.spec)
         weights_ids[f"{model.name}:{model.pretrained_on}"] = resolved.weights_id
         for task, (frame, classes, split) in tasks.items():
-            from mammo_ray.training.models import build_model
-
-            seed = resolved.seed if resolved.seed is not None else config.seed
-            initial = build_model(model.name, len(classes), resolved.state_dict, seed=seed,
-                                  source=resolved.source, nyu_trunk=config.nyu_trunk)
-            init_state = ray.put({k: v.detach().cpu() for k, v in initial.state_dict().items()})
-            del initial
-            previous = None
+            init_state, previous = _initial_state(model, resolved, len(classes), config), None
             train_frame, val_frame = frame.iloc[split.train], frame.iloc[split.val]
             for stage_index, stage in _stages_for(config, model.name):
-                name = run_name(config, model, task, stage)
                 info = {
-                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task, "stage": stage.name,
-                    "classes": classes, "weights_id": resolved.weights_id, "protocol": config.protocol,
-                    "config_hash": config_hash, "run_name": name,
+                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task,
+                    "stage": stage.name, "classes": classes, "weights_id": resolved.weights_id,
+                    "protocol": config.protocol, "config_hash": config_hash,
+                    "run_name": run_name(config, model, task, stage),
                 }
                 result, spec = _fit_stage(
-                    config=config, model=model, task=task, stage=stage, classes=classes, train_frame=train_frame,
-                    val_frame=val_frame, init_state=init_state if previous is None else None,
-                    init_checkpoint=previous, output_uri=output_uri, info=info,
+                    config=config, model=model, task=task, stage=stage, classes=classes,
+                    train_frame=train_frame, val_frame=val_frame, output_uri=output_uri, info=info,
+                    init_state=init_state if previous is None else None, init_checkpoint=previous,
                 )
-                checkpoint = result.checkpoint
-                state = read_state(checkpoint)
-                _check_identity(state, info, spec, name)
-                predicted = read_predictions(checkpoint)
-                probabilities = np.stack(predicted["probabilities"].to_numpy()) if len(predicted) else np.zeros((0, len(classes)))
-                scores = classification_metrics(predicted["target"].to_numpy(), probabilities)
-                uri = checkpoint_uri(checkpoint)
-                fresh = bool(result.metrics) and result.metrics.get("run_token") == spec.run_token
-                start = int(result.metrics["start_epoch"]) if fresh else int(state["epoch"])
-                runs.append(StageRun(
-                    model.name, model.pretrained_on, task, stage.name, name, start, int(state["epoch"]),
-                    int(state["epoch"]) - start,
-                    float(result.metrics["train_images_per_s"]) if fresh else math.nan, uri,
-                    int(state["metrics"].get("world_size", 0)), dict(state["metrics"]),
-                ))
-                rows.append({
-                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task, "stage": stage.name,
-                    "stage_index": stage_index, "train": stage.train, "image_size": stage.size,
-                    "epochs": int(state["epoch"]), **scores, "n_train": len(train_frame), "n_val": len(predicted),
-                    "protocol": config.protocol, "classes": classes, "checkpoint_uri": uri,
-                    "weights_id": resolved.weights_id, "run_name": name, "config_hash": config_hash,
-                })
-                chosen = frame.set_index("row").loc[predicted["row"].to_numpy()]
-                predictions.append(pd.DataFrame({
-                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task,
-                    "protocol": config.protocol, "stage": stage.name,
-                    "image_id": chosen["image_id"].astype(str).to_numpy(),
-                    "patient_id": chosen["patient_id"].astype(str).to_numpy(),
-                    "target": predicted["target"].to_numpy(np.int64),
-                    "prediction": probabilities.argmax(axis=1).astype(np.int64) if len(predicted) else np.zeros(0, np.int64),
-                    "probabilities": [np.asarray(p, dtype=np.float32) for p in probabilities],
-                }))
-                previous = checkpoint
-                log.info("finetune %s: epoch %d, %s", name, state["epoch"], scores)
+                row, predicted, run = _outcome(result, spec, info, frame, len(train_frame), stage_index)
+                rows.append(row)
+                predictions.append(predicted)
+                runs.append(run)
+                previous = result.checkpoint
+                log.info("finetune %s: epoch %d, %s", info["run_name"], run.epoch,
+                         {k: row[k] for k in ("accuracy", "auroc", "precision", "recall")})
 
-    table = _merge(finetune_uri(output_uri), pd.DataFrame.from_records(rows, columns=FINETUNE_SCHEMA.names),
-                   FINETUNE_SCHEMA, config_hash, weights_ids)
+    new_rows = pd.DataFrame.from_records(rows, columns=FINETUNE_SCHEMA.names)
+    table = _merge(finetune_uri(output_uri), new_rows, FINETUNE_SCHEMA, config_hash, weights_ids)
     frames = [p for p in predictions if len(p)]
-    new_predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTIONS_SCHEMA.names)
+    new_predictions = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTIONS_SCHEMA.names)
+    )
     _merge(predictions_uri(output_uri), new_predictions, PREDICTIONS_SCHEMA, config_hash, weights_ids)
     written = table.to_pandas()
-    ours = written.set_index(list(KEY_COLUMNS)).index.isin(
-        pd.DataFrame.from_records(rows).set_index(list(KEY_COLUMNS)).index if rows else []
+    ours = pd.MultiIndex.from_frame(written[list(KEY_COLUMNS)]).isin(
+        pd.MultiIndex.from_frame(new_rows[list(KEY_COLUMNS)])
     )
     return FinetuneResult(written[ours].reset_index(drop=True), runs, finetune_uri(output_uri),
                           predictions_uri(output_uri))
@@ -466,12 +517,16 @@ def _check_identity(state: dict, info: dict, spec, name: str) -> None:
     expected = {**info, **spec.info}
     different = [key for key in IDENTITY_KEYS if state.get(key) != expected.get(key)]
     if different:
-        details = ", ".join(f"{k}: checkpoint {state.get(k)!r} vs config {expected.get(k)!r}" for k in different)
+        details = ", ".join(
+            f"{k}: checkpoint {state.get(k)!r} vs config {expected.get(k)!r}" for k in different
+        )
         raise ConfigError("finetune.name", f"run {name} resumed a checkpoint of another setup ({details}); "
                                             "choose another finetune.name or remove the old checkpoints")
 
 
-def _merge(uri: str, new: pd.DataFrame, schema: pa.Schema, config_hash: str, weights: dict[str, str]) -> pa.Table:
+def _merge(
+    uri: str, new: pd.DataFrame, schema: pa.Schema, config_hash: str, weights: dict[str, str]
+) -> pa.Table:
     """Replace the rows of `uri` whose key is in `new`, keep the others; write atomically with provenance."""
     new_table = pa.Table.from_pandas(new[schema.names], schema=schema, preserve_index=False)
     if storage.exists(uri):
@@ -494,6 +549,7 @@ def _merge(uri: str, new: pd.DataFrame, schema: pa.Schema, config_hash: str, wei
 
 
 __all__ = [
-    "FINETUNE_SCHEMA", "PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig", "FinetuneModelConfig",
+    "FINETUNE_SCHEMA", "PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig",
+    "FinetuneModelConfig",
     "FinetuneResult", "FinetuneStageConfig", "StageRun", "finetune_uri", "predictions_uri", "run_finetune",
 ]

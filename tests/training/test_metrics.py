@@ -1,0 +1,70 @@
+"""Our metrics against sklearn's on the same predictions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
+from mammo_ray.training.metrics import binary_auroc, classification_metrics
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_binary_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 120))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    logits = rng.normal(size=(n, 2)) + y[:, None] * [0, 0.7]
+    if seed % 3 == 0:
+        logits = np.round(logits, 1)  # ties in the scores
+    proba = _softmax(logits)
+    ours = classification_metrics(y, proba)
+    pred = proba.argmax(1)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert ours["precision"] == pytest.approx(precision_score(y, pred, zero_division=0))
+    assert ours["recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
+    assert ours["auroc"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_multiclass_metrics_match_sklearn_macro_one_vs_rest(seed):
+    rng = np.random.default_rng(100 + seed)
+    k = int(rng.integers(3, 8))
+    n = int(rng.integers(3 * k, 150))
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+    proba = _softmax(rng.normal(size=(n, k)) + np.eye(k)[y] * 0.8)
+    ours = classification_metrics(y, proba)
+    pred = proba.argmax(1)
+    assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert ours["precision"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+    assert ours["recall"] == pytest.approx(recall_score(y, pred, average="macro", zero_division=0))
+    expected = roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k)))
+    assert ours["auroc"] == pytest.approx(expected)
+
+
+def test_multiclass_with_a_class_missing_from_the_targets():
+    rng = np.random.default_rng(5)
+    y = rng.choice([0, 1, 3], size=60)  # class 2 of 4 never occurs in this validation split
+    proba = _softmax(rng.normal(size=(60, 4)))
+    ours = classification_metrics(y, proba)
+    per_class = [roc_auc_score(y == c, proba[:, c]) for c in (0, 1, 3)]
+    assert ours["auroc"] == pytest.approx(np.mean(per_class))
+    pred = proba.argmax(1)
+    assert ours["precision"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+
+
+def test_degenerate_inputs():
+    assert math.isnan(binary_auroc(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3])))
+    assert math.isnan(classification_metrics(np.zeros(0, int), np.zeros((0, 2)))["accuracy"])
+    single = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert single["accuracy"] == 0.5 and math.isnan(single["auroc"]) and single["precision"] == 0.0
+    with pytest.raises(ValueError):
+        classification_metrics(np.array([0, 2]), np.full((2, 2), 0.5))
