@@ -195,19 +195,23 @@ def _stage_grid(data, config, workdir: Path):
     return elapsed, result.frame
 
 
-def _same_numbers(results, frame) -> bool:
+def _differences(results, frame) -> tuple[float, int]:
+    """Largest |AUC difference| between the sequential loop and the stage, and cells whose status differs.
+
+    Exact kernels agree to ~1e-12; the scale path's approximate solvers (liblinear with a loose tol) can
+    drift by more, because the stage's worker reads the matrix from the object store (other memory
+    alignment, so float32 sums round differently in the last bit).
+    """
     by_key = {tuple(r[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")): r
               for r in frame.to_dict("records")}
+    worst, mismatched = 0.0, 0
     for result in results:
         row = by_key[(result.extractor, result.protocol, result.selection, result.balancing, result.classifier)]
         if row["status"] != result.status:
-            return False
-        if result.status == "ok" and not (
-            np.allclose(list(row["cv_fold_scores"]), result.cv_fold_scores, rtol=0, atol=1e-9)
-            and abs(row["auc"] - result.auc) <= 1e-9 and abs(row["accuracy"] - result.accuracy) <= 1e-9
-        ):
-            return False
-    return True
+            mismatched += 1
+        elif result.status == "ok":
+            worst = max(worst, abs(row["auc"] - result.auc))
+    return worst, mismatched
 
 
 def run_grid_benchmark(args: argparse.Namespace) -> int:
@@ -237,7 +241,7 @@ def run_grid_benchmark(args: argparse.Namespace) -> int:
         _stage_grid(tiny, tiny_config, Path(warm))
     print("(one untimed warm-up of both paths on an 80-row table first)")
     header = (f"{'rows':>7}{'cells':>7}{'sequential s':>14}{'in-process s':>14}{'stage s':>10}{'ratio':>8}"
-              f"{'same':>6}  scale paths")
+              f"{'max|dAUC|':>11}  scale paths")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory(prefix="mammo-grid-bench-") as workdir:
@@ -250,11 +254,12 @@ def run_grid_benchmark(args: argparse.Namespace) -> int:
                 inproc = f"{_in_process_grid(data, cells, config):>14.1f}" if args.in_process else f"{'-':>14}"
                 stage_s, frame = _stage_grid(data, config, Path(workdir) / f"r{repeat}")
                 paths = sorted({p.split(":")[0] for p in frame["scale_path"].dropna()})
+                worst, mismatched = _differences(results, frame)
+                agree = f"{worst:.1e}" if not mismatched else f"{mismatched} differ"
                 print(f"{n_rows:>7}{len(cells):>7}{seq_s:>14.1f}{inproc}{stage_s:>10.1f}{seq_s / stage_s:>7.2f}x"
-                      f"{'yes' if _same_numbers(results, frame) else 'NO':>6}  {'; '.join(paths)}  ({_load()})",
-                      flush=True)
+                      f"{agree:>11}  {'; '.join(paths)}  ({_load()})", flush=True)
         if args.big_rows:
-            sizes = sorted({*args.rows, args.big_rows})
+            sizes = sorted({*args.growth_rows, args.big_rows})
             print(f"\nper classifier, one leak_free cell (no selection, no balancing: {args.features} features, "
                   f"10 folds + final fit), sequential, one thread; scale.max_rows_exact = "
                   f"{GridConfig().scale.max_rows_exact}")
@@ -287,7 +292,10 @@ def run_grid_benchmark(args: argparse.Namespace) -> int:
 
 def _add_grid(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("grid", help="classifier grid: sequential loop vs the Ray Tune stage")
-    parser.add_argument("--rows", type=int, nargs="+", default=[410, 4000], help="table sizes for the whole grid")
+    parser.add_argument("--rows", type=int, nargs="*", default=[410, 4000],
+                        help="table sizes for the whole grid (none: skip that part)")
+    parser.add_argument("--growth-rows", type=int, nargs="*", default=[410, 4000],
+                        help="smaller sizes of the per-classifier growth table (with --big-rows)")
     parser.add_argument("--features", type=int, default=2048)
     parser.add_argument("--big-rows", type=int, default=40000, help="per-classifier growth up to this size (0: skip)")
     parser.add_argument("--big-classifiers", nargs="+", default=["logreg", "svm_linear", "svm_rbf"],

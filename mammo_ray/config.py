@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mammo_ray import storage
 from mammo_ray.config_base import StrictModel
+from mammo_ray.classify.config import GridConfig
 from mammo_ray.stages.finetune import FinetuneConfig
 from mammo_ray.errors import ConfigError, StorageError
 
@@ -127,6 +128,7 @@ class StudyConfig(StrictModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
 
     def config_hash(self) -> str:

@@ -24,7 +24,7 @@ from mammo_ray.stages.zero_shot import ZeroShotSpec, run_zero_shot
 
 log = logging.getLogger("mammo_ray.study")
 
-STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot", "finetune", "report")
+STAGES: tuple[str, ...] = ("manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "report")
 
 
 @dataclass
@@ -122,6 +122,10 @@ def stage_fingerprint(config: StudyConfig, stage: str) -> str:
         return _digest(stage, _section(config, "data"))
     if stage in _ALWAYS_RUN:
         return _digest(stage, config.config_hash())
+    if stage == "grid":  # its inputs are the embeddings tables: their committed files name their content
+        embeddings = layout.embeddings_uri(config.output)
+        files = storage.list_files(embeddings, extensions=[".parquet"]) if storage.exists(embeddings) else []
+        return _digest(stage, files, _section(config, "grid"))
     manifest_sha = hashlib.sha256(storage.read_bytes(manifest_uri(config))).hexdigest()
     sections = {"ingest": ["ingest"], "embed": ["ingest", "embed"], "zero_shot": ["ingest", "zero_shot"],
                 "finetune": ["finetune"]}[stage]
@@ -172,6 +176,14 @@ def _run_zero_shot(config: StudyConfig) -> dict[str, int]:
     return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
 
 
+def _run_grid(config: StudyConfig) -> dict[str, int]:
+    from mammo_ray.stages.grid import run_grid
+
+    result = run_grid(config.output, config.grid)
+    log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
+    return {"grid_cells_ok": result.n_ok, "grid_cells_failed": result.n_failed}
+
+
 def _run_finetune(config: StudyConfig) -> dict[str, int]:
     from mammo_ray.stages.finetune import run_finetune
 
@@ -190,11 +202,11 @@ def _run_report(config: StudyConfig) -> dict[str, int]:
 
 _STAGE_RUNNERS = {
     "manifest": _run_manifest, "ingest": _run_ingest, "embed": _run_embed, "zero_shot": _run_zero_shot,
-    "finetune": _run_finetune, "report": _run_report,
+    "grid": _run_grid, "finetune": _run_finetune, "report": _run_report,
 }
 #: Cheap stages whose inputs are every other table: always rebuilt.
 _ALWAYS_RUN = {"report"}
-_NEEDS_RAY = {"ingest", "embed", "zero_shot", "finetune"}
+_NEEDS_RAY = {"ingest", "embed", "zero_shot", "grid", "finetune"}
 
 
 def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: bool = False) -> StudyResult:

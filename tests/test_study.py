@@ -98,19 +98,21 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
         {
             "name": "report-test",
             "output": str(output),
-            "data": {"synthetic": {"patients": 2, "rows": 128}},
+            "data": {"synthetic": {"patients": 12, "rows": 96}},
             "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
             "zero_shot": {"nyu_scale": 0.125},
+            "grid": {"cv_folds": 2, "bootstrap": 50, "classifiers": ["logreg"]},
             "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
                          "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5},
         }
     )
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "finetune", "report"]
+    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "report"]
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Provenance", "Figure 3", "Table 1", "Table 2"):
         assert f"## {heading}" in markdown
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows
+    assert "logreg" in markdown.split("## Table 2")[1] and "figures/protocol_gap.png" in markdown
     assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
     assert "figures/zero_shot_by_birads.png" in markdown and (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     page = (output / "report" / "report.html").read_text()

@@ -8,10 +8,12 @@ How it runs
    re-read per trial.
 2. The grid's cells are grouped into Tune trials by `trial_grouping`: `cell` (one trial per cell),
    `preprocessing` (the cells sharing extractor, protocol, selection and balancing: the classifiers
-   share each fold's scaler, Lasso and SMOTE) or `protocol` (the default: all cells of an extractor and
-   protocol, sharing each fold's scaler and Lasso too). One trial runs its folds in-process,
-   single-threaded (one CPU, n_jobs=1, BLAS limited to one thread); trials run in parallel, largest
-   first.
+   share each fold's scaler, Lasso and SMOTE), `selection` (the default: the cells sharing extractor,
+   protocol and selection, so both balancings share each fold's scaler and Lasso too) or `protocol`
+   (all cells of an extractor and protocol). A trial runs its folds in-process, single-threaded
+   (`cpus_per_trial` = 1, n_jobs=1, BLAS limited to one thread); trials run in parallel, the most
+   expensive first. Shared fits give exactly the numbers of fitting every cell on its own
+   (mammo_ray.classify.evaluate_cell); only the repeated work goes.
 3. A cell that fails is a row with status 'failed' and its error; a trial that crashes makes failed
    rows for its cells; an extractor whose table is missing makes failed rows without a trial.
 4. `<output>/results/grid.parquet` is written atomically through mammo_ray.storage (local or s3://)
@@ -21,6 +23,8 @@ How it runs
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -93,6 +97,7 @@ GRID_COLUMNS_DOC = {
     "auc, auc_ci_low, auc_ci_high": "held-out ROC AUC and its percentile bootstrap interval",
     "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
     "weights_ids": "weights of the extractor that made the embeddings",
+    "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
     "cell_config, cell_hash": "every setting of the cell (JSON) and its hash",
     "config_hash": "hash of the whole grid config",
 }
@@ -113,6 +118,7 @@ class GridResult:
     config_hash: str
     dropped_unlabelled: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # read, tune, write (seconds)
 
     @property
     def n_ok(self) -> int:
@@ -163,29 +169,35 @@ def _unit_key(cell: GridCell, grouping: str) -> tuple[str, ...]:
         return (cell.extractor, cell.protocol, cell.selection, cell.balancing, cell.classifier)
     if grouping == "preprocessing":
         return (cell.extractor, cell.protocol, cell.selection, cell.balancing)
+    if grouping == "selection":
+        return (cell.extractor, cell.protocol, cell.selection)
     return (cell.extractor, cell.protocol)
 
 
-def _cost(cells: Sequence[GridCell], data: GridData) -> float:
-    """A rough cost for ordering trials (largest first): kernel SVMs grow with rows squared."""
+def _cost(cells: Sequence[GridCell], data: GridData, config: GridConfig) -> float:
+    """A rough cost for ordering trials (largest first): rows each fold fits on, squared for exact
+    kernel SVMs, linear otherwise; Lasso-selected cells are narrower."""
     n = data.n_rows
-    majority = n - data.n_positive
+    extra = max(0, (n - data.n_positive) - data.n_positive)  # rows SMOTE adds
     total = 0.0
     for cell in cells:
-        rows = n + max(0, majority - data.n_positive) if cell.balancing == "smote" else n
+        rows = float(n + extra if cell.balancing == "smote" else n)
+        if cell.protocol == "leak_free":  # folds fit on the training split only
+            rows *= 1.0 - config.test_fraction
         width = 0.2 if cell.selection == "lasso" else 1.0
-        total += (rows * rows if cell.classifier.startswith("svm") else rows * 50) * width
+        quadratic = cell.classifier.startswith("svm") and n <= config.scale.max_rows_exact
+        total += (rows * rows if quadratic else rows * 100.0) * width
     return total
 
 
-def plan_units(cells: Sequence[GridCell], datasets: dict[str, GridData], grouping: str) -> list[dict[str, Any]]:
+def plan_units(cells: Sequence[GridCell], datasets: dict[str, GridData], config: GridConfig) -> list[dict[str, Any]]:
     """Cells grouped into trial units, most expensive first (so the last trial to start is a short one)."""
     groups: dict[tuple[str, ...], list[GridCell]] = {}
     for cell in cells:
-        groups.setdefault(_unit_key(cell, grouping), []).append(cell)
+        groups.setdefault(_unit_key(cell, config.trial_grouping), []).append(cell)
     units = [
         {"extractor": members[0].extractor, "cells": [list(c.as_dict().values()) for c in members],
-         "cost": _cost(members, datasets[members[0].extractor])}
+         "cost": _cost(members, datasets[members[0].extractor], config)}
         for members in groups.values()
     ]
     units.sort(key=lambda unit: -unit["cost"])
@@ -201,11 +213,9 @@ def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
 def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig) -> None:
     """One Tune trial: every cell of its unit, folds in-process on one thread."""
     from ray import tune
-    from threadpoolctl import threadpool_limits
 
     unit = trial_config["unit"]
-    with threadpool_limits(limits=1):
-        results = evaluate_cells(datasets[unit["extractor"]], _cells_of(unit), grid_config)
+    results = evaluate_cells(datasets[unit["extractor"]], _cells_of(unit), grid_config, blas_threads=1)
     tune.report({"unit_id": unit["id"], "cells": json.dumps([r.to_dict() for r in results])})
 
 
@@ -220,7 +230,7 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
 
     if not cells:
         return []
-    units = plan_units(cells, datasets, config.trial_grouping)
+    units = plan_units(cells, datasets, config)
     needed = {unit["extractor"] for unit in units}
     trainable = tune.with_resources(
         tune.with_parameters(_grid_trial, datasets={k: v for k, v in datasets.items() if k in needed},
@@ -243,10 +253,11 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
             storage_path=storage_path,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    result_grid = tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()) as banner:  # Tune's tables: debug log, not stdout
+        result_grid = tuner.fit()
+    log.debug("%s", banner.getvalue())
     by_cell: dict[GridCell, CellResult] = {}
     seen_units: set[int] = set()
     for result in result_grid:
@@ -340,6 +351,7 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
         except Exception as error:  # noqa: BLE001 - a missing table is failed rows, not a crashed study
             failures[name] = f"{type(error).__name__}: {error}"
             log.warning("grid: %s: %s", name, failures[name])
+    read_done = time.perf_counter()
     dropped = {name: data.n_dropped for name, data in datasets.items()}
     for name, count in dropped.items():
         if count:
@@ -347,16 +359,19 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     cells = config.cells(list(names))
     runnable = [cell for cell in cells if cell.extractor in datasets]
     scratch = None
+    name = f"grid-{config.config_hash()}"
     if storage.is_remote(output_uri):
         scratch = tempfile.mkdtemp(prefix="mammo-grid-tune-")
         storage_path = scratch
     else:
         storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
+        shutil.rmtree(os.path.join(storage_path, name), ignore_errors=True)  # scratch of an earlier run
     try:
-        computed = tune_grid(datasets, runnable, config, storage_path, name=f"grid-{config.config_hash()}")
+        computed = tune_grid(datasets, runnable, config, storage_path, name=name)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    tune_done = time.perf_counter()
     by_cell = {result.cell: result for result in computed}
     results = [
         by_cell[cell] if cell in by_cell else _failed_result(cell, None, config, failures[cell.extractor])
@@ -367,7 +382,9 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     uri = grid_uri(output_uri)
     storage.write_table(table, uri)
     frame = table.to_pandas()
-    outcome = GridResult(uri, frame, config.config_hash(), dropped, time.perf_counter() - started)
+    finished = time.perf_counter()
+    timings = {"read": read_done - started, "tune": tune_done - read_done, "write": finished - tune_done}
+    outcome = GridResult(uri, frame, config.config_hash(), dropped, finished - started, timings)
     log.info("grid: %d cells (%d ok, %d failed) -> %s in %.1f s", len(frame), outcome.n_ok, outcome.n_failed,
              uri, outcome.seconds)
     return outcome

@@ -1,0 +1,221 @@
+"""The classifier study's grid as data: every axis and setting is a YAML key (DESIGN §3).
+
+A grid is the product extractor x selection x balancing x classifier x protocol. Standardisation is
+not an axis: every cell standardises its features (fit where the protocol says: on all rows for
+`paper`, inside each training fold for `leak_free`).
+
+Example (a `grid:` section of a study config, or a file of its own)::
+
+    extractors: [imagenet_resnet50, nyu_lcc, nyu_avg]   # null: every embeddings table present
+    selection: [none, lasso]
+    balancing: [none, smote]
+    classifiers: [svm_linear, svm_rbf, logreg]
+    protocols: [leak_free, paper]
+    cv_folds: 10
+    lasso: {alpha: 0.01}
+    scale: {max_rows_exact: 2000, policy: approximate}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mammo_ray.config_base import StrictModel
+
+Selection = Literal["none", "lasso"]
+Balancing = Literal["none", "smote"]
+ClassifierName = Literal["svm_linear", "svm_rbf", "logreg"]
+Protocol = Literal["paper", "leak_free"]
+
+SELECTIONS: tuple[str, ...] = ("none", "lasso")
+BALANCINGS: tuple[str, ...] = ("none", "smote")
+CLASSIFIERS: tuple[str, ...] = ("svm_linear", "svm_rbf", "logreg")
+PROTOCOLS: tuple[str, ...] = ("leak_free", "paper")
+
+
+class LassoConfig(StrictModel):
+    """Feature selection by sklearn Lasso on the binary label (features with a non-zero coefficient).
+
+    `alpha` is the L1 strength on standardised features. 0.01 keeps a few hundred of 2048 features on
+    400-row embedding tables (the paper kept 217-350). `alpha: cv` chooses it by LassoCV inside the
+    data the selector is fit on (inside each training fold for leak_free): slower, about 20x.
+    At least `min_features` survive: if the Lasso zeroes everything, the features most correlated
+    with the label are kept instead (so a cell on pure noise still has a classifier to fit).
+    """
+
+    alpha: float | Literal["cv"] = Field(0.01, description="L1 strength, or 'cv' for LassoCV")
+    cv_folds: int = Field(5, ge=2, le=20, description="folds of LassoCV when alpha is 'cv'")
+    max_iter: int = Field(2000, ge=10)
+    tol: float = Field(1e-3, gt=0.0)
+    min_features: int = Field(1, ge=1)
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and value <= 0:
+            raise ValueError("alpha must be > 0 (or 'cv')")
+        return value
+
+
+class SmoteConfig(StrictModel):
+    k_neighbors: int = Field(5, ge=1)
+
+
+class SvmConfig(StrictModel):
+    C: float = Field(1.0, gt=0.0)
+    gamma: float | Literal["scale", "auto"] = "scale"
+
+
+class LogregConfig(StrictModel):
+    C: float = Field(1.0, gt=0.0)
+    max_iter: int = Field(1000, ge=10)
+
+
+class ClassifierParams(StrictModel):
+    svm_linear: SvmConfig = Field(default_factory=SvmConfig)
+    svm_rbf: SvmConfig = Field(default_factory=SvmConfig)
+    logreg: LogregConfig = Field(default_factory=LogregConfig)
+
+
+class ScalePathConfig(StrictModel):
+    """What kernel SVMs do on big tables (libsvm's SVC is quadratic or worse in rows).
+
+    Above `max_rows_exact` labelled rows, `policy: approximate` replaces
+      - svm_rbf by Nystroem(`nystroem_components`, the same gamma) + LinearSVC,
+      - svm_linear by LinearSVC (liblinear, squared hinge, primal, tol `linear_tol`),
+    and `policy: refuse` fails those cells with a message naming this key. logreg (lbfgs, linear in
+    rows) never switches. grid.parquet's `scale_path` column says what every cell ran.
+    """
+
+    max_rows_exact: int = Field(2000, ge=1)
+    policy: Literal["approximate", "refuse"] = "approximate"
+    nystroem_components: int = Field(500, ge=10)
+    linear_tol: float = Field(1e-2, gt=0.0)
+    linear_max_iter: int = Field(1000, ge=10)
+
+
+class GridConfig(StrictModel):
+    """The whole classifier grid: the five axes and every setting a cell depends on."""
+
+    extractors: list[str] | None = Field(
+        None, description="embeddings tables to use; null = every table under <output>/embeddings/"
+    )
+    selection: list[Selection] = Field(default_factory=lambda: list(SELECTIONS), min_length=1)
+    balancing: list[Balancing] = Field(default_factory=lambda: list(BALANCINGS), min_length=1)
+    classifiers: list[ClassifierName] = Field(default_factory=lambda: list(CLASSIFIERS), min_length=1)
+    protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
+
+    cv_folds: int = Field(10, ge=2, le=100)
+    test_fraction: float = Field(
+        0.33, gt=0.0, lt=1.0,
+        description="held-out share: 0.33 gives the paper's 136 of 410 and 205 of 620 (sklearn rounds up)",
+    )
+    seed: int = Field(0, ge=0)
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="resamples for the AUC interval; 0 = none")
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+
+    lasso: LassoConfig = Field(default_factory=LassoConfig)
+    smote: SmoteConfig = Field(default_factory=SmoteConfig)
+    classifier_params: ClassifierParams = Field(default_factory=ClassifierParams)
+    scale: ScalePathConfig = Field(default_factory=ScalePathConfig)
+
+    trial_grouping: Literal["cell", "preprocessing", "selection", "protocol"] = Field(
+        "selection",
+        description="cells per Tune trial: one each ('cell'); those sharing (extractor, protocol, "
+        "selection, balancing) ('preprocessing'); (extractor, protocol, selection) ('selection'); or "
+        "(extractor, protocol) ('protocol'). Fits shared by a trial's cells are made once per fold.",
+    )
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @field_validator("extractors")
+    @classmethod
+    def _extractor_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one extractor, or null for every table present")
+        bad = [v for v in value if not v or "/" in v or v.startswith(".")]
+        if bad:
+            raise ValueError(f"not a table name: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_duplicates(self) -> GridConfig:
+        for axis in ("extractors", "selection", "balancing", "classifiers", "protocols"):
+            values = getattr(self, axis) or []
+            if len(set(values)) != len(values):
+                raise ValueError(f"{axis} lists a value twice: {values}")
+        return self
+
+    def config_hash(self) -> str:
+        return _hash(self.model_dump(mode="json"))
+
+    def cells(self, extractors: list[str] | None = None) -> list[GridCell]:
+        """Every cell, in a stable order (extractor, protocol, selection, balancing, classifier)."""
+        names = extractors if extractors is not None else (self.extractors or [])
+        return [
+            GridCell(e, s, b, c, p)
+            for e in names
+            for p in self.protocols
+            for s in self.selection
+            for b in self.balancing
+            for c in self.classifiers
+        ]
+
+    def cell_settings(self, cell: GridCell) -> dict[str, Any]:
+        """Everything that decides one cell's numbers (besides its data): recorded per row."""
+        settings: dict[str, Any] = {
+            **cell.as_dict(),
+            "standardise": True,
+            "cv_folds": self.cv_folds,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "bootstrap": self.bootstrap,
+            "ci_level": self.ci_level,
+            "classifier_params": getattr(self.classifier_params, cell.classifier).model_dump(mode="json"),
+            "scale": self.scale.model_dump(mode="json"),
+        }
+        if cell.selection == "lasso":
+            settings["lasso"] = self.lasso.model_dump(mode="json")
+        if cell.balancing == "smote":
+            settings["smote"] = self.smote.model_dump(mode="json")
+        return settings
+
+
+@dataclass(frozen=True, order=True)
+class GridCell:
+    """One cell of the grid."""
+
+    extractor: str
+    selection: str
+    balancing: str
+    classifier: str
+    protocol: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "extractor": self.extractor,
+            "selection": self.selection,
+            "balancing": self.balancing,
+            "classifier": self.classifier,
+            "protocol": self.protocol,
+        }
+
+    @property
+    def label(self) -> str:
+        return f"{self.extractor}/{self.protocol}/{self.selection}/{self.balancing}/{self.classifier}"
+
+
+def _hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return _hash(settings)

@@ -1,0 +1,101 @@
+"""Metrics of a grid cell: balanced accuracy, AUC with a bootstrap interval, the balanced-accuracy threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import roc_curve
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean of the per-class recalls over the classes present in y_true (sklearn's definition)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced accuracy, precision (0 when nothing is called positive), recall."""
+    y_true = np.asarray(y_true).astype(bool)
+    y_pred = np.asarray(y_pred).astype(bool)
+    tp = int(np.sum(y_true & y_pred))
+    called = int(np.sum(y_pred))
+    positives = int(np.sum(y_true))
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+        "precision": tp / called if called else 0.0,
+        "recall": tp / positives if positives else float("nan"),
+    }
+
+
+def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties count one half); NaN unless both classes are present."""
+    return float(_auc_rows(np.asarray(y_true, dtype=bool)[None, :], np.asarray(scores, dtype=np.float64)[None, :])[0])
+
+
+def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of every row of (labels, scores), both (B, n); NaN where a row lacks a class."""
+    ranks = rankdata(scores, axis=1)
+    n_pos = labels.sum(axis=1).astype(np.float64)
+    n_neg = labels.shape[1] - n_pos
+    rank_sum = np.where(labels, ranks, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    values[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return values
+
+
+def bootstrap_auc_interval(
+    y_true: np.ndarray, scores: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    chunk: int = 200,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC: resample the held-out rows with replacement.
+
+    Resamples without both classes are dropped. (NaN, NaN) when there are no usable resamples.
+    """
+    y_true = np.asarray(y_true, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if n_resamples <= 0 or len(y_true) == 0 or y_true.all() or not y_true.any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA0C]))
+    values = []
+    for start in range(0, n_resamples, chunk):
+        count = min(chunk, n_resamples - start)
+        index = rng.integers(0, len(y_true), size=(count, len(y_true)))
+        values.append(_auc_rows(y_true[index], scores[index]))
+    aucs = np.concatenate(values)
+    aucs = aucs[np.isfinite(aucs)]
+    if aucs.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def best_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The decision threshold (predict positive when score >= t) maximising balanced accuracy.
+
+    Meant for out-of-fold scores of training data only. The cut is placed halfway between the
+    chosen score and the next lower one, so a new score equal to neither falls on a sensible side.
+    Ties between cuts go to the one nearest 0 (the classifier's own rule). Falls back to 0.0 when
+    the scores cannot separate anything (one class, or all scores equal).
+    """
+    y_true = np.asarray(y_true, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y_true.all() or not y_true.any() or np.ptp(scores) == 0:
+        return 0.0
+    fpr, tpr, cuts = roc_curve(y_true, scores, drop_intermediate=False)
+    balanced = (tpr + 1.0 - fpr) / 2.0
+    finite = np.isfinite(cuts)
+    balanced = np.where(finite, balanced, -np.inf)
+    distinct = np.unique(scores)  # ascending
+    candidates = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+    midpoints = []
+    for index in candidates:
+        cut = cuts[index]
+        lower = distinct[distinct < cut]
+        midpoints.append((cut + lower[-1]) / 2.0 if lower.size else cut - 1e-9)
+    midpoints = np.asarray(midpoints)
+    return float(midpoints[np.argmin(np.abs(midpoints))])

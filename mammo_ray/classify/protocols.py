@@ -1,0 +1,554 @@
+"""The two evaluation protocols of the classifier grid (DESIGN §3), pure scikit-learn / imbalanced-learn.
+
+``paper`` reproduces what the paper's Table 2 numbers show, step by step (each step is a leak, kept on
+purpose so that the published numbers can be reproduced and the gap measured):
+
+  1. standardise every feature on ALL rows (test rows included);
+  2. balancing=smote: SMOTE on the WHOLE data set (310 + 100 -> 310 + 310 on INbreast), so synthetic
+     interpolations of test images, and of their neighbours, land in training;
+  3. selection=lasso: the Lasso is fit on ALL (oversampled) rows, test rows included;
+  4. held-out split: ``test_fraction`` (0.33, as sklearn's ``train_test_split(test_size=0.33)`` gives
+     136 of 410 and 205 of 620, the denominators of the paper's accuracies), stratified, over images
+     of the (oversampled) data, ignoring patients;
+  5. CV: ``cv_folds`` StratifiedKFold over images of the whole (oversampled) data set, ignoring patients;
+     the fold score is the balanced accuracy of the classifier's own decision (score > 0);
+  6. held-out metrics: the classifier fit on the training split, its own decision (score > 0).
+
+``leak_free`` (the default) touches the held-out rows only to score them:
+
+  1. held-out split: StratifiedGroupKFold(round(1 / test_fraction)) by patient, first fold = test;
+  2. CV: ``cv_folds`` StratifiedGroupKFold by patient over the training split; inside each training
+     fold an imblearn Pipeline fits StandardScaler -> Lasso selection -> SMOTE -> classifier, so
+     scaling, selection and synthetic rows only ever see that fold's training rows; the fold score is
+     the balanced accuracy of the classifier's own decision (score > 0) on the fold's validation rows;
+  3. threshold: the one maximising balanced accuracy on the pooled out-of-fold scores of step 2
+     (training data only);
+  4. held-out metrics: the pipeline refit on the whole training split scores the test split, positives
+     are scores >= the threshold of step 3.
+
+Both protocols report: n_features kept (of the final selector: on all rows for paper, on the training
+split for leak_free), CV balanced accuracy (mean, population std, per fold), held-out accuracy,
+balanced accuracy, precision, recall, AUC (from the decision scores, threshold-free) and its
+percentile bootstrap interval over held-out rows.
+
+Two implementations give the same numbers: :func:`evaluate_cell` runs one cell the way a notebook
+does (a fresh imblearn Pipeline per fold), :func:`evaluate_cells` runs many cells of one table and
+protocol at once, fitting the scaler, Lasso and SMOTE once per fold and sharing them between the cells
+that have the same steps. A failing cell becomes a result with status 'failed' and its error; it never
+stops the other cells.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import SMOTE
+from imblearn.pipeline import Pipeline
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
+
+from mammo_ray.classify.config import GridCell, GridConfig, settings_hash
+from mammo_ray.classify.estimators import LassoSelector, make_classifier
+from mammo_ray.classify.metrics import auc, balanced_accuracy, best_threshold, binary_scores, bootstrap_auc_interval
+
+
+@dataclass(frozen=True)
+class GridData:
+    """One extractor's labelled feature table, as the classifiers see it.
+
+    X: (n, d) float32; y: (n,) 0/1; groups: (n,) integer patient codes (a row without a patient is its
+    own group). `n_dropped` rows had no label and are not in X.
+    """
+
+    extractor: str
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    n_dropped: int = 0
+    weights_ids: tuple[str, ...] = ()
+    preprocess_ids: tuple[str, ...] = ()
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_positive(self) -> int:
+        return int(np.sum(self.y == 1))
+
+    @classmethod
+    def from_embeddings(cls, frame: pd.DataFrame, extractor: str | None = None) -> GridData:
+        """From a `read_embeddings` frame: keep labelled rows, patients as groups (image_id when null)."""
+        name = extractor or (str(frame["extractor"].iloc[0]) if len(frame) else "unknown")
+        labelled = frame[frame["label"].notna()].sort_values("image_id", kind="stable").reset_index(drop=True)
+        n_dropped = len(frame) - len(labelled)
+        if labelled.empty:
+            raise ValueError(f"{name}: no labelled rows ({n_dropped} without a label)")
+        X = np.stack([np.asarray(v, dtype=np.float32) for v in labelled["embedding"]])
+        y = labelled["label"].astype(int).to_numpy().astype(np.int8)
+        if not set(np.unique(y)) <= {0, 1}:
+            raise ValueError(f"{name}: labels must be 0/1, found {sorted(set(np.unique(y)))}")
+        patient = labelled["patient_id"].astype(object).where(labelled["patient_id"].notna(), None)
+        keys = [p if p is not None else f"image:{i}" for p, i in zip(patient, labelled["image_id"])]
+        groups = pd.factorize(pd.Series(keys))[0].astype(np.int64)
+        return cls(
+            extractor=name, X=X, y=y, groups=groups, n_dropped=int(n_dropped),
+            weights_ids=tuple(sorted(map(str, labelled["weights_id"].dropna().unique()))),
+            preprocess_ids=tuple(sorted(map(str, labelled["preprocess_id"].dropna().unique())))
+            if "preprocess_id" in labelled else (),
+        )
+
+
+@dataclass
+class CellResult:
+    """The numbers of one grid cell (one row of grid.parquet)."""
+
+    extractor: str
+    protocol: str
+    selection: str
+    balancing: str
+    classifier: str
+    status: str = "ok"
+    error: str | None = None
+    n_rows: int = 0
+    n_positive: int = 0
+    n_dropped_unlabelled: int = 0
+    n_train: int | None = None
+    n_test: int | None = None
+    n_features_in: int | None = None
+    n_features: int | None = None
+    cv_folds: int | None = None
+    cv_balanced_accuracy_mean: float | None = None
+    cv_balanced_accuracy_std: float | None = None
+    cv_fold_scores: list[float] = field(default_factory=list)
+    threshold: float | None = None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    auc: float | None = None
+    auc_ci_low: float | None = None
+    auc_ci_high: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    scale_path: str | None = None
+    classifier_seconds: float = 0.0
+    cell_config: str = "{}"
+    cell_hash: str = ""
+
+    @property
+    def cell(self) -> GridCell:
+        return GridCell(self.extractor, self.selection, self.balancing, self.classifier, self.protocol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fail(self, error: BaseException | str) -> CellResult:
+        self.status = "failed"
+        if isinstance(error, BaseException):
+            self.error = f"{type(error).__name__}: {error}"
+        else:
+            self.error = str(error)
+        return self
+
+
+def _new_result(cell: GridCell, data: GridData, config: GridConfig) -> CellResult:
+    import json
+
+    settings = config.cell_settings(cell)
+    return CellResult(
+        **cell.as_dict(), n_rows=data.n_rows, n_positive=data.n_positive, n_dropped_unlabelled=data.n_dropped,
+        n_features_in=int(data.X.shape[1]), cv_folds=config.cv_folds,
+        cell_config=json.dumps(settings, sort_keys=True), cell_hash=settings_hash(settings),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Splits
+# ------------------------------------------------------------------------------------------------
+
+
+def leak_free_holdout(y: np.ndarray, groups: np.ndarray, config: GridConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Patient-grouped, stratified held-out split: the first fold of StratifiedGroupKFold(round(1/f))."""
+    n_splits = max(2, round(1.0 / config.test_fraction))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=config.seed)
+    train, test = next(splitter.split(np.zeros(len(y)), y, groups))
+    return np.sort(train), np.sort(test)
+
+
+def leak_free_folds(y: np.ndarray, groups: np.ndarray, config: GridConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`cv_folds` StratifiedGroupKFold folds by patient (indices into the given rows)."""
+    splitter = StratifiedGroupKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def paper_holdout(y: np.ndarray, config: GridConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split over images (synthetic SMOTE rows included), as train_test_split does it."""
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=config.test_fraction, stratify=y, random_state=config.seed
+    )
+    return np.sort(train), np.sort(test)
+
+
+def paper_folds(y: np.ndarray, config: GridConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`cv_folds` StratifiedKFold folds over images of the whole (oversampled) data set."""
+    splitter = StratifiedKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def _smote(config: GridConfig) -> SMOTE:
+    return SMOTE(k_neighbors=config.smote.k_neighbors, random_state=config.seed)
+
+
+def build_pipeline(cell: GridCell, config: GridConfig, n_rows: int) -> tuple[Pipeline, str]:
+    """The leak-free imblearn Pipeline of a cell (scale -> [Lasso] -> [SMOTE] -> classifier), its scale note."""
+    classifier, note = make_classifier(cell.classifier, config, n_rows)
+    steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+    if cell.selection == "lasso":
+        steps.append(("select", LassoSelector.from_config(config.lasso)))
+    if cell.balancing == "smote":
+        steps.append(("balance", _smote(config)))
+    steps.append(("classify", classifier))
+    return Pipeline(steps), note
+
+
+# ------------------------------------------------------------------------------------------------
+# Results from scores
+# ------------------------------------------------------------------------------------------------
+
+
+def _finish(result: CellResult, fold_scores: list[float], y_test: np.ndarray, test_scores: np.ndarray,
+            threshold: float | None, config: GridConfig) -> CellResult:
+    """Fill the CV and held-out numbers. threshold None: the classifier's own rule (score > 0)."""
+    scores = np.asarray(fold_scores, dtype=np.float64)
+    result.cv_fold_scores = [float(s) for s in scores]
+    result.cv_balanced_accuracy_mean = float(np.mean(scores))
+    result.cv_balanced_accuracy_std = float(np.std(scores))
+    predicted = test_scores > 0 if threshold is None else test_scores >= threshold
+    result.threshold = 0.0 if threshold is None else float(threshold)
+    held_out = binary_scores(y_test, predicted)
+    result.accuracy = held_out["accuracy"]
+    result.balanced_accuracy = held_out["balanced_accuracy"]
+    result.precision = held_out["precision"]
+    result.recall = held_out["recall"]
+    result.auc = auc(y_test, test_scores)
+    result.auc_ci_low, result.auc_ci_high = bootstrap_auc_interval(
+        y_test, test_scores, config.bootstrap, config.ci_level, seed=config.seed
+    )
+    return result
+
+
+def _scores(model: Any, X: np.ndarray) -> np.ndarray:
+    return np.asarray(model.decision_function(X), dtype=np.float64).ravel()
+
+
+# ------------------------------------------------------------------------------------------------
+# One cell, the notebook way (the reference)
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_cell(data: GridData, cell: GridCell, config: GridConfig, blas_threads: int | None = 1) -> CellResult:
+    """One cell, everything fit from scratch: a fresh imblearn Pipeline per leak-free fold (the
+    notebook way, and the reference the shared engine is tested against).
+
+    `blas_threads`: BLAS/OpenMP threads while fitting (None: the library default). One by default:
+    parallelism belongs to the grid (Ray trials); on these small matrices extra BLAS threads cost
+    more than they give, and on a busy machine far more.
+    """
+    if cell.protocol == "paper":  # no pipeline to refit per fold: global steps, then the classifier
+        return evaluate_cells(data, [cell], config, precomputed_kernels=False, blas_threads=blas_threads)[0]
+    with threadpool_limits(limits=blas_threads):
+        return _leak_free_pipeline_cell(data, cell, config)
+
+
+def _leak_free_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig) -> CellResult:
+    result = _new_result(cell, data, config)
+    try:
+        template, result.scale_path = build_pipeline(cell, config, data.n_rows)
+        X, y, groups = data.X, data.y, data.groups
+        train, test = leak_free_holdout(y, groups, config)
+        X_train, y_train = X[train], y[train]
+        folds = leak_free_folds(y_train, groups[train], config)
+        result.n_train, result.n_test = len(train), len(test)
+        started = time.perf_counter()
+        fold_scores: list[float] = []
+        out_of_fold = np.zeros(len(train))
+        for fit_rows, check_rows in folds:
+            pipeline = clone(template).fit(X_train[fit_rows], y_train[fit_rows])
+            scores = _scores(pipeline, X_train[check_rows])
+            out_of_fold[check_rows] = scores
+            fold_scores.append(balanced_accuracy(y_train[check_rows], scores > 0))
+        threshold = best_threshold(y_train, out_of_fold)
+        final = clone(template).fit(X_train, y_train)
+        test_scores = _scores(final, X[test])
+        result.classifier_seconds = time.perf_counter() - started
+        result.n_features = _n_kept(final.named_steps.get("select"), X.shape[1])
+        return _finish(result, fold_scores, y[test], test_scores, threshold, config)
+    except Exception as error:  # noqa: BLE001 - a failed cell is a row, not a crashed grid
+        return result.fail(error)
+
+
+def _n_kept(selector: LassoSelector | None, n_in: int) -> int:
+    return n_in if selector is None else int(selector.n_features_selected_)
+
+
+# ------------------------------------------------------------------------------------------------
+# Many cells of one table, shared fits
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate_cells(
+    data: GridData, cells: Sequence[GridCell], config: GridConfig,
+    on_result: Callable[[CellResult], None] | None = None, precomputed_kernels: bool = True,
+    blas_threads: int | None = 1,
+) -> list[CellResult]:
+    """Every cell of `cells` (all on `data`), sharing fitted scalers, Lasso selectors and SMOTE samples
+    between cells that use the same ones, and (precomputed_kernels) one BLAS Gram matrix per fold
+    between the exact kernel SVMs (see KernelCache). Results come back in the order of `cells`.
+    `blas_threads` as in evaluate_cell."""
+    with threadpool_limits(limits=blas_threads):
+        return _evaluate_cells(data, cells, config, on_result, precomputed_kernels)
+
+
+def _evaluate_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                    on_result: Callable[[CellResult], None] | None, precomputed_kernels: bool) -> list[CellResult]:
+    results: dict[GridCell, CellResult] = {}
+    for protocol in dict.fromkeys(cell.protocol for cell in cells):
+        chosen = [cell for cell in cells if cell.protocol == protocol]
+        run = _paper_cells if protocol == "paper" else _leak_free_cells
+        for result in run(data, chosen, config, precomputed_kernels):
+            results[result.cell] = result
+            if on_result is not None:
+                on_result(result)
+    return [results[cell] for cell in cells]
+
+
+class _Cells:
+    """Per-cell bookkeeping shared by both protocols: classifier templates, live cells, failures."""
+
+    def __init__(self, data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                 precomputed_kernels: bool = True) -> None:
+        self.precomputed_kernels = precomputed_kernels
+        self.results = {cell: _new_result(cell, data, config) for cell in cells}
+        self.templates: dict[GridCell, Any] = {}
+        for cell in cells:
+            try:
+                self.templates[cell], self.results[cell].scale_path = make_classifier(
+                    cell.classifier, config, data.n_rows
+                )
+            except Exception as error:  # noqa: BLE001
+                self.results[cell].fail(error)
+
+    def live(self, selection: str | None = None, balancing: str | None = None) -> list[GridCell]:
+        return [
+            cell for cell, result in self.results.items()
+            if result.status == "ok"
+            and (selection is None or cell.selection == selection)
+            and (balancing is None or cell.balancing == balancing)
+        ]
+
+    def wants_kernels(self, cells: Sequence[GridCell]) -> bool:
+        return self.precomputed_kernels and any(isinstance(self.templates.get(c), SVC) for c in cells)
+
+    def fail(self, cells: Sequence[GridCell], error: BaseException) -> None:
+        for cell in cells:
+            self.results[cell].fail(error)
+
+    def fit_score(self, cell: GridCell, X_fit: np.ndarray, y_fit: np.ndarray, X_check: np.ndarray,
+                  kernels: KernelCache | None = None) -> np.ndarray | None:
+        """Fit the cell's classifier, return its decision scores on X_check (None when it failed).
+
+        An exact kernel SVM given a KernelCache (of the same X_fit, X_check) is fit on the cache's
+        precomputed kernel instead: the same libsvm problem, kernel computed once for all the cells
+        of this fold that need it.
+        """
+        started = time.perf_counter()
+        try:
+            template = self.templates[cell]
+            if kernels is not None and isinstance(template, SVC) and template.kernel in ("linear", "rbf"):
+                return kernels.svc_scores(template, y_fit)
+            model = clone(template).fit(X_fit, y_fit)
+            return _scores(model, X_check)
+        except Exception as error:  # noqa: BLE001
+            self.results[cell].fail(error)
+            return None
+        finally:
+            self.results[cell].classifier_seconds += time.perf_counter() - started
+
+
+class KernelCache:
+    """Linear and RBF kernels of one (fit rows, check rows) pair, computed once with BLAS.
+
+    libsvm evaluates kernels row by row without BLAS; for dense, wide embeddings (2048 features) that is
+    most of an SVC fit. The Gram matrix X_fit X_fit^T (and X_check X_fit^T) is computed once here and
+    serves the linear kernel directly and the RBF kernel as exp(-gamma (|x|^2 + |y|^2 - 2 x.y)), the
+    formula libsvm uses itself. `SVC(kernel="precomputed")` on these is the same optimisation problem
+    as SVC(kernel="linear"/"rbf") on the features: the solutions agree to libsvm's tolerance.
+    Memory: n_fit^2 doubles (exact kernels only run up to scale.max_rows_exact rows).
+    """
+
+    def __init__(self, X_fit: np.ndarray, X_check: np.ndarray) -> None:
+        self.X_fit = np.ascontiguousarray(X_fit, dtype=np.float64)
+        self.X_check = np.ascontiguousarray(X_check, dtype=np.float64)
+        self._gram: np.ndarray | None = None
+        self._cross: np.ndarray | None = None
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._gram is None:
+            self._gram = self.X_fit @ self.X_fit.T
+            self._cross = self.X_check @ self.X_fit.T
+        return self._gram, self._cross
+
+    def gamma(self, gamma: float | str) -> float:
+        """SVC's gamma: 'scale' = 1 / (n_features * X.var()), 'auto' = 1 / n_features."""
+        if gamma == "scale":
+            variance = float(self.X_fit.var())
+            return 1.0 / (self.X_fit.shape[1] * variance) if variance != 0 else 1.0
+        if gamma == "auto":
+            return 1.0 / self.X_fit.shape[1]
+        return float(gamma)
+
+    def rbf(self, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        gram, cross = self.linear()
+        sq_fit = np.einsum("ij,ij->i", self.X_fit, self.X_fit)
+        sq_check = np.einsum("ij,ij->i", self.X_check, self.X_check)
+        fit = np.exp(-gamma * np.maximum(sq_fit[:, None] + sq_fit[None, :] - 2.0 * gram, 0.0))
+        check = np.exp(-gamma * np.maximum(sq_check[:, None] + sq_fit[None, :] - 2.0 * cross, 0.0))
+        return fit, check
+
+    def svc_scores(self, template: SVC, y_fit: np.ndarray) -> np.ndarray:
+        if template.kernel == "linear":
+            fit, check = self.linear()
+        else:
+            fit, check = self.rbf(self.gamma(template.gamma))
+        params = {k: v for k, v in template.get_params().items() if k not in ("kernel", "gamma")}
+        model = SVC(kernel="precomputed", **params).fit(fit, y_fit)
+        return _scores(model, check)
+
+
+def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                     precomputed_kernels: bool = True) -> list[CellResult]:
+    book = _Cells(data, cells, config, precomputed_kernels)
+    X, y, groups = data.X, data.y, data.groups
+    try:
+        train, test = leak_free_holdout(y, groups, config)
+        folds = leak_free_folds(y[train], groups[train], config)
+    except Exception as error:  # noqa: BLE001
+        book.fail(book.live(), error)
+        return list(book.results.values())
+    X_train, y_train = X[train], y[train]
+    fold_scores: dict[GridCell, list[float]] = {cell: [] for cell in cells}
+    out_of_fold = {cell: np.zeros(len(train)) for cell in cells}
+    final_scores: dict[GridCell, np.ndarray] = {}
+    # The CV folds, then the final fit on the whole training split (check rows = the test split).
+    rounds = [(X_train[f], y_train[f], X_train[c], c) for f, c in folds] + [(X_train, y_train, X[test], None)]
+    for X_fit, y_fit, X_check, check_rows in rounds:
+        live = book.live()
+        if not live:
+            break
+        scaler = StandardScaler().fit(X_fit)
+        Z_fit, Z_check = scaler.transform(X_fit), scaler.transform(X_check)
+        for selection in dict.fromkeys(cell.selection for cell in live):
+            users = book.live(selection=selection)
+            S_fit, S_check = Z_fit, Z_check
+            if selection == "lasso":
+                try:
+                    selector = LassoSelector.from_config(config.lasso).fit(Z_fit, y_fit)
+                except Exception as error:  # noqa: BLE001
+                    book.fail(users, error)
+                    continue
+                S_fit, S_check = selector.transform(Z_fit), selector.transform(Z_check)
+                if check_rows is None:
+                    for cell in users:
+                        book.results[cell].n_features = selector.n_features_selected_
+            elif check_rows is None:
+                for cell in users:
+                    book.results[cell].n_features = int(X.shape[1])
+            for balancing in dict.fromkeys(cell.balancing for cell in users):
+                fitters = book.live(selection=selection, balancing=balancing)
+                B_fit, b_fit = S_fit, y_fit
+                if balancing == "smote":
+                    try:
+                        B_fit, b_fit = _smote(config).fit_resample(S_fit, y_fit)
+                    except Exception as error:  # noqa: BLE001
+                        book.fail(fitters, error)
+                        continue
+                kernels = KernelCache(B_fit, S_check) if book.wants_kernels(fitters) else None
+                for cell in fitters:
+                    scores = book.fit_score(cell, B_fit, b_fit, S_check, kernels)
+                    if scores is None:
+                        continue
+                    if check_rows is None:
+                        final_scores[cell] = scores
+                    else:
+                        out_of_fold[cell][check_rows] = scores
+                        fold_scores[cell].append(balanced_accuracy(y_train[check_rows], scores > 0))
+    for cell in book.live():
+        result = book.results[cell]
+        result.n_train, result.n_test = len(train), len(test)
+        try:
+            threshold = best_threshold(y_train, out_of_fold[cell])
+            _finish(result, fold_scores[cell], y[test], final_scores[cell], threshold, config)
+        except Exception as error:  # noqa: BLE001
+            result.fail(error)
+    return list(book.results.values())
+
+
+def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                 precomputed_kernels: bool = True) -> list[CellResult]:
+    book = _Cells(data, cells, config, precomputed_kernels)
+    # Step 1: standardise on all rows.
+    Z = StandardScaler().fit_transform(data.X)
+    for balancing in dict.fromkeys(cell.balancing for cell in cells):
+        users = book.live(balancing=balancing)
+        if not users:
+            continue
+        Z_b, y_b = Z, data.y
+        try:
+            if balancing == "smote":  # step 2: SMOTE on the whole data set, before any split
+                Z_b, y_b = _smote(config).fit_resample(Z, data.y)
+            train, test = paper_holdout(y_b, config)  # step 4: split over images, synthetic rows included
+            folds = paper_folds(y_b, config)  # step 5: folds over images of the oversampled data
+        except Exception as error:  # noqa: BLE001
+            book.fail(users, error)
+            continue
+        for selection in dict.fromkeys(cell.selection for cell in users):
+            fitters = book.live(selection=selection, balancing=balancing)
+            S = Z_b
+            n_kept = int(Z.shape[1])
+            if selection == "lasso":  # step 3: Lasso on all (oversampled) rows
+                try:
+                    selector = LassoSelector.from_config(config.lasso).fit(Z_b, y_b)
+                except Exception as error:  # noqa: BLE001
+                    book.fail(fitters, error)
+                    continue
+                S = selector.transform(Z_b)
+                n_kept = selector.n_features_selected_
+            fold_scores: dict[GridCell, list[float]] = {cell: [] for cell in fitters}
+            for cell in fitters:
+                book.results[cell].n_features = n_kept
+                book.results[cell].n_train, book.results[cell].n_test = len(train), len(test)
+            # The CV folds over all (oversampled) rows, then step 6: fit on the training split.
+            rounds = [(fit_rows, check_rows) for fit_rows, check_rows in folds] + [(train, None)]
+            for fit_rows, check_rows in rounds:
+                check = test if check_rows is None else check_rows
+                live = [cell for cell in fitters if book.results[cell].status == "ok"]
+                kernels = KernelCache(S[fit_rows], S[check]) if book.wants_kernels(live) else None
+                for cell in live:
+                    scores = book.fit_score(cell, S[fit_rows], y_b[fit_rows], S[check], kernels)
+                    if scores is None:
+                        continue
+                    if check_rows is not None:
+                        fold_scores[cell].append(balanced_accuracy(y_b[check_rows], scores > 0))
+                        continue
+                    try:
+                        _finish(book.results[cell], fold_scores[cell], y_b[test], scores, None, config)
+                    except Exception as error:  # noqa: BLE001
+                        book.results[cell].fail(error)
+    return list(book.results.values())
