@@ -90,7 +90,8 @@ def test_job_submit_runs_the_study_with_token_auth(ray_head, tmp_path):
     submission = f"mammo-ray-test-{secrets.token_hex(4)}"
     command = [
         RAY, "job", "submit", "--address", address, "--submission-id", submission, "--working-dir", ".",
-        "--", "python", "jobs/full_study.py", "--config", str(config),
+        "--", "python", "jobs/full_study.py", "--config", str(config), "--stages", "manifest", "ingest", "embed",
+        "report",
     ]
     for _ in range(20):  # the head's job agent comes up a little after its dashboard: bounded retries
         completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

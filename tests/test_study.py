@@ -117,3 +117,18 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     assert "figures/zero_shot_by_birads.png" in markdown and (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     page = (output / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "<img" in page and "src='figures/" not in page  # self-contained
+
+
+def test_report_of_a_grid_whose_cells_all_failed_still_renders(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from mammo_ray import layout
+    from mammo_ray.stages.report import build_report
+
+    failed = pd.DataFrame([{"extractor": "x", "selection": "none", "balancing": "none", "classifier": "logreg",
+                            "protocol": "leak_free", "status": "failed", "error": "ValueError: too few groups"}])
+    storage.write_table(pa.Table.from_pandas(failed, preserve_index=False), layout.grid_uri(str(tmp_path)))
+    uris = build_report(str(tmp_path), {"name": "empty"})
+    markdown = storage.read_bytes(uris["markdown"]).decode()
+    assert "too few groups" in markdown and "No grid cell succeeded" in markdown

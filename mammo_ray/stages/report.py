@@ -158,6 +158,9 @@ def grid_section(grid: pd.DataFrame | None) -> Section:
     failed = grid[grid["status"] != "ok"]
     if len(failed):
         section.tables.append(("Cells that failed", failed[[*_CELL, "protocol", "error"]]))
+    if ok.empty:
+        section.paragraphs.append("No grid cell succeeded: see the failed cells above.")
+        return section
     wide = ok.pivot_table(index=_CELL, columns="protocol",
                           values=["cv_balanced_accuracy_mean", "accuracy", "auc", "n_features"], aggfunc="first")
     wide.columns = [f"{metric} ({protocol})" for metric, protocol in wide.columns]
