@@ -85,6 +85,8 @@ class ClassifierParams(StrictModel):
 class ScalePathConfig(StrictModel):
     """What kernel SVMs do on big tables (libsvm's SVC is quadratic or worse in rows).
 
+    Up to `max_rows_exact` labelled rows they are exact libsvm SVCs (the grid stage feeds them a
+    kernel precomputed with BLAS: n_fit^2 doubles per fit, 72 MB at 3000 rows).
     Above `max_rows_exact` labelled rows, `policy: approximate` replaces
       - svm_rbf by Nystroem(`nystroem_components`, the same gamma) + LinearSVC,
       - svm_linear by LinearSVC (liblinear, squared hinge, primal, tol `linear_tol`),
