@@ -1,5 +1,5 @@
 """`ray job submit -- python jobs/full_study.py` for real: a local Ray head with token auth, its own
-ports and temp dir, stopped afterwards by its own process group (never `ray stop`)."""
+ports and temp dir, stopped afterwards by its own process group, never by stopping every Ray on the machine."""
 
 from __future__ import annotations
 
