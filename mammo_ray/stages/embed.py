@@ -25,7 +25,6 @@ import pyarrow as pa
 from mammo_ray import layout, storage
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, MANIFEST_SCHEMA
 from mammo_ray.models.extractors import ExtractorSpec, LoadedExtractor
-from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.stages import inference
 from mammo_ray.stages.inference import InferenceOptions, InferenceTask, gpus_per_actor, read_rows
 
@@ -98,14 +97,6 @@ class EmbedTask(InferenceTask):
     @property
     def stage(self) -> str:  # type: ignore[override]
         return f"embed:{self.spec.name}"
-
-    @property
-    def weights_spec(self) -> WeightsSpec:
-        return self.spec.weights_spec
-
-    @property
-    def preprocess_id(self) -> str:
-        return self.spec.preprocess_id
 
     @property
     def schema(self) -> pa.Schema:

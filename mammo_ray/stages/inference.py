@@ -90,7 +90,11 @@ class LoadedModel:
 
 class InferenceTask(ABC):
     """What a model stage does per image. Plain, picklable data: it travels to Ray tasks and actors,
-    which build the heavy parts (preprocessor, model, weights) themselves."""
+    which build the heavy parts (preprocessor, model, weights) themselves.
+
+    `spec` is the stage's own settings; it provides `weights_spec` and `preprocess_id`."""
+
+    spec: Any
 
     @property
     @abstractmethod
@@ -98,13 +102,13 @@ class InferenceTask(ABC):
         """The `stage` value of its errors rows."""
 
     @property
-    @abstractmethod
-    def weights_spec(self) -> WeightsSpec: ...
+    def weights_spec(self) -> WeightsSpec:
+        return self.spec.weights_spec
 
     @property
-    @abstractmethod
     def preprocess_id(self) -> str:
         """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
+        return self.spec.preprocess_id
 
     @property
     @abstractmethod

@@ -161,14 +161,6 @@ class ZeroShotTask(InferenceTask):
         return STAGE
 
     @property
-    def weights_spec(self) -> WeightsSpec:
-        return self.spec.weights_spec
-
-    @property
-    def preprocess_id(self) -> str:
-        return self.spec.preprocess_id
-
-    @property
     def schema(self) -> pa.Schema:
         return ZERO_SHOT_SCHEMA
 
