@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mammo_ray.faults import FAULTS_ENV, POINTS, disarm
 
 # Set before anything starts Ray or botocore: the Ray workers inherit this environment, and fake
 # credentials keep botocore from ever asking an instance-metadata endpoint for real ones.
@@ -16,6 +19,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mammo-ray-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Crash points (mammo_ray.faults) look here; every Ray worker inherits it. Nothing is armed until a test
+# writes a plan, so the other tests run as in production.
+os.environ[FAULTS_ENV] = tempfile.mkdtemp(prefix="mammo-ray-faults-")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MAMMO_RAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -119,3 +125,12 @@ def ray_session(s3_endpoint: str) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture()
+def crash_points() -> Iterator[str]:
+    """The crash-point folder (see mammo_ray.faults); every point is disarmed after the test."""
+    folder = os.environ[FAULTS_ENV]
+    yield folder
+    for name in POINTS:
+        disarm(folder, name)

@@ -154,6 +154,7 @@ class FinetuneConfig(StrictModel):
     nyu_trunk: Literal["cc", "mlo"] = "cc"
     checkpoint_path: str | None = Field(None, description="None: <output>/checkpoints")
     keep_checkpoints: int | None = Field(2, ge=1, description="per run; None keeps every epoch's")
+    max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the latest checkpoint")
     cache_inputs: bool = Field(False, description="materialise each stage's inputs in the object store first")
     read_batch_size: int = Field(4, ge=1, le=1024)
     rows_per_block: int = Field(16, ge=1)
@@ -362,6 +363,8 @@ def _fit_stage(
         run_config=ray.train.RunConfig(
             name=name, storage_path=path, storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            # A dead worker (lost node, OOM kill) restarts the group from the last committed epoch.
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
         dataset_config=TrainEvenValWhole(),
@@ -492,6 +495,9 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
                 predictions.append(predicted)
                 runs.append(run)
                 previous = result.checkpoint
+                if run.start_epoch:
+                    log.info("finetune %s: resumed from its checkpoint at epoch %d of %d (%d trained now)",
+                             info["run_name"], run.start_epoch, run.epoch, run.trained)
                 log.info("finetune %s: epoch %d, %s", info["run_name"], run.epoch,
                          {k: row[k] for k in ("accuracy", "auroc", "precision", "recall")})
 

@@ -39,6 +39,7 @@ import ray.data
 
 from mammo_ray import storage
 from mammo_ray.errors import StorageError, describe
+from mammo_ray.faults import crash_point
 from mammo_ray.image_stream import ERRORS_SCHEMA, ReadOptions, error_records, read_images
 from mammo_ray.models.weights import WeightsSpec
 
@@ -59,11 +60,15 @@ class InferenceOptions:
     """How a model stage runs. `num_gpus` per actor: None = one each when the cluster has GPUs, else 0.
 
     `batch_size` images go through the model per call (fixed); `max_actors` bounds the actor pool.
+    `max_restarts`: how often a dead actor (a lost node, an OOM kill) is replaced, its batches retried,
+    before the stage fails; bounded so that an input which kills every actor ends the run instead of
+    looping forever.
     """
 
     batch_size: int = 8
     max_actors: int = 1
     num_gpus: float | None = None
+    max_restarts: int = 3
     read: ReadOptions = ReadOptions()
 
 
@@ -243,6 +248,7 @@ class InferenceActor:
             self.model.module.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        crash_point("inference.actor_batch")
         outputs: list[np.ndarray | None] = [None] * len(batch)
         good = np.flatnonzero(batch["error_type"].isna().to_numpy()).tolist()
         # Inputs of different shapes or groups (view windows, model heads) run as their own sub-batches.
@@ -352,6 +358,10 @@ def run_inference(
             fn_constructor_kwargs={"task": task, "use_gpu": num_gpus > 0},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
             num_gpus=num_gpus,
+            # A replaced actor redoes the batches its predecessor held; their part files are named by
+            # their rows, so a redone batch overwrites instead of duplicating.
+            max_restarts=options.max_restarts,
+            max_task_retries=options.max_restarts,
             batch_size=options.batch_size,
             batch_format="pandas",
         )

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_ray.faults import crash_point
 from mammo_ray.training.augment import AugmentSpec
 
 MODEL_FILE = "model.pt"
@@ -228,6 +229,7 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.update()
             seen += int(targets.shape[0])
             loss_sum += float(loss.detach()) * int(targets.shape[0])
+            crash_point("train.batch")
         train_seconds = time.perf_counter() - started
 
         # Validation uses the unwrapped model: shards may differ in size, and a DDP forward would
@@ -291,3 +293,4 @@ def train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics, checkpoint=None)
+        crash_point("train.checkpoint")
