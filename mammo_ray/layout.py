@@ -25,6 +25,15 @@ def grid_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "grid.parquet")
 
 
+def grid_predictions_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "grid_predictions.parquet")
+
+
+def grid_units_uri(output_uri: str) -> str:
+    """The grid's journal: one file per finished Tune trial unit, removed once grid.parquet is written."""
+    return storage.join(output_uri, "results", "grid_units")
+
+
 def finetune_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "finetune.parquet")
 

@@ -141,3 +141,56 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     assert (leak_free["n_test"] % 2 == 0).all()
     print(frame[["protocol", "selection", "balancing", "classifier", "n_features",
                  "cv_balanced_accuracy_mean", "auc"]].to_string())
+
+
+def test_held_out_scores_of_every_cell_land_in_grid_predictions(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from mammo_ray.stages.grid import GRID_PREDICTIONS_SCHEMA, read_grid_predictions
+
+    output = str(tmp_path / "study")
+    write_embeddings(output, embedding_table(120, 16, seed=4, extractor="signal"))
+    result = run_grid(output, GridConfig(classifiers=["logreg"], selection=["none"], **SMALL))
+    predictions = read_grid_predictions(output)
+    assert storage.read_table(storage.join(output, "results", "grid_predictions.parquet")).schema.equals(
+        GRID_PREDICTIONS_SCHEMA, check_metadata=False)
+    cells = ["extractor", "protocol", "selection", "balancing", "classifier"]
+    for row in result.frame.itertuples():
+        mine = predictions.set_index(cells).loc[tuple(getattr(row, c) for c in cells)]
+        assert len(mine) == row.n_test and mine["row"].is_unique
+        assert roc_auc_score(mine["target"], mine["score"]) == pytest.approx(row.auc)
+        synthetic = mine["image_id"].isna()
+        if row.protocol == "paper" and row.balancing == "smote":  # synthetic SMOTE rows sit in the test split
+            assert synthetic.any() and (mine.loc[synthetic, "row"] >= row.n_rows).all()
+        else:
+            assert not synthetic.any()
+
+
+def test_a_grid_started_again_runs_only_the_units_not_in_its_journal(tmp_path):
+    from mammo_ray import layout
+    from mammo_ray.classify import GridData as Data
+    from mammo_ray.stages.grid import unit_key
+
+    output = str(tmp_path / "study")
+    write_embeddings(output, embedding_table(100, 8, seed=6, extractor="signal"))
+    config = GridConfig(classifiers=["logreg"], selection=["none"], balancing=["none"], **SMALL)
+    first = run_grid(output, config)
+    assert not storage.exists(layout.grid_units_uri(output))  # the journal is gone once the table is written
+    # Journal one unit as an interrupted run would have left it, with a value no fit would give.
+    from mammo_ray.stages.grid import load_grid_data
+
+    data: Data = load_grid_data(output, "signal")
+    (unit,) = [u for u in plan_units(config.cells(["signal"]), {"signal": data}, config)
+               if u["cells"][0][-1] == "paper"]
+    row = first.frame[first.frame["protocol"] == "paper"].iloc[0]
+    journaled = {**{k: row[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")},
+                 "cv_balanced_accuracy_mean": 0.123, "cell_hash": row["cell_hash"]}
+    storage.write_bytes(storage.join(layout.grid_units_uri(output), f"unit-{unit_key(unit, data, config)}.json"),
+                        json.dumps([journaled]).encode())
+
+    again = run_grid(output, config).frame.set_index("protocol")
+    assert again.loc["paper", "cv_balanced_accuracy_mean"] == 0.123  # read from the journal, not refit
+    assert again.loc["leak_free", "cv_balanced_accuracy_mean"] == pytest.approx(
+        first.frame.set_index("protocol").loc["leak_free", "cv_balanced_accuracy_mean"])
+    write_embeddings(output, embedding_table(100, 8, seed=7, extractor="signal"))  # other data: other keys
+    assert run_grid(output, config).frame.set_index("protocol").loc["paper", "cv_balanced_accuracy_mean"] != 0.123

@@ -65,7 +65,8 @@ class GridData:
     """One extractor's labelled feature table, as the classifiers see it.
 
     X: (n, d) float32; y: (n,) 0/1; groups: (n,) integer patient codes (a row without a patient is its
-    own group). `n_dropped` rows had no label and are not in X.
+    own group). `n_dropped` rows had no label and are not in X. `image_ids`: the image of each row
+    (empty when the data did not come from images).
     """
 
     extractor: str
@@ -75,6 +76,7 @@ class GridData:
     n_dropped: int = 0
     weights_ids: tuple[str, ...] = ()
     preprocess_ids: tuple[str, ...] = ()
+    image_ids: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -104,7 +106,19 @@ class GridData:
             weights_ids=tuple(sorted(map(str, labelled["weights_id"].dropna().unique()))),
             preprocess_ids=tuple(sorted(map(str, labelled["preprocess_id"].dropna().unique())))
             if "preprocess_id" in labelled else (),
+            image_ids=tuple(map(str, labelled["image_id"])),
         )
+
+    def content_hash(self) -> str:
+        """Names exactly the rows the classifiers see: features, labels, patient groups and images."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for array in (self.X, self.y, self.groups):
+            digest.update(str((array.dtype.str, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update("\n".join(self.image_ids).encode())
+        return digest.hexdigest()[:24]
 
 
 @dataclass
@@ -141,6 +155,11 @@ class CellResult:
     classifier_seconds: float = 0.0
     cell_config: str = "{}"
     cell_hash: str = ""
+    # The held-out rows behind the metrics (for ROC curves): row indices into the data the split was
+    # made on (paper + smote: rows >= n_rows are synthetic), their labels and decision scores.
+    test_rows: list[int] = field(default_factory=list)
+    test_targets: list[int] = field(default_factory=list)
+    test_scores: list[float] = field(default_factory=list)
 
     @property
     def cell(self) -> GridCell:
@@ -223,9 +242,12 @@ def build_pipeline(cell: GridCell, config: GridConfig, n_rows: int) -> tuple[Pip
 # ------------------------------------------------------------------------------------------------
 
 
-def _finish(result: CellResult, fold_scores: list[float], y_test: np.ndarray, test_scores: np.ndarray,
-            threshold: float | None, config: GridConfig) -> CellResult:
+def _finish(result: CellResult, fold_scores: list[float], test_rows: np.ndarray, y_test: np.ndarray,
+            test_scores: np.ndarray, threshold: float | None, config: GridConfig) -> CellResult:
     """Fill the CV and held-out numbers. threshold None: the classifier's own rule (score > 0)."""
+    result.test_rows = [int(row) for row in test_rows]
+    result.test_targets = [int(target) for target in y_test]
+    result.test_scores = [float(score) for score in test_scores]
     scores = np.asarray(fold_scores, dtype=np.float64)
     result.cv_fold_scores = [float(s) for s in scores]
     result.cv_balanced_accuracy_mean = float(np.mean(scores))
@@ -289,7 +311,7 @@ def _leak_free_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig)
         test_scores = _scores(final, X[test])
         result.classifier_seconds = time.perf_counter() - started
         result.n_features = _n_kept(final.named_steps.get("select"), X.shape[1])
-        return _finish(result, fold_scores, y[test], test_scores, threshold, config)
+        return _finish(result, fold_scores, test, y[test], test_scores, threshold, config)
     except Exception as error:  # noqa: BLE001 - a failed cell is a row, not a crashed grid
         return result.fail(error)
 
@@ -494,7 +516,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
         result.n_train, result.n_test = len(train), len(test)
         try:
             threshold = best_threshold(y_train, out_of_fold[cell])
-            _finish(result, fold_scores[cell], y[test], final_scores[cell], threshold, config)
+            _finish(result, fold_scores[cell], test, y[test], final_scores[cell], threshold, config)
         except Exception as error:  # noqa: BLE001
             result.fail(error)
     return list(book.results.values())
@@ -548,7 +570,7 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                         fold_scores[cell].append(balanced_accuracy(y_b[check_rows], scores > 0))
                         continue
                     try:
-                        _finish(book.results[cell], fold_scores[cell], y_b[test], scores, None, config)
+                        _finish(book.results[cell], fold_scores[cell], test, y_b[test], scores, None, config)
                     except Exception as error:  # noqa: BLE001
                         book.results[cell].fail(error)
     return list(book.results.values())

@@ -17,8 +17,14 @@ How it runs
 3. A cell that fails is a row with status 'failed' and its error; a trial that crashes makes failed
    rows for its cells; an extractor whose table is missing makes failed rows without a trial.
 4. `<output>/results/grid.parquet` is written atomically through mammo_ray.storage (local or s3://)
-   with an explicit schema (GRID_SCHEMA) and provenance in its metadata. Tune's own experiment state is
-   scratch: under `<output>/tune/` for a local output, in a temporary folder for s3://.
+   with an explicit schema (GRID_SCHEMA) and provenance in its metadata, and beside it
+   `grid_predictions.parquet`: the held-out decision score of every row of every cell (ROC curves).
+   Tune's own experiment state is scratch: under `<output>/tune/` for a local output, in a temporary
+   folder for s3://.
+5. Crash-safe: every trial writes its unit's results to `<output>/results/grid_units/` (one file,
+   atomically, named by the unit's cells and the content of its data) before it reports. A grid
+   interrupted half-way runs only the units without a file when started again; the journal is removed
+   once grid.parquet is written.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage
+from mammo_ray import layout, storage
 from mammo_ray.classify.config import GridCell, GridConfig
 from mammo_ray.classify.protocols import CellResult, GridData, evaluate_cells
+from mammo_ray.faults import crash_point
 
 log = logging.getLogger("mammo_ray.grid")
 
@@ -82,6 +89,21 @@ GRID_SCHEMA = pa.schema(
     ]
 )
 
+GRID_PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("extractor", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("selection", pa.string(), nullable=False),
+        pa.field("balancing", pa.string(), nullable=False),
+        pa.field("classifier", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
+        pa.field("target", pa.int8(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("cell_hash", pa.string(), nullable=False),
+    ]
+)
+
 #: What each column of grid.parquet means (also written into the file's metadata).
 GRID_COLUMNS_DOC = {
     "extractor/protocol/selection/balancing/classifier": "the cell",
@@ -104,7 +126,7 @@ GRID_COLUMNS_DOC = {
 
 
 def grid_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "results", "grid.parquet")
+    return layout.grid_uri(output_uri)
 
 
 def read_grid(output_uri: str) -> pd.DataFrame:
@@ -210,31 +232,73 @@ def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
     return [GridCell(*values) for values in unit["cells"]]
 
 
-def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig) -> None:
-    """One Tune trial: every cell of its unit, folds in-process on one thread."""
+def unit_key(unit: dict[str, Any], data: GridData, config: GridConfig) -> str:
+    """Names a unit's results: the settings of its cells and the content of its data, nothing else."""
+    from mammo_ray.classify.config import settings_hash
+
+    return settings_hash({"data": data.content_hash(),
+                          "cells": sorted(settings_hash(config.cell_settings(c)) for c in _cells_of(unit))})
+
+
+def _unit_file(units_uri: str, unit: dict[str, Any]) -> str:
+    return storage.join(units_uri, f"unit-{unit['key']}.json")
+
+
+def _finished_units(units: Sequence[dict[str, Any]], units_uri: str) -> dict[int, list[CellResult]]:
+    """unit id -> results, for the units an earlier (interrupted) run already wrote."""
+    done = {}
+    for unit in units:
+        uri = _unit_file(units_uri, unit)
+        if storage.exists(uri):
+            done[unit["id"]] = [CellResult(**row) for row in json.loads(storage.read_bytes(uri))]
+    return done
+
+
+def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig,
+                units_uri: str | None) -> None:
+    """One Tune trial: every cell of its unit, folds in-process on one thread; journaled before reported."""
     from ray import tune
 
     unit = trial_config["unit"]
     results = evaluate_cells(datasets[unit["extractor"]], _cells_of(unit), grid_config, blas_threads=1)
-    tune.report({"unit_id": unit["id"], "cells": json.dumps([r.to_dict() for r in results])})
+    cells = json.dumps([r.to_dict() for r in results])
+    if units_uri is not None:
+        storage.write_bytes(_unit_file(units_uri, unit), cells.encode())
+        crash_point("grid.unit_written")
+    tune.report({"unit_id": unit["id"], "cells": cells})
 
 
 def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: GridConfig,
-              storage_path: str, name: str = "grid") -> list[CellResult]:
+              storage_path: str, name: str = "grid", units_uri: str | None = None) -> list[CellResult]:
     """Run `cells` (all of whose extractors are in `datasets`) as Ray Tune trials; one result per cell.
 
-    Starts a local Ray when none is running. The datasets go to the object store once.
+    `units_uri`: the journal folder. Units found there are not run again; every trial run now writes
+    its unit there. Starts a local Ray when none is running. The datasets go to the object store once.
     """
-    import ray
-    from ray import tune
-
     if not cells:
         return []
     units = plan_units(cells, datasets, config)
+    for unit in units:
+        unit["key"] = unit_key(unit, datasets[unit["extractor"]], config)
+    finished = _finished_units(units, units_uri) if units_uri is not None else {}
+    if finished:
+        log.info("grid: %d of %d trial units already done (skipped)", len(finished), len(units))
+    by_cell: dict[GridCell, CellResult] = {r.cell: r for results in finished.values() for r in results}
+    units = [unit for unit in units if unit["id"] not in finished]
+    if units:
+        by_cell.update(_run_units(datasets, units, config, storage_path, name, units_uri))
+    return [by_cell[cell] for cell in cells]
+
+
+def _run_units(datasets: dict[str, GridData], units: list[dict[str, Any]], config: GridConfig,
+               storage_path: str, name: str, units_uri: str | None) -> dict[GridCell, CellResult]:
+    import ray
+    from ray import tune
+
     needed = {unit["extractor"] for unit in units}
     trainable = tune.with_resources(
         tune.with_parameters(_grid_trial, datasets={k: v for k, v in datasets.items() if k in needed},
-                             grid_config=config),
+                             grid_config=config, units_uri=units_uri),
         {"cpu": config.cpus_per_trial},
     )
     if not ray.is_initialized():
@@ -255,8 +319,8 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
-    with contextlib.redirect_stdout(io.StringIO()) as banner:  # Tune's tables: debug log, not stdout
-        result_grid = tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()) as banner, _credentials_out_of_tunes_reach():
+        result_grid = tuner.fit()  # Tune's tables above: debug log, not stdout
     log.debug("%s", banner.getvalue())
     by_cell: dict[GridCell, CellResult] = {}
     seen_units: set[int] = set()
@@ -279,7 +343,24 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
             for cell in _cells_of(unit):
                 by_cell[cell] = _failed_result(cell, datasets[cell.extractor], config,
                                                "TrialError: the trial never ran")
-    return [by_cell[cell] for cell in cells]
+    return by_cell
+
+
+#: What Ray Tune copies from the driver's environment into every trainable's runtime_env, which Ray's
+#: runtime-env agent then logs in plain text (and the GCS keeps). Trials read S3 with their own
+#: process's credentials (inherited from their node, or an instance profile) instead.
+_TUNE_PROPAGATED_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                "AWS_SESSION_TOKEN")
+
+
+@contextlib.contextmanager
+def _credentials_out_of_tunes_reach():
+    """Hide the AWS credential variables from Tune while it registers and runs trainables."""
+    hidden = {name: os.environ.pop(name) for name in _TUNE_PROPAGATED_CREDENTIALS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def _trial_error(error: BaseException) -> str:
@@ -337,6 +418,27 @@ def results_table(results: Sequence[CellResult], config: GridConfig,
     return table.replace_schema_metadata(metadata)
 
 
+def predictions_table(results: Sequence[CellResult], datasets: dict[str, GridData]) -> pa.Table:
+    """grid_predictions.parquet: one row per held-out row of every successful cell."""
+    columns: dict[str, list] = {name: [] for name in GRID_PREDICTIONS_SCHEMA.names}
+    for result in results:
+        if result.status != "ok":
+            continue
+        image_ids = datasets[result.extractor].image_ids
+        n = len(result.test_rows)
+        for key in ("extractor", "protocol", "selection", "balancing", "classifier", "cell_hash"):
+            columns[key] += [getattr(result, key)] * n
+        columns["row"] += result.test_rows
+        columns["image_id"] += [image_ids[row] if row < len(image_ids) else None for row in result.test_rows]
+        columns["target"] += result.test_targets
+        columns["score"] += result.test_scores
+    return pa.table(columns, schema=GRID_PREDICTIONS_SCHEMA)
+
+
+def read_grid_predictions(output_uri: str) -> pd.DataFrame:
+    return storage.read_table(layout.grid_predictions_uri(output_uri)).to_pandas()
+
+
 def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     """The classifier grid on every configured extractor's embeddings; writes <output>/results/grid.parquet."""
     started = time.perf_counter()
@@ -366,8 +468,9 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     else:
         storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
         shutil.rmtree(os.path.join(storage_path, name), ignore_errors=True)  # scratch of an earlier run
+    units_uri = layout.grid_units_uri(output_uri)
     try:
-        computed = tune_grid(datasets, runnable, config, storage_path, name=name)
+        computed = tune_grid(datasets, runnable, config, storage_path, name=name, units_uri=units_uri)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -380,7 +483,9 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     weights = {name: data.weights_ids for name, data in datasets.items()}
     table = results_table(results, config, weights, dropped)
     uri = grid_uri(output_uri)
-    storage.write_table(table, uri)
+    storage.write_table(predictions_table(results, datasets), layout.grid_predictions_uri(output_uri))
+    storage.write_table(table, uri)  # last: its presence means the grid is complete
+    storage.remove(units_uri, recursive=True)
     frame = table.to_pandas()
     finished = time.perf_counter()
     timings = {"read": read_done - started, "tune": tune_done - read_done, "write": finished - tune_done}
@@ -391,6 +496,7 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
 
 
 __all__ = [
-    "GRID_COLUMNS_DOC", "GRID_SCHEMA", "GridResult", "available_extractors", "grid_uri", "load_grid_data",
-    "plan_units", "read_grid", "results_table", "run_grid", "tune_grid",
+    "GRID_COLUMNS_DOC", "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "available_extractors", "grid_uri",
+    "load_grid_data", "plan_units", "predictions_table", "read_grid", "read_grid_predictions", "results_table",
+    "run_grid", "tune_grid", "unit_key",
 ]
