@@ -3,7 +3,7 @@
 Sections: provenance (data, counts, weights ids, versions, config hash; a banner when any weights are
 random-init), Figure 3 (zero-shot by BI-RADS), Table 1 (fine-tuning), Table 2 (classifier grid) with
 the paper protocol and the leak-free protocol side by side, per-fold score distributions, ROC curves of
-the best fine-tuned models. A stage that did not run is named as such, never silently left out.
+the best grid cells and of the fine-tuned models. A stage that did not run is named as such, never silently left out.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import pandas as pd  # noqa: E402
 
 from mammo_ray import __version__, layout, storage  # noqa: E402
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts  # noqa: E402
+from mammo_ray.report.published import TABLE1_KEYS, beside, read_published  # noqa: E402
 from mammo_ray.report.render import Section, write_report  # noqa: E402
 
 RANDOM_INIT_BANNER = (
     "Some weights are random-init (no pretrained file was used): these numbers show that the pipeline "
     "works, not how pretrained models transfer. See weights_id in every table."
 )
-#: What DESIGN.md §3 records of the paper's tables. Its exact accuracies are not in our design notes:
-#: shown as such rather than invented.
+#: What DESIGN.md §3 records of the paper's tables. Its exact values are not in our design notes: they
+#: are shown only when the user points `report.published` at them (see report.published), never invented.
 PAPER_FACTS = [
     "Table 1 (fine-tuning): accuracies are multiples of 1/82, i.e. an image-level 20% validation split.",
     "Table 2 (features + classifiers): without SMOTE accuracies are multiples of 1/136 (a 1/3 test split of "
@@ -113,7 +114,24 @@ def zero_shot_section(zero_shot: pd.DataFrame | None) -> Section:
     return section
 
 
-def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | None) -> Section:
+def _roc(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """One ROC plot of (label, targets, scores) curves; the label gets each curve's AUC."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt.figure(figsize=(5.5, 5))
+    for label, targets, scores in curves:
+        if len(np.unique(targets)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(targets, scores)
+        plt.plot(fpr, tpr, label=f"{label} AUC {roc_auc_score(targets, scores):.2f}")
+    plt.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    plt.xlabel("false positive rate")
+    plt.ylabel("true positive rate")
+    plt.legend(fontsize=7, loc="lower right")
+
+
+def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | None,
+                     published: pd.DataFrame | None = None) -> Section:
     section = Section("Table 1: fine-tuning")
     if finetune is None or finetune.empty:
         section.paragraphs.append("The finetune stage has not run for this study.")
@@ -122,6 +140,11 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
                            "accuracy", "auroc", "precision", "recall", "n_train", "n_val", "weights_id")
                if c in finetune.columns]
     section.tables.append(("Held-out metrics per model, task and training stage", finetune[columns]))
+    if published is not None and "stage_index" in finetune.columns:
+        last = finetune.sort_values("stage_index").groupby(list(TABLE1_KEYS)).tail(1)
+        metrics = ["accuracy", "auroc", "precision", "recall"]
+        section.tables.append(("Last training stage of each model beside the published values",
+                               beside(last[[*TABLE1_KEYS, "stage", *metrics]], published, "1")))
     if predictions is not None and not predictions.empty:
         section.figures.append(("ROC curves of the fine-tuned models (binary task, last stage)", "finetune_roc.png",
                                 _png(lambda: _finetune_roc(predictions))))
@@ -129,26 +152,31 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
 
 
 def _finetune_roc(predictions: pd.DataFrame) -> None:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt.figure(figsize=(5.5, 5))
     binary = predictions[predictions["task"] == "binary"]
-    for (model, pretrained, stage), rows in binary.groupby(["model", "pretrained_on", "stage"]):
-        scores = np.asarray([p[1] for p in rows["probabilities"]])
-        if rows["target"].nunique() < 2:
-            continue
-        fpr, tpr, _ = roc_curve(rows["target"], scores)
-        plt.plot(fpr, tpr, label=f"{model} ({pretrained}, {stage}) AUC {roc_auc_score(rows['target'], scores):.2f}")
-    plt.plot([0, 1], [0, 1], color="#999", linestyle=":")
-    plt.xlabel("false positive rate")
-    plt.ylabel("true positive rate")
-    plt.legend(fontsize=7, loc="lower right")
+    _roc([(f"{model} ({pretrained}, {stage})", rows["target"].to_numpy(),
+           np.asarray([p[1] for p in rows["probabilities"]]))
+          for (model, pretrained, stage), rows in binary.groupby(["model", "pretrained_on", "stage"])])
 
 
 _CELL = ["extractor", "selection", "balancing", "classifier"]
+#: How many of the best cells (by CV balanced accuracy) of each protocol get an ROC curve.
+BEST_CELLS_PER_PROTOCOL = 3
 
 
-def grid_section(grid: pd.DataFrame | None) -> Section:
+def _grid_roc(best: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    keyed = predictions.set_index([*_CELL, "protocol"]).sort_index()
+    curves = []
+    for cell in best.itertuples():
+        key = tuple(getattr(cell, c) for c in [*_CELL, "protocol"])
+        if key in keyed.index:
+            rows = keyed.loc[key]
+            label = f"{cell.protocol}: {cell.extractor}/{cell.selection}/{cell.balancing}/{cell.classifier}"
+            curves.append((label, rows["target"].to_numpy(), rows["score"].to_numpy()))
+    _roc(curves)
+
+
+def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
+                 published: pd.DataFrame | None = None) -> Section:
     section = Section("Table 2: features + classifiers, paper protocol vs leak-free protocol",
                       paragraphs=list(PAPER_FACTS))
     if grid is None or grid.empty:
@@ -164,7 +192,7 @@ def grid_section(grid: pd.DataFrame | None) -> Section:
     wide = ok.pivot_table(index=_CELL, columns="protocol",
                           values=["cv_balanced_accuracy_mean", "accuracy", "auc", "n_features"], aggfunc="first")
     wide.columns = [f"{metric} ({protocol})" for metric, protocol in wide.columns]
-    wide = wide.reset_index()
+    wide = beside(wide.reset_index(), published, "2")  # the paper's own numbers, beside its protocol
     if {"cv_balanced_accuracy_mean (paper)", "cv_balanced_accuracy_mean (leak_free)"} <= set(wide.columns):
         wide["gap (paper - leak_free)"] = (
             wide["cv_balanced_accuracy_mean (paper)"] - wide["cv_balanced_accuracy_mean (leak_free)"]
@@ -177,9 +205,15 @@ def grid_section(grid: pd.DataFrame | None) -> Section:
         if len(scaled):
             section.tables.append(("Cells run on the scale path (kernels replaced above the row limit)",
                                    scaled[[*_CELL, "protocol", "scale_path"]]))
-    best = ok.sort_values("cv_balanced_accuracy_mean", ascending=False).groupby("protocol").head(6)
+    ranked = ok.sort_values("cv_balanced_accuracy_mean", ascending=False, kind="stable")
+    best = ranked.groupby("protocol").head(6)
     section.figures.append(("Per-fold balanced accuracy of the best cells of each protocol", "fold_scores.png",
                             _png(lambda: _fold_scores(best))))
+    if predictions is not None and not predictions.empty:
+        top = ranked.groupby("protocol").head(BEST_CELLS_PER_PROTOCOL)
+        caption = (f"Held-out ROC curves of the {BEST_CELLS_PER_PROTOCOL} best cells of each protocol (by CV "
+                   "balanced accuracy; paper + SMOTE test splits hold synthetic rows)")
+        section.figures.append((caption, "grid_roc.png", _png(lambda: _grid_roc(top, predictions))))
     return section
 
 
@@ -206,17 +240,20 @@ def build_report(output_uri: str, config: dict) -> dict[str, str]:
     manifest = _read(layout.manifest_uri(output_uri))
     zero_shot = _read(layout.zero_shot_uri(output_uri))
     grid = _read(layout.grid_uri(output_uri))
+    grid_predictions = _read(layout.grid_predictions_uri(output_uri))
     finetune = _read(layout.finetune_uri(output_uri))
     predictions = _read(layout.finetune_predictions_uri(output_uri))
     errors = _read(layout.errors_uri(output_uri))
     embeddings = _read(layout.embeddings_uri(output_uri), columns=["weights_id"])
     weights = _weights_ids(embeddings, zero_shot, grid, finetune)
+    published_uri = (config.get("report") or {}).get("published")
+    published = read_published(published_uri) if published_uri else None
     banner = RANDOM_INIT_BANNER if any(w.startswith("random-init") for w in weights) else None
     sections = [
         provenance_section(output_uri, config, manifest, weights, errors),
         zero_shot_section(zero_shot),
-        finetune_section(finetune, predictions),
-        grid_section(grid),
+        finetune_section(finetune, predictions, published),
+        grid_section(grid, grid_predictions, published),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"
     uris = write_report(output_uri, title, banner, sections)

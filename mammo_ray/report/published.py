@@ -1,0 +1,79 @@
+"""Published values to print beside ours: the paper's Table 1 and Table 2, from a small CSV the user gives.
+
+The values themselves are not in this project (our design notes record how the paper's numbers were made,
+not the numbers): `report.published` points at a CSV in long format, one value per row:
+
+    table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value
+    2,nyu_avg,lasso,smote,svm_linear,,,,accuracy,0.80
+    1,,,,,resnet50,imagenet,binary,accuracy,0.70
+
+Table 2 rows name a grid cell (extractor, selection, balancing, classifier: our names) and one of
+TABLE2_METRICS; the paper's numbers come from its own (leaky) procedure, so the report sets them beside
+our `paper` protocol. Table 1 rows name a fine-tuned (model, pretrained_on, task) and one of
+TABLE1_METRICS; they sit beside our last training stage of that model. Every problem is a ConfigError
+naming `report.published`, raised before the study starts.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from mammo_ray import storage
+from mammo_ray.errors import ConfigError, StorageError
+
+KEY = "report.published"
+TABLE1_KEYS: tuple[str, ...] = ("model", "pretrained_on", "task")
+TABLE2_KEYS: tuple[str, ...] = ("extractor", "selection", "balancing", "classifier")
+TABLE1_METRICS: tuple[str, ...] = ("accuracy", "auroc", "precision", "recall")
+TABLE2_METRICS: tuple[str, ...] = ("accuracy", "cv_balanced_accuracy_mean", "auc", "n_features")
+COLUMNS: tuple[str, ...] = ("table", *TABLE2_KEYS, *TABLE1_KEYS, "metric", "value")
+
+
+def read_published(uri: str) -> pd.DataFrame:
+    """The published values at `uri`, checked: every row names its table's keys and a known metric."""
+    try:
+        frame = pd.read_csv(io.BytesIO(storage.read_bytes(uri)), dtype=str, keep_default_na=False)
+    except StorageError as error:
+        raise ConfigError(KEY, str(error)) from None
+    except (ValueError, pd.errors.ParserError) as error:
+        raise ConfigError(KEY, f"{uri} is not a CSV: {error}") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(KEY, f"{uri}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    problems = []
+    for index, row in frame.iterrows():
+        where = f"{uri} row {index + 2}"  # + header, 1-based
+        keys, metrics = {"1": (TABLE1_KEYS, TABLE1_METRICS), "2": (TABLE2_KEYS, TABLE2_METRICS)}.get(
+            row["table"].strip(), ((), ()))
+        if not keys:
+            problems.append(f"{where}: table {row['table']!r} is not 1 or 2")
+            continue
+        empty = [k for k in keys if not row[k].strip()]
+        if empty:
+            problems.append(f"{where}: table {row['table']} needs {', '.join(empty)}")
+        if row["metric"] not in metrics:
+            problems.append(f"{where}: metric {row['metric']!r} is not one of {', '.join(metrics)}")
+        try:
+            float(row["value"])
+        except ValueError:
+            problems.append(f"{where}: value {row['value']!r} is not a number")
+    if problems:
+        raise ConfigError(KEY, "; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+    frame["value"] = frame["value"].astype(float)
+    frame["table"] = frame["table"].str.strip()
+    return frame
+
+
+def beside(ours: pd.DataFrame, published: pd.DataFrame | None, table: str) -> pd.DataFrame:
+    """`ours` with a `<metric> (published)` column per published metric of `table`, matched on its keys."""
+    if published is None:
+        return ours
+    keys = list(TABLE1_KEYS if table == "1" else TABLE2_KEYS)
+    rows = published[published["table"] == table]
+    if rows.empty:
+        return ours
+    wide = rows.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
+    wide.columns = [f"{metric} (published)" for metric in wide.columns]
+    return ours.merge(wide.reset_index(), on=keys, how="left")
