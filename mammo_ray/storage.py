@@ -70,7 +70,12 @@ def split_uri(uri: str) -> tuple[str, str]:
         return "file", os.path.abspath(rest)
     if not rest or rest.startswith("/"):
         raise StorageError(uri, "an s3:// URI needs a bucket name")
-    return "s3", rest.rstrip("/")
+    rest = rest.rstrip("/")
+    # S3 keys are not normalised: 'images/../secrets/x' is a key of its own to S3 but the secrets
+    # folder to a reader (and to fsspec, which may normalise it), so such a URI never means one thing.
+    if any(part in (".", "..") for part in rest.split("/")):
+        raise StorageError(uri, "an s3:// URI must not contain '.' or '..' path segments")
+    return "s3", rest
 
 
 def is_remote(uri: str) -> bool:

@@ -25,6 +25,24 @@ def test_defaults_are_the_embedded_demo():
         ({"data": {"manifest": "m.parquet", "synthetic": {}}}, "data"),
         ({"data": {"adapter": {"name": "ddsm"}}}, "data.adapter.name"),
         ({"ray": {"num_cpus": -1}}, "ray.num_cpus"),
+        # typos (unknown keys) at every depth, in lists too
+        ({"ouptut": "out"}, "ouptut"),
+        ({"data": {"synthtic": {}}}, "data.synthtic"),
+        ({"data": {"adapter": {"name": "csv", "arg": {}}}}, "data.adapter.arg"),
+        ({"embed": {"extractors": [{"name": "nyu_lcc", "nyu_scael": 0.1}]}}, "embed.extractors.0.nyu_scael"),
+        # wrong types
+        ({"name": 5}, "name"),
+        ({"data": {"manifest": 3}}, "data.manifest"),
+        ({"ingest": [1, 2]}, "ingest"),
+        ({"storage": {"s3": "http://127.0.0.1:9000"}}, "storage.s3"),
+        ({"ingest": {"apply_voi_lut": "maybe"}}, "ingest.apply_voi_lut"),
+        ({"ingest": {"max_pixels": 1.5}}, "ingest.max_pixels"),
+        ({"embed": {"extractors": "imagenet_resnet50"}}, "embed.extractors"),
+        ({"embed": {"extractors": [{"name": "nyu_lcc", "pool": "8x8"}]}}, "embed.extractors.0.pool"),
+        ({"grid": {"cv_folds": "ten"}}, "grid.cv_folds"),
+        ({"finetune": {"use_gpu": "sometimes"}}, "finetune.use_gpu"),
+        ({"ingest": {"batch_size": True}}, "ingest.batch_size"),  # YAML `yes`: not the int 1
+        ({"embed": {"num_gpus": False}}, "embed.num_gpus"),
     ],
 )
 def test_bad_values_name_their_key_path(raw, key_path):
@@ -45,6 +63,22 @@ def test_yaml_file_errors(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listing)
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path"),
+    [
+        ("embed:\n  extractors:\n    - name: nyu_lcc\n      nyu_scael: 0.1\n", "embed.extractors.0.nyu_scael"),
+        ("ingest:\n  batch_size: 4.5\n", "ingest.batch_size"),
+        ("data:\n  manifest: [a.csv, b.csv]\n", "data.manifest"),
+    ],
+)
+def test_yaml_typos_and_wrong_types_name_the_key_and_the_file(tmp_path, text, key_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key_path == key_path and str(path) in str(caught.value)
 
 
 def test_shipped_demo_config_loads(tmp_path):

@@ -54,6 +54,10 @@ def build_manifest(
     - `label_from`: "label" takes the label column as given (0/1, blank = null); "birads" derives it
       from BI-RADS ({1,2,3} -> 0, {4*,5,6} -> 1); "pathology" from pathology (malignant -> 1).
     """
+    if not isinstance(columns, Mapping) or not all(
+        isinstance(key, str) and isinstance(name, str) for key, name in columns.items()
+    ):
+        raise TypeError(f"columns must be a mapping of manifest column -> CSV column name, got {columns!r}")
     if not dataset or "/" in dataset:
         raise ManifestError(csv_uri, [f"dataset {dataset!r} must be a non-empty name without '/'"])
     if label_from not in ("label", "birads", "pathology"):
@@ -71,13 +75,19 @@ def build_manifest(
         record: dict[str, object] = {column: value.get(column) for column in MAPPABLE_COLUMNS}
         record["dataset"] = dataset
         uri = value.get("uri")
+        refused = None
         if uri is not None:
-            record["uri"] = uri = _resolve(base, uri)
+            try:
+                record["uri"] = uri = _resolve(base, uri)
+            except ValueError as error:
+                refused = str(error)  # reported below, once the row's image_id is known
             name = posixpath.basename(uri.replace("\\", "/"))
             stem = name.rpartition(".")[0] or name
             record["image_id"] = _prefixed(dataset, value.get("image_id") or stem)
         elif image_id := value.get("image_id"):
             record["image_id"] = _prefixed(dataset, image_id)
+        if refused:
+            problems.append(f"row {index} ({record['image_id']}): {refused}")
         patient = value.get("patient_id")
         record["patient_id"] = _prefixed(dataset, patient) if patient else record["image_id"]
         exam = value.get("exam_id")
@@ -188,10 +198,25 @@ def _prefixed(dataset: str, identifier: str) -> str:
 
 
 def _resolve(base: str, path: str) -> str:
-    """A CSV path as a URI: URIs and absolute paths stay; relative paths are joined onto `base`."""
+    """A CSV path as a URI: URIs and absolute paths stay; relative paths are joined onto `base`.
+
+    A relative path stays inside `base`: its '..' segments are resolved here, and one that climbs
+    above `base` is refused (ValueError), so a metadata file cannot point the job at files outside
+    its images root (locally the join would quietly leave it; on S3 the key would keep the '..').
+    """
     if "://" in path or path.startswith("/"):
         return path
-    return storage.join(base, *[p for p in path.replace("\\", "/").split("/") if p not in ("", ".")])
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part == "..":
+            if not parts:
+                raise ValueError(f"uri {path!r}: '..' climbs out of the images root {base}")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"uri {path!r} names the images root {base} itself, not a file")
+    return storage.join(base, *parts)
 
 
 def _parent(uri: str) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage
-from mammo_ray.errors import ManifestError
+from mammo_ray.errors import ManifestError, StorageError
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -128,8 +128,9 @@ def normalise_view(value: object) -> str | None:
 def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = False) -> pd.DataFrame:
     """Check a manifest against the contract and return it with canonical column order and dtypes.
 
-    Every problem is collected (duplicate ids, unknown BI-RADS, bad labels, missing files) and raised
-    together as one ManifestError naming the rows, so a user fixes the file in one pass.
+    Every problem is collected (duplicate ids, unusable URIs, unknown BI-RADS, bad labels, and missing
+    files with `check_files`) and raised together as one ManifestError naming the rows, so a user fixes
+    the file in one pass.
     """
     problems: list[str] = []
     missing_columns = [c for c in ("image_id", "uri", "dataset", "patient_id") if c not in frame.columns]
@@ -149,6 +150,7 @@ def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = Fals
     for image_id, rows in frame.index[duplicated].groupby(frame["image_id"][duplicated]).items():
         problems.append(f"duplicate image_id {image_id!r} in rows {', '.join(map(str, rows))}")
 
+    _check_uris(frame, problems)
     _normalise_column(frame, "birads", normalise_birads, problems)
     _normalise_column(frame, "laterality", normalise_laterality, problems)
     _normalise_column(frame, "view", normalise_view, problems)
@@ -165,6 +167,26 @@ def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = Fals
         raise ManifestError(source, problems)
     frame["label"] = pd.array([None if pd.isna(v) else int(v) for v in frame["label"]], dtype="Int8")
     return frame
+
+
+def _check_uris(frame: pd.DataFrame, problems: list[str]) -> None:
+    """Every uri must be one storage can resolve (scheme, bucket, no '..' in an S3 key).
+
+    Parsing a URI reads nothing, so this costs no request per image; a URI that cannot mean one file
+    is refused here, naming its row, rather than at ingest after the work has started.
+    """
+    for index, uri in frame["uri"].items():
+        if uri is None or (isinstance(uri, float) and pd.isna(uri)):
+            continue  # reported as an empty uri
+        if not isinstance(uri, str):
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {uri!r} is not text")
+            continue
+        if not uri.strip():
+            continue
+        try:
+            storage.split_uri(uri)
+        except StorageError as error:
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {error}")
 
 
 def _normalise_column(frame: pd.DataFrame, column: str, normalise, problems: list[str]) -> None:
@@ -190,11 +212,18 @@ def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False) -> 
     return validated
 
 
+#: Columns a CSV manifest holds as text, whatever they look like ('001', '4', '1.png' stay text).
+_CSV_TEXT_COLUMNS = {name: str for name in MANIFEST_COLUMNS if name != "label"}
+
+
 def read_manifest(uri: str, check_files: bool = False) -> pd.DataFrame:
     """Read and validate a manifest from Parquet or CSV (local or s3://)."""
     if uri.lower().endswith(".csv"):
         with storage.open_input(uri) as handle:
-            frame = pd.read_csv(handle, dtype={"image_id": str, "patient_id": str, "exam_id": str, "birads": str})
+            try:
+                frame = pd.read_csv(handle, dtype=_CSV_TEXT_COLUMNS)
+            except Exception as error:  # noqa: BLE001 - any parser failure is a bad manifest file
+                raise ManifestError(uri, [f"cannot parse CSV: {type(error).__name__}: {error}"]) from error
     else:
         frame = storage.read_table(uri).to_pandas()
     return validate_manifest(frame, source=uri, check_files=check_files)

