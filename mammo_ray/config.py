@@ -97,6 +97,7 @@ class EmbedConfig(StrictModel):
     batch_size: int = Field(8, ge=1, le=4096)
     max_actors: int = Field(1, ge=1)
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
+    max_restarts: int = Field(3, ge=0, le=100, description="dead actors replaced before the stage fails")
 
 
 class ZeroShotConfig(StrictModel):
@@ -119,6 +120,10 @@ def _demo_finetune() -> FinetuneConfig:
     )
 
 
+class ReportConfig(StrictModel):
+    published: str | None = Field(None, description="CSV of the paper's published values (report.published)")
+
+
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
@@ -130,6 +135,7 @@ class StudyConfig(StrictModel):
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     def config_hash(self) -> str:
         """A stable hash of every setting: outputs record it as provenance."""

@@ -58,13 +58,15 @@ def build_manifest(config: StudyConfig) -> pd.DataFrame:
         spec = CohortSpec(**data.synthetic.model_dump())
         return generate_cohort(storage.join(config.output, "cohort"), spec)
     if data.manifest is not None:
-        return read_manifest(data.manifest, check_files=True)
+        # Files are not checked here (one request per image on S3): a missing one is an errors row
+        # of the ingest stage, and every other image is processed.
+        return read_manifest(data.manifest)
     from mammo_ray.datasets.adapters import ADAPTERS
 
     assert data.adapter is not None  # the config guarantees exactly one source
     try:
         return ADAPTERS[data.adapter.name](**data.adapter.args)
-    except TypeError as error:  # wrong adapter argument names are a config problem
+    except (TypeError, ValueError) as error:  # wrong adapter argument names, types or choices
         raise ConfigError("data.adapter.args", str(error)) from None
 
 
@@ -93,19 +95,33 @@ def apply_storage_config(config: StudyConfig) -> None:
     os.environ.update(storage_environment(config))
 
 
+def require_token_auth() -> None:
+    """Every Ray we start or join runs with token auth: RAY_AUTH_MODE unset (Ray 2.60 then turns token auth
+    on for a new local cluster, with its own token file ~/.ray/auth_token, created on first use) or
+    `token`; never `disabled`. The variable is left for Ray to set: set by us after `import ray`, Ray's
+    cached config would miss it and start a GCS without a token."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode.lower() != "token":
+        raise ConfigError("ray", f"RAY_AUTH_MODE={mode}: mammo-ray only runs Ray with token auth; unset it or "
+                                 "set RAY_AUTH_MODE=token (and the cluster's token for a remote one)")
+
+
 def ensure_ray(config: StudyConfig) -> None:
-    """Join the cluster this process belongs to (RAY_ADDRESS under `ray job submit`), else start local Ray.
+    """Join the cluster this process belongs to (RAY_ADDRESS under `ray job submit`), else start local Ray,
+    with token auth either way (`require_token_auth`).
 
     Workers get the config's storage settings through the runtime environment, never credentials:
     those come from each node's own environment or instance profile.
     """
-    if not ray.is_initialized():
-        ray.init(
-            address=config.ray.address,
-            num_cpus=config.ray.num_cpus,
-            log_to_driver=False,
-            runtime_env={"env_vars": storage_environment(config)},
-        )
+    if ray.is_initialized():
+        return
+    require_token_auth()
+    ray.init(
+        address=config.ray.address,
+        num_cpus=config.ray.num_cpus,
+        log_to_driver=False,
+        runtime_env={"env_vars": storage_environment(config)},
+    )
 
 
 def _digest(*parts: object) -> str:
@@ -217,7 +233,14 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: b
     inside: after a crash they redo only the images not yet written.
     """
     selected = check_stages(stages)
-    check_weights(config, selected)
+    if any(stage in _NEEDS_RAY for stage in selected):
+        if not ray.is_initialized():
+            require_token_auth()  # before any work: a refused auth mode must not leave half a study behind
+        elif storage_environment(config):
+            log.warning("Ray was started before the study: its workers keep the S3 settings they started with; "
+                        "storage.s3 of the config reaches only this driver. Set them in the environment before "
+                        "Ray starts, or let the study start Ray")
+    check_inputs(config, selected)
     result = StudyResult(output=config.output)
     apply_storage_config(config)
     for stage in selected:
@@ -246,8 +269,9 @@ def zero_shot_spec(config: StudyConfig) -> ZeroShotSpec:
     return ZeroShotSpec(**config.zero_shot.model_dump())
 
 
-def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
-    """Every weight file the requested stages need is there (and matches its sha256), before any work."""
+def check_inputs(config: StudyConfig, stages: Sequence[str]) -> None:
+    """Every file the requested stages need is there before any work: weights (matching their sha256),
+    the published values of the report."""
     from mammo_ray.models.weights import check_weights_available
 
     needed = []
@@ -260,6 +284,10 @@ def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
             check_weights_available(weights)
         except MammoRayError as error:
             raise ConfigError(key_path, str(error)) from None
+    if "report" in stages and config.report.published:
+        from mammo_ray.report.published import read_published
+
+        read_published(config.report.published)  # a bad file fails now, not after hours of work
     if "finetune" in stages:
         from mammo_ray.stages.finetune import resolve_models
 
@@ -272,7 +300,8 @@ def check_weights(config: StudyConfig, stages: Sequence[str]) -> None:
 def embed_options(config: StudyConfig) -> EmbedOptions:
     embed = config.embed
     return EmbedOptions(
-        batch_size=embed.batch_size, max_actors=embed.max_actors, num_gpus=embed.num_gpus, read=read_options(config)
+        batch_size=embed.batch_size, max_actors=embed.max_actors, num_gpus=embed.num_gpus,
+        max_restarts=embed.max_restarts, read=read_options(config),
     )
 
 

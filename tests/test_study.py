@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from mammo_ray import storage
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import read_manifest
-from mammo_ray.errors import ConfigError, ManifestError
+from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.errors import ConfigError
 from mammo_ray.study import run_study
 
 
@@ -58,13 +60,23 @@ def test_missing_pretrained_weights_fail_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_study_from_a_manifest_with_missing_files_fails_before_work(tmp_path):
+@pytest.mark.usefixtures("ray_session")
+def test_study_from_a_manifest_with_missing_files_reports_them_and_ingests_the_rest(tmp_path):
+    cohort = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=1, rows=96))
+    missing = pd.DataFrame(
+        [{"image_id": name, "uri": str(tmp_path / "nowhere" / f"{name}.dcm"), "dataset": "x", "patient_id": "p1"}
+         for name in ("a", "b")]
+    )
     manifest = tmp_path / "m.csv"
-    manifest.write_text("image_id,uri,dataset,patient_id\na,/nowhere/a.dcm,x,p1\nb,/nowhere/b.dcm,x,p1\n")
+    pd.concat([cohort, missing], ignore_index=True).to_csv(manifest, index=False)
     config = parse_config({"output": str(tmp_path / "out"), "data": {"manifest": str(manifest)}})
-    with pytest.raises(ManifestError, match="file not found: /nowhere/a.dcm"):
-        run_study(config, ["manifest"])
-    assert not (tmp_path / "out").exists()
+    result = run_study(config, ["manifest", "ingest"])
+    assert result.counts["manifest_rows"] == len(cohort) + 2
+    assert (result.counts["ingested_images"], result.counts["ingest_errors"]) == (len(cohort), 2)
+    errors = storage.read_table(str(tmp_path / "out" / "errors" / "ingest.parquet")).to_pandas()
+    assert sorted(errors["image_id"]) == ["a", "b"] and set(errors["error_type"]) == {"StorageError"}
+    for uri, message in zip(errors["uri"], errors["message"]):
+        assert message == f"{uri}: not found"
 
 
 def test_cli_synth_writes_the_cohort_to_s3(s3_bucket):
@@ -113,6 +125,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
         assert f"## {heading}" in markdown
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows
     assert "logreg" in markdown.split("## Table 2")[1] and "figures/protocol_gap.png" in markdown
+    for figure in ("grid_roc.png", "finetune_roc.png", "fold_scores.png"):  # ROC of the best grid cells too
+        assert f"figures/{figure}" in markdown and (output / "report" / "figures" / figure).exists()
     assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
     assert "figures/zero_shot_by_birads.png" in markdown and (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     page = (output / "report" / "report.html").read_text()
@@ -132,3 +146,30 @@ def test_report_of_a_grid_whose_cells_all_failed_still_renders(tmp_path):
     uris = build_report(str(tmp_path), {"name": "empty"})
     markdown = storage.read_bytes(uris["markdown"]).decode()
     assert "too few groups" in markdown and "No grid cell succeeded" in markdown
+
+
+def test_published_values_sit_beside_ours_and_a_bad_file_fails_before_work(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from mammo_ray import layout
+    from mammo_ray.stages.report import build_report
+
+    cell = {"extractor": "nyu_avg", "selection": "lasso", "balancing": "smote", "classifier": "svm_linear"}
+    grid = pd.DataFrame([{**cell, "protocol": protocol, "status": "ok", "cv_balanced_accuracy_mean": value,
+                          "accuracy": value, "auc": value, "n_features": 300, "cv_fold_scores": [value]}
+                         for protocol, value in (("paper", 0.9), ("leak_free", 0.6))])
+    storage.write_table(pa.Table.from_pandas(grid, preserve_index=False), layout.grid_uri(str(tmp_path)))
+    published = tmp_path / "published.csv"  # test values, not the paper's
+    published.write_text("table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value\n"
+                         "2,nyu_avg,lasso,smote,svm_linear,,,,accuracy,0.8642\n")
+    uris = build_report(str(tmp_path), {"name": "published", "report": {"published": str(published)}})
+    table2 = storage.read_bytes(uris["markdown"]).decode().split("## Table 2")[1]
+    assert "accuracy (published)" in table2 and "0.864" in table2
+
+    published.write_text("table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value\n"
+                         "2,nyu_avg,lasso,smote,svm_linear,,,,acuracy,high\n")
+    config = parse_config({"output": str(tmp_path / "out"), "report": {"published": str(published)}})
+    with pytest.raises(ConfigError, match=r"report\.published: .*row 2: metric 'acuracy'.*value 'high'"):
+        run_study(config)
+    assert not (tmp_path / "out").exists()

@@ -250,3 +250,24 @@ def test_known_files() -> None:
         "resnet50-11ad3fa6.pth", RESNET18_FILE, "squeezenet1_1-b8a52dc0.pth"}
     with pytest.raises(WeightsError, match="unknown published weights name"):
         known_weights_file("nyu-three-view")
+
+
+class _RunsCodeWhenUnpickled:
+    """A weight file's payload that would create a file if unpickled by a plain torch.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_weight_file_that_runs_code_when_unpickled_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "ImageOnly__ModeImage_weights.p"
+    torch.save({"model": _RunsCodeWhenUnpickled(marker)}, hostile)
+    with pytest.raises(WeightsError, match="weights_only"):
+        resolve_weights(str(hostile))
+    assert not marker.exists()
+    torch.load(hostile, weights_only=False)  # the payload is real: a plain load runs it
+    assert marker.exists()

@@ -1,0 +1,182 @@
+"""Security: token auth on the local quick start, credentials never logged or written, no PHI in any output.
+
+One whole study runs as `ray job submit` would run it (its own process, its own local Ray with its logs
+under a folder of ours), on S3 (moto), with credentials and DICOM PHI no output may contain; then every
+byte it wrote (S3 objects, Parquet contents and metadata decoded, Ray logs, its stdout/stderr) is scanned.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from mammo_ray import storage
+from mammo_ray.datasets.manifest import MANIFEST_COLUMNS
+from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+
+REPO = Path(__file__).resolve().parent.parent
+#: The study's own credentials: moto takes any; no output may ever show them.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAMAMMORAYLEAKCHECK7", "AWS_SECRET_ACCESS_KEY": "mR-secret/never+written/4aZ9qLx"}
+#: What a clinical DICOM carries and no output may show.
+PHI = {"PatientName": "Doe^Jane^Quartermaine", "PatientBirthDate": "19230405", "AccessionNumber": "ACC-PHI-99812",
+       "InstitutionName": "Saint Phi Memorial Hospital", "PatientID": "MRN-PHI-556677",
+       "ReferringPhysicianName": "Watson^Irene", "InstitutionAddress": "221B Phi Street"}
+
+
+def _with_phi(path: str) -> bytes:
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    for keyword, value in PHI.items():
+        setattr(dataset, keyword, value)
+    out = Path(path).with_suffix(".phi.dcm")
+    dataset.save_as(out)
+    return out.read_bytes()
+
+
+def _readable_text(name: str, data: bytes) -> list[bytes]:
+    """The bytes of a file as stored, plus, for Parquet (compressed), every value and its metadata decoded."""
+    views = [data]
+    if name.endswith(".parquet"):
+        table = pq.read_table(pa.BufferReader(data)) if data[:4] == b"PAR1" else None
+        if table is not None:
+            views.append(str(table.schema.metadata or {}).encode())
+            views += [str(column.to_pylist()).encode() for column in table.columns]
+    return views
+
+
+@pytest.fixture(scope="module")
+def scanned_run(s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
+    """Run the whole study on PHI-carrying DICOMs in S3; yield {where: [its bytes, decoded views]}."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="security-study")
+    work = Path(tempfile.mkdtemp(prefix="/tmp/mr-sec-"))  # short: Ray's unix sockets live under it
+    try:
+        cohort = generate_cohort(str(work / "cohort"), CohortSpec(patients=6, rows=96, positive_fraction=0.5))
+        uris = []
+        for uri in cohort["uri"]:
+            key = f"images/{Path(uri).name}"
+            storage.write_bytes(f"s3://security-study/{key}", _with_phi(uri))
+            uris.append(f"s3://security-study/{key}")
+        manifest = cohort[MANIFEST_COLUMNS].assign(uri=uris)
+        storage.write_bytes("s3://security-study/manifest.csv", manifest.to_csv(index=False).encode())
+        config = work / "study.yaml"
+        config.write_text(yaml.safe_dump({
+            "name": "security", "output": "s3://security-study/out",
+            "data": {"manifest": "s3://security-study/manifest.csv"}, "ray": {"num_cpus": 2},
+            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
+            "zero_shot": {"nyu_scale": 0.125},
+            "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "selection": ["none"]},
+            "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
+                         "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5,
+                         "data_cpus": 0.5},
+        }))
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(CREDENTIALS)
+        env["RAY_TMPDIR"] = str(work / "ray")  # the run's Ray logs land here, to be scanned too
+        run = subprocess.run([sys.executable, "jobs/full_study.py", "--config", str(config)], cwd=REPO, env=env,
+                             capture_output=True, timeout=1200, check=False)
+        assert run.returncode == 0, run.stderr[-3000:].decode(errors="replace")
+        found: dict[str, list[bytes]] = {"stdout": [run.stdout], "stderr": [run.stderr]}
+        for uri in storage.list_files("s3://security-study/out"):
+            found[uri] = _readable_text(uri, storage.read_bytes(uri))
+        for path in (work / "ray").rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                found[str(path)] = [path.read_bytes()]
+        yield found
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _leaks(found: dict[str, list[bytes]], secrets: dict[str, str]) -> list[str]:
+    return [f"{name} in {where}" for where, views in found.items() for name, secret in secrets.items()
+            if any(secret.encode() in view for view in views)]
+
+
+@pytest.mark.slow
+def test_the_run_wrote_every_stage_and_its_logs(scanned_run):
+    outputs = [w for w in scanned_run if w.startswith("s3://")]
+    for table in ("manifest.parquet", "embeddings/", "zero_shot/", "results/grid.parquet", "results/finetune",
+                  "report/report.html"):
+        assert any(table in uri for uri in outputs), table
+    assert sum(1 for w in scanned_run if "/logs/" in w) > 5  # the run's Ray logs were scanned
+    # The inputs did carry the PHI: every image the study read holds all of it.
+    image = storage.read_bytes(storage.list_files("s3://security-study/images")[0])
+    assert _leaks({"input": [image]}, PHI) == [f"{name} in input" for name in PHI]
+
+
+@pytest.mark.slow
+def test_no_credential_in_any_output_or_log(scanned_run):
+    assert _leaks(scanned_run, CREDENTIALS) == []
+
+
+@pytest.mark.slow
+def test_no_phi_in_any_output_or_log(scanned_run):
+    assert _leaks(scanned_run, PHI) == []
+
+
+@pytest.mark.slow
+def test_the_ray_token_is_in_no_output_or_log(scanned_run):
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 32
+    assert _leaks(scanned_run, {"ray token": token}) == []
+
+
+def test_the_scan_finds_what_it_looks_for():
+    """A leak would be seen: the checks above are not vacuous."""
+    found = {"x.parquet": [b"...Doe^Jane^Quartermaine..."], "log": [CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode()]}
+    assert _leaks(found, PHI) == ["PatientName in x.parquet"]
+    assert _leaks(found, CREDENTIALS) == ["AWS_SECRET_ACCESS_KEY in log"]
+
+
+def test_the_local_quick_start_runs_ray_with_token_auth_and_refuses_a_client_without_it(tmp_path):
+    script = """
+import os, subprocess, sys
+from mammo_ray.study import demo_config, ensure_ray
+import ray
+from ray._raylet import AuthenticationMode, get_authentication_mode
+config = demo_config()
+ensure_ray(config.model_copy(update={"ray": config.ray.model_copy(update={"num_cpus": 1})}))
+print("mode", get_authentication_mode() == AuthenticationMode.TOKEN, flush=True)
+address = ray.get_runtime_context().gcs_address
+stranger = {**os.environ, "HOME": os.environ["STRANGER_HOME"], "RAY_AUTH_MODE": "token"}
+joined = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}')"], env=stranger,
+                        capture_output=True, text=True, timeout=120)
+print("stranger", joined.returncode, "AuthenticationError" in joined.stderr, flush=True)
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["HOME"] = str(tmp_path / "home")  # a fresh home: Ray must make the token itself
+    env["STRANGER_HOME"] = str(tmp_path / "stranger")
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="/tmp/mr-auth-")
+    try:
+        run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300, check=False)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mode True" in run.stdout and "stranger 1 True" in run.stdout
+    assert (tmp_path / "home" / ".ray" / "auth_token").exists()
+
+
+def test_a_study_asked_to_run_ray_without_auth_refuses_before_any_work(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "data": {"synthetic": {"patients": 1}}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    run = subprocess.run([sys.executable, "jobs/full_study.py", "--config", str(config), "--stages", "manifest",
+                          "ingest"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2 and "config ray: RAY_AUTH_MODE=disabled" in run.stderr
+    assert not (tmp_path / "out").exists()
