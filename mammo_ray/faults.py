@@ -25,7 +25,6 @@ FAULTS_ENV = "MAMMO_RAY_FAULTS"
 POINTS: dict[str, str] = {
     "inference.actor_batch": "an inference actor, before it runs a batch (embed, zero_shot)",
     "train.batch": "a Ray Train worker, after each training batch",
-    "train.checkpoint": "a Ray Train worker, after each epoch's report (its checkpoint is committed)",
     "grid.unit_written": "a Ray Tune trial, after its unit's results are written",
 }
 

@@ -185,7 +185,7 @@ def test_a_grid_started_again_runs_only_the_units_not_in_its_journal(tmp_path):
     row = first.frame[first.frame["protocol"] == "paper"].iloc[0]
     journaled = {**{k: row[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")},
                  "cv_balanced_accuracy_mean": 0.123, "cell_hash": row["cell_hash"]}
-    storage.write_bytes(storage.join(layout.grid_units_uri(output), f"unit-{unit_key(unit, data, config)}.json"),
+    storage.write_bytes(storage.join(layout.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
                         json.dumps([journaled]).encode())
 
     again = run_grid(output, config).frame.set_index("protocol")

@@ -40,6 +40,7 @@ stops the other cells.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -111,8 +112,6 @@ class GridData:
 
     def content_hash(self) -> str:
         """Names exactly the rows the classifiers see: features, labels, patient groups and images."""
-        import hashlib
-
         digest = hashlib.sha256()
         for array in (self.X, self.y, self.groups):
             digest.update(str((array.dtype.str, array.shape)).encode())

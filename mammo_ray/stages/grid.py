@@ -232,11 +232,12 @@ def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
     return [GridCell(*values) for values in unit["cells"]]
 
 
-def unit_key(unit: dict[str, Any], data: GridData, config: GridConfig) -> str:
-    """Names a unit's results: the settings of its cells and the content of its data, nothing else."""
+def unit_key(unit: dict[str, Any], data_hash: str, config: GridConfig) -> str:
+    """Names a unit's results: the settings of its cells and the content of its data (`GridData.content_hash`),
+    nothing else."""
     from mammo_ray.classify.config import settings_hash
 
-    return settings_hash({"data": data.content_hash(),
+    return settings_hash({"data": data_hash,
                           "cells": sorted(settings_hash(config.cell_settings(c)) for c in _cells_of(unit))})
 
 
@@ -245,13 +246,11 @@ def _unit_file(units_uri: str, unit: dict[str, Any]) -> str:
 
 
 def _finished_units(units: Sequence[dict[str, Any]], units_uri: str) -> dict[int, list[CellResult]]:
-    """unit id -> results, for the units an earlier (interrupted) run already wrote."""
-    done = {}
-    for unit in units:
-        uri = _unit_file(units_uri, unit)
-        if storage.exists(uri):
-            done[unit["id"]] = [CellResult(**row) for row in json.loads(storage.read_bytes(uri))]
-    return done
+    """unit id -> results, for the units an earlier (interrupted) run already wrote (one listing, then one
+    read per finished unit)."""
+    present = set(storage.list_files(units_uri)) if storage.exists(units_uri) else set()
+    return {unit["id"]: [CellResult(**row) for row in json.loads(storage.read_bytes(_unit_file(units_uri, unit)))]
+            for unit in units if _unit_file(units_uri, unit) in present}
 
 
 def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig,
@@ -278,8 +277,9 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
     if not cells:
         return []
     units = plan_units(cells, datasets, config)
+    data_hashes = {name: datasets[name].content_hash() for name in {unit["extractor"] for unit in units}}
     for unit in units:
-        unit["key"] = unit_key(unit, datasets[unit["extractor"]], config)
+        unit["key"] = unit_key(unit, data_hashes[unit["extractor"]], config)
     finished = _finished_units(units, units_uri) if units_uri is not None else {}
     if finished:
         log.info("grid: %d of %d trial units already done (skipped)", len(finished), len(units))
