@@ -184,14 +184,15 @@ def _in_process_grid(data, cells, config):
 
 
 def _stage_grid(data, config, workdir: Path):
-    """Our stage end to end: read the embeddings table, Ray Tune trials, write results/grid.parquet."""
-    from mammo_ray.classify.synthetic import write_embeddings
+    """Our stage end to end: read the embeddings (feature store joined to the manifest), Ray Tune trials,
+    write results/grid.parquet."""
+    from mammo_ray.classify.synthetic import read_synthetic, write_embeddings
     from mammo_ray.stages.grid import run_grid
 
     output = str(workdir / f"grid-{data.n_rows}")
-    write_embeddings(output, data, extractor="bench")
+    manifest, key = write_embeddings(output, data, extractor="bench")
     start = time.perf_counter()
-    result = run_grid(output, config)
+    result = run_grid(output, config, {"bench": read_synthetic(output, "bench", manifest, key)})
     elapsed = time.perf_counter() - start
     if os.environ.get("MAMMO_RAY_BENCH_VERBOSE"):
         print("    stage phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())

@@ -70,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             frame = generate_cohort(args.out, CohortSpec(patients=args.patients, seed=args.seed, rows=args.rows))
             print(json.dumps({"images": len(frame), "positives": int(frame["label"].sum()), "out": args.out}))
         elif args.command == "manifest":
-            from mammo_ray.datasets.adapters import ADAPTERS
+            from mammo_ray.datasets.adapters import build_with_adapter
             from mammo_ray.datasets.manifest import write_manifest
 
-            frame = write_manifest(ADAPTERS[args.adapter](**_adapter_args(args.arg)), args.out)
+            frame = write_manifest(build_with_adapter(args.adapter, _adapter_args(args.arg), "--arg"), args.out)
             print(json.dumps({"images": len(frame), "out": args.out}))
         elif args.command == "ingest":
             from mammo_ray.datasets.manifest import read_manifest
@@ -88,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
             print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))
         elif args.command == "run":
-            from mammo_ray.study import run_from_cli
+            from mammo_ray.study import check_stages, run_from_cli
 
+            check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
             return run_from_cli(args.config, args.output, args.stages, args.force)
     except MammoRayError as error:
         print(f"mammo-ray: error: {error}", file=sys.stderr)

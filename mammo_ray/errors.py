@@ -27,6 +27,28 @@ class StorageError(_FileError):
     """A URI could not be resolved, read or written."""
 
 
+class StoreUnavailableError(MammoRayError):
+    """The store itself failed (unreachable, timing out, throttling or 5xx beyond the retries, credentials
+    refused): not a problem of one file. A stage that meets it fails and records nothing as done, so the
+    rerun does the work; it never becomes an errors row."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"storage unavailable while reading or writing {uri}: {reason}. Nothing of this stage "
+                         "was recorded as done: rerun the study once the store is back")
+
+
+class StaleTableError(MammoRayError):
+    """A table does not describe the current manifest and config (another manifest, other weights or
+    settings, or an interrupted run): readers refuse it instead of computing on the wrong rows."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"{uri}: {reason}")
+
+
 class DecodeError(_FileError):
     """An image file could not be decoded into pixels."""
 
@@ -54,6 +76,22 @@ class ConfigError(MammoRayError):
         self.key_path = key_path
         self.reason = reason
         super().__init__(f"config {key_path}: {reason}")
+
+
+def declared_cause(error: BaseException) -> MammoRayError | None:
+    """The declared error behind `error`, looking through Ray's wrappers (RayTaskError and the errors of
+    Ray Data and Tune keep the original as `cause` or `__cause__`); None when there is none."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MammoRayError):
+            return current
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
 
 
 def describe(error: BaseException, uri: str) -> str:

@@ -1,8 +1,11 @@
 """Streaming read of the images a manifest names: bytes from storage, decoded in parallel Ray tasks.
 
-Every row that comes out carries the manifest columns. A good row has `pixels` (float32, H x W, zero
-background); a bad one has an empty `pixels`, and `error_type` / `error_message` saying why. Nothing
-is dropped silently and nothing raises: the errors table is built from those rows.
+Every row that comes out carries the manifest columns (laterality and view completed from the file's
+tags; the manifest's own values as `manifest_laterality` / `manifest_view`). A good row has `pixels` (float32, H x W, zero
+background); a bad one has an empty `pixels`, and `error_type` / `error_message` saying why; a row whose
+content needs no work (`cached`: its outputs are stored already) has empty pixels and is not decoded.
+Nothing is dropped silently. A problem of one file is an error row; a failure of the store itself
+(StoreUnavailableError) is raised: it fails the stage instead of turning every image into an error.
 """
 
 from __future__ import annotations
@@ -17,19 +20,10 @@ import pyarrow as pa
 import ray.data
 
 from mammo_ray import storage
-from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, to_table, validate_manifest
-from mammo_ray.errors import describe
+from mammo_ray.datasets.manifest import to_table, validate_manifest
+from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import decode_image
-
-ERRORS_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string()),
-        pa.field("uri", pa.string()),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("error_type", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-    ]
-)
+from mammo_ray.tables import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
 
 DECODED_COLUMNS: list[str] = [
     *MANIFEST_COLUMNS,
@@ -37,6 +31,9 @@ DECODED_COLUMNS: list[str] = [
     "height",
     "width",
     "content_sha256",
+    "manifest_laterality",
+    "manifest_view",
+    "cached",
     "error_type",
     "error_message",
 ]
@@ -46,12 +43,33 @@ _EMPTY_PIXELS = np.zeros((0, 0), dtype=np.float32)
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How images are read and decoded. Storage settings come from the environment (see storage)."""
+    """How images are read and decoded. Storage settings come from the environment (see storage).
+
+    `max_bytes`: files larger than this are errors rows, refused from their size before being read;
+    `max_pixels`: the same for the pixel count in the image header, before decoding.
+    """
 
     apply_voi_lut: bool = True
     max_pixels: int = 120_000_000
+    max_bytes: int = storage.DEFAULT_MAX_BYTES
     batch_size: int = 4
     rows_per_block: int = 16
+
+    @property
+    def decode_id(self) -> str:
+        """Names the decode settings that change pixel values (the size limits only refuse files)."""
+        return f"voi_lut={int(self.apply_voi_lut)}"
+
+
+@dataclass(frozen=True)
+class CachedContent:
+    """Content keys (`content_key`) whose outputs are already stored: read and hashed, not decoded."""
+
+    keys: frozenset[str] = frozenset()
+    orientation: bool = False
+
+    def __contains__(self, row: tuple[str, object, object]) -> bool:
+        return content_key(*row, self.orientation) in self.keys
 
 
 def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
@@ -63,32 +81,30 @@ def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.da
 
 
 def read_images(
-    manifest: pd.DataFrame, options: ReadOptions = ReadOptions(), skip_content: frozenset[str] = frozenset()
+    manifest: pd.DataFrame, options: ReadOptions = ReadOptions(), cached: CachedContent = CachedContent()
 ) -> ray.data.Dataset:
     """Lazily read and decode every image of `manifest`; one output row per manifest row.
 
-    Images whose content sha256 is in `skip_content` (work already done) are read and hashed but not
-    decoded, and produce no row.
+    Images whose content key is in `cached` (work already done) are read and hashed but not decoded:
+    their row has `cached` set and empty pixels.
     """
     return manifest_dataset(manifest, options.rows_per_block).map_batches(
         decode_batch,
         batch_size=options.batch_size,
         batch_format="pandas",
-        fn_kwargs={"options": options, "skip_content": skip_content},
+        fn_kwargs={"options": options, "cached": cached},
     )
 
 
-def decode_batch(
-    batch: pd.DataFrame, options: ReadOptions, skip_content: frozenset[str] = frozenset()
-) -> pd.DataFrame:
-    """Read and decode each row of a manifest batch; failures become error rows, never exceptions."""
+def decode_batch(batch: pd.DataFrame, options: ReadOptions, cached: CachedContent = CachedContent()) -> pd.DataFrame:
+    """Read and decode each row of a manifest batch; bad files become error rows, store failures raise."""
     rows = []
     for record in batch.to_dict("records"):
-        decoded = _read_and_decode(record["uri"], options, skip_content)
-        if decoded is None:
-            continue
+        decoded = _read_and_decode(record, options, cached)
         tag_laterality, tag_view = decoded.pop("tag_laterality"), decoded.pop("tag_view")
-        # The manifest is the override; the file's own tags fill what the manifest leaves open.
+        # The manifest is the override; the file's own tags fill what the manifest leaves open. What the
+        # manifest said is kept too: with the content it keys stored model outputs (tables.content_key).
+        decoded["manifest_laterality"], decoded["manifest_view"] = record["laterality"], record["view"]
         decoded["laterality"] = _present(record["laterality"]) or tag_laterality
         decoded["view"] = _present(record["view"]) or tag_view
         rows.append({**record, **decoded})
@@ -97,28 +113,32 @@ def decode_batch(
     out = pd.DataFrame.from_records(rows)
     out["height"] = out["height"].astype(np.int32)
     out["width"] = out["width"].astype(np.int32)
+    out["cached"] = out["cached"].astype(bool)
     return out[DECODED_COLUMNS]
 
 
-def _read_and_decode(uri: str, options: ReadOptions, skip_content: frozenset[str]) -> dict | None:
-    """One image's decoded columns; None when its content is in `skip_content`."""
+def _read_and_decode(record: dict, options: ReadOptions, cached: CachedContent) -> dict:
+    """One image's decoded columns (not decoded when its content key is in `cached`)."""
+    uri = record["uri"]
     digest = None
     try:
-        data = storage.read_bytes(uri)
+        data = storage.read_bytes(uri, max_bytes=options.max_bytes)
         digest = hashlib.sha256(data).hexdigest()
-        if digest in skip_content:
-            return None
+        if (digest, record["laterality"], record["view"]) in cached:
+            return {"pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": True,
+                    "tag_laterality": None, "tag_view": None, "error_type": None, "error_message": None}
         image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)
+    except StoreUnavailableError:
+        raise  # the store failed, not this image: the stage fails and its rerun does the work
     except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
-        message = describe(error, uri)
         return {
-            "pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest,
+            "pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": False,
             "tag_laterality": None, "tag_view": None,
-            "error_type": type(error).__name__, "error_message": message,
+            "error_type": type(error).__name__, "error_message": describe(error, uri),
         }
     return {
         "pixels": image.pixels, "height": image.pixels.shape[0], "width": image.pixels.shape[1],
-        "content_sha256": digest, "tag_laterality": image.laterality, "tag_view": image.view,
+        "content_sha256": digest, "cached": False, "tag_laterality": image.laterality, "tag_view": image.view,
         "error_type": None, "error_message": None,
     }
 
@@ -142,8 +162,9 @@ def error_records(batch: pd.DataFrame, stage: str) -> pd.DataFrame:
 
 
 def errors_table(frames: list[pd.DataFrame]) -> pa.Table:
-    """Concatenate error-record frames into one table with the errors schema."""
+    """Concatenate error-record frames into one table with the errors schema, sorted by image."""
+    frames = [frame for frame in frames if len(frame)]
     if not frames:
         return ERRORS_SCHEMA.empty_table()
-    frame = pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True).sort_values(["image_id", "stage"], kind="stable")
     return pa.Table.from_pandas(frame, schema=ERRORS_SCHEMA, preserve_index=False)

@@ -8,14 +8,22 @@ instance profile.
 
 Writes are atomic: locally a temporary file in the target folder is renamed over the target; on S3
 an object becomes visible only when its upload completes. A reader never sees half a file.
+
+Two kinds of failure, kept apart (`wrap_error`): a problem of one file (not found, a folder, not a
+regular file, too large, permission) is a StorageError, which an image stage turns into an errors row;
+a failure of the store itself (connection refused or reset, timeouts, throttling and 5xx beyond the
+retries, credentials refused, a full or read-only disk) is a StoreUnavailableError, which fails the
+stage. Retries are bounded so that a dead store is noticed within about a minute, not minutes per file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,9 +35,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mammo_ray.errors import StorageError
+from mammo_ray.errors import StorageError, StoreUnavailableError
 
 _SUPPORTED_SCHEMES = ("", "file", "s3")
+#: 2 GiB: far above any mammogram (a full-field DICOM is 10-60 MB), far below what would exhaust a worker.
+DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -122,18 +132,75 @@ def _s3_filesystem(options: S3Options) -> fsspec.AbstractFileSystem:
     if options.region:
         client_kwargs["region_name"] = options.region
     # Listings must reflect writes made moments ago by other processes: no listing cache.
-    return s3fs.S3FileSystem(
+    # Retries: botocore's (6 attempts, backoff) survive a store that fails a few percent of requests;
+    # s3fs's own loop adds one more round for dropped connections and read timeouts. Short connect and
+    # read timeouts keep a dead endpoint from costing minutes per request.
+    fs = s3fs.S3FileSystem(
         anon=options.anonymous,
         client_kwargs=client_kwargs,
         use_listings_cache=False,
         skip_instance_cache=True,
-        config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}},
+        config_kwargs={"retries": {"max_attempts": 6, "mode": "adaptive"}, "connect_timeout": 5,
+                       "read_timeout": 15},
     )
+    fs.retries = 2  # s3fs's own retry rounds (a class attribute, not a constructor argument)
+    return fs
 
 
-def _wrap(uri: str, action: str, error: Exception) -> StorageError:
-    if isinstance(error, StorageError):
+#: Exception class names (botocore, aiohttp, asyncio, the builtins) that mean the store, not a file, failed.
+_STORE_FAILURES = frozenset({
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ProxyConnectionError", "HTTPClientError", "ConnectionError", "NoCredentialsError", "PartialCredentialsError",
+    "CredentialRetrievalError", "ClientConnectionError", "ServerTimeoutError", "ServerDisconnectedError",
+    "TimeoutError", "FSTimeoutError", "IncompleteRead", "ResponseParserError",
+})
+#: S3 error codes of the store or the credentials as a whole (a 5xx is always the store's).
+_STORE_ERROR_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "ServiceUnavailable",
+    "InternalError", "ExpiredToken", "InvalidAccessKeyId", "InvalidToken", "SignatureDoesNotMatch", "TokenRefreshRequired",
+})
+#: errno values of a local store that failed (disk full, read-only, stale NFS handle, network file system down).
+_STORE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EROFS, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN,
+                           errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNREFUSED,
+                           errno.ECONNRESET, errno.EDQUOT})
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def store_failure(error: BaseException) -> str | None:
+    """Why `error` is a failure of the store rather than of one file, or None when it is about the file."""
+    for cause in _causes(error):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and "Error" in response:  # an S3 ClientError: its code decides
+            code = str(response["Error"].get("Code", ""))
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if status >= 500 or code in _STORE_ERROR_CODES:
+                return f"S3 answered {status or ''} {code}".replace("  ", " ")
+            return None
+    for cause in _causes(error):
+        if isinstance(cause, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+            return None
+        if {kind.__name__ for kind in type(cause).__mro__} & _STORE_FAILURES:
+            return f"{type(cause).__name__}: {cause}"
+        if isinstance(cause, OSError) and cause.errno in _STORE_ERRNOS:
+            return f"{type(cause).__name__}: {cause}"
+    return None
+
+
+def wrap_error(uri: str, action: str, error: Exception) -> StorageError | StoreUnavailableError:
+    """A backend failure as one of the two declared kinds (see the module doc)."""
+    if isinstance(error, (StorageError, StoreUnavailableError)):
         return error
+    reason = store_failure(error)
+    if reason is not None:
+        return StoreUnavailableError(uri, f"cannot {action}: {reason}")
     if isinstance(error, FileNotFoundError):
         return StorageError(uri, "not found")
     if isinstance(error, PermissionError):
@@ -146,17 +213,57 @@ def exists(uri: str, s3: S3Options | None = None) -> bool:
     try:
         return bool(fs.exists(path))
     except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type
-        raise _wrap(uri, "check existence", error) from error
+        raise wrap_error(uri, "check existence", error) from error
 
 
-def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
+def read_bytes(uri: str, s3: S3Options | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of one file. A local path that is not a regular file (a folder, FIFO, device or socket) is
+    refused without being opened; a file larger than `max_bytes` is refused from its size, before it is
+    read (on S3 in the same single request: a ranged GET of max_bytes + 1)."""
+    scheme, path = split_uri(uri)
+    if scheme == "file":
+        return _read_local(uri, path, max_bytes)
     fs, path = filesystem(uri, s3)
     try:
-        if fs.isdir(path):
-            raise StorageError(uri, "is a folder, not a file")
-        return fs.cat_file(path)
+        data = fs.cat_file(path) if max_bytes is None else fs.cat_file(path, start=0, end=max_bytes + 1)
+    except IsADirectoryError:
+        raise StorageError(uri, "is a folder, not a file") from None
     except Exception as error:  # noqa: BLE001
-        raise _wrap(uri, "read", error) from error
+        raise wrap_error(uri, "read", error) from error
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(uri, None, max_bytes)
+    return data
+
+
+def _read_local(uri: str, path: str, max_bytes: int | None) -> bytes:
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise StorageError(uri, "is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO blocks forever, a device reads forever
+            raise StorageError(uri, f"not a regular file ({_file_kind(info.st_mode)}): not opened")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise _too_large(uri, info.st_size, max_bytes)
+        with open(path, "rb") as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    except Exception as error:  # noqa: BLE001
+        raise wrap_error(uri, "read", error) from error
+    if max_bytes is not None and len(data) > max_bytes:  # it grew after the stat
+        raise _too_large(uri, None, max_bytes)
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def _too_large(uri: str, size: int | None, max_bytes: int) -> StorageError:
+    shown = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return StorageError(uri, f"file too large: {shown} exceeds ingest.max_bytes = {max_bytes}; not read")
 
 
 @contextlib.contextmanager
@@ -185,7 +292,7 @@ def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
         else:
             fs.pipe_file(path, data)  # a single PUT: visible only once complete
     except Exception as error:  # noqa: BLE001
-        raise _wrap(uri, "write", error) from error
+        raise wrap_error(uri, "write", error) from error
 
 
 def write_table(table: pa.Table, uri: str, s3: S3Options | None = None) -> None:
@@ -201,7 +308,7 @@ def read_table(uri: str, s3: S3Options | None = None, columns: list[str] | None 
     try:
         return pq.read_table(path, filesystem=fs, columns=columns)
     except Exception as error:  # noqa: BLE001
-        raise _wrap(uri, "read Parquet", error) from error
+        raise wrap_error(uri, "read Parquet", error) from error
 
 
 def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Options | None = None) -> list[str]:
@@ -218,7 +325,7 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Options 
             raise StorageError(uri, "not found")
         found = fs.find(path) if fs.isdir(path) else [path]
     except Exception as error:  # noqa: BLE001
-        raise _wrap(uri, "list", error) from error
+        raise wrap_error(uri, "list", error) from error
     result = []
     for item in found:
         name = posixpath.basename(item)
@@ -236,4 +343,4 @@ def remove(uri: str, recursive: bool = False, s3: S3Options | None = None) -> No
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
     except Exception as error:  # noqa: BLE001
-        raise _wrap(uri, "remove", error) from error
+        raise wrap_error(uri, "remove", error) from error

@@ -12,11 +12,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mammo_ray import storage
+from mammo_ray import feature_store, storage, tables
 from mammo_ray.datasets.manifest import validate_manifest
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.errors import StaleTableError
 from mammo_ray.models.extractors import EXTRACTORS, ExtractorSpec
-from mammo_ray.stages.embed import EmbedOptions, embeddings_schema, errors_uri, read_embeddings, run_embed
+from mammo_ray.stages.embed import EmbedOptions, embedding_key, errors_uri, read_embeddings, run_embed
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -45,16 +46,21 @@ def test_every_extractor_embeds_the_cohort_from_s3(name, s3_manifest, s3_bucket)
     result = run_embed(manifest, s3_bucket + "/out", spec, OPTIONS)
     assert (result.embedded, result.skipped, result.errors) == (len(manifest), 0, 0)
 
-    files = storage.list_files(result.uri, extensions=[".parquet"])
-    table = storage.read_table(result.uri)
-    assert table.schema.equals(embeddings_schema(spec.dim), check_metadata=False)
-    assert table.num_rows == len(manifest) and files
-    frame = table.to_pandas()
+    key = embedding_key(spec)
+    store = feature_store.key_uri(result.uri, key)
+    table = storage.read_table(store)
+    assert table.schema.equals(tables.embeddings_schema(spec.dim), check_metadata=False)
+    assert table.num_rows == len(manifest)
+    stored = table.to_pandas()
+    assert "image_id" not in stored and "label" not in stored  # a feature store: keyed by content, not by image
+    assert set(stored["weights_id"]) == {"random-init:3"} and set(stored["model_id"]) == {spec.model_id}
+    frame = read_embeddings(s3_bucket + "/out", manifest, spec)
     vectors = np.stack(frame["embedding"])
     assert vectors.shape == (len(manifest), spec.dim) and np.isfinite(vectors).all()
     assert set(frame["weights_id"]) == {"random-init:3"}
-    assert set(frame["preprocess_id"]) == {spec.preprocess_id}
-    assert sorted(frame["image_id"]) == sorted(manifest["image_id"])
+    assert set(frame["preprocess_id"]) == {key.preprocess_id} and spec.preprocess_id in key.preprocess_id
+    assert frame["image_id"].tolist() == sorted(manifest["image_id"])
+    assert frame["label"].tolist() == manifest.sort_values("image_id")["label"].tolist()
     assert len(set(map(bytes, vectors.astype(np.float32)))) == len(manifest)  # images differ, so do vectors
 
 
@@ -70,12 +76,48 @@ def test_rerun_adds_nothing_and_new_images_add_exactly_their_rows(s3_manifest, s
 
     grown = run_embed(manifest, out, spec, OPTIONS)
     assert (grown.embedded, grown.skipped) == (4, len(manifest) - 4)
-    rows = read_embeddings(out, spec.name)
+    rows = read_embeddings(out, manifest, spec)
     assert len(rows) == len(manifest) and rows["image_id"].is_unique
-    assert storage.read_table(storage.join(out, "embeddings", spec.name)).num_rows == len(manifest)
+    assert storage.read_table(feature_store.key_uri(grown.uri, embedding_key(spec))).num_rows == len(manifest)
 
     other_weights = run_embed(manifest.iloc[:2], out, _spec("imagenet_resnet18", weights="random-init:4"), OPTIONS)
     assert other_weights.embedded == 2  # different weights: a different key, so new rows
+
+
+def test_readers_see_exactly_the_current_manifest_under_the_current_weights(s3_manifest, s3_bucket):
+    """The feature store answers for the manifest and weights asked about, never with leftovers: removed
+    images, earlier labels, other weights. A copy of an image under another id gets its own row."""
+    _, manifest = s3_manifest
+    out = s3_bucket + "/current"
+    spec0, spec1 = _spec("imagenet_resnet18"), _spec("imagenet_resnet18", weights="random-init:4")
+    run_embed(manifest, out, spec0, OPTIONS)
+    with pytest.raises(StaleTableError, match="random-init:3.*random-init:4"):
+        read_embeddings(out, manifest, spec1)  # other weights were asked for: refused, not answered with old rows
+    switched = run_embed(manifest, out, spec1, OPTIONS)
+    assert switched.embedded == len(manifest)
+    assert set(read_embeddings(out, manifest, spec1)["weights_id"]) == {"random-init:4"}
+
+    relabelled = manifest.assign(label=pd.array([1 - int(v) if pd.notna(v) else None for v in manifest["label"]],
+                                                dtype="Int8"))
+    view = read_embeddings(out, relabelled, spec1)  # labels come from the manifest handed in
+    assert view["label"].tolist() == relabelled.sort_values("image_id")["label"].tolist()
+
+    fewer = manifest.iloc[2:]
+    with pytest.raises(StaleTableError, match="another manifest"):
+        read_embeddings(out, fewer, spec1)
+    again = run_embed(fewer, out, spec1, OPTIONS)
+    assert (again.embedded, again.skipped) == (0, len(fewer))
+    assert read_embeddings(out, fewer, spec1)["image_id"].tolist() == sorted(fewer["image_id"])
+
+    copy = manifest.iloc[[0]].assign(image_id="copy/of-first", patient_id="copy/patient")
+    with_copy = validate_manifest(pd.concat([manifest, copy], ignore_index=True), source="test")
+    grown = run_embed(with_copy, out, spec1, OPTIONS)
+    assert (grown.embedded, grown.skipped, grown.errors) == (0, len(with_copy), 0)  # same bytes: nothing to compute
+    view = read_embeddings(out, with_copy, spec1).set_index("image_id")
+    assert len(view) == len(with_copy)
+    np.testing.assert_array_equal(view.loc["copy/of-first", "embedding"],
+                                  view.loc[manifest.iloc[0]["image_id"], "embedding"])
+    assert view.loc["copy/of-first", "patient_id"] == "copy/patient"
 
 
 def test_unreadable_and_breastless_images_are_error_rows_and_the_rest_is_embedded(s3_manifest, s3_bucket):
@@ -118,7 +160,7 @@ GPU_SCRIPT = textwrap.dedent(
     result = run_embed(read_manifest(manifest_uri), out, spec, EmbedOptions(batch_size=4))
     actors = [a for a in list_actors(address="http://" + context.dashboard_url, detail=True, limit=1000) if "MapWorker" in (a.class_name or "")]
     gpus = sorted({float((a.required_resources or {}).get("GPU", 0)) for a in actors})
-    frame = read_embeddings(out, spec.name)
+    frame = read_embeddings(out, read_manifest(manifest_uri), spec)
     print(json.dumps({"embedded": result.embedded, "actor_gpus": gpus,
                       "vectors": {k: list(map(float, v)) for k, v in zip(frame["image_id"], frame["embedding"])}}))
     ray.shutdown()
@@ -145,6 +187,7 @@ def test_gpu_path_schedules_actors_with_a_gpu_and_computes_the_same(s3_manifest,
     cpu = run_embed(manifest, str(tmp_path / "cpu-out"), ExtractorSpec(
         name="imagenet_resnet18", weights="random-init:3", input_size=64), EmbedOptions(batch_size=4, num_gpus=0))
     assert cpu.embedded == len(manifest)
-    reference = read_embeddings(str(tmp_path / "cpu-out"), "imagenet_resnet18")
+    reference = read_embeddings(str(tmp_path / "cpu-out"), manifest, ExtractorSpec(
+        name="imagenet_resnet18", weights="random-init:3", input_size=64))
     for image_id, vector in zip(reference["image_id"], reference["embedding"]):
         np.testing.assert_allclose(report["vectors"][image_id], vector, rtol=1e-4, atol=1e-5)

@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_ray import storage
+from mammo_ray import feature_store, storage, tables
 from mammo_ray.datasets.manifest import validate_manifest
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort, generate_image
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.stages.embed import EmbedOptions
 from mammo_ray.stages.zero_shot import (
-    ZERO_SHOT_SCHEMA,
     UnknownLateralityError,
     ZeroShotSpec,
     errors_uri,
     head_for,
     read_zero_shot,
     run_zero_shot,
+    zero_shot_key,
 )
 
 COHORT = CohortSpec(patients=2, seed=5, rows=256)
@@ -93,19 +93,22 @@ def test_every_good_image_is_scored_with_the_schema_and_the_checkpoint_id(scored
     _, manifest, _ = cohort
     good = len(manifest) + 2  # the cohort, its view-'other' copy and the image of unknown view
     assert (result.scored, result.skipped, result.errors) == (good, 0, 2)
-    assert result.weights_id == checkpoint[1] and result.preprocess_id == spec.preprocess_id
+    assert result.weights_id == checkpoint[1] and result.preprocess_id == f"{spec.preprocess_id}|voi_lut=1"
 
-    table = storage.read_table(result.uri)
-    assert table.schema.equals(ZERO_SHOT_SCHEMA, check_metadata=False)
-    assert storage.list_files(result.uri, extensions=[".parquet"]) == storage.list_files(result.uri)
-    frame = read_zero_shot(out)
+    store = feature_store.key_uri(result.uri, zero_shot_key(spec))
+    table = storage.read_table(store)
+    assert table.schema.equals(tables.ZERO_SHOT_SCHEMA, check_metadata=False)
+    assert storage.list_files(store, extensions=[".parquet"]) == storage.list_files(store)
+    _, _, mixed = cohort
+    frame = read_zero_shot(out, mixed, spec)
+    # The view-'other' copy shares its source's bytes but not its view: a row of its own in the store.
     assert len(frame) == table.num_rows == good and frame["image_id"].is_unique
     assert sorted(frame["image_id"]) == sorted([*manifest["image_id"], OTHER_VIEW_ID, NO_VIEW_ID])
     for column in ("p_benign", "p_malignant"):
         values = frame[column].to_numpy()
         assert values.dtype == np.float32 and ((values >= 0) & (values <= 1)).all()
     assert set(frame["weights_id"]) == {checkpoint[1]}
-    assert set(frame["preprocess_id"]) == {"nyu:v1:window=image-view:scale=0.125:tta=0:source=auto"}
+    assert set(frame["preprocess_id"]) == {"nyu:v1:window=image-view:scale=0.125:tta=0:source=auto|voi_lut=1"}
     labels = manifest.set_index("image_id")
     for row in frame[frame["image_id"].isin(manifest["image_id"])].itertuples():
         expected = tuple(labels.loc[row.image_id, ["birads", "laterality", "view"]])
@@ -139,10 +142,10 @@ def _in_process(uri: str, view: str | None, laterality: str, head: str, spec: Ze
     ],
 )
 def test_probabilities_are_the_models_for_the_images_own_side_and_view(
-    scored, checkpoint, image_id, head, wrong_head
+    scored, cohort, checkpoint, image_id, head, wrong_head
 ):
     out, spec, _ = scored
-    row = read_zero_shot(out).set_index("image_id").loc[image_id]
+    row = read_zero_shot(out, cohort[2], spec).set_index("image_id").loc[image_id]
     assert head_for(row["laterality"], row["view"]) == head
     expected = _in_process(row["uri"], row["view"], row["laterality"], head, spec, checkpoint[0])
     np.testing.assert_allclose([row["p_benign"], row["p_malignant"]], expected, rtol=1e-4, atol=1e-5)
@@ -166,7 +169,7 @@ def test_rerun_adds_nothing_and_reports_the_still_bad_images_once(scored, cohort
     _, _, mixed = cohort
     again = run_zero_shot(mixed, out, spec, OPTIONS)
     assert (again.scored, again.skipped, again.errors) == (0, first.scored, 2)
-    assert storage.read_table(first.uri).num_rows == first.scored
+    assert storage.read_table(feature_store.key_uri(first.uri, zero_shot_key(spec))).num_rows == first.scored
     assert storage.read_table(errors_uri(out)).num_rows == 2
 
 
@@ -177,13 +180,14 @@ def test_test_time_augmentation_averages_the_windows_and_is_a_new_preprocessing(
     from mammo_ray.models.nyu import build_nyu_model
 
     out, spec, _ = scored
-    _, manifest, _ = cohort
+    _, manifest, mixed = cohort
     subset = manifest[manifest["image_id"].isin(["synth/P0000_R_CC", "synth/P0000_L_MLO"])]
     tta = ZeroShotSpec(weights=spec.weights, nyu_scale=spec.nyu_scale, tta=3)
     result = run_zero_shot(subset, out, tta, OPTIONS)
     assert (result.scored, result.skipped, result.errors) == (2, 0, 0)  # other preprocessing: new rows
-    rows = read_zero_shot(out, preprocess_id=tta.preprocess_id).set_index("image_id")
-    assert len(rows) == 2 and len(read_zero_shot(out)) == result.scored + len(manifest) + 2
+    rows = read_zero_shot(out, subset, tta).set_index("image_id")
+    assert len(rows) == 2
+    assert storage.read_table(feature_store.key_uri(result.uri, zero_shot_key(spec))).num_rows == len(manifest) + 2
     model = build_nyu_model(torch.load(checkpoint[0], weights_only=True, map_location="cpu"))
     for image_id, row in rows.iterrows():
         pixels = decode_image(storage.read_bytes(row["uri"]), row["uri"]).pixels
@@ -195,6 +199,8 @@ def test_test_time_augmentation_averages_the_windows_and_is_a_new_preprocessing(
             p_benign, p_malignant = model.predict_proba(torch.from_numpy(windows)[:, None], head)
         np.testing.assert_allclose([row["p_benign"], row["p_malignant"]],
                                    [float(p_benign.mean()), float(p_malignant.mean())], rtol=1e-4, atol=1e-5)
+    back = run_zero_shot(mixed, out, spec, OPTIONS)  # back to the first settings: all of it is still stored
+    assert (back.scored, back.skipped, back.errors) == (0, len(mixed) - 2, 2)
 
 
 def test_the_stage_draws_the_figure_and_its_counts_match_the_probabilities(scored, cohort):
@@ -206,7 +212,8 @@ def test_the_stage_draws_the_figure_and_its_counts_match_the_probabilities(score
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
         image.verify()
 
-    frame = read_zero_shot(out, preprocess_id=spec.preprocess_id)
+    _, _, mixed = cohort
+    frame = read_zero_shot(out, mixed, spec)
     counts = zero_shot_counts(frame)
     assert list(counts.columns) == ["birads", "predicted_benign", "predicted_malignant"]
     total = int(counts[["predicted_benign", "predicted_malignant"]].to_numpy().sum())

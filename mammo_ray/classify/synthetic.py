@@ -3,8 +3,8 @@
 `noise_table` is the negative control: features independent of the label, so any protocol that
 reports more than chance on it leaks. `embedding_table` imitates CNN embeddings (non-negative,
 correlated through a few latent factors, several images per patient sharing a patient effect) with a
-weak label signal in some factors. `write_embeddings` stores either as an embeddings/<extractor>/
-table with the stage's schema, so `run_grid` reads it like real embeddings.
+weak label signal in some factors. `write_embeddings` stores either as an extractor's feature store and
+index, with a manifest of its images, so the grid reads it like real embeddings (`read_synthetic`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from mammo_ray import storage
 from mammo_ray.classify.protocols import GridData
+from mammo_ray.feature_store import ModelKey
 
 
 def _rng(seed: int, purpose: int) -> np.random.Generator:
@@ -115,12 +116,16 @@ def cohort_feature_table(patients: int = 60, seed: int = 3, rows: int = 128,
 
 
 def write_embeddings(output_uri: str, data: GridData, extractor: str | None = None,
-                     weights_id: str | None = None, unlabelled: int = 0, rows_per_file: int = 5000) -> str:
-    """Store `data` as embeddings/<extractor>/ with the embedding stage's schema; returns its URI.
+                     weights_id: str | None = None, unlabelled: int = 0,
+                     rows_per_file: int = 5000) -> tuple[pd.DataFrame, ModelKey]:
+    """Store `data` as the feature store and index of embeddings/<extractor>/, exactly as the embedding stage
+    does; returns the manifest of its images and the model key to read them back with
+    (`feature_store.read_view`).
 
-    `unlabelled` extra rows with a null label are added (they must be dropped by the grid).
+    `unlabelled` extra images with a null label are added (they must be dropped by the grid).
     """
-    from mammo_ray.stages.embed import embeddings_schema, embeddings_uri
+    from mammo_ray import feature_store, tables
+    from mammo_ray.datasets.manifest import validate_manifest
 
     name = extractor or data.extractor
     X, y, groups = data.X, data.y.astype(object), data.groups
@@ -131,29 +136,36 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
         groups = np.concatenate([groups, np.arange(unlabelled) + int(groups.max()) + 1])
     n = X.shape[0]
     ids = [f"{name}/img{i:06d}" for i in range(n)]
-    frame = pd.DataFrame(
-        {
-            "image_id": ids,
-            "uri": [f"synthetic://{i}" for i in ids],
-            "dataset": "synthetic",
-            "patient_id": [f"synthetic/p{g:05d}" for g in groups],
-            "exam_id": [f"synthetic/p{g:05d}/e1" for g in groups],
-            "laterality": ["L" if i % 2 == 0 else "R" for i in range(n)],
-            "view": ["CC" if (i // 2) % 2 == 0 else "MLO" for i in range(n)],
-            "birads": None,
-            "label": pd.array([None if v is None else int(v) for v in y], dtype="Int8"),
-            "pathology": None,
-            "extractor": name,
-            "embedding": list(X.astype(np.float32)),
-            "weights_id": weights_id or (data.weights_ids[0] if data.weights_ids else "synthetic"),
-            "preprocess_id": "synthetic",
-            "content_sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids],
-        }
-    )
-    uri = embeddings_uri(output_uri, name)
-    schema = embeddings_schema(X.shape[1])
-    for part, start in enumerate(range(0, n, rows_per_file)):
-        chunk = frame.iloc[start : start + rows_per_file]
-        table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
-        storage.write_table(table, storage.join(uri, f"part-{part:05d}.parquet"))
-    return uri
+    manifest = validate_manifest(pd.DataFrame({
+        "image_id": ids,
+        "uri": [f"s3://synthetic/{i}.dcm" for i in ids],
+        "dataset": "synthetic",
+        "patient_id": [f"synthetic/p{g:05d}" for g in groups],
+        "exam_id": [f"synthetic/p{g:05d}/e1" for g in groups],
+        "laterality": ["L" if i % 2 == 0 else "R" for i in range(n)],
+        "view": ["CC" if (i // 2) % 2 == 0 else "MLO" for i in range(n)],
+        "label": [None if v is None else int(v) for v in y],
+    }), source="<synthetic embeddings>")
+    key = ModelKey(model_id=f"{name}:synthetic", weights_id=weights_id or (data.weights_ids[0] if data.weights_ids
+                   else "synthetic"), preprocess_id="synthetic", orientation=False)
+    contents = [hashlib.sha256(i.encode()).hexdigest() for i in ids]
+    features = pd.DataFrame({"content_sha256": contents, "manifest_laterality": None, "manifest_view": None,
+                             "embedding": list(X.astype(np.float32))})
+    table_uri = tables.embeddings_uri(output_uri, name)
+    schema = tables.embeddings_schema(X.shape[1])
+    for start in range(0, n, rows_per_file):
+        chunk = feature_store.feature_rows(features.iloc[start : start + rows_per_file], key)
+        table = pa.Table.from_pandas(chunk[schema.names], schema=schema, preserve_index=False)
+        storage.write_table(table, storage.join(feature_store.key_uri(table_uri, key),
+                                                feature_store.part_name(list(chunk["content_sha256"]))))
+    index = pd.DataFrame({"image_id": ids, "content_sha256": contents, "status": "ok"})
+    feature_store.write_index(table_uri, f"embed:{name}", index, manifest, key)
+    return manifest, key
+
+
+def read_synthetic(output_uri: str, extractor: str, manifest: pd.DataFrame, key: ModelKey) -> GridData:
+    """What `write_embeddings` stored, read back as the grid stage reads embeddings: joined to `manifest`."""
+    from mammo_ray import feature_store, tables
+
+    view = feature_store.read_view(tables.embeddings_uri(output_uri, extractor), manifest, key, "embed")
+    return GridData.from_embeddings(view, extractor)

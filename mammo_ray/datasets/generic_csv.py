@@ -23,6 +23,7 @@ from mammo_ray.datasets.manifest import (
     label_from_birads,
     label_from_pathology,
     normalise_birads,
+    normalise_label,
     normalise_pathology,
     validate_manifest,
 )
@@ -175,15 +176,7 @@ def _label(value: Mapping[str, str | None], label_from: str) -> int | None:
             return label_from_pathology(normalise_pathology(value.get("pathology")))
         except ValueError:
             return None
-    raw = value.get("label")
-    if raw is None:
-        return None
-    text = raw.strip().lower()
-    if text in {"0", "0.0", "false"}:
-        return 0
-    if text in {"1", "1.0", "true"}:
-        return 1
-    raise ValueError(f"label {raw!r} is not 0, 1 or empty")
+    return normalise_label(value.get("label"))
 
 
 def _cell(value: object) -> str | None:

@@ -6,30 +6,19 @@ view (CC/MLO/other), birads (normalised string or null), label (0/1 or null), pa
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage
 from mammo_ray.errors import ManifestError, StorageError
+from mammo_ray import tables
+from mammo_ray.tables import MANIFEST_COLUMNS, MANIFEST_SCHEMA
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("patient_id", pa.string(), nullable=False),
-        pa.field("exam_id", pa.string()),
-        pa.field("laterality", pa.string()),
-        pa.field("view", pa.string()),
-        pa.field("birads", pa.string()),
-        pa.field("label", pa.int8()),
-        pa.field("pathology", pa.string()),
-    ]
-)
-MANIFEST_COLUMNS: list[str] = MANIFEST_SCHEMA.names
 
 BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6")
 # The binary task of the paper: {1,2,3} benign-ish, {4*,5,6} suspicious. 0 (incomplete) has no label.
@@ -125,6 +114,34 @@ def normalise_view(value: object) -> str | None:
     return "other"
 
 
+_LABEL_TEXT: dict[str, int | None] = {
+    "0": 0, "0.0": 0, "false": 0, "1": 1, "1.0": 1, "true": 1,
+    "": None, "nan": None, "none": None, "null": None, "<na>": None,
+}
+
+
+def normalise_label(value: object) -> int | None:
+    """0/1 as int, bool, float or text ('1', ' TRUE ', '0.0') -> 0 / 1; null-like -> None; else ValueError.
+
+    A CSV column holding one 'true' among its 1s is read as text, and a Parquet one may be float (nulls)
+    or bool: every form of the same label must mean the same, so that only the truly bad rows are named.
+    """
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if pd.isna(value):
+            return None
+        if value in (0, 1):
+            return int(value)
+        shown = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(f"label {shown!r} is not 0, 1 or null")
+    if isinstance(value, str) and value.strip().lower() in _LABEL_TEXT:
+        return _LABEL_TEXT[value.strip().lower()]
+    raise ValueError(f"label {value!r} is not 0, 1 or null")
+
+
 def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = False) -> pd.DataFrame:
     """Check a manifest against the contract and return it with canonical column order and dtypes.
 
@@ -155,9 +172,13 @@ def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = Fals
     _normalise_column(frame, "laterality", normalise_laterality, problems)
     _normalise_column(frame, "view", normalise_view, problems)
     _normalise_column(frame, "pathology", normalise_pathology, problems)
+    labels = []
     for index, value in frame["label"].items():
-        if value is not None and not pd.isna(value) and value not in (0, 1):
-            problems.append(f"row {index} ({frame.at[index, 'image_id']}): label {value!r} is not 0, 1 or null")
+        try:
+            labels.append(normalise_label(value))
+        except ValueError as error:
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): {error}")
+            labels.append(None)
 
     if check_files and not problems:
         for index, uri in frame["uri"].items():
@@ -165,15 +186,16 @@ def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = Fals
                 problems.append(f"row {index} ({frame.at[index, 'image_id']}): file not found: {uri}")
     if problems:
         raise ManifestError(source, problems)
-    frame["label"] = pd.array([None if pd.isna(v) else int(v) for v in frame["label"]], dtype="Int8")
+    frame["label"] = pd.array(labels, dtype="Int8")
     return frame
 
 
 def _check_uris(frame: pd.DataFrame, problems: list[str]) -> None:
-    """Every uri must be one storage can resolve (scheme, bucket, no '..' in an S3 key).
+    """Every uri must be one storage can resolve (scheme, bucket) and hold no '..' path segment.
 
     Parsing a URI reads nothing, so this costs no request per image; a URI that cannot mean one file
-    is refused here, naming its row, rather than at ingest after the work has started.
+    is refused here, naming its row, rather than at ingest after the work has started. '..' is refused
+    for every scheme: a manifest (from any source) must not point the job at files outside its folders.
     """
     for index, uri in frame["uri"].items():
         if uri is None or (isinstance(uri, float) and pd.isna(uri)):
@@ -182,6 +204,10 @@ def _check_uris(frame: pd.DataFrame, problems: list[str]) -> None:
             problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {uri!r} is not text")
             continue
         if not uri.strip():
+            continue
+        if ".." in re.split(r"[/\\]", uri.partition("://")[2] or uri):
+            problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {uri}: a '..' path segment "
+                            "is not allowed")
             continue
         try:
             storage.split_uri(uri)
@@ -208,7 +234,8 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
 def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False) -> pd.DataFrame:
     """Validate and write a manifest as Parquet (atomically). Returns the validated frame."""
     validated = validate_manifest(frame, source=uri, check_files=check_files)
-    storage.write_table(to_table(validated), uri)
+    table = tables.with_provenance(to_table(validated), "manifest", inputs={"manifest": tables.manifest_digest(validated)})
+    storage.write_table(table, uri)
     return validated
 
 

@@ -94,6 +94,14 @@ class ExtractorSpec:
         return NYUPreprocess(scale=self.nyu_scale, source_resolution=source_resolution, n_augment=self.tta)
 
     @property
+    def model_id(self) -> str:
+        """The extractor's identity: its name and every setting of its family that changes the vector."""
+        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
+        if self.family == "imagenet":
+            return f"{self.name}:input_size={self.input_size}:source={source}"
+        return f"{self.name}:pool={self.pool}:nyu_scale={self.nyu_scale!r}:source={source}:tta={self.tta}"
+
+    @property
     def preprocess_id(self) -> str:
         """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
         resolution = self.source_resolution if self.source_resolution is not None else 1.0

@@ -311,17 +311,73 @@ def torchvision_cache_path(file_name: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
 
 
-def _not_found_hint(file_name: str, url: str | None) -> str:
-    source = f" from {url}" if url else ""
-    return (
-        f"on a machine with internet run `{FETCH_HINT}` (it downloads {file_name}{source} once and "
-        f"writes it to URI/{file_name}), then point the config's weights at that copy "
-        f"(e.g. s3://bucket/weights/{file_name})"
-    )
+#: The end of every missing-file hint: a study can always run without the file, from a seeded init.
+RANDOM_INIT_HINT = (
+    "or write `random-init:<seed>` (e.g. random-init:0) to run offline from a seeded random init: no file needed"
+)
+
+
+def fetch_name_for(file_name: str) -> str | None:
+    """The name `mammo-ray weights fetch` takes to download `file_name` (e.g. ImageOnly__ModeImage_weights.p
+    -> nyu-image-wise), or None for a file it does not know: the command refuses file names."""
+    for name, nyu_file in NYU_FILES.items():
+        if nyu_file == file_name:
+            return name
+    for spec in TORCHVISION_SPECS:
+        try:
+            if _torchvision_entry(spec)[3] == file_name:
+                return spec
+        except (WeightsError, ImportError):  # no torchvision here: no torchvision name to suggest
+            return None
+    return None
+
+
+def weights_file_of(source: str) -> tuple[str, str | None]:
+    """(file name, fetch name or None) of a weights source: a torchvision spec or a file path/URI."""
+    if source.startswith(TORCHVISION_PREFIX):
+        try:
+            return _torchvision_entry(source)[3], source
+        except (WeightsError, ImportError):
+            return source, None
+    file_name = posixpath.basename(urlparse(source).path if "://" in source else source) or source
+    return file_name, fetch_name_for(file_name)
+
+
+def missing_files_hint(files: Mapping[str, str | None], url: str | None = None) -> str:
+    """How to get missing weight files, given file name -> its fetch name (None: not a published file).
+
+    One `mammo-ray weights fetch` command names every fetchable file (the command takes fetch names,
+    not file names); the random-init alternative, which needs no file, is always offered.
+    """
+    fetchable = {file_name: name for file_name, name in files.items() if name}
+    unknown = [file_name for file_name, name in files.items() if not name]
+    parts = []
+    if fetchable:
+        names = " ".join(dict.fromkeys(fetchable.values()))
+        first = next(iter(fetchable))
+        source = f" from {url}" if url else ""
+        written = f"writes it to URI/{first}" if len(fetchable) == 1 else "writes each to URI/<file name>"
+        parts.append(
+            f"on a machine with internet run `{FETCH_HINT} {names}` (it downloads {', '.join(fetchable)}{source} "
+            f"once and {written}), then point the config's weights at {'that copy' if len(fetchable) == 1 else 'the copies'} "
+            f"(e.g. s3://bucket/weights/{first})"
+        )
+    if unknown:
+        parts.append(
+            f"{', '.join(unknown)}: not a published file `{FETCH_HINT}` knows (it fetches "
+            f"{', '.join(DEFAULT_FETCH_NAMES)}); copy it where the workers can read it and point the config's "
+            "weights at the copy"
+        )
+    return "; ".join([*parts, RANDOM_INIT_HINT])
+
+
+def _not_found_hint(file_name: str, url: str | None, fetch_name: str | None = None) -> str:
+    return missing_files_hint({file_name: fetch_name or fetch_name_for(file_name)}, url)
 
 
 def _torchvision_location(spec: WeightsSpec, allow_download: bool) -> str:
     _arch, _enum, url, file_name = _torchvision_entry(spec.source)
+    hint = _not_found_hint(file_name, url, fetch_name=spec.source)
     path = torchvision_cache_path(file_name)
     if os.path.isfile(path):
         return path
@@ -334,12 +390,12 @@ def _torchvision_location(spec: WeightsSpec, allow_download: bool) -> str:
             return path
         except Exception as error:  # noqa: BLE001
             reason = f"{file_name} is not cached at {path} and downloading {url} failed: {error}"
-            raise WeightsError(spec.source, reason, hint=_not_found_hint(file_name, url)) from error
+            raise WeightsError(spec.source, reason, hint=hint) from error
     raise WeightsError(
         spec.source,
         f"file {file_name} is not cached at {path} (URL {url}); weights are never downloaded "
         "implicitly and never replaced by random ones",
-        hint=_not_found_hint(file_name, url) + f", or place the file at {path}",
+        hint=f"place the file at {path}, or {hint}",
     )
 
 
@@ -362,6 +418,18 @@ def _read(location: str) -> bytes:
 
 
 # --- public entry points --------------------------------------------------------------------------
+
+
+def weights_id(spec: WeightsSpec | str | Mapping[str, Any]) -> str:
+    """The `weights_id` outputs of these weights record (`random-init:<seed>`, else the sha256 of the
+    file), verified against the expected sha256 when given; the file is hashed, never unpickled."""
+    spec = WeightsSpec.parse(spec)
+    if spec.kind == "random-init":
+        return resolve_weights(spec).weights_id
+    location = _torchvision_location(spec, False) if spec.kind == "torchvision" else _file_location(spec)
+    digest = sha256_hex(_read(location))
+    _verify_sha256(spec, location, digest)
+    return digest
 
 
 def resolve_weights(

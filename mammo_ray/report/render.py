@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from mammo_ray import layout, storage
+from mammo_ray import storage, tables
 
 
 @dataclass
@@ -90,7 +90,7 @@ def to_html(title: str, banner: str | None, sections: list[Section]) -> str:
 
 def write_report(output_uri: str, title: str, banner: str | None, sections: list[Section]) -> dict[str, str]:
     """Write report.md, its figures and a self-contained report.html under `<output>/report/`."""
-    folder = layout.report_uri(output_uri)
+    folder = tables.report_uri(output_uri)
     for section in sections:
         for _, name, png in section.figures:
             storage.write_bytes(storage.join(folder, "figures", name), png)

@@ -1,14 +1,11 @@
 """Embedding stage: manifest -> decoded images (CPU tasks) -> preprocessed inputs (CPU tasks) ->
-features (an actor pool, one GPU per actor where there are GPUs) -> Parquet under embeddings/<name>/.
+features (an actor pool, one GPU per actor where there are GPUs) -> the feature store under
+embeddings/<extractor>/ (tables, feature_store).
 
-The pipeline itself (incremental reruns, atomic part files, error rows, the actor pool) is the shared
-one of `mammo_ray.stages.inference`; this module says what is particular to embedding: the
-extractor's preprocessing and model, and the embeddings table (DESIGN §2).
-
-Incremental: rows already present for the same (content_sha256, extractor, weights_id, preprocess_id)
-are not decoded again, so a rerun after a crash, or after adding images, does only the missing work.
-Each output file is written atomically with a name derived from its rows, so a retried task
-overwrites its own file instead of adding a duplicate.
+The pipeline itself (the feature store, atomic part files, the index, error rows, the actor pool) is the
+shared one of `mammo_ray.stages.inference`; this module says what is particular to embedding: the
+extractor's preprocessing and model, and its vectors. Read them with `read_embeddings`: the vectors of
+the current manifest's images under the current extractor settings and weights, joined to the manifest.
 """
 
 from __future__ import annotations
@@ -22,40 +19,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import layout, storage
-from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, MANIFEST_SCHEMA
+from mammo_ray import feature_store, tables
+from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.extractors import ExtractorSpec, LoadedExtractor
 from mammo_ray.stages import inference
-from mammo_ray.stages.inference import InferenceOptions, InferenceTask, gpus_per_actor, read_rows
+from mammo_ray.stages.inference import InferenceOptions, InferenceTask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger("mammo_ray.embed")
 
-KEY_COLUMNS = ("content_sha256", "extractor", "weights_id", "preprocess_id")
-
 #: How the stage runs (batch size, actors, GPUs per actor, read options): the shared inference options.
 EmbedOptions = InferenceOptions
-
-__all__ = [
-    "EmbedOptions", "EmbedResult", "EmbedTask", "KEY_COLUMNS", "done_content", "embeddings_schema",
-    "embeddings_uri", "errors_uri", "gpus_per_actor", "read_embeddings", "run_embed",
-]
-
-
-def embeddings_schema(dim: int) -> pa.Schema:
-    """DESIGN §2: manifest keys + extractor, embedding, weights_id, preprocess_id, content_sha256."""
-    return pa.schema(
-        [
-            *MANIFEST_SCHEMA,
-            pa.field("extractor", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-            pa.field("weights_id", pa.string(), nullable=False),
-            pa.field("preprocess_id", pa.string(), nullable=False),
-            pa.field("content_sha256", pa.string(), nullable=False),
-        ]
-    )
 
 
 @dataclass(frozen=True)
@@ -65,48 +41,42 @@ class EmbedResult:
     skipped: int
     errors: int
     uri: str
+    errors_uri: str = ""
 
 
 def embeddings_uri(output_uri: str, extractor: str) -> str:
-    return layout.embeddings_uri(output_uri, extractor)
+    return tables.embeddings_uri(output_uri, extractor)
+
+
+def stage_name(extractor: str) -> str:
+    """The `stage` of an extractor's errors rows (its errors table: errors/embed-<extractor>.parquet)."""
+    return f"embed:{extractor}"
 
 
 def errors_uri(output_uri: str, extractor: str) -> str:
-    return storage.join(output_uri, "errors", f"embed-{extractor}")
-
-
-def read_embeddings(output_uri: str, extractor: str) -> pd.DataFrame:
-    """Every committed row of embeddings/<extractor>/, one per key (a safety net against duplicates)."""
-    frame = read_rows(embeddings_uri(output_uri, extractor))
-    if frame is None:
-        return pd.DataFrame(columns=embeddings_schema(1).names)
-    return frame.drop_duplicates(subset=["image_id", *KEY_COLUMNS]).reset_index(drop=True)
-
-
-def done_content(output_uri: str, spec: ExtractorSpec, weights_id: str) -> frozenset[str]:
-    """Content hashes already embedded by this extractor with these weights and this preprocessing."""
-    return inference.done_content(embeddings_uri(output_uri, spec.name), weights_id, spec.preprocess_id)
+    return tables.errors_uri(output_uri, stage_name(extractor))
 
 
 @dataclass(frozen=True)
 class EmbedTask(InferenceTask):
-    """One extractor as an inference task: its preprocessing, its model's features, the embeddings table."""
+    """One extractor as an inference task: its preprocessing, its model's features, its feature store."""
 
     spec: ExtractorSpec
 
     @property
+    def orientation(self) -> bool:  # type: ignore[override]
+        return self.spec.family == "nyu"  # NYU windows flip right breasts and follow the view; ImageNet's do not
+
+    @property
     def stage(self) -> str:  # type: ignore[override]
-        return f"embed:{self.spec.name}"
+        return stage_name(self.spec.name)
 
     @property
     def schema(self) -> pa.Schema:
-        return embeddings_schema(self.spec.dim)
+        return tables.embeddings_schema(self.spec.dim)
 
     def table_uri(self, output_uri: str) -> str:
         return embeddings_uri(output_uri, self.spec.name)
-
-    def errors_uri(self, output_uri: str) -> str:
-        return errors_uri(output_uri, self.spec.name)
 
     def prepare(self, pixels: np.ndarray, row) -> tuple[np.ndarray, str]:
         spec = self.spec
@@ -123,23 +93,40 @@ class EmbedTask(InferenceTask):
         return model(inputs)
 
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
-        # Error rows carry an empty vector: Arrow tensor columns cannot mix arrays and nulls.
+        # Rows without an output carry an empty vector: Arrow tensor columns cannot mix arrays and nulls.
         empty = np.zeros(0, dtype=np.float32)
         return {"embedding": [empty if o is None else o.astype(np.float32) for o in outputs]}
-
-    def constant_columns(self) -> dict[str, object]:
-        return {"extractor": self.spec.name}
 
     def to_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
         frame = super().to_frame(rows)
         return frame.assign(embedding=[np.asarray(e, dtype=np.float32) for e in frame["embedding"]])
 
 
+def embedding_key(spec: ExtractorSpec, read: ReadOptions = ReadOptions()) -> feature_store.ModelKey:
+    """The model key of an extractor's vectors (identity, weights_id, preprocessing with decode settings)."""
+    return EmbedTask(spec).key(read)
+
+
+def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorSpec,
+                    read: ReadOptions = ReadOptions(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+    """The vectors of `manifest`'s images under `spec` (settings and weights), one row per embedded image,
+    with the manifest's labels, patients and ids; StaleTableError when the stage has not run for them."""
+    return feature_store.read_view(embeddings_uri(output_uri, spec.name), manifest, key or embedding_key(spec, read),
+                                   "embed")
+
+
 def run_embed(
     manifest: pd.DataFrame, output_uri: str, spec: ExtractorSpec, options: EmbedOptions = EmbedOptions()
 ) -> EmbedResult:
-    """Embed every image of `manifest` not yet embedded by `spec` (same weights and preprocessing)."""
+    """Embed every image of `manifest` whose vector under `spec` (same weights, same preprocessing) is not
+    stored yet, and index the manifest."""
     run = inference.run_inference(manifest, output_uri, EmbedTask(spec), options)
-    log.info("embed %s: %d embedded, %d already done (skipped), %d errors",
+    log.info("embed %s: %d embedded, %d already stored (skipped), %d errors",
              spec.name, run.written, run.skipped, run.errors)
-    return EmbedResult(spec.name, run.written, run.skipped, run.errors, run.uri)
+    return EmbedResult(spec.name, run.written, run.skipped, run.errors, run.uri, run.errors_uri)
+
+
+__all__ = [
+    "EmbedOptions", "EmbedResult", "EmbedTask", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
+    "run_embed", "stage_name",
+]

@@ -21,7 +21,8 @@ computed from the validation predictions of each stage's final checkpoint.
 
 Outputs under `output_uri`:
   results/finetune.parquet              one row per (model, pretrained_on, task, protocol, stage),
-                                        schema FINETUNE_SCHEMA; rows of earlier runs with other keys stay.
+                                        schema tables.FINETUNE_SCHEMA; the rows of this run only
+                                        (its provenance names the manifest they were computed on).
                                         n_train: images in the training split; n_val: validation images
                                         predicted (an unreadable one is in the errors table instead);
                                         epochs: the stage's epoch counter in its final checkpoint
@@ -46,10 +47,10 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 from ray.train import DataConfig
 
-import mammo_ray
-from mammo_ray import layout, storage
+from mammo_ray import storage, tables
 from mammo_ray.config_base import StrictModel
 from mammo_ray.errors import ConfigError
+from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
 from mammo_ray.training.augment import AugmentSpec
@@ -173,44 +174,6 @@ class FinetuneConfig(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-FINETUNE_SCHEMA = pa.schema(
-    [
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("pretrained_on", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("stage_index", pa.int32(), nullable=False),
-        pa.field("train", pa.string(), nullable=False),
-        pa.field("image_size", pa.int32(), nullable=False),
-        pa.field("epochs", pa.int32(), nullable=False),
-        pa.field("accuracy", pa.float64()),
-        pa.field("auroc", pa.float64()),
-        pa.field("precision", pa.float64()),
-        pa.field("recall", pa.float64()),
-        pa.field("n_train", pa.int64(), nullable=False),
-        pa.field("n_val", pa.int64(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("classes", pa.list_(pa.string()), nullable=False),
-        pa.field("checkpoint_uri", pa.string(), nullable=False),
-        pa.field("weights_id", pa.string(), nullable=False),
-        pa.field("run_name", pa.string(), nullable=False),
-        pa.field("config_hash", pa.string(), nullable=False),
-    ]
-)
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("pretrained_on", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("patient_id", pa.string(), nullable=False),
-        pa.field("target", pa.int64(), nullable=False),
-        pa.field("prediction", pa.int64(), nullable=False),
-        pa.field("probabilities", pa.list_(pa.float32()), nullable=False),
-    ]
-)
 KEY_COLUMNS: tuple[str, ...] = ("model", "pretrained_on", "task", "protocol", "stage")
 
 
@@ -246,11 +209,11 @@ class FinetuneResult:
 
 
 def finetune_uri(output_uri: str) -> str:
-    return layout.finetune_uri(output_uri)
+    return tables.finetune_uri(output_uri)
 
 
 def predictions_uri(output_uri: str) -> str:
-    return layout.finetune_predictions_uri(output_uri)
+    return tables.finetune_predictions_uri(output_uri)
 
 
 @dataclass(frozen=True)
@@ -327,7 +290,7 @@ def _fit_stage(
         input_family(model.name), stage.size, config.crop_to_breast, config.source_resolution
     )
     read_options = ReadOptions(batch_size=config.read_batch_size, rows_per_block=config.rows_per_block)
-    errors = storage.join(layout.errors_uri(output_uri), f"finetune-{input_spec.family}-{stage.size}")
+    errors = storage.join(tables.errors_root(output_uri), f"finetune-{input_spec.family}-{stage.size}")
     tag = f"finetune:{input_spec.family}:{stage.size}"
     datasets = {
         name: input_dataset(frame, input_spec, errors_uri=errors, stage=tag, read_options=read_options,
@@ -459,8 +422,11 @@ def _outcome(result, spec, info: dict, frame: pd.DataFrame, n_train: int, stage_
     return row, predictions, run
 
 
-def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig) -> FinetuneResult:
+def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig,
+                 inputs: dict | None = None) -> FinetuneResult:
     """Fine-tune every configured model on every task through the configured stages; see the module doc.
+
+    `inputs`: the digests of what the run describes (the manifest), recorded as the tables' provenance.
 
     Fails before any work with WeightsError when pretrained weights cannot be found, and with
     ConfigError when a task has fewer than 2 classes.
@@ -501,19 +467,16 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
                 log.info("finetune %s: epoch %d, %s", info["run_name"], run.epoch,
                          {k: row[k] for k in ("accuracy", "auroc", "precision", "recall")})
 
-    new_rows = pd.DataFrame.from_records(rows, columns=FINETUNE_SCHEMA.names)
-    table = _merge(finetune_uri(output_uri), new_rows, FINETUNE_SCHEMA, config_hash, weights_ids)
+    frame = pd.DataFrame.from_records(rows, columns=FINETUNE_SCHEMA.names)
     frames = [p for p in predictions if len(p)]
-    new_predictions = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTIONS_SCHEMA.names)
+    predicted = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FINETUNE_PREDICTIONS_SCHEMA.names)
     )
-    _merge(predictions_uri(output_uri), new_predictions, PREDICTIONS_SCHEMA, config_hash, weights_ids)
-    written = table.to_pandas()
-    ours = pd.MultiIndex.from_frame(written[list(KEY_COLUMNS)]).isin(
-        pd.MultiIndex.from_frame(new_rows[list(KEY_COLUMNS)])
-    )
-    return FinetuneResult(written[ours].reset_index(drop=True), runs, finetune_uri(output_uri),
-                          predictions_uri(output_uri))
+    provenance = {"config_hash": config_hash, "weights_ids": list(weights_ids.values()),
+                  "weights_by_model": weights_ids, "inputs": inputs}
+    _write(predictions_uri(output_uri), predicted, FINETUNE_PREDICTIONS_SCHEMA, provenance)
+    table = _write(finetune_uri(output_uri), frame, FINETUNE_SCHEMA, provenance)  # last: the run is complete
+    return FinetuneResult(table.to_pandas(), runs, finetune_uri(output_uri), predictions_uri(output_uri))
 
 
 def _check_identity(state: dict, info: dict, spec, name: str) -> None:
@@ -530,32 +493,17 @@ def _check_identity(state: dict, info: dict, spec, name: str) -> None:
                                             "choose another finetune.name or remove the old checkpoints")
 
 
-def _merge(
-    uri: str, new: pd.DataFrame, schema: pa.Schema, config_hash: str, weights: dict[str, str]
-) -> pa.Table:
-    """Replace the rows of `uri` whose key is in `new`, keep the others; write atomically with provenance."""
-    new_table = pa.Table.from_pandas(new[schema.names], schema=schema, preserve_index=False)
-    if storage.exists(uri):
-        old = storage.read_table(uri).cast(schema).to_pandas()
-        new_keys = set(map(tuple, new[list(KEY_COLUMNS)].astype(str).to_numpy().tolist()))
-        keep = [tuple(k) not in new_keys for k in old[list(KEY_COLUMNS)].astype(str).to_numpy().tolist()]
-        old_table = pa.Table.from_pandas(old[keep][schema.names], schema=schema, preserve_index=False)
-        table = pa.concat_tables([old_table, new_table])
-    else:
-        table = new_table
-    metadata = {
-        "mammo_ray.version": mammo_ray.__version__,
-        "mammo_ray.config_hash": config_hash,
-        "mammo_ray.weights_ids": json.dumps(weights, sort_keys=True),
-        "mammo_ray.stage": "finetune",
-    }
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+def _write(uri: str, frame: pd.DataFrame, schema: pa.Schema, provenance: dict) -> pa.Table:
+    """The whole table of this run, atomically, with provenance: rows of earlier runs (other models,
+    another manifest) never stay beside it."""
+    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    table = tables.with_provenance(table, "finetune", **provenance)
     storage.write_table(table, uri)
     return table
 
 
 __all__ = [
-    "FINETUNE_SCHEMA", "PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig",
+    "FINETUNE_SCHEMA", "FINETUNE_PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig",
     "FinetuneModelConfig",
     "FinetuneResult", "FinetuneStageConfig", "StageRun", "finetune_uri", "predictions_uri", "run_finetune",
 ]

@@ -2,8 +2,9 @@
 
 How it runs
 -----------
-1. Each extractor's embeddings table is read once (`read_embeddings`), unlabelled rows are dropped
-   (counted per extractor), and its (X, y, patient groups) go into the object store ONCE through
+1. Each extractor's embeddings of the current manifest (`stages.embed.read_embeddings`: labels, patients
+   and image ids from the manifest) come in as a GridData (unlabelled images dropped and counted), and
+   its (X, y, patient groups) go into the object store ONCE through
    `tune.with_parameters`: trials read them from there (zero-copy for the float32 matrix), nothing is
    re-read per trial.
 2. The grid's cells are grouped into Tune trials by `trial_grouping`: `cell` (one trial per cell),
@@ -15,9 +16,10 @@ How it runs
    expensive first. Shared fits give exactly the numbers of fitting every cell on its own
    (mammo_ray.classify.evaluate_cell); only the repeated work goes.
 3. A cell that fails is a row with status 'failed' and its error; a trial that crashes makes failed
-   rows for its cells; an extractor whose table is missing makes failed rows without a trial.
+   rows for its cells.
 4. `<output>/results/grid.parquet` is written atomically through mammo_ray.storage (local or s3://)
-   with an explicit schema (GRID_SCHEMA) and provenance in its metadata, and beside it
+   with an explicit schema (tables.GRID_SCHEMA) and provenance in its metadata (the digests of the
+   manifest and embeddings it was computed on), and beside it
    `grid_predictions.parquet`: the held-out decision score of every row of every cell (ROC curves).
    Tune's own experiment state is scratch: under `<output>/tune/` for a local output, in a temporary
    folder for s3://.
@@ -37,7 +39,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,88 +47,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import layout, storage
+from mammo_ray import storage, tables
 from mammo_ray.classify.config import GridCell, GridConfig
 from mammo_ray.classify.protocols import CellResult, GridData, evaluate_cells
 from mammo_ray.faults import crash_point
+from mammo_ray.tables import GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
 
 log = logging.getLogger("mammo_ray.grid")
 
-GRID_SCHEMA = pa.schema(
-    [
-        pa.field("extractor", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("selection", pa.string(), nullable=False),
-        pa.field("balancing", pa.string(), nullable=False),
-        pa.field("classifier", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("n_rows", pa.int64(), nullable=False),
-        pa.field("n_positive", pa.int64(), nullable=False),
-        pa.field("n_dropped_unlabelled", pa.int64(), nullable=False),
-        pa.field("n_train", pa.int64()),
-        pa.field("n_test", pa.int64()),
-        pa.field("n_features_in", pa.int64()),
-        pa.field("n_features", pa.int64()),
-        pa.field("cv_folds", pa.int64()),
-        pa.field("cv_balanced_accuracy_mean", pa.float64()),
-        pa.field("cv_balanced_accuracy_std", pa.float64()),
-        pa.field("cv_fold_scores", pa.list_(pa.float64())),
-        pa.field("threshold", pa.float64()),
-        pa.field("accuracy", pa.float64()),
-        pa.field("balanced_accuracy", pa.float64()),
-        pa.field("auc", pa.float64()),
-        pa.field("auc_ci_low", pa.float64()),
-        pa.field("auc_ci_high", pa.float64()),
-        pa.field("precision", pa.float64()),
-        pa.field("recall", pa.float64()),
-        pa.field("scale_path", pa.string()),
-        pa.field("weights_ids", pa.list_(pa.string())),
-        pa.field("classifier_seconds", pa.float64()),
-        pa.field("cell_config", pa.string(), nullable=False),
-        pa.field("cell_hash", pa.string(), nullable=False),
-        pa.field("config_hash", pa.string(), nullable=False),
-    ]
-)
-
-GRID_PREDICTIONS_SCHEMA = pa.schema(
-    [
-        pa.field("extractor", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("selection", pa.string(), nullable=False),
-        pa.field("balancing", pa.string(), nullable=False),
-        pa.field("classifier", pa.string(), nullable=False),
-        pa.field("row", pa.int64(), nullable=False),
-        pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
-        pa.field("target", pa.int8(), nullable=False),
-        pa.field("score", pa.float64(), nullable=False),
-        pa.field("cell_hash", pa.string(), nullable=False),
-    ]
-)
-
-#: What each column of grid.parquet means (also written into the file's metadata).
-GRID_COLUMNS_DOC = {
-    "extractor/protocol/selection/balancing/classifier": "the cell",
-    "status, error": "'ok', or 'failed' with '<ErrorType>: <message>'",
-    "n_rows, n_positive": "labelled rows of the extractor's table and positives among them",
-    "n_dropped_unlabelled": "rows of the table without a label (not used)",
-    "n_train, n_test": "held-out split sizes (paper+smote: synthetic rows included)",
-    "n_features_in, n_features": "features of the table / kept by Lasso in the final fit",
-    "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std",
-    "threshold": "held-out decision threshold: 0 for paper, best balanced accuracy on out-of-fold "
-    "training scores for leak_free",
-    "accuracy, balanced_accuracy, precision, recall": "held-out, at the threshold",
-    "auc, auc_ci_low, auc_ci_high": "held-out ROC AUC and its percentile bootstrap interval",
-    "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
-    "weights_ids": "weights of the extractor that made the embeddings",
-    "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
-    "cell_config, cell_hash": "every setting of the cell (JSON) and its hash",
-    "config_hash": "hash of the whole grid config",
-}
-
-
 def grid_uri(output_uri: str) -> str:
-    return layout.grid_uri(output_uri)
+    return tables.grid_uri(output_uri)
 
 
 def read_grid(output_uri: str) -> pd.DataFrame:
@@ -156,29 +86,9 @@ class GridResult:
 # ------------------------------------------------------------------------------------------------
 
 
-def available_extractors(output_uri: str) -> list[str]:
-    """Names of the embeddings tables present under <output>/embeddings/ (folders holding Parquet)."""
-    root = storage.join(output_uri, "embeddings")
-    if not storage.exists(root):
-        return []
-    names = set()
-    prefix = root.rstrip("/") + ("/" if storage.is_remote(root) else os.sep)
-    for uri in storage.list_files(root, extensions=[".parquet"]):
-        rest = uri[len(prefix):] if uri.startswith(prefix) else ""
-        parts = rest.replace(os.sep, "/").split("/")
-        if len(parts) >= 2:
-            names.add(parts[0])
-    return sorted(names)
-
-
-def load_grid_data(output_uri: str, extractor: str) -> GridData:
-    """An extractor's labelled embeddings as a GridData (raises when there is no such table)."""
-    from mammo_ray.stages.embed import embeddings_uri, read_embeddings
-
-    frame = read_embeddings(output_uri, extractor)
-    if frame.empty:
-        raise FileNotFoundError(f"no embeddings table at {embeddings_uri(output_uri, extractor)}")
-    return GridData.from_embeddings(frame, extractor)
+def grid_data(view: pd.DataFrame, extractor: str) -> GridData:
+    """An extractor's embeddings of the current manifest (a `read_embeddings` frame) as a GridData."""
+    return GridData.from_embeddings(view, extractor)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,10 +300,8 @@ def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, er
 
 def results_table(results: Sequence[CellResult], config: GridConfig,
                   weights: dict[str, Sequence[str]] | None = None,
-                  dropped: dict[str, int] | None = None) -> pa.Table:
+                  dropped: dict[str, int] | None = None, inputs: dict[str, Any] | None = None) -> pa.Table:
     """The grid.parquet table: one row per cell, GRID_SCHEMA, provenance in the metadata."""
-    from mammo_ray import __version__
-
     weights = {k: list(v) for k, v in (weights or {}).items()}
     config_hash = config.config_hash()
     records = []
@@ -406,16 +314,11 @@ def results_table(results: Sequence[CellResult], config: GridConfig,
                 row[key] = None
         records.append({name: row.get(name) for name in GRID_SCHEMA.names})
     table = pa.Table.from_pylist(records, schema=GRID_SCHEMA)
-    metadata = {
-        "mammo_ray.version": __version__,
-        "mammo_ray.stage": "grid",
-        "mammo_ray.config_hash": config_hash,
-        "mammo_ray.grid_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-        "mammo_ray.weights_ids": json.dumps(weights, sort_keys=True),
-        "mammo_ray.dropped_unlabelled": json.dumps(dropped or {}, sort_keys=True),
-        "mammo_ray.columns": json.dumps(GRID_COLUMNS_DOC),
-    }
-    return table.replace_schema_metadata(metadata)
+    return tables.with_provenance(
+        table, "grid", config_hash=config_hash, inputs=inputs,
+        weights_ids=[w for ids in weights.values() for w in ids], weights_by_extractor=weights,
+        grid_config=config.model_dump(mode="json"), dropped_unlabelled=dropped or {}, columns=GRID_COLUMNS_DOC,
+    )
 
 
 def predictions_table(results: Sequence[CellResult], datasets: dict[str, GridData]) -> pa.Table:
@@ -436,30 +339,25 @@ def predictions_table(results: Sequence[CellResult], datasets: dict[str, GridDat
 
 
 def read_grid_predictions(output_uri: str) -> pd.DataFrame:
-    return storage.read_table(layout.grid_predictions_uri(output_uri)).to_pandas()
+    return storage.read_table(tables.grid_predictions_uri(output_uri)).to_pandas()
 
 
-def run_grid(output_uri: str, config: GridConfig) -> GridResult:
-    """The classifier grid on every configured extractor's embeddings; writes <output>/results/grid.parquet."""
+def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridData],
+             inputs: dict[str, Any] | None = None) -> GridResult:
+    """The classifier grid on each extractor's data; writes <output>/results/grid.parquet and its predictions.
+
+    `datasets`: extractor name -> its labelled embeddings of the current manifest (`grid_data`).
+    `inputs`: the digests of what the data describes (manifest, embeddings), recorded as provenance.
+    """
     started = time.perf_counter()
-    names = config.extractors if config.extractors is not None else available_extractors(output_uri)
-    if not names:
-        log.warning("grid: no embeddings tables under %s", storage.join(output_uri, "embeddings"))
-    datasets: dict[str, GridData] = {}
-    failures: dict[str, str] = {}
-    for name in names:
-        try:
-            datasets[name] = load_grid_data(output_uri, name)
-        except Exception as error:  # noqa: BLE001 - a missing table is failed rows, not a crashed study
-            failures[name] = f"{type(error).__name__}: {error}"
-            log.warning("grid: %s: %s", name, failures[name])
-    read_done = time.perf_counter()
+    datasets = dict(datasets)
+    if not datasets:
+        log.warning("grid: no extractor to run the grid on")
     dropped = {name: data.n_dropped for name, data in datasets.items()}
     for name, count in dropped.items():
         if count:
-            log.info("grid: %s: %d rows without a label dropped", name, count)
-    cells = config.cells(list(names))
-    runnable = [cell for cell in cells if cell.extractor in datasets]
+            log.info("grid: %s: %d images without a label dropped", name, count)
+    cells = config.cells(list(datasets))
     scratch = None
     name = f"grid-{config.config_hash()}"
     if storage.is_remote(output_uri):
@@ -468,22 +366,20 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
     else:
         storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
         shutil.rmtree(os.path.join(storage_path, name), ignore_errors=True)  # scratch of an earlier run
-    units_uri = layout.grid_units_uri(output_uri)
+    units_uri = tables.grid_units_uri(output_uri)
+    read_done = time.perf_counter()
     try:
-        computed = tune_grid(datasets, runnable, config, storage_path, name=name, units_uri=units_uri)
+        results = tune_grid(datasets, cells, config, storage_path, name=name, units_uri=units_uri)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     tune_done = time.perf_counter()
-    by_cell = {result.cell: result for result in computed}
-    results = [
-        by_cell[cell] if cell in by_cell else _failed_result(cell, None, config, failures[cell.extractor])
-        for cell in cells
-    ]
     weights = {name: data.weights_ids for name, data in datasets.items()}
-    table = results_table(results, config, weights, dropped)
+    table = results_table(results, config, weights, dropped, inputs)
+    predictions = predictions_table(results, datasets)
+    predictions = predictions.replace_schema_metadata(table.schema.metadata)
     uri = grid_uri(output_uri)
-    storage.write_table(predictions_table(results, datasets), layout.grid_predictions_uri(output_uri))
+    storage.write_table(predictions, tables.grid_predictions_uri(output_uri))
     storage.write_table(table, uri)  # last: its presence means the grid is complete
     storage.remove(units_uri, recursive=True)
     frame = table.to_pandas()
@@ -496,7 +392,7 @@ def run_grid(output_uri: str, config: GridConfig) -> GridResult:
 
 
 __all__ = [
-    "GRID_COLUMNS_DOC", "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "available_extractors", "grid_uri",
-    "load_grid_data", "plan_units", "predictions_table", "read_grid", "read_grid_predictions", "results_table",
-    "run_grid", "tune_grid", "unit_key",
+    "GRID_COLUMNS_DOC", "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "grid_data", "grid_uri",
+    "plan_units", "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid",
+    "tune_grid", "unit_key",
 ]

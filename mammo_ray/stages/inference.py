@@ -1,19 +1,22 @@
 """The batch-inference pipeline shared by the model stages (embed, zero_shot).
 
-    manifest -> read + decode (CPU tasks) -> task.prepare (CPU tasks) -> task.forward in an actor pool
-    (one GPU per actor where there are GPUs) -> atomic Parquet part files -> counts
+    manifest -> read + hash (CPU tasks) -> decode, task.prepare (CPU tasks) -> task.forward in an actor
+    pool (one GPU per actor where there are GPUs) -> feature store part files -> index + errors table
 
-A stage describes what differs in a small, picklable `InferenceTask`: where its rows and errors go,
-the output schema, how one decoded image becomes model inputs, how the model is loaded and called,
-and how the model outputs become columns. Everything else lives here, once:
+A stage describes what differs in a small, picklable `InferenceTask`: its model key (identity,
+weights, preprocessing), the output schema, how one decoded image becomes model inputs, how the model
+is loaded and called, and how model outputs become columns. Everything else lives here, once:
 
-- incremental runs: content already processed with the same (weights_id, preprocess_id) is hashed
-  but not decoded again (`done_content`), so a rerun after a crash or after adding images does only
-  the missing work;
-- every output file is written atomically with a name fixed by its rows and its key, so a retried
-  Ray task overwrites its own file instead of adding a duplicate;
-- a bad image is an errors row (ERRORS_SCHEMA), never a crash or a missing row; old error rows of the
-  stage are cleared at the start of a run because every still-failing image is reported again;
+- a feature store (mammo_ray.feature_store): outputs are keyed by content and model key, never by
+  image id or label. Content already stored under the run's key is hashed but not decoded again, so a
+  rerun after a crash, after adding images or after switching back to earlier weights does only the
+  missing work; identical bytes under two image ids are computed once and read by both;
+- every part file is written atomically with a name fixed by its content keys, so a retried Ray task
+  overwrites its own file instead of adding a duplicate;
+- at the end, the index (each manifest image -> its content, or an error) and the stage's errors table
+  are each written once, atomically: a reader never sees a half-written errors table, and a run that
+  fails half-way leaves the previous index, which readers then refuse as not current;
+- a bad image is an errors row (ERRORS_SCHEMA); a failure of the store or of the cluster fails the run;
 - the model runs in inference mode, with bf16 autocast and channels_last on CUDA, in fixed-size
   batches; inputs of different shapes (e.g. NYU CC and MLO windows) or different model heads run as
   separate sub-batches. A prepared input holds n >= 1 windows (test-time augmentation); the model
@@ -22,8 +25,6 @@ and how the model outputs become columns. Everything else lives here, once:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -33,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from mammo_ray import storage
-from mammo_ray.errors import StorageError, describe
+from mammo_ray import feature_store, storage, tables
+from mammo_ray.errors import MammoRayError, describe
 from mammo_ray.faults import crash_point
-from mammo_ray.image_stream import ERRORS_SCHEMA, ReadOptions, error_records, read_images
+from mammo_ray.feature_store import ModelKey
+from mammo_ray.image_stream import CachedContent, ReadOptions, error_records, errors_table, read_images
 from mammo_ray.models.weights import WeightsSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,8 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("mammo_ray.inference")
 
-#: Columns every task's output table carries besides its own: the incremental key.
-KEY_COLUMNS: tuple[str, ...] = ("content_sha256", "weights_id", "preprocess_id")
 _INPUTS = "inputs"
 _GROUP = "inference_group"
 _EMPTY_INPUTS = np.zeros((0, 0, 0, 0), dtype=np.float32)
@@ -74,14 +73,18 @@ class InferenceOptions:
 
 @dataclass(frozen=True)
 class InferenceRun:
-    """What one run did: rows written, manifest rows skipped (already done), error rows, the weights_id."""
+    """What one run did: outputs computed, images whose output was already stored, error rows; the key."""
 
     written: int
     skipped: int
     errors: int
     uri: str
     errors_uri: str
-    weights_id: str
+    key: ModelKey
+
+    @property
+    def weights_id(self) -> str:
+        return self.key.weights_id
 
 
 class LoadedModel:
@@ -93,13 +96,19 @@ class LoadedModel:
         self.weights_id = weights_id
 
 
+class WeightsChangedError(MammoRayError):
+    """The weights an actor loaded are not the ones the run was keyed by (the file changed meanwhile)."""
+
+
 class InferenceTask(ABC):
     """What a model stage does per image. Plain, picklable data: it travels to Ray tasks and actors,
     which build the heavy parts (preprocessor, model, weights) themselves.
 
-    `spec` is the stage's own settings; it provides `weights_spec` and `preprocess_id`."""
+    `spec` is the stage's own settings; it provides `weights_spec`, `preprocess_id` and `model_id`."""
 
     spec: Any
+    #: Whether the preprocessing uses each image's laterality and view (flips, windows, heads).
+    orientation: bool = True
 
     @property
     @abstractmethod
@@ -110,23 +119,24 @@ class InferenceTask(ABC):
     def weights_spec(self) -> WeightsSpec:
         return self.spec.weights_spec
 
-    @property
-    def preprocess_id(self) -> str:
-        """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
-        return self.spec.preprocess_id
+    def key(self, read: ReadOptions) -> ModelKey:
+        """What the outputs depend on besides the images; the weights are hashed, never unpickled, here."""
+        from mammo_ray.models.weights import weights_id
+
+        return ModelKey(model_id=self.spec.model_id, weights_id=weights_id(self.weights_spec),
+                        preprocess_id=f"{self.spec.preprocess_id}|{read.decode_id}", orientation=self.orientation)
 
     @property
     @abstractmethod
     def schema(self) -> pa.Schema:
-        """The output table's schema; it includes KEY_COLUMNS and the manifest columns it keeps."""
+        """The feature store's schema: FEATURE_KEY_COLUMNS and the task's output columns."""
 
     @abstractmethod
     def table_uri(self, output_uri: str) -> str:
-        """The folder of the output part files."""
+        """The model output folder (feature store + index)."""
 
-    @abstractmethod
     def errors_uri(self, output_uri: str) -> str:
-        """The folder of the errors part files (cleared at the start of every run)."""
+        return tables.errors_uri(output_uri, self.stage)
 
     @abstractmethod
     def prepare(self, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, str]:
@@ -147,54 +157,14 @@ class InferenceTask(ABC):
 
     @abstractmethod
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
-        """Per-row averaged outputs (d,) (None for error rows) -> the task's own output columns.
+        """Per-row averaged outputs (d,) (None for rows without one) -> the task's own output columns.
 
-        Error rows need placeholder values of the right type: they are dropped before writing.
+        Rows without an output need placeholder values of the right type: they are dropped before writing.
         """
 
-    def constant_columns(self) -> dict[str, object]:
-        """Columns with the same value on every row (besides weights_id and preprocess_id)."""
-        return {}
-
     def to_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Good rows -> a frame Arrow converts to `schema` exactly (override to convert columns)."""
-        frame = rows[self.schema.names]
-        if "label" in frame.columns:
-            frame = frame.assign(label=frame["label"].astype("Int8"))
-        return frame
-
-
-# --- reading what is there ---------------------------------------------------------------------------
-
-
-def read_rows(uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
-    """Every committed row (or only `columns`) of a task's output folder; None when it has no file yet."""
-    if not storage.exists(uri) or not storage.list_files(uri, extensions=[".parquet"]):
-        return None
-    if columns is None:
-        return storage.read_table(uri).to_pandas()
-    fs, path = storage.arrow_filesystem(uri)
-    try:
-        return pq.read_table(path, filesystem=fs, columns=list(columns)).to_pandas()
-    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type
-        raise StorageError(uri, f"cannot read Parquet: {type(error).__name__}: {error}") from error
-
-
-def done_content(table_uri: str, weights_id: str, preprocess_id: str) -> frozenset[str]:
-    """Content hashes already in `table_uri` with these weights and this preprocessing."""
-    existing = read_rows(table_uri, KEY_COLUMNS)
-    if existing is None or existing.empty:
-        return frozenset()
-    same = (existing["weights_id"] == weights_id) & (existing["preprocess_id"] == preprocess_id)
-    return frozenset(existing.loc[same, "content_sha256"])
-
-
-def clear_errors(uri: str) -> None:
-    """Remove a stage's old error rows (every still-failing image is reported again by the run)."""
-    try:
-        storage.remove(uri, recursive=True)
-    except StorageError as error:
-        log.warning("could not clear old error rows: %s", error)
+        """Keyed output rows -> a frame Arrow converts to `schema` exactly (override to convert columns)."""
+        return rows[self.schema.names]
 
 
 # --- the pipeline's steps (Ray tasks and actors) -----------------------------------------------------
@@ -203,7 +173,7 @@ def clear_errors(uri: str) -> None:
 def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
     """Decoded pixels -> model inputs (n, C, h, w) and group; an image that cannot be prepared becomes
     an error row."""
-    failed = batch["error_type"].notna().tolist()
+    failed = (batch["error_type"].notna() | batch["cached"]).tolist()  # nothing to prepare
     inputs, groups = [], []
     error_types, messages = list(batch["error_type"]), list(batch["error_message"])
     # Ray hands string nulls over as pd.NA, whose truth value raises: tasks see None instead.
@@ -236,13 +206,16 @@ def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
 class InferenceActor:
     """Holds one task's model on its device; runs each batch in inference mode."""
 
-    def __init__(self, task: InferenceTask, use_gpu: bool) -> None:
+    def __init__(self, task: InferenceTask, key: ModelKey, use_gpu: bool) -> None:
         import torch
 
         self.torch = torch
         self.task = task
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = task.load()
+        if self.model.weights_id != key.weights_id:
+            raise WeightsChangedError(f"{task.stage}: the weights loaded are {self.model.weights_id}, the run was "
+                                      f"started for {key.weights_id}: the weight file changed; run again")
         self.model.module.to(self.device)
         if self.device.type == "cuda":
             self.model.module.to(memory_format=torch.channels_last)
@@ -250,7 +223,7 @@ class InferenceActor:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         crash_point("inference.actor_batch")
         outputs: list[np.ndarray | None] = [None] * len(batch)
-        good = np.flatnonzero(batch["error_type"].isna().to_numpy()).tolist()
+        good = np.flatnonzero((batch["error_type"].isna() & ~batch["cached"]).to_numpy()).tolist()
         # Inputs of different shapes or groups (view windows, model heads) run as their own sub-batches.
         by_key: dict[tuple[str, tuple[int, ...]], list[int]] = {}
         for index in good:
@@ -265,10 +238,6 @@ class InferenceActor:
         out = batch.drop(columns=[_INPUTS, _GROUP])
         for name, values in self.task.output_columns(outputs).items():
             out[name] = values
-        for name, value in self.task.constant_columns().items():
-            out[name] = value
-        out["weights_id"] = self.model.weights_id
-        out["preprocess_id"] = self.task.preprocess_id
         return out
 
     def _run(self, inputs: torch.Tensor, group: str) -> np.ndarray:
@@ -284,43 +253,24 @@ class InferenceActor:
         return result.float().cpu().numpy()
 
 
-def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str) -> pd.DataFrame:
-    """Write a batch's rows and errors, each as one atomically written Parquet file."""
+def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: ModelKey) -> pd.DataFrame:
+    """Store a batch's new outputs as one atomically written part file; return its index and error rows."""
     failed = batch["error_type"].notna()
-    good = batch[~failed]
-    written = 0
-    if len(good):
-        table = pa.Table.from_pandas(task.to_frame(good), schema=task.schema, preserve_index=False)
-        # Provenance instead of pandas' metadata, whose dtypes (string[NA]) would come back on reading.
-        table = table.replace_schema_metadata(_provenance(task, good))
-        name = part_name(good, task.preprocess_id, *sorted(good["weights_id"].unique()))
-        storage.write_table(table, storage.join(task.table_uri(output_uri), name))
-        written = table.num_rows
-    if failed.any():
-        errors = error_records(batch[failed], task.stage)
-        table = pa.Table.from_pandas(errors, schema=ERRORS_SCHEMA, preserve_index=False)
-        storage.write_table(table, storage.join(task.errors_uri(output_uri), part_name(batch[failed])))
-    return pd.DataFrame({"written": [written], "errors": [int(failed.sum())]})
-
-
-def part_name(rows: pd.DataFrame, *key: str) -> str:
-    """A file name fixed by the rows it holds (and the run's key: weights, preprocessing): rewriting the
-    same rows replaces the same file, while the same images under other weights get a file of their own."""
-    keys = sorted(f"{i}|{c}" for i, c in zip(rows["image_id"], rows["content_sha256"].fillna("")))
-    text = "\n".join([*keys, *map(str, key)])
-    return f"part-{hashlib.sha256(text.encode()).hexdigest()[:24]}.parquet"
-
-
-def _provenance(task: InferenceTask, rows: pd.DataFrame) -> dict[bytes, bytes]:
-    from mammo_ray import __version__
-
-    info = {
-        "package_version": __version__,
-        "stage": task.stage,
-        "weights_ids": sorted(map(str, rows["weights_id"].unique())),
-        "preprocess_id": task.preprocess_id,
-    }
-    return {b"mammo_ray": json.dumps(info, sort_keys=True).encode()}
+    computed = batch[~failed & ~batch["cached"]]
+    if len(computed):
+        keyed = feature_store.feature_rows(computed, key)
+        table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
+        table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())
+        contents = [tables.content_key(c, lat, view, key.orientation)
+                    for c, lat, view in keyed[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
+        storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
+                                                feature_store.part_name(contents)))
+    return pd.DataFrame({
+        "image_id": batch["image_id"].astype(object), "uri": batch["uri"].astype(object),
+        "content_sha256": batch["content_sha256"].astype(object),
+        "status": np.where(failed, "error", "ok"), "computed": ~failed & ~batch["cached"],
+        "error_type": batch["error_type"].astype(object), "error_message": batch["error_message"].astype(object),
+    })
 
 
 def gpus_per_actor(options: InferenceOptions) -> float:
@@ -329,49 +279,48 @@ def gpus_per_actor(options: InferenceOptions) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def weights_id_of(spec: WeightsSpec) -> str:
-    """Fail before any work unless the weights are there (naming the file); return their weights_id."""
-    from mammo_ray.models.weights import check_weights_available, resolve_weights
-
-    check_weights_available(spec)
-    return resolve_weights(spec).weights_id
-
-
 def run_inference(
     manifest: pd.DataFrame,
     output_uri: str,
     task: InferenceTask,
     options: InferenceOptions = InferenceOptions(),
 ) -> InferenceRun:
-    """Run `task` on every image of `manifest` not yet done with the same weights and preprocessing."""
-    weights_id = weights_id_of(task.weights_spec)
-    table_uri, errors_uri = task.table_uri(output_uri), task.errors_uri(output_uri)
-    skip = done_content(table_uri, weights_id, task.preprocess_id)
-    clear_errors(errors_uri)
+    """Run `task` on every image of `manifest` whose output is not yet stored under the run's key; then
+    write the index of the manifest and the stage's errors table."""
+    key = task.key(options.read)
+    table_uri = task.table_uri(output_uri)
+    cached = CachedContent(feature_store.stored_content(table_uri, key), key.orientation)
     num_gpus = gpus_per_actor(options)
     stats = (
-        read_images(manifest, options.read, skip_content=skip)
+        read_images(manifest, options.read, cached)
         .map_batches(prepare_batch, batch_format="pandas", batch_size=options.read.batch_size,
                      fn_kwargs={"task": task})
         .map_batches(
             InferenceActor,
-            fn_constructor_kwargs={"task": task, "use_gpu": num_gpus > 0},
+            fn_constructor_kwargs={"task": task, "key": key, "use_gpu": num_gpus > 0},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
             num_gpus=num_gpus,
             # A replaced actor redoes the batches its predecessor held; their part files are named by
-            # their rows, so a redone batch overwrites instead of duplicating.
+            # their content, so a redone batch overwrites instead of duplicating.
             max_restarts=options.max_restarts,
             max_task_retries=options.max_restarts,
             batch_size=options.batch_size,
             batch_format="pandas",
         )
         .map_batches(write_batch, batch_format="pandas", batch_size=None,
-                     fn_kwargs={"task": task, "output_uri": output_uri})
+                     fn_kwargs={"task": task, "output_uri": output_uri, "key": key})
     )
-    written = errors = 0
-    for batch in stats.iter_batches(batch_format="pandas"):
-        written += int(batch["written"].sum())
-        errors += int(batch["errors"].sum())
-    skipped = len(manifest) - written - errors
-    log.info("%s: %d written, %d already done (skipped), %d errors", task.stage, written, skipped, errors)
-    return InferenceRun(written, skipped, errors, table_uri, errors_uri, weights_id)
+    rows = [batch for batch in stats.iter_batches(batch_format="pandas", batch_size=None) if len(batch)]
+    index = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["image_id", "uri", "content_sha256", "status", "computed", "error_type", "error_message"])
+    errors = errors_table([error_records(index, task.stage)])
+    errors = tables.with_provenance(errors, task.stage, weights_ids=[key.weights_id], key=key.as_dict(),
+                                    inputs={"images": tables.image_digest(manifest)})
+    errors_uri = task.errors_uri(output_uri)
+    storage.write_table(errors, errors_uri)
+    feature_store.write_index(table_uri, task.stage, index, manifest, key)  # last: the run is complete
+    written = int(index["computed"].astype(bool).sum())
+    failed = int((index["status"] == "error").sum())
+    skipped = len(index) - written - failed
+    log.info("%s: %d computed, %d already stored (skipped), %d errors", task.stage, written, skipped, failed)
+    return InferenceRun(written, skipped, failed, table_uri, errors_uri, key)

@@ -1,8 +1,10 @@
 """Ingest: stream every image of the manifest through decoding, record what was read and what failed.
 
-Writes `<output>/ingest/images.parquet` (one row per decoded image: manifest keys, size, content hash,
-intensity statistics) and `<output>/errors/ingest.parquet` (one row per image that could not be read).
-Pixels never reach the driver: they are summarised inside the Ray tasks.
+Writes `<output>/ingest/images.parquet` (one row per decoded image: id, uri, the orientation used, size,
+content hash, intensity statistics; labels and patients stay in the manifest) and
+`<output>/errors/ingest.parquet` (one row per image that could not be read). Pixels never reach the
+driver: they are summarised inside the Ray tasks. A failure of the store fails the stage (nothing is
+written); only problems of single files are errors rows.
 """
 
 from __future__ import annotations
@@ -13,23 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage
-from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
+from mammo_ray import storage, tables
 from mammo_ray.image_stream import ReadOptions, error_records, errors_table, read_images
+from mammo_ray.tables import IMAGES_SCHEMA
 
 STAGE = "ingest"
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        *(MANIFEST_SCHEMA.field(name) for name in ("image_id", "uri", "dataset", "patient_id", "laterality", "view",
-                                                    "birads", "label")),
-        pa.field("height", pa.int32()),
-        pa.field("width", pa.int32()),
-        pa.field("content_sha256", pa.string()),
-        pa.field("intensity_max", pa.float32()),
-        pa.field("breast_fraction", pa.float32()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -59,11 +49,11 @@ def run_ingest(manifest: pd.DataFrame, output_uri: str, options: ReadOptions = R
         good.append(batch[~failed])
     images = pd.concat(good, ignore_index=True) if good else pd.DataFrame(columns=IMAGES_SCHEMA.names)
     images = images.sort_values("image_id").reset_index(drop=True)
-    images["label"] = images["label"].astype("Int8")
-    images_uri = storage.join(output_uri, "ingest", "images.parquet")
-    errors_uri = storage.join(output_uri, "errors", f"{STAGE}.parquet")
+    inputs = {"images": tables.image_digest(manifest)}
     table = pa.Table.from_pandas(images[IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA, preserve_index=False)
-    failures = errors_table(errors)
-    storage.write_table(table, images_uri)
+    table = tables.with_provenance(table, STAGE, inputs=inputs, decode_id=options.decode_id)
+    failures = tables.with_provenance(errors_table(errors), STAGE, inputs=inputs)
+    images_uri, errors_uri = tables.ingest_uri(output_uri), tables.errors_uri(output_uri, STAGE)
     storage.write_table(failures, errors_uri)
+    storage.write_table(table, images_uri)
     return IngestResult(images=table.num_rows, errors=failures.num_rows, images_uri=images_uri, errors_uri=errors_uri)

@@ -4,6 +4,11 @@ Sections: provenance (data, counts, weights ids, versions, config hash; a banner
 random-init), Figure 3 (zero-shot by BI-RADS), Table 1 (fine-tuning), Table 2 (classifier grid) with
 the paper protocol and the leak-free protocol side by side, per-fold score distributions, ROC curves of
 the best grid cells and of the fine-tuned models. A stage that did not run is named as such, never silently left out.
+
+Every number describes the current manifest and config: the study hands in what is current
+(`ReportInputs`: the manifest, the zero-shot view, the errors tables of the configured stages, the
+inputs each result table must describe), and a result table whose provenance names other inputs (an
+earlier manifest, other embeddings) is reported as out of date instead of being shown.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -21,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mammo_ray import __version__, layout, storage  # noqa: E402
+from mammo_ray import __version__, storage, tables  # noqa: E402
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts  # noqa: E402
 from mammo_ray.report.published import TABLE1_KEYS, beside, read_published  # noqa: E402
 from mammo_ray.report.render import Section, write_report  # noqa: E402
@@ -43,13 +50,52 @@ PAPER_FACTS = [
 ]
 
 
+@dataclass(frozen=True)
+class ReportInputs:
+    """What is current, as the study knows it: the manifest; the zero-shot view of it (None, with the
+    reason, when the stage has not run for it); the errors tables of the configured stages; the weights
+    ids of the configured models; and, per result table, the inputs its provenance must name."""
+
+    manifest: pd.DataFrame
+    zero_shot: pd.DataFrame | None = None
+    zero_shot_problem: str | None = None
+    error_uris: list[str] = field(default_factory=list)
+    weights_ids: list[str] = field(default_factory=list)
+    expected_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame | None:
-    try:
-        if not storage.exists(uri):
-            return None
-        return storage.read_table(uri, columns=columns).to_pandas()
-    except Exception:  # noqa: BLE001 - an unreadable table is reported as missing, the report goes on
+    """A table, or None when it is not there. A store failure is raised, never reported as 'not run'."""
+    if not storage.exists(uri):
         return None
+    return storage.read_table(uri, columns=columns).to_pandas()
+
+
+def _current(uri: str, expected: Mapping[str, Any] | None) -> tuple[pd.DataFrame | None, str | None]:
+    """The table at `uri` when its provenance names the `expected` inputs; else (None, why not)."""
+    provenance = tables.read_provenance(uri)
+    if provenance is None:
+        return None, None
+    if expected is not None and provenance.get("inputs") != dict(expected):
+        return None, (f"{uri} was computed on other inputs than the current manifest and config (an earlier "
+                      "manifest, other labels, embeddings or weights): it is out of date and not shown; rerun "
+                      f"the {provenance.get('stage', 'its')} stage")
+    return _read(uri), None
+
+
+def _current_errors(uris: list[str], manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of the configured stages' errors tables that describe the current manifest's images."""
+    digest = tables.image_digest(manifest)
+    frames = []
+    for uri in uris:
+        provenance = tables.read_provenance(uri)
+        if provenance is None or provenance.get("inputs", {}).get("images") != digest:
+            continue
+        frames.append(_read(uri))
+    if not frames:
+        return None
+    errors = pd.concat(frames, ignore_index=True)
+    return errors[errors["image_id"].isin(set(manifest["image_id"]))]
 
 
 def _png(draw: Callable[[], None]) -> bytes:
@@ -58,18 +104,6 @@ def _png(draw: Callable[[], None]) -> bytes:
     plt.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close("all")
     return buffer.getvalue()
-
-
-def _weights_ids(*frames: pd.DataFrame | None) -> list[str]:
-    ids: set[str] = set()
-    for frame in frames:
-        if frame is None:
-            continue
-        for column in ("weights_id", "weights_ids"):
-            if column in frame.columns:
-                for value in frame[column].dropna():
-                    ids.update(value if isinstance(value, (list, np.ndarray)) else [value])
-    return sorted(ids)
 
 
 def _versions() -> str:
@@ -99,10 +133,10 @@ def provenance_section(output_uri: str, config: dict, manifest: pd.DataFrame | N
     return Section("Provenance", tables=[("Study", pd.DataFrame(rows, columns=["item", "value"]))])
 
 
-def zero_shot_section(zero_shot: pd.DataFrame | None) -> Section:
+def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None) -> Section:
     section = Section("Figure 3: zero-shot NYU predictions by BI-RADS")
     if zero_shot is None or zero_shot.empty:
-        section.paragraphs.append("The zero_shot stage has not run for this study.")
+        section.paragraphs.append(f"Not shown: {problem}." if problem else "The zero_shot stage has not run for this study.")
         return section
     section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper.")
     section.tables.append(("Images predicted benign / malignant per BI-RADS", zero_shot_counts(zero_shot)))
@@ -131,10 +165,10 @@ def _roc(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
 
 
 def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | None,
-                     published: pd.DataFrame | None = None) -> Section:
+                     published: pd.DataFrame | None = None, problem: str | None = None) -> Section:
     section = Section("Table 1: fine-tuning")
     if finetune is None or finetune.empty:
-        section.paragraphs.append("The finetune stage has not run for this study.")
+        section.paragraphs.append(problem or "The finetune stage has not run for this study.")
         return section
     columns = [c for c in ("model", "pretrained_on", "task", "stage", "protocol", "image_size", "epochs",
                            "accuracy", "auroc", "precision", "recall", "n_train", "n_val", "weights_id")
@@ -176,11 +210,11 @@ def _grid_roc(best: pd.DataFrame, predictions: pd.DataFrame) -> None:
 
 
 def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
-                 published: pd.DataFrame | None = None) -> Section:
+                 published: pd.DataFrame | None = None, problem: str | None = None) -> Section:
     section = Section("Table 2: features + classifiers, paper protocol vs leak-free protocol",
                       paragraphs=list(PAPER_FACTS))
     if grid is None or grid.empty:
-        section.paragraphs.append("The grid stage has not run for this study.")
+        section.paragraphs.append(problem or "The grid stage has not run for this study.")
         return section
     ok = grid[grid["status"] == "ok"]
     failed = grid[grid["status"] != "ok"]
@@ -235,28 +269,29 @@ def _fold_scores(best: pd.DataFrame) -> None:
     plt.tight_layout()
 
 
-def build_report(output_uri: str, config: dict) -> dict[str, str]:
-    """Read every table the study wrote under `output_uri` and write the report; returns its URIs."""
-    manifest = _read(layout.manifest_uri(output_uri))
-    zero_shot = _read(layout.zero_shot_uri(output_uri))
-    grid = _read(layout.grid_uri(output_uri))
-    grid_predictions = _read(layout.grid_predictions_uri(output_uri))
-    finetune = _read(layout.finetune_uri(output_uri))
-    predictions = _read(layout.finetune_predictions_uri(output_uri))
-    errors = _read(layout.errors_uri(output_uri))
-    embeddings = _read(layout.embeddings_uri(output_uri), columns=["weights_id"])
-    weights = _weights_ids(embeddings, zero_shot, grid, finetune)
+def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[str, str]:
+    """Write the report of the tables under `output_uri` that describe `current`; returns its URIs."""
+    manifest = current.manifest
+    expected = current.expected_inputs
+    grid, grid_problem = _current(tables.grid_uri(output_uri), expected.get("grid"))
+    grid_predictions, _ = _current(tables.grid_predictions_uri(output_uri), expected.get("grid"))
+    finetune, finetune_problem = _current(tables.finetune_uri(output_uri), expected.get("finetune"))
+    predictions, _ = _current(tables.finetune_predictions_uri(output_uri), expected.get("finetune"))
+    errors = _current_errors(current.error_uris, manifest)
+    weights = sorted(set(current.weights_ids))
     published_uri = (config.get("report") or {}).get("published")
     published = read_published(published_uri) if published_uri else None
     banner = RANDOM_INIT_BANNER if any(w.startswith("random-init") for w in weights) else None
     sections = [
         provenance_section(output_uri, config, manifest, weights, errors),
-        zero_shot_section(zero_shot),
-        finetune_section(finetune, predictions, published),
-        grid_section(grid, grid_predictions, published),
+        zero_shot_section(current.zero_shot, current.zero_shot_problem),
+        finetune_section(finetune, predictions, published, finetune_problem),
+        grid_section(grid, grid_predictions, published, grid_problem),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"
     uris = write_report(output_uri, title, banner, sections)
-    storage.write_bytes(storage.join(layout.report_uri(output_uri), "provenance.json"),
-                        json.dumps({"config": config, "weights_ids": weights}, indent=2, default=str).encode())
+    document = {"config": config, "weights_ids": weights, "inputs": {
+        "manifest": tables.manifest_digest(manifest), **{name: dict(value) for name, value in expected.items()}}}
+    storage.write_bytes(storage.join(tables.report_uri(output_uri), "provenance.json"),
+                        json.dumps(document, indent=2, default=str).encode())
     return uris

@@ -7,12 +7,12 @@ giving p_benign and p_malignant (with test-time augmentation, `tta` > 0, the mea
 An image without a known laterality (neither in the manifest nor in its DICOM tags) cannot be given a
 head: it is an errors row.
 
-Output: ``<output>/zero_shot/part-*.parquet`` (ZERO_SHOT_SCHEMA), errors in
-``<output>/errors/zero_shot/part-*.parquet`` (stage "zero_shot"), and the figure
-``<output>/figures/zero_shot_by_birads.png`` (predicted benign vs malignant per BI-RADS; see
-`mammo_ray.report.figures`). The pipeline is the shared one of `mammo_ray.stages.inference`:
-incremental on (content_sha256, weights_id, preprocess_id), atomic part files, an actor pool with
-one GPU per actor where there are GPUs.
+Output: the feature store ``<output>/zero_shot/`` (tables.ZERO_SHOT_SCHEMA, keyed by content and
+model key, read joined to the current manifest with `read_zero_shot`), errors in
+``<output>/errors/zero_shot.parquet`` (stage "zero_shot"), and the figure
+``<output>/figures/zero_shot_by_birads.png`` of the current manifest's images (predicted benign vs
+malignant per BI-RADS; see `mammo_ray.report.figures`). The pipeline is the shared one of
+`mammo_ray.stages.inference`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import layout, storage
-from mammo_ray.datasets.manifest import MANIFEST_SCHEMA
+from mammo_ray import feature_store, tables
 from mammo_ray.errors import MammoRayError
+from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.extractors import source_resolution_for
 from mammo_ray.models.weights import WeightsSpec
-from mammo_ray.stages.embed import EmbedOptions
-from mammo_ray.stages.inference import InferenceTask, LoadedModel, read_rows, run_inference
+from mammo_ray.stages.inference import InferenceOptions, InferenceTask, LoadedModel, run_inference
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,23 +42,6 @@ log = logging.getLogger("mammo_ray.zero_shot")
 
 STAGE = "zero_shot"
 FIGURE_NAME = "zero_shot_by_birads.png"
-
-ZERO_SHOT_SCHEMA = pa.schema(
-    [
-        *(
-            MANIFEST_SCHEMA.field(name)
-            for name in ("image_id", "uri", "dataset", "patient_id", "laterality", "view", "birads", "label",
-                         "pathology")
-        ),
-        pa.field("p_benign", pa.float32(), nullable=False),
-        pa.field("p_malignant", pa.float32(), nullable=False),
-        pa.field("weights_id", pa.string(), nullable=False),
-        pa.field("preprocess_id", pa.string(), nullable=False),
-        pa.field("content_sha256", pa.string(), nullable=False),
-    ]
-)
-ZERO_SHOT_COLUMNS: list[str] = ZERO_SHOT_SCHEMA.names
-
 
 class UnknownLateralityError(MammoRayError):
     """The image's breast side is unknown, so no head of the image-wise model fits it."""
@@ -104,6 +86,12 @@ class ZeroShotSpec:
         return NYUPreprocess(scale=self.nyu_scale, source_resolution=source_resolution, n_augment=self.tta)
 
     @property
+    def model_id(self) -> str:
+        """The image-wise model's identity: its preprocessing settings (the weights are keyed apart)."""
+        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
+        return f"nyu_image_wise:nyu_scale={self.nyu_scale!r}:source={source}:tta={self.tta}"
+
+    @property
     def preprocess_id(self) -> str:
         resolution = self.source_resolution if self.source_resolution is not None else 1.0
         suffix = ":source=auto" if self.source_resolution is None else ""
@@ -123,15 +111,15 @@ class ZeroShotResult:
 
 
 def zero_shot_uri(output_uri: str) -> str:
-    return layout.zero_shot_uri(output_uri)
+    return tables.zero_shot_uri(output_uri)
 
 
 def errors_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "errors", STAGE)
+    return tables.errors_uri(output_uri, STAGE)
 
 
 def figure_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "figures", FIGURE_NAME)
+    return tables.figures_uri(output_uri, FIGURE_NAME)
 
 
 def head_for(laterality: object, view: object) -> str:
@@ -162,13 +150,10 @@ class ZeroShotTask(InferenceTask):
 
     @property
     def schema(self) -> pa.Schema:
-        return ZERO_SHOT_SCHEMA
+        return tables.ZERO_SHOT_SCHEMA
 
     def table_uri(self, output_uri: str) -> str:
         return zero_shot_uri(output_uri)
-
-    def errors_uri(self, output_uri: str) -> str:
-        return errors_uri(output_uri)
 
     def prepare(self, pixels: np.ndarray, row) -> tuple[np.ndarray, str]:
         head = head_for(row.laterality, row.view)  # before the work: a missing side fails fast
@@ -204,26 +189,22 @@ class ZeroShotTask(InferenceTask):
         )
 
 
-def read_zero_shot(
-    output_uri: str, *, weights_id: str | None = None, preprocess_id: str | None = None
-) -> pd.DataFrame:
-    """Every committed row of zero_shot/ (optionally only one weights_id / preprocess_id), one per key."""
-    frame = read_rows(zero_shot_uri(output_uri))
-    if frame is None:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in ZERO_SHOT_COLUMNS})
-    if weights_id is not None:
-        frame = frame[frame["weights_id"] == weights_id]
-    if preprocess_id is not None:
-        frame = frame[frame["preprocess_id"] == preprocess_id]
-    keys = ["image_id", "content_sha256", "weights_id", "preprocess_id"]
-    return frame.drop_duplicates(subset=keys).reset_index(drop=True)
+def zero_shot_key(spec: ZeroShotSpec, read: ReadOptions = ReadOptions()) -> feature_store.ModelKey:
+    return ZeroShotTask(spec).key(read)
+
+
+def read_zero_shot(output_uri: str, manifest: pd.DataFrame, spec: ZeroShotSpec = ZeroShotSpec(),
+                   read: ReadOptions = ReadOptions(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+    """The probabilities of `manifest`'s images under `spec`, one row per scored image, with the manifest's
+    columns; StaleTableError when the stage has not run for this manifest and these settings."""
+    return feature_store.read_view(zero_shot_uri(output_uri), manifest, key or zero_shot_key(spec, read), STAGE)
 
 
 def run_zero_shot(
     manifest: pd.DataFrame,
     output_uri: str,
     spec: ZeroShotSpec = ZeroShotSpec(),
-    options: EmbedOptions = EmbedOptions(),
+    options: InferenceOptions = InferenceOptions(),
 ) -> ZeroShotResult:
     """Score every image of `manifest` not yet scored with these weights and preprocessing, then draw the
     figure of the manifest's images (predicted benign vs malignant per BI-RADS)."""
@@ -231,14 +212,12 @@ def run_zero_shot(
 
     task = ZeroShotTask(spec)
     run = run_inference(manifest, output_uri, task, options)
-    rows = read_zero_shot(output_uri, weights_id=run.weights_id, preprocess_id=task.preprocess_id)
-    # The manifest's images, once each (should an image's file have changed, one of its rows).
-    rows = rows[rows["image_id"].isin(set(manifest["image_id"]))].drop_duplicates(subset=["image_id"])
+    rows = read_zero_shot(output_uri, manifest, key=run.key)
     figure = figure_uri(output_uri)
     zero_shot_by_birads(rows, figure)
-    log.info("zero-shot: %d scored, %d already done (skipped), %d errors; figure %s",
+    log.info("zero-shot: %d scored, %d already stored (skipped), %d errors; figure %s",
              run.written, run.skipped, run.errors, figure)
     return ZeroShotResult(
         scored=run.written, skipped=run.skipped, errors=run.errors, uri=run.uri, errors_uri=run.errors_uri,
-        figure_uri=figure, weights_id=run.weights_id, preprocess_id=task.preprocess_id,
+        figure_uri=figure, weights_id=run.weights_id, preprocess_id=run.key.preprocess_id,
     )

@@ -24,7 +24,8 @@ import ray.data
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import BIRADS_VALUES, MANIFEST_COLUMNS, to_table, validate_manifest
 from mammo_ray.errors import describe
-from mammo_ray.image_stream import ERRORS_SCHEMA, ReadOptions, decode_batch
+from mammo_ray.image_stream import ReadOptions, decode_batch
+from mammo_ray.tables import ERRORS_SCHEMA
 from mammo_ray.models.extractors import FULL_FIELD_ROWS
 
 TASKS: tuple[str, ...] = ("binary", "birads")

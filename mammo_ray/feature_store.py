@@ -1,0 +1,197 @@
+"""Model outputs keyed by content and model, and the one way to read them: joined to the current manifest.
+
+A model output folder (`embeddings/<extractor>/`, `zero_shot/`) holds
+
+- `features/<model key>/part-*.parquet`: outputs keyed by FEATURE_KEY_COLUMNS (tables). One folder per
+  model key (model identity, weights, preprocessing), so a key's rows are one listing and settings with
+  other output shapes never share a folder. Other keys stay as cache until `prune`;
+- `index.parquet`: for the manifest of the stage's last run, each image's content hash and whether it
+  became an output or an errors row. Its provenance names the model key and the image digest of that
+  manifest.
+
+`read_view` gives exactly one row per image of the current manifest that has an output under the current
+key, with labels, patients and image ids from the manifest: never rows of removed images, of other
+weights or settings, never the labels an earlier manifest had. A folder that does not describe the current
+manifest and key raises StaleTableError naming what changed, instead of answering with old rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mammo_ray import storage, tables
+from mammo_ray.errors import StaleTableError
+
+log = logging.getLogger("mammo_ray.feature_store")
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What one run's outputs depend on besides the images: the model's identity (its name and every
+    setting that changes its outputs), its weights and the preprocessing (decode settings included).
+    `orientation`: whether the preprocessing uses each image's laterality and view."""
+
+    model_id: str
+    weights_id: str
+    preprocess_id: str
+    orientation: bool
+
+    @property
+    def folder(self) -> str:
+        text = json.dumps([self.model_id, self.weights_id, self.preprocess_id])
+        return "key-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"weights {self.weights_id}, preprocessing {self.preprocess_id}, model {self.model_id}"
+
+
+def key_uri(table_uri: str, key: ModelKey) -> str:
+    return storage.join(tables.features_uri(table_uri), key.folder)
+
+
+def _read_folder(uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame | None:
+    if not storage.exists(uri) or not storage.list_files(uri, extensions=[".parquet"]):
+        return None
+    return storage.read_table(uri, columns=list(columns) if columns else None).to_pandas()
+
+
+def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
+    """Content keys (tables.content_key) already stored under `key`."""
+    rows = _read_folder(key_uri(table_uri, key), tables.CONTENT_KEY_COLUMNS)
+    if rows is None:
+        return frozenset()
+    return frozenset(tables.content_key(c, lat, view, key.orientation)
+                     for c, lat, view in rows.itertuples(index=False, name=None))
+
+
+def feature_rows(rows: pd.DataFrame, key: ModelKey) -> pd.DataFrame:
+    """Output rows (decoded rows: `content_sha256`, `manifest_laterality`, `manifest_view`) with the key
+    columns, one per content key."""
+    def hints(column: str) -> list[str]:
+        return [tables.orientation_hint(v) if key.orientation else "" for v in rows[column]]
+
+    keyed = rows.assign(laterality=hints("manifest_laterality"), view=hints("manifest_view"),
+                        model_id=key.model_id, weights_id=key.weights_id, preprocess_id=key.preprocess_id)
+    return keyed.drop_duplicates(subset=list(tables.CONTENT_KEY_COLUMNS))
+
+
+def part_name(keys: Sequence[str]) -> str:
+    """A part file named by the content keys it holds: a retried batch replaces its own file."""
+    return "part-" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24] + ".parquet"
+
+
+def write_index(table_uri: str, stage: str, index: pd.DataFrame, manifest: pd.DataFrame, key: ModelKey) -> None:
+    """The index of this run (one row per manifest image), atomically, naming the manifest and key it describes."""
+    frame = index.sort_values("image_id").reset_index(drop=True)
+    table = pa.Table.from_pandas(frame[tables.INDEX_SCHEMA.names], schema=tables.INDEX_SCHEMA, preserve_index=False)
+    content = tables.frame_digest(frame, tables.INDEX_SCHEMA.names)
+    table = tables.with_provenance(table, stage, weights_ids=[key.weights_id], key=key.as_dict(),
+                                   inputs={"images": tables.image_digest(manifest), "content": content})
+    storage.write_table(table, tables.index_uri(table_uri))
+
+
+def index_problem(table_uri: str, manifest: pd.DataFrame, key: ModelKey) -> str | None:
+    """Why the folder does not describe `manifest` under `key` (None when it does)."""
+    provenance = tables.read_provenance(tables.index_uri(table_uri))
+    if provenance is None:
+        return "the stage has not run for this output"
+    if provenance.get("key") != key.as_dict():
+        old = ModelKey(**provenance["key"]).describe() if provenance.get("key") else "unknown settings"
+        return f"its last run used {old}; the config asks for {key.describe()}"
+    if provenance.get("inputs", {}).get("images") != tables.image_digest(manifest):
+        return "its last run saw another manifest (images added, removed, moved or re-oriented)"
+    return None
+
+
+def index_digest(table_uri: str) -> str | None:
+    """The content digest of the folder's index (which image had which content): None when there is none."""
+    provenance = tables.read_provenance(tables.index_uri(table_uri))
+    return None if provenance is None else provenance.get("inputs", {}).get("content")
+
+
+def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str) -> pd.DataFrame:
+    """The outputs of every image of `manifest` under `key`, one row per image with an output, sorted by
+    image_id: manifest columns + the output columns + the key columns. Images that were errors rows of
+    the stage are left out (see the errors table). Raises StaleTableError when the folder does not
+    describe this manifest and key: run `stage` first."""
+    problem = index_problem(table_uri, manifest, key)
+    if problem is not None:
+        raise StaleTableError(table_uri, f"{problem}: run the {stage} stage for the current manifest and config")
+    index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
+    ok = index[index["status"] == "ok"][["image_id", "content_sha256"]]
+    images = manifest.merge(ok, on="image_id", how="inner", validate="one_to_one")
+    features = _read_folder(key_uri(table_uri, key))
+    if features is None:
+        features = pd.DataFrame(columns=list(tables.FEATURE_KEY_COLUMNS))
+    features["_content"] = [tables.content_key(c, lat, view, key.orientation) for c, lat, view in
+                            features[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
+    features = features.drop_duplicates(subset="_content").drop(columns=list(tables.CONTENT_KEY_COLUMNS))
+    images["_content"] = [tables.content_key(c, lat, view, key.orientation) for c, lat, view in
+                          images[["content_sha256", "laterality", "view"]].itertuples(index=False, name=None)]
+    view = images.merge(features, on="_content", how="left", indicator=True)
+    missing = view[view["_merge"] == "left_only"]
+    if len(missing):
+        shown = ", ".join(map(str, missing["image_id"].head(5)))
+        raise StaleTableError(table_uri, f"{len(missing)} image(s) of its index have no stored output under "
+                                         f"{key.describe()} (e.g. {shown}; pruned or interrupted?): run the "
+                                         f"{stage} stage")
+    view = view.drop(columns=["_content", "_merge"]).sort_values("image_id", kind="stable")
+    return view.reset_index(drop=True)
+
+
+def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, dry_run: bool = False) -> dict[str, int]:
+    """Remove what no reader of the current manifest and key can see: other keys' folders, and rows of the
+    current key whose content the current index does not name (compacted into one file). With `key`
+    None (the output is no longer configured) the whole folder goes. Returns counts of what was (or,
+    with `dry_run`, would be) removed."""
+    root = tables.features_uri(table_uri)
+    folders = sorted({uri[len(root):].lstrip("/\\").replace("\\", "/").split("/")[0]
+                      for uri in (storage.list_files(root) if storage.exists(root) else [])})
+    removed = {"folders": 0, "rows": 0}
+    if key is None:
+        removed["folders"] = len(folders)
+        if not dry_run:
+            storage.remove(table_uri, recursive=True)
+        return removed
+    for folder in folders:
+        if folder != key.folder:
+            removed["folders"] += 1
+            if not dry_run:
+                storage.remove(storage.join(root, folder), recursive=True)
+    current = key_uri(table_uri, key)
+    rows = _read_folder(current)
+    if rows is None or manifest is None or index_problem(table_uri, manifest, key) is not None:
+        return removed  # nothing current to compact against: keep the rows
+    index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
+    named = manifest.merge(index[index["status"] == "ok"], on="image_id")
+    wanted = {tables.content_key(c, lat, view, key.orientation)
+              for c, lat, view in named[["content_sha256", "laterality", "view"]].itertuples(index=False, name=None)}
+    contents = [tables.content_key(c, lat, view, key.orientation)
+                for c, lat, view in rows[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
+    keep = pd.Series([c in wanted for c in contents], index=rows.index)
+    duplicates = pd.Series(contents, index=rows.index).duplicated()
+    removed["rows"] = int((~keep | duplicates).sum())
+    if removed["rows"] and not dry_run:
+        old_files = storage.list_files(current, extensions=[".parquet"])
+        kept = rows[keep & ~duplicates]
+        fs, path = storage.arrow_filesystem(old_files[0])
+        schema = pq.read_schema(path, filesystem=fs)
+        table = pa.Table.from_pandas(kept, schema=schema.remove_metadata(), preserve_index=False)
+        table = table.replace_schema_metadata(schema.metadata)
+        name = part_name([c for c, k, d in zip(contents, keep, duplicates) if k and not d])
+        storage.write_table(table, storage.join(current, name))  # first the compacted file, then the old ones go
+        for uri in old_files:
+            if not uri.endswith(name):
+                storage.remove(uri)
+    return removed

@@ -1,0 +1,391 @@
+"""Every table of a study in one place: where it lives under the output URI, its schema, its provenance.
+
+The ground floor of the house: stages import their table contracts from here and never from each other
+(DESIGN §2). Three kinds of table live under an output:
+
+- **views of the current manifest**: manifest, ingest images, errors, grid, finetune and their
+  predictions. Each is rewritten whole by its stage and records in its provenance which inputs it
+  describes (`inputs`: digests of the manifest, of the image columns, of the model outputs it read), so
+  a reader can tell a table that describes the current inputs from one left over by an earlier run;
+- **feature stores** (`embeddings/<extractor>/features/`, `zero_shot/features/`): model outputs keyed by
+  what they depend on (FEATURE_KEY_COLUMNS: content hash, the orientation hints the preprocessing used,
+  model identity, weights, preprocessing), never by image id, label or patient. They are a cache:
+  rows of other weights or settings stay on disk, invisible to readers, until pruned;
+- **indexes** (`embeddings/<extractor>/index.parquet`, `zero_shot/index.parquet`): which content each
+  image of the manifest had when the stage last ran, for one model key. Readers join manifest -> index
+  -> feature store (mammo_ray.feature_store).
+
+Provenance is one JSON document under the Parquet metadata key `mammo_ray` (see `provenance`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mammo_ray import storage
+
+# --- paths ------------------------------------------------------------------------------------------
+
+
+def manifest_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "manifest.parquet")
+
+
+def ingest_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "ingest", "images.parquet")
+
+
+def errors_root(output_uri: str) -> str:
+    """The folder of every stage's errors table (`pd.read_parquet` of it reads them all)."""
+    return storage.join(output_uri, "errors")
+
+
+def errors_uri(output_uri: str, stage: str) -> str:
+    """One stage's errors table: `errors/ingest.parquet`, `errors/embed-<extractor>.parquet`, ..."""
+    return storage.join(errors_root(output_uri), f"{stage.replace(':', '-')}.parquet")
+
+
+def embeddings_uri(output_uri: str, extractor: str | None = None) -> str:
+    """The folder of one extractor's feature store and index (or of all extractors)."""
+    return storage.join(output_uri, "embeddings", *([extractor] if extractor else []))
+
+
+def zero_shot_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "zero_shot")
+
+
+def features_uri(table_uri: str) -> str:
+    """The feature store of a model output folder (embeddings/<extractor> or zero_shot)."""
+    return storage.join(table_uri, "features")
+
+
+def index_uri(table_uri: str) -> str:
+    """The index of a model output folder: image -> content, for the manifest of its last run."""
+    return storage.join(table_uri, "index.parquet")
+
+
+def figures_uri(output_uri: str, name: str) -> str:
+    return storage.join(output_uri, "figures", name)
+
+
+def grid_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "grid.parquet")
+
+
+def grid_predictions_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "grid_predictions.parquet")
+
+
+def grid_units_uri(output_uri: str) -> str:
+    """The grid's journal: one file per finished Tune trial unit, removed once grid.parquet is written."""
+    return storage.join(output_uri, "results", "grid_units")
+
+
+def finetune_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "finetune.parquet")
+
+
+def finetune_predictions_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "finetune_predictions.parquet")
+
+
+def report_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "report")
+
+
+def ledger_uri(output_uri: str, stage: str) -> str:
+    """What a finished stage recorded: its fingerprint and counts (the study skips it when they match)."""
+    return storage.join(output_uri, "_stages", f"{stage}.json")
+
+
+def lock_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "_lock.json")
+
+
+# --- schemas ----------------------------------------------------------------------------------------
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("exam_id", pa.string()),
+        pa.field("laterality", pa.string()),
+        pa.field("view", pa.string()),
+        pa.field("birads", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("pathology", pa.string()),
+    ]
+)
+MANIFEST_COLUMNS: list[str] = MANIFEST_SCHEMA.names
+#: The manifest columns an image stage's output depends on (labels, patients and BI-RADS do not change pixels).
+IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "uri", "laterality", "view")
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("uri", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)
+
+#: ingest/images.parquet: what decoding found in each image (laterality / view: the manifest's, else the file's tags).
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("laterality", pa.string()),
+        pa.field("view", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("content_sha256", pa.string()),
+        pa.field("intensity_max", pa.float32()),
+        pa.field("breast_fraction", pa.float32()),
+    ]
+)
+
+#: What a stored model output depends on. `laterality` / `view` are the manifest's values the
+#: preprocessing was given ('' when unknown, or when the model ignores orientation): with the content
+#: they fix what the preprocessing saw (a file's own tags are part of its content).
+FEATURE_KEY_COLUMNS: tuple[str, ...] = ("content_sha256", "laterality", "view", "model_id", "weights_id",
+                                        "preprocess_id")
+#: The part of the key one run shares: which model, weights and preprocessing.
+MODEL_KEY_COLUMNS: tuple[str, ...] = ("model_id", "weights_id", "preprocess_id")
+#: The part of the key that comes from the image.
+CONTENT_KEY_COLUMNS: tuple[str, ...] = ("content_sha256", "laterality", "view")
+
+
+
+def content_key(content_sha256: str, laterality: object, view: object, orientation: bool) -> str:
+    """The image part of a feature key as one string: the bytes and, for models whose preprocessing flips
+    and windows by side and view (`orientation`), the manifest's laterality and view."""
+    if not orientation:
+        return content_sha256
+    return f"{content_sha256}|{orientation_hint(laterality)}|{orientation_hint(view)}"
+
+
+def orientation_hint(value: object) -> str:
+    """A manifest laterality or view as stored in a feature key: '' when unknown."""
+    return "" if _is_null(value) else str(value)
+
+
+_FEATURE_KEY_FIELDS = [pa.field(name, pa.string(), nullable=False) for name in FEATURE_KEY_COLUMNS]
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """embeddings/<extractor>/features/: the key and the vector."""
+    return pa.schema([*_FEATURE_KEY_FIELDS, pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+ZERO_SHOT_SCHEMA = pa.schema(
+    [
+        *_FEATURE_KEY_FIELDS,
+        pa.field("p_benign", pa.float32(), nullable=False),
+        pa.field("p_malignant", pa.float32(), nullable=False),
+    ]
+)
+
+#: index.parquet of a model output: one row per manifest image of the stage's last run.
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string()),  # null: the file could not be read
+        pa.field("status", pa.string(), nullable=False),  # 'ok', or 'error' (a row of the stage's errors table)
+    ]
+)
+
+GRID_SCHEMA = pa.schema(
+    [
+        pa.field("extractor", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("selection", pa.string(), nullable=False),
+        pa.field("balancing", pa.string(), nullable=False),
+        pa.field("classifier", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("n_rows", pa.int64(), nullable=False),
+        pa.field("n_positive", pa.int64(), nullable=False),
+        pa.field("n_dropped_unlabelled", pa.int64(), nullable=False),
+        pa.field("n_train", pa.int64()),
+        pa.field("n_test", pa.int64()),
+        pa.field("n_features_in", pa.int64()),
+        pa.field("n_features", pa.int64()),
+        pa.field("cv_folds", pa.int64()),
+        pa.field("cv_balanced_accuracy_mean", pa.float64()),
+        pa.field("cv_balanced_accuracy_std", pa.float64()),
+        pa.field("cv_fold_scores", pa.list_(pa.float64())),
+        pa.field("threshold", pa.float64()),
+        pa.field("accuracy", pa.float64()),
+        pa.field("balanced_accuracy", pa.float64()),
+        pa.field("auc", pa.float64()),
+        pa.field("auc_ci_low", pa.float64()),
+        pa.field("auc_ci_high", pa.float64()),
+        pa.field("precision", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("scale_path", pa.string()),
+        pa.field("weights_ids", pa.list_(pa.string())),
+        pa.field("classifier_seconds", pa.float64()),
+        pa.field("cell_config", pa.string(), nullable=False),
+        pa.field("cell_hash", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+
+#: What each column of grid.parquet means (also written into the file's provenance).
+GRID_COLUMNS_DOC = {
+    "extractor/protocol/selection/balancing/classifier": "the cell",
+    "status, error": "'ok', or 'failed' with '<ErrorType>: <message>'",
+    "n_rows, n_positive": "labelled images of the current manifest embedded by the extractor, positives among them",
+    "n_dropped_unlabelled": "embedded images of the manifest without a label (not used)",
+    "n_train, n_test": "held-out split sizes (paper+smote: synthetic rows included)",
+    "n_features_in, n_features": "features of the table / kept by Lasso in the final fit",
+    "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std",
+    "threshold": "held-out decision threshold: 0 for paper, best balanced accuracy on out-of-fold "
+    "training scores for leak_free",
+    "accuracy, balanced_accuracy, precision, recall": "held-out, at the threshold",
+    "auc, auc_ci_low, auc_ci_high": "held-out ROC AUC and its percentile bootstrap interval",
+    "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
+    "weights_ids": "weights of the extractor that made the embeddings",
+    "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
+    "cell_config, cell_hash": "every setting of the cell (JSON) and its hash",
+    "config_hash": "hash of the whole grid config",
+}
+
+GRID_PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("extractor", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("selection", pa.string(), nullable=False),
+        pa.field("balancing", pa.string(), nullable=False),
+        pa.field("classifier", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
+        pa.field("target", pa.int8(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("cell_hash", pa.string(), nullable=False),
+    ]
+)
+
+FINETUNE_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("stage_index", pa.int32(), nullable=False),
+        pa.field("train", pa.string(), nullable=False),
+        pa.field("image_size", pa.int32(), nullable=False),
+        pa.field("epochs", pa.int32(), nullable=False),
+        pa.field("accuracy", pa.float64()),
+        pa.field("auroc", pa.float64()),
+        pa.field("precision", pa.float64()),
+        pa.field("recall", pa.float64()),
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("n_val", pa.int64(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("classes", pa.list_(pa.string()), nullable=False),
+        pa.field("checkpoint_uri", pa.string(), nullable=False),
+        pa.field("weights_id", pa.string(), nullable=False),
+        pa.field("run_name", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ]
+)
+
+FINETUNE_PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("target", pa.int64(), nullable=False),
+        pa.field("prediction", pa.int64(), nullable=False),
+        pa.field("probabilities", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+
+# --- digests of the inputs --------------------------------------------------------------------------
+
+
+def frame_digest(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A digest of `columns` of `frame`, independent of row order and of pandas dtypes (nulls are one value)."""
+    rows = sorted(
+        json.dumps([None if _is_null(value) else str(value) for value in row])
+        for row in frame[list(columns)].itertuples(index=False, name=None)
+    )
+    digest = hashlib.sha256(json.dumps(list(columns)).encode())
+    for row in rows:
+        digest.update(row.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:24]
+
+
+def _is_null(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """Names the whole manifest: images, labels, patients, BI-RADS. Result tables record it."""
+    return frame_digest(manifest, MANIFEST_COLUMNS)
+
+
+def image_digest(manifest: pd.DataFrame) -> str:
+    """Names what the image stages depend on: which images, where, and the orientation the manifest gives."""
+    return frame_digest(manifest, IMAGE_COLUMNS)
+
+
+# --- provenance -------------------------------------------------------------------------------------
+
+PROVENANCE_KEY = b"mammo_ray"
+
+
+def provenance(
+    stage: str,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    config_hash: str | None = None,
+    weights_ids: Sequence[str] = (),
+    **details: Any,
+) -> dict[bytes, bytes]:
+    """The Parquet metadata every table carries: package version, stage, config hash, weights ids, and
+    `inputs`, the digests of what the table describes (compare them with `read_provenance`)."""
+    from mammo_ray import __version__
+
+    document = {"package_version": __version__, "stage": stage, "config_hash": config_hash,
+                "weights_ids": sorted(set(map(str, weights_ids))), "inputs": dict(inputs or {}), **details}
+    return {PROVENANCE_KEY: json.dumps(document, sort_keys=True, default=str).encode()}
+
+
+def with_provenance(table: pa.Table, stage: str, **kwargs: Any) -> pa.Table:
+    """`table` with `provenance(stage, **kwargs)` as its only metadata (pandas' own would bring back
+    nullable dtypes on reading)."""
+    return table.replace_schema_metadata(provenance(stage, **kwargs))
+
+
+def provenance_of(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def read_provenance(uri: str) -> dict[str, Any] | None:
+    """The provenance of the Parquet file at `uri` (one footer read); None when there is no such file."""
+    if not storage.exists(uri):
+        return None
+    fs, path = storage.arrow_filesystem(uri)
+    try:
+        return provenance_of(pq.read_schema(path, filesystem=fs))
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes a declared type
+        raise storage.wrap_error(uri, "read Parquet metadata", error) from error
