@@ -9,7 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from mammo_ray import __version__
-from mammo_ray.errors import MammoRayError
+from mammo_ray.errors import MammoRayError, StoreUnavailableError, declared_cause
+
+#: Exit codes: bad input or config (fix it, then rerun); the store failed (rerun once it is back).
+EXIT_BAD_INPUT = 2
+EXIT_STORE_UNAVAILABLE = 3
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -27,7 +31,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     manifest.add_argument("adapter", choices=["inbreast", "mias", "cbis_ddsm", "csv"])
     manifest.add_argument("--out", required=True, help="manifest URI to write (.parquet)")
     manifest.add_argument(
-        "--arg", action="append", default=[], metavar="KEY=VALUE", help="adapter argument (repeatable)"
+        "--arg", action="append", default=[], metavar="KEY=VALUE",
+        help="adapter argument (repeatable); mappings and lists in YAML, e.g. columns='{image_id: file}'"
     )
 
     ingest = commands.add_parser("ingest", help="decode every image of a manifest on Ray; write images + errors")
@@ -47,15 +52,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--output", default=None, help="override the config's output URI")
     run.add_argument("--stages", nargs="*", default=None, help="run only these stages (in study order)")
     run.add_argument("--force", action="store_true", help="rerun stages even when their outputs are up to date")
+
+    prune = commands.add_parser("prune", help="remove cached model outputs the current manifest and config cannot see")
+    prune.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+    prune.add_argument("--output", default=None, help="override the config's output URI")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     return parser.parse_args(argv)
 
 
-def _adapter_args(pairs: Sequence[str]) -> dict[str, str]:
-    args = {}
+def _adapter_args(pairs: Sequence[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; a value written as a YAML mapping or list (`columns={image_id: file}`) is parsed."""
+    import yaml
+
+    args: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MammoRayError(f"--arg {pair!r}: expected KEY=VALUE")
+        if value.lstrip().startswith(("{", "[")):
+            try:
+                args[key] = yaml.safe_load(value)
+                continue
+            except yaml.YAMLError as error:
+                raise MammoRayError(f"--arg {key}: {value!r} is not a YAML mapping or list: {error}") from None
         args[key] = value
     return args
 
@@ -92,9 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
             return run_from_cli(args.config, args.output, args.stages, args.force)
-    except MammoRayError as error:
-        print(f"mammo-ray: error: {error}", file=sys.stderr)
-        return 2
+        elif args.command == "prune":
+            from mammo_ray.study import load_study_config, prune_output
+
+            removed = prune_output(load_study_config(args.config, args.output), dry_run=args.dry_run)
+            print(json.dumps({"dry_run": args.dry_run, "removed": removed}))
+    except Exception as error:  # noqa: BLE001 - a declared error is a message and an exit code, not a traceback
+        declared = declared_cause(error)
+        if declared is None:
+            raise
+        print(f"mammo-ray: error: {declared}", file=sys.stderr)
+        return EXIT_STORE_UNAVAILABLE if isinstance(declared, StoreUnavailableError) else EXIT_BAD_INPUT
     return 0
 
 

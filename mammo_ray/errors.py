@@ -22,6 +22,9 @@ class _FileError(MammoRayError):
         self.reason = reason
         super().__init__(f"{self.prefix}{uri}: {reason}")
 
+    def __reduce__(self) -> tuple:  # errors cross process boundaries (Ray pickles them): keep the fields
+        return type(self), (self.uri, self.reason)
+
 
 class StorageError(_FileError):
     """A URI could not be resolved, read or written."""
@@ -38,6 +41,9 @@ class StoreUnavailableError(MammoRayError):
         super().__init__(f"storage unavailable while reading or writing {uri}: {reason}. Nothing of this stage "
                          "was recorded as done: rerun the study once the store is back")
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.uri, self.reason)
+
 
 class StaleTableError(MammoRayError):
     """A table does not describe the current manifest and config (another manifest, other weights or
@@ -47,6 +53,9 @@ class StaleTableError(MammoRayError):
         self.uri = uri
         self.reason = reason
         super().__init__(f"{uri}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.uri, self.reason)
 
 
 class DecodeError(_FileError):
@@ -68,6 +77,9 @@ class ManifestError(MammoRayError):
         more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         super().__init__(f"invalid manifest {source}: {len(self.problems)} problem(s)\n  {shown}{more}")
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.source, self.problems)
+
 
 class ConfigError(MammoRayError):
     """A configuration value is wrong; `key_path` names it (e.g. `storage.s3.endpoint_url`)."""
@@ -76,6 +88,9 @@ class ConfigError(MammoRayError):
         self.key_path = key_path
         self.reason = reason
         super().__init__(f"config {key_path}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.key_path, self.reason)
 
 
 def declared_cause(error: BaseException) -> MammoRayError | None:

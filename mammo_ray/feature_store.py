@@ -5,7 +5,7 @@ A model output folder (`embeddings/<extractor>/`, `zero_shot/`) holds
 - `features/<model key>/part-*.parquet`: outputs keyed by FEATURE_KEY_COLUMNS (tables). One folder per
   model key (model identity, weights, preprocessing), so a key's rows are one listing and settings with
   other output shapes never share a folder. Other keys stay as cache until `prune`;
-- `index.parquet`: for the manifest of the stage's last run, each image's content hash and whether it
+- `_index.parquet`: for the manifest of the stage's last run, each image's content hash and whether it
   became an output or an errors row. Its provenance names the model key and the image digest of that
   manifest.
 
@@ -150,14 +150,23 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str)
     return view.reset_index(drop=True)
 
 
+def subfolders(uri: str) -> list[str]:
+    """Names of the folders directly under `uri` that hold files (one recursive listing)."""
+    if not storage.exists(uri):
+        return []
+    prefix = uri.rstrip("/")
+    names = {item[len(prefix):].lstrip("/").split("/")[0] for item in storage.list_files(uri)
+             if "/" in item[len(prefix):].lstrip("/")}
+    return sorted(names)
+
+
 def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, dry_run: bool = False) -> dict[str, int]:
     """Remove what no reader of the current manifest and key can see: other keys' folders, and rows of the
     current key whose content the current index does not name (compacted into one file). With `key`
     None (the output is no longer configured) the whole folder goes. Returns counts of what was (or,
     with `dry_run`, would be) removed."""
     root = tables.features_uri(table_uri)
-    folders = sorted({uri[len(root):].lstrip("/\\").replace("\\", "/").split("/")[0]
-                      for uri in (storage.list_files(root) if storage.exists(root) else [])})
+    folders = subfolders(root)
     removed = {"folders": 0, "rows": 0}
     if key is None:
         removed["folders"] = len(folders)

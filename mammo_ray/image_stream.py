@@ -72,8 +72,16 @@ class CachedContent:
         return content_key(*row, self.orientation) in self.keys
 
 
+def raise_original_errors() -> None:
+    """Let map functions fail with their own error instead of Ray Data's UserCodeException, whose pickled
+    cause is lost on the way to the driver: a StoreUnavailableError in a worker must reach the study as
+    itself (its message, its exit code)."""
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+
+
 def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
     """The manifest as a Ray Dataset of typed Arrow blocks, small enough that decoding spreads over every CPU."""
+    raise_original_errors()
     table = to_table(validate_manifest(manifest, source="<manifest>"))
     blocks = max(1, math.ceil(table.num_rows / max(1, rows_per_block)))
     size = max(1, math.ceil(table.num_rows / blocks))

@@ -229,10 +229,29 @@ def read_bytes(uri: str, s3: S3Options | None = None, max_bytes: int | None = No
     except IsADirectoryError:
         raise StorageError(uri, "is a folder, not a file") from None
     except Exception as error:  # noqa: BLE001
+        if max_bytes is not None and _range_not_satisfiable(error) and _is_empty_object(fs, path):
+            return b""  # S3 answers a range starting at 0 with 416 only for an empty object: its bytes are b""
         raise wrap_error(uri, "read", error) from error
     if max_bytes is not None and len(data) > max_bytes:
         raise _too_large(uri, None, max_bytes)
     return data
+
+
+def _range_not_satisfiable(error: BaseException) -> bool:
+    """Whether `error` is S3's 416 InvalidRange answer to a ranged GET."""
+    for cause in _causes(error):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return status == 416 or response["Error"].get("Code") == "InvalidRange"
+    return False
+
+
+def _is_empty_object(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    try:
+        return fs.info(path).get("size") == 0
+    except Exception:  # noqa: BLE001 - the read's own error is the one reported
+        return False
 
 
 def _read_local(uri: str, path: str, max_bytes: int | None) -> bytes:
@@ -335,6 +354,15 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Options 
             continue
         result.append(item if scheme == "file" else "s3://" + item)
     return sorted(result)
+
+
+def remove_empty_folder(uri: str) -> None:
+    """Remove a local folder if it is empty (a study refused before writing anything leaves nothing behind);
+    os.rmdir never removes a folder another process has just written into. S3 has no folders."""
+    scheme, path = split_uri(uri)
+    if scheme == "file":
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def remove(uri: str, recursive: bool = False, s3: S3Options | None = None) -> None:

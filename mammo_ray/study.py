@@ -323,7 +323,7 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: b
     ledger entry under `<output>/_stages/` says so), unless `force`. Stages that process images are also
     incremental inside: after a crash they redo only the images not yet written.
     """
-    from mammo_ray.output_lock import check_output_writable, hold_output
+    from mammo_ray.output_lock import check_output_writable
 
     selected = check_stages(stages)
     check_job_paths(config)
@@ -338,6 +338,18 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: b
     check_output_writable(config.output)
     check_inputs(config, selected)
     result = StudyResult(output=config.output)
+    created = not storage.exists(config.output)
+    try:
+        _run_stages(config, selected, force, result)
+    finally:
+        if created:
+            storage.remove_empty_folder(config.output)  # refused inside the lock (a bad manifest): no trace
+    return result
+
+
+def _run_stages(config: StudyConfig, selected: Sequence[str], force: bool, result: StudyResult) -> None:
+    from mammo_ray.output_lock import hold_output
+
     with hold_output(config.output) as lock:
         current = CurrentInputs(config)
         for stage in selected:
@@ -356,7 +368,28 @@ def run_study(config: StudyConfig, stages: Sequence[str] | None = None, force: b
             storage.write_bytes(tables.ledger_uri(config.output, stage), json.dumps(entry, indent=2).encode())
             result.ran.append(stage)
             result.counts.update(counts)
-    return result
+
+
+def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[str, int]]:
+    """Remove the cached model outputs no reader of the current manifest and config can see: the folders
+    of other weights and settings, the rows of images no longer in the manifest, extractors no longer
+    configured. Holds the output's lock. Returns what was (with `dry_run`: would be) removed, per folder."""
+    from mammo_ray.output_lock import hold_output
+
+    apply_storage_config(config)
+    with hold_output(config.output):
+        current = CurrentInputs(config)
+        manifest = current.manifest() if storage.exists(manifest_uri(config)) else None
+        configured = {spec.name: spec for spec in extractor_specs(config)}
+        present = feature_store.subfolders(tables.embeddings_uri(config.output))
+        removed = {}
+        for name in sorted(set(present) | set(configured)):
+            key = current.embedding_key(configured[name]) if name in configured else None
+            removed[f"embeddings/{name}"] = feature_store.prune(tables.embeddings_uri(config.output, name), manifest,
+                                                                key, dry_run)
+        removed["zero_shot"] = feature_store.prune(tables.zero_shot_uri(config.output), manifest,
+                                                   current.zero_shot_key(), dry_run)
+    return removed
 
 
 #: Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
@@ -491,15 +524,19 @@ def demo_config(output: str = "output/demo") -> StudyConfig:
     return StudyConfig(name="demo", output=output)
 
 
+def load_study_config(config_uri: str | None, output: str | None = None) -> StudyConfig:
+    """The config of `mammo-ray run` / `prune`: a YAML file or the embedded demo, `output` overriding its own."""
+    from mammo_ray.config import load_config
+
+    config = load_config(config_uri) if config_uri else demo_config()
+    return config.model_copy(update={"output": output}) if output else config
+
+
 def run_from_cli(
     config_uri: str | None, output: str | None, stages: Sequence[str] | None, force: bool = False
 ) -> int:
     """Entry point of `mammo-ray run` and jobs/full_study.py. Everything is validated before work starts."""
-    from mammo_ray.config import load_config
-
-    config = load_config(config_uri) if config_uri else demo_config()
-    if output:
-        config = config.model_copy(update={"output": output})
+    config = load_study_config(config_uri, output)
     selected = check_stages(stages)
     log.info("study %s (config %s) -> %s; stages: %s", config.name, config.config_hash(), config.output, selected)
     result = run_study(config, selected, force=force)

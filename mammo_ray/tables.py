@@ -11,7 +11,7 @@ The ground floor of the house: stages import their table contracts from here and
   what they depend on (FEATURE_KEY_COLUMNS: content hash, the orientation hints the preprocessing used,
   model identity, weights, preprocessing), never by image id, label or patient. They are a cache:
   rows of other weights or settings stay on disk, invisible to readers, until pruned;
-- **indexes** (`embeddings/<extractor>/index.parquet`, `zero_shot/index.parquet`): which content each
+- **indexes** (`embeddings/<extractor>/_index.parquet`, `zero_shot/_index.parquet`): which content each
   image of the manifest had when the stage last ran, for one model key. Readers join manifest -> index
   -> feature store (mammo_ray.feature_store).
 
@@ -67,8 +67,9 @@ def features_uri(table_uri: str) -> str:
 
 
 def index_uri(table_uri: str) -> str:
-    """The index of a model output folder: image -> content, for the manifest of its last run."""
-    return storage.join(table_uri, "index.parquet")
+    """The index of a model output folder: image -> content, for the manifest of its last run. Named with a
+    leading '_' so that Parquet readers of the folder (pandas, DuckDB, Ray Data) see only the feature store."""
+    return storage.join(table_uri, "_index.parquet")
 
 
 def figures_uri(output_uri: str, name: str) -> str:
@@ -195,7 +196,7 @@ ZERO_SHOT_SCHEMA = pa.schema(
     ]
 )
 
-#: index.parquet of a model output: one row per manifest image of the stage's last run.
+#: _index.parquet of a model output: one row per manifest image of the stage's last run.
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),

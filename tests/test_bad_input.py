@@ -171,7 +171,7 @@ def test_every_good_image_has_one_ingest_row_and_one_embedding_row(corpus: Corpu
     assert sorted(images["image_id"]) == sorted(corpus.good | met_at_embed)  # each exactly once
     assert job["ingest"].images == len(corpus.good | met_at_embed)
     for spec in EXTRACTORS:
-        embedded = read_embeddings(corpus.output, spec.name)
+        embedded = read_embeddings(corpus.output, corpus.manifest, spec)
         assert sorted(embedded["image_id"]) == sorted(corpus.good), spec.name
         assert (job[spec.name].embedded, job[spec.name].errors) == (len(corpus.good), len(corpus.bad))
         assert np.isfinite(np.stack(embedded["embedding"])).all()
@@ -207,7 +207,8 @@ def test_every_bad_image_is_one_error_row_of_each_embedding(corpus: Corpus, job,
 
 
 def _refused(tmp_path: Path, data: dict) -> Exception:
-    """The error a study on this data source stops on; it must stop before writing anything."""
+    """The error a study on this data source stops on; it must stop before writing anything (the data source
+    is read under the output's lock: the folder its taking created goes again)."""
     output = tmp_path / "out"
     config = parse_config({"output": str(output), "data": data})
     with pytest.raises((ManifestError, ConfigError)) as caught:
@@ -289,7 +290,7 @@ def test_missing_files_do_not_fail_the_manifest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("adapter", "args", "reason"),
     [
-        ("csv", {"csv": "m.csv", "columns": {}, "dataset": "d"}, "unexpected keyword argument 'csv'"),
+        ("csv", {"csv": "m.csv", "columns": {}, "dataset": "d"}, "unknown argument 'csv' (did you mean 'csv_uri'?)"),
         ("csv", {"csv_uri": "m.csv", "columns": "uri", "dataset": "d"}, "columns must be a mapping"),
         ("csv", {"csv_uri": "m.csv", "columns": {"uri": 3}, "dataset": "d"}, "columns must be a mapping"),
         ("mias", {"info_uri": "Info.txt", "images_uri": ".", "missing": "ignore"}, "'error' or 'skip'"),

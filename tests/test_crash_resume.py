@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mammo_ray import layout, storage
-from mammo_ray.classify.synthetic import embedding_table, write_embeddings
+from mammo_ray import storage, tables
+from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.faults import arm, fired
+from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import read_embeddings
 from tests.ray_train_state import checkpoint_committed
 
@@ -97,47 +98,53 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
         embed={"batch_size": 2, "extractors": [{"name": "nyu_avg", "nyu_scale": 0.25}]},
     )
     command = _command(config, "manifest", "ingest", "embed")
-    parts = output / "embeddings" / "nyu_avg"
+    store = output / "embeddings" / "nyu_avg" / "features"
 
     def some_embeddings_written(study: subprocess.Popen) -> bool:
-        if parts.exists() and any(p.suffix == ".parquet" for p in parts.iterdir()):
+        if store.exists() and any(p.suffix == ".parquet" for p in store.rglob("*")):
             os.killpg(study.pid, signal.SIGKILL)  # mid-stage: later batches are still being embedded
             return True
         return False
 
     _killed_run(command, some_embeddings_written)
-    written_before = len(read_embeddings(str(output), "nyu_avg"))
+    written_before = storage.read_table(str(store)).num_rows
     assert 0 < written_before < 32
+    assert not storage.exists(tables.index_uri(str(output / "embeddings" / "nyu_avg")))  # the run did not complete
 
     log = _rerun(command)
     assert "manifest: already done" in log and "ingest: already done" in log
-    assert f"{written_before} already done (skipped)" in log
-    rows = read_embeddings(str(output), "nyu_avg")
-    table = storage.read_table(str(parts))
+    assert f"{written_before} already stored (skipped)" in log
+    assert "taking over a stale lock" in log  # the killed study's lock: its holder is dead
+    spec = ExtractorSpec(name="nyu_avg", nyu_scale=0.25)
+    rows = read_embeddings(str(output), read_manifest(tables.manifest_uri(str(output))), spec)
+    table = storage.read_table(str(store))
     assert len(rows) == 32 and table.num_rows == 32  # no duplicate row, even before deduplication
     assert rows["image_id"].is_unique
     _assert_only_whole_files(output)
 
 
 def test_killed_during_the_grid_then_rerun_runs_only_the_unfinished_trials(tmp_path, crash_points):
-    config, output = _write_config(tmp_path, grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"],
-                                                   "trial_grouping": "preprocessing"})
-    write_embeddings(str(output), embedding_table(120, 32, seed=1, extractor="signal"))
+    config, output = _write_config(
+        tmp_path, data={"synthetic": {"patients": 16, "rows": 96, "positive_fraction": 0.5}},
+        embed={"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
+        grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"], "trial_grouping": "preprocessing"})
+    subprocess.run(_command(config, "manifest", "ingest", "embed"), check=True, cwd=REPO, env=_env(),
+                   capture_output=True, timeout=900)
     command = _command(config, "grid")
 
     # Armed as soon as the study exists: the first trial to journal its unit kills it, mid-grid.
     _killed_run(command, _armed_then_dead(crash_points, "grid.unit_written"))
     assert fired(crash_points, "grid.unit_written")
-    assert not storage.exists(layout.grid_uri(str(output)))
-    journal = storage.list_files(layout.grid_units_uri(str(output)))
+    assert not storage.exists(tables.grid_uri(str(output)))
+    journal = storage.list_files(tables.grid_units_uri(str(output)))
     assert 0 < len(journal) < 8  # 2 protocols x 2 selections x 2 balancings: 8 units
 
     log = _rerun(command)
     assert f"grid: {len(journal)} of 8 trial units already done (skipped)" in log
-    grid = storage.read_table(layout.grid_uri(str(output))).to_pandas()
+    grid = storage.read_table(tables.grid_uri(str(output))).to_pandas()
     cells = ["extractor", "protocol", "selection", "balancing", "classifier"]
     assert len(grid) == 8 and not grid.duplicated(cells).any() and (grid["status"] == "ok").all()
-    assert not storage.exists(layout.grid_units_uri(str(output)))  # the journal goes once the table is there
+    assert not storage.exists(tables.grid_units_uri(str(output)))  # the journal goes once the table is there
     _assert_only_whole_files(output)
 
 
@@ -154,11 +161,11 @@ def test_killed_during_fine_tuning_then_rerun_resumes_from_the_checkpoint(tmp_pa
     # Armed once epoch 1 is committed: the next training batch kills the whole study.
     _killed_run(command, _armed_then_dead(crash_points, "train.batch", when=lambda: checkpoint_committed(run_folder)))
     assert fired(crash_points, "train.batch")
-    assert not storage.exists(layout.finetune_uri(str(output)))
+    assert not storage.exists(tables.finetune_uri(str(output)))
 
     log = _rerun(command)
     assert "manifest: already done" in log
     assert "finetune crash-small_cnn-none-binary-patient-all: resumed from its checkpoint at epoch" in log
-    rows = storage.read_table(layout.finetune_uri(str(output))).to_pandas()
+    rows = storage.read_table(tables.finetune_uri(str(output))).to_pandas()
     assert len(rows) == 1 and int(rows["epochs"].iloc[0]) == 3
     _assert_only_whole_files(output)

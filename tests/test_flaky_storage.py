@@ -31,9 +31,12 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from mammo_ray import storage
+from mammo_ray import feature_store, storage
+from mammo_ray import tables as tables_contract
 from mammo_ray.config import parse_config
-from mammo_ray.study import run_study
+from mammo_ray.stages.embed import embedding_key
+from mammo_ray.stages.zero_shot import zero_shot_key
+from mammo_ray.study import extractor_specs, read_options, run_study, zero_shot_spec
 from tests.flaky_s3 import FlakyS3Proxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,6 +189,10 @@ def _run_in_own_driver(config: dict, folder: Path) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def _relative(uri: str, output: str) -> str:
+    return uri[len(output) + 1:]
+
+
 def _tables(output: str) -> dict[str, str]:
     """Every Parquet table under a study output by its relative path; a folder of part files is one table."""
     tables = {}
@@ -196,7 +203,9 @@ def _tables(output: str) -> dict[str, str]:
     return tables
 
 
-_ROW_KEYS = ("image_id", "extractor", "selection", "balancing", "classifier", "protocol", "stage")
+#: Columns that order a table's rows: image tables by image, feature stores by their key (no image ids).
+_ROW_KEYS = ("image_id", "extractor", "selection", "balancing", "classifier", "protocol", "stage",
+             *tables_contract.FEATURE_KEY_COLUMNS)
 
 
 def _comparable(table: pa.Table, output: str) -> pd.DataFrame:
@@ -240,12 +249,24 @@ def test_the_study_on_a_flaky_store_writes_what_a_clean_run_writes(s3_endpoint, 
     tables = _tables(clean_out)
     print(f"tables compared: {sorted(tables)}")
     assert set(tables) == set(_tables(flaky_out))
-    assert {"manifest.parquet", "ingest/images.parquet", "errors/ingest.parquet", "embeddings/imagenet_resnet18",
-            "zero_shot", "results/grid.parquet"} <= set(tables)
+    config = parse_config(_study_config(clean_out))
+    (spec,) = extractor_specs(config)
+    read = read_options(config)
+    model_outputs = {tables_contract.embeddings_uri(clean_out, spec.name): embedding_key(spec, read),
+                     tables_contract.zero_shot_uri(clean_out): zero_shot_key(zero_shot_spec(config), read)}
+    # The feature store folder of each model output under the study's model key, and its index.
+    features = {_relative(feature_store.key_uri(folder, key), clean_out) for folder, key in model_outputs.items()}
+    indexes = {_relative(tables_contract.index_uri(folder), clean_out) for folder in model_outputs}
+    assert {"manifest.parquet", "ingest/images.parquet", "errors/ingest.parquet",
+            f"errors/embed-{spec.name}.parquet", "errors/zero_shot.parquet", "results/grid.parquet",
+            *indexes, *features} <= set(tables)
     for relative in sorted(tables):
         expected = _comparable(storage.read_table(storage.join(clean_out, relative)), clean_out)
         actual = _comparable(storage.read_table(storage.join(flaky_out, relative)), flaky_out)
-        if relative.startswith(("manifest", "ingest/", "embeddings/", "zero_shot")):
+        if relative in features:  # a feature store: one row per key, no image ids
+            key = list(tables_contract.FEATURE_KEY_COLUMNS)
+            assert not actual.duplicated(subset=key).any(), f"{relative}: a retried write left duplicate rows"
+        elif relative.startswith(("manifest", "ingest/", "embeddings/", "zero_shot")):
             assert actual["image_id"].is_unique, f"{relative}: a retried write left duplicate rows"
         assert len(expected) or relative.startswith("errors/"), f"{relative} is empty: nothing was compared"
         pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-5, atol=1e-6, obj=relative)

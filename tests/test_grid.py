@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from mammo_ray import storage
+from mammo_ray import storage, tables
 from mammo_ray.classify import GridCell, GridConfig, GridData
-from mammo_ray.classify.synthetic import embedding_table, noise_table, write_embeddings
-from mammo_ray.stages.grid import GRID_SCHEMA, available_extractors, grid_uri, plan_units, run_grid, tune_grid
+from mammo_ray.classify.synthetic import embedding_table, noise_table, read_synthetic, write_embeddings
+from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, plan_units, run_grid, tune_grid
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -21,43 +21,46 @@ def _check_table(output: str, expected_cells: int):
     table = storage.read_table(grid_uri(output))
     assert table.schema.equals(GRID_SCHEMA, check_metadata=False)
     assert table.num_rows == expected_cells
-    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
-    return table.to_pandas(), metadata
+    return table.to_pandas(), tables.read_provenance(grid_uri(output))
 
 
-def test_grid_on_local_tables_writes_every_cell_with_failures_as_rows(tmp_path):
+def _through_the_store(output: str, data: GridData, unlabelled: int = 0) -> GridData:
+    """`data` written as an extractor's feature store and read back joined to its manifest, as the study does."""
+    manifest, key = write_embeddings(output, data, unlabelled=unlabelled)
+    return read_synthetic(output, data.extractor, manifest, key)
+
+
+def test_grid_writes_every_cell_with_its_settings_and_provenance(tmp_path):
     output = str(tmp_path / "study")
-    write_embeddings(output, embedding_table(160, 64, seed=1, extractor="signal"), unlabelled=7)
-    write_embeddings(output, noise_table(120, 48, 30, seed=2, extractor="noise"))
-    assert available_extractors(output) == ["noise", "signal"]
-    config = GridConfig(extractors=["signal", "noise", "absent"], **SMALL)
-    result = run_grid(output, config)
+    signal = _through_the_store(output, embedding_table(160, 64, seed=1, extractor="signal"), unlabelled=7)
+    noise = _through_the_store(output, noise_table(120, 48, 30, seed=2, extractor="noise"))
+    config = GridConfig(**SMALL)
+    inputs = {"manifest": "digest-of-the-manifest", "embeddings": {"signal": {"index": "i1"}}}
+    result = run_grid(output, config, {"signal": signal, "noise": noise}, inputs)
 
-    frame, metadata = _check_table(output, 3 * 24)
-    assert result.n_ok == 48 and result.n_failed == 24
+    frame, provenance = _check_table(output, 2 * 24)
+    assert result.n_ok == 48 and result.n_failed == 0
     assert result.dropped_unlabelled == {"signal": 7, "noise": 0}
-    absent = frame[frame["extractor"] == "absent"]
-    assert (absent["status"] == "failed").all() and absent["error"].str.contains("no embeddings table").all()
     ok = frame[frame["status"] == "ok"]
     assert ok["error"].isna().all() and (ok["scale_path"] == "exact").all()
     assert ok["cv_fold_scores"].map(len).eq(5).all()
     assert ok[["accuracy", "auc", "auc_ci_low", "auc_ci_high", "precision", "recall"]].notna().all().all()
-    signal = ok[ok["extractor"] == "signal"]
-    assert (signal["n_rows"] == 160).all() and (signal["n_dropped_unlabelled"] == 7).all()
-    assert set(signal["weights_ids"].map(tuple)) == {("synthetic:embedding",)}
+    by_extractor = ok[ok["extractor"] == "signal"]
+    assert (by_extractor["n_rows"] == 160).all() and (by_extractor["n_dropped_unlabelled"] == 7).all()
+    assert set(by_extractor["weights_ids"].map(tuple)) == {("synthetic:embedding",)}
     lasso = ok[ok["selection"] == "lasso"]
     assert (lasso["n_features"] < lasso["n_features_in"]).all()
-    # Every cell's settings travel with its row; the grid's config and provenance with the file.
+    # Every cell's settings travel with its row; the grid's config, inputs and provenance with the file.
     settings = json.loads(frame["cell_config"].iloc[0])
     assert settings["cv_folds"] == 5 and settings["extractor"] == frame["extractor"].iloc[0]
-    assert set(frame["config_hash"]) == {config.config_hash()} == {metadata["mammo_ray.config_hash"]}
-    assert json.loads(metadata["mammo_ray.grid_config"])["cv_folds"] == 5
-    assert json.loads(metadata["mammo_ray.weights_ids"]) == {"signal": ["synthetic:embedding"],
-                                                              "noise": ["synthetic:noise"]}
-    assert metadata["mammo_ray.version"] and metadata["mammo_ray.stage"] == "grid"
+    assert set(frame["config_hash"]) == {config.config_hash()} == {provenance["config_hash"]}
+    assert provenance["grid_config"]["cv_folds"] == 5 and provenance["inputs"] == inputs
+    assert provenance["weights_by_extractor"] == {"signal": ["synthetic:embedding"], "noise": ["synthetic:noise"]}
+    assert provenance["package_version"] and provenance["stage"] == "grid"
+    assert tables.read_provenance(tables.grid_predictions_uri(output))["inputs"] == inputs
     # The leak, visible side by side: noise under the paper protocol with SMOTE "works".
-    noise = ok[(ok["extractor"] == "noise") & (ok["selection"] == "none") & (ok["classifier"] == "svm_linear")]
-    by = noise.set_index(["protocol", "balancing"])["cv_balanced_accuracy_mean"]
+    noise_rows = ok[(ok["extractor"] == "noise") & (ok["selection"] == "none") & (ok["classifier"] == "svm_linear")]
+    by = noise_rows.set_index(["protocol", "balancing"])["cv_balanced_accuracy_mean"]
     assert by[("paper", "smote")] > by[("leak_free", "smote")] + 0.2
 
 
@@ -103,7 +106,8 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     """
     from mammo_ray.datasets.mias import build_manifest
     from mammo_ray.models.extractors import ExtractorSpec
-    from mammo_ray.stages.embed import EmbedOptions, run_embed
+    from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+    from mammo_ray.stages.grid import grid_data
 
     full = build_manifest(str(mini_mias_dir / "Info.txt"), str(mini_mias_dir), positive="abnormal")
     assert (len(full), full["patient_id"].nunique(), int(full["label"].sum())) == (322, 161, 115)
@@ -129,9 +133,10 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     embedded = run_embed(manifest, output, spec, EmbedOptions(batch_size=16))
     assert (embedded.embedded, embedded.errors) == (96, 0)
 
-    result = run_grid(output, GridConfig(bootstrap=200))  # extractors: every table present
+    data = grid_data(read_embeddings(output, manifest, spec), spec.name)
+    result = run_grid(output, GridConfig(bootstrap=200), {spec.name: data})
     assert result.uri == output + "/results/grid.parquet" and storage.exists(result.uri)
-    frame, metadata = _check_table(output, 24)
+    frame, _ = _check_table(output, 24)
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", "error"].tolist()
     assert (frame["n_rows"] == 96).all() and (frame["n_positive"] == int(manifest["label"].sum())).all()
     assert set(frame["weights_ids"].map(tuple)) == {("random-init:0",)}
@@ -149,8 +154,8 @@ def test_held_out_scores_of_every_cell_land_in_grid_predictions(tmp_path):
     from mammo_ray.stages.grid import GRID_PREDICTIONS_SCHEMA, read_grid_predictions
 
     output = str(tmp_path / "study")
-    write_embeddings(output, embedding_table(120, 16, seed=4, extractor="signal"))
-    result = run_grid(output, GridConfig(classifiers=["logreg"], selection=["none"], **SMALL))
+    signal = _through_the_store(output, embedding_table(120, 16, seed=4, extractor="signal"))
+    result = run_grid(output, GridConfig(classifiers=["logreg"], selection=["none"], **SMALL), {"signal": signal})
     predictions = read_grid_predictions(output)
     assert storage.read_table(storage.join(output, "results", "grid_predictions.parquet")).schema.equals(
         GRID_PREDICTIONS_SCHEMA, check_metadata=False)
@@ -167,30 +172,28 @@ def test_held_out_scores_of_every_cell_land_in_grid_predictions(tmp_path):
 
 
 def test_a_grid_started_again_runs_only_the_units_not_in_its_journal(tmp_path):
-    from mammo_ray import layout
-    from mammo_ray.classify import GridData as Data
     from mammo_ray.stages.grid import unit_key
 
     output = str(tmp_path / "study")
-    write_embeddings(output, embedding_table(100, 8, seed=6, extractor="signal"))
+    data = _through_the_store(output, embedding_table(100, 8, seed=6, extractor="signal"))
     config = GridConfig(classifiers=["logreg"], selection=["none"], balancing=["none"], **SMALL)
-    first = run_grid(output, config)
-    assert not storage.exists(layout.grid_units_uri(output))  # the journal is gone once the table is written
+    first = run_grid(output, config, {"signal": data})
+    assert not storage.exists(tables.grid_units_uri(output))  # the journal is gone once the table is written
     # Journal one unit as an interrupted run would have left it, with a value no fit would give.
-    from mammo_ray.stages.grid import load_grid_data
-
-    data: Data = load_grid_data(output, "signal")
     (unit,) = [u for u in plan_units(config.cells(["signal"]), {"signal": data}, config)
                if u["cells"][0][-1] == "paper"]
     row = first.frame[first.frame["protocol"] == "paper"].iloc[0]
     journaled = {**{k: row[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")},
                  "cv_balanced_accuracy_mean": 0.123, "cell_hash": row["cell_hash"]}
-    storage.write_bytes(storage.join(layout.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
+    storage.write_bytes(storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
                         json.dumps([journaled]).encode())
 
-    again = run_grid(output, config).frame.set_index("protocol")
+    again = run_grid(output, config, {"signal": data}).frame.set_index("protocol")
     assert again.loc["paper", "cv_balanced_accuracy_mean"] == 0.123  # read from the journal, not refit
     assert again.loc["leak_free", "cv_balanced_accuracy_mean"] == pytest.approx(
         first.frame.set_index("protocol").loc["leak_free", "cv_balanced_accuracy_mean"])
-    write_embeddings(output, embedding_table(100, 8, seed=7, extractor="signal"))  # other data: other keys
-    assert run_grid(output, config).frame.set_index("protocol").loc["paper", "cv_balanced_accuracy_mean"] != 0.123
+    storage.write_bytes(storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
+                        json.dumps([journaled]).encode())
+    relabelled = GridData("signal", data.X, 1 - data.y, data.groups, image_ids=data.image_ids)  # other labels
+    assert run_grid(output, config, {"signal": relabelled}).frame.set_index("protocol").loc[
+        "paper", "cv_balanced_accuracy_mean"] != 0.123  # other data: other keys, the journal is not used

@@ -110,3 +110,26 @@ def test_job_submit_runs_the_study_with_token_auth(ray_head, tmp_path):
         [RAY, "job", "list", "--address", address], env=without_token, capture_output=True, text=True
     )
     assert refused.returncode != 0  # token auth is on: a client without the token is turned away
+
+
+def test_a_relative_output_in_a_job_is_refused_with_what_to_write_instead(ray_head, tmp_path):
+    """The job runs in a temporary copy of the working dir: a relative output would land there and be lost."""
+    address, env = ray_head
+    submission = f"mammo-ray-test-{secrets.token_hex(4)}"
+    command = [
+        RAY, "job", "submit", "--address", address, "--submission-id", submission, "--working-dir", ".",
+        "--", "python", "jobs/full_study.py", "--output", "output/relative-in-a-job", "--stages", "manifest",
+    ]
+    for _ in range(20):
+        completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in completed.stderr:
+            break
+        time.sleep(3)
+    status = subprocess.run([RAY, "job", "status", "--address", address, submission], env=env, capture_output=True,
+                            text=True)
+    assert "FAILED" in status.stdout.upper(), completed.stdout[-4000:] + completed.stderr[-4000:]
+    logs = subprocess.run([RAY, "job", "logs", "--address", address, submission], env=env, capture_output=True,
+                          text=True).stdout
+    assert "config output: relative path(s) in a Ray job: output = 'output/relative-in-a-job'" in logs
+    assert "temporary copy of the working dir" in logs and "s3:// URI" in logs
+    assert not (REPO / "output" / "relative-in-a-job").exists()

@@ -132,18 +132,45 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     page = (output / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "<img" in page and "src='figures/" not in page  # self-contained
 
+    # Labels corrected, then only the grid and the report rerun: Table 1 would describe the old labels, so
+    # the report says it is out of date instead of showing it beside a Table 2 of the new ones.
+    manifest = read_manifest(str(output / "manifest.parquet"))
+    corrected = manifest.assign(label=pd.array([1 - v for v in manifest["label"]], dtype="Int8"))
+    corrected_uri = str(tmp_path / "corrected.parquet")
+    from mammo_ray.datasets.manifest import write_manifest
+
+    write_manifest(corrected, corrected_uri)
+    relabelled = parse_config({**config.model_dump(mode="json"), "data": {"manifest": corrected_uri}})
+    assert run_study(relabelled, ["manifest", "grid", "report"]).ran == ["manifest", "grid", "report"]
+    markdown = (output / "report" / "report.md").read_text()
+    table1, table2 = markdown.split("## Table 1")[1].split("## Table 2")
+    assert "out of date" in table1 and "small_cnn" not in table1
+    assert "logreg" in table2 and "out of date" not in table2
+    provenance = json.loads((output / "report" / "provenance.json").read_text())
+    from mammo_ray import tables
+
+    assert provenance["inputs"]["manifest"] == tables.manifest_digest(read_manifest(corrected_uri))
+    assert tables.read_provenance(tables.grid_uri(str(output)))["inputs"]["manifest"] == provenance["inputs"]["manifest"]
+
+
+def _manifest(tmp_path) -> pd.DataFrame:
+    from mammo_ray.datasets.manifest import validate_manifest
+
+    return validate_manifest(pd.DataFrame([{"image_id": "a", "uri": str(tmp_path / "a.png"), "dataset": "d",
+                                            "patient_id": "p", "label": 1}]), source="test")
+
 
 def test_report_of_a_grid_whose_cells_all_failed_still_renders(tmp_path):
     import pandas as pd
     import pyarrow as pa
 
-    from mammo_ray import layout
-    from mammo_ray.stages.report import build_report
+    from mammo_ray import tables
+    from mammo_ray.stages.report import ReportInputs, build_report
 
     failed = pd.DataFrame([{"extractor": "x", "selection": "none", "balancing": "none", "classifier": "logreg",
                             "protocol": "leak_free", "status": "failed", "error": "ValueError: too few groups"}])
-    storage.write_table(pa.Table.from_pandas(failed, preserve_index=False), layout.grid_uri(str(tmp_path)))
-    uris = build_report(str(tmp_path), {"name": "empty"})
+    storage.write_table(pa.Table.from_pandas(failed, preserve_index=False), tables.grid_uri(str(tmp_path)))
+    uris = build_report(str(tmp_path), {"name": "empty"}, ReportInputs(manifest=_manifest(tmp_path)))
     markdown = storage.read_bytes(uris["markdown"]).decode()
     assert "too few groups" in markdown and "No grid cell succeeded" in markdown
 
@@ -152,18 +179,19 @@ def test_published_values_sit_beside_ours_and_a_bad_file_fails_before_work(tmp_p
     import pandas as pd
     import pyarrow as pa
 
-    from mammo_ray import layout
-    from mammo_ray.stages.report import build_report
+    from mammo_ray import tables
+    from mammo_ray.stages.report import ReportInputs, build_report
 
     cell = {"extractor": "nyu_avg", "selection": "lasso", "balancing": "smote", "classifier": "svm_linear"}
     grid = pd.DataFrame([{**cell, "protocol": protocol, "status": "ok", "cv_balanced_accuracy_mean": value,
                           "accuracy": value, "auc": value, "n_features": 300, "cv_fold_scores": [value]}
                          for protocol, value in (("paper", 0.9), ("leak_free", 0.6))])
-    storage.write_table(pa.Table.from_pandas(grid, preserve_index=False), layout.grid_uri(str(tmp_path)))
+    storage.write_table(pa.Table.from_pandas(grid, preserve_index=False), tables.grid_uri(str(tmp_path)))
     published = tmp_path / "published.csv"  # test values, not the paper's
     published.write_text("table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value\n"
                          "2,nyu_avg,lasso,smote,svm_linear,,,,accuracy,0.8642\n")
-    uris = build_report(str(tmp_path), {"name": "published", "report": {"published": str(published)}})
+    uris = build_report(str(tmp_path), {"name": "published", "report": {"published": str(published)}},
+                        ReportInputs(manifest=_manifest(tmp_path)))
     table2 = storage.read_bytes(uris["markdown"]).decode().split("## Table 2")[1]
     assert "accuracy (published)" in table2 and "0.864" in table2
 

@@ -3,6 +3,7 @@ stage still finishes, nothing is duplicated, training resumes from its last comm
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -11,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mammo_ray import storage
+from mammo_ray import feature_store, storage
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
 from mammo_ray.faults import arm, fired
 from mammo_ray.models.extractors import ExtractorSpec
-from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+from mammo_ray.stages.embed import EmbedOptions, embedding_key, read_embeddings, run_embed
 from mammo_ray.stages.finetune import FinetuneConfig, run_finetune
 from tests.ray_train_state import checkpoint_committed
 
@@ -36,9 +37,13 @@ def test_an_inference_actor_killed_mid_run_is_replaced_and_every_good_image_land
 
     assert fired(crash_points, "inference.actor_batch")
     assert (result.embedded, result.errors) == (12, 1)
-    table = storage.read_table(result.uri)  # every committed file, before any deduplication
-    assert table.num_rows == 12 and sorted(table.column("image_id").to_pylist()) == sorted(manifest["image_id"][:12])
-    assert len(read_embeddings(output, spec.name)) == 12
+    # Every committed part file of the run's key, before any deduplication: one row per good image's content.
+    table = storage.read_table(feature_store.key_uri(result.uri, embedding_key(spec)))
+    good = [hashlib.sha256(Path(uri).read_bytes()).hexdigest() for uri in manifest["uri"][:12]]
+    assert len(set(good)) == 12  # distinct contents: a duplicated row could not hide behind a shared hash
+    assert table.num_rows == 12 and sorted(table.column("content_sha256").to_pylist()) == sorted(good)
+    embedded = read_embeddings(output, manifest, spec)
+    assert sorted(embedded["image_id"]) == sorted(manifest["image_id"][:12])
 
 
 def _when_committed(run_folder: Path, then: Callable[[], None], timeout: float = 600.0) -> threading.Thread:

@@ -69,6 +69,7 @@ def build_manifest(
     base = images_root if images_root is not None else _parent(csv_uri)
     records: list[dict] = []
     problems: list[str] = []
+    refused_uris: set[str] = set()  # the problem prefix of each row whose uri was refused above
     # Rows are numbered from 0 over the data rows (header excluded), as validate_manifest numbers them,
     # so that every problem of the file lands in one error with one numbering.
     for index, row in enumerate(table.to_dict("records")):
@@ -89,6 +90,7 @@ def build_manifest(
             record["image_id"] = _prefixed(dataset, image_id)
         if refused:
             problems.append(f"row {index} ({record['image_id']}): {refused}")
+            refused_uris.add(f"row {index} ({record['image_id']}): uri ")
         patient = value.get("patient_id")
         record["patient_id"] = _prefixed(dataset, patient) if patient else record["image_id"]
         exam = value.get("exam_id")
@@ -103,7 +105,8 @@ def build_manifest(
     try:
         manifest = validate_manifest(frame, source=csv_uri)
     except ManifestError as error:
-        problems.extend(error.problems)
+        # A uri refused above still holds its '..': validate_manifest would name it a second time.
+        problems.extend(p for p in error.problems if not p.startswith(tuple(refused_uris)))
     if problems:
         raise ManifestError(csv_uri, sorted(problems, key=_row_number))
     return manifest

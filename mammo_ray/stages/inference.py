@@ -175,7 +175,8 @@ def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
     an error row."""
     failed = (batch["error_type"].notna() | batch["cached"]).tolist()  # nothing to prepare
     inputs, groups = [], []
-    error_types, messages = list(batch["error_type"]), list(batch["error_message"])
+    error_types = [None if pd.isna(v) else v for v in batch["error_type"]]  # pd.NA would defeat Arrow
+    messages = [None if pd.isna(v) else v for v in batch["error_message"]]
     # Ray hands string nulls over as pd.NA, whose truth value raises: tasks see None instead.
     rows = batch.drop(columns=["pixels"]).astype(object)
     rows = rows.where(rows.notna(), None)
@@ -253,7 +254,7 @@ class InferenceActor:
         return result.float().cpu().numpy()
 
 
-def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: ModelKey) -> pd.DataFrame:
+def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: ModelKey) -> pa.Table:
     """Store a batch's new outputs as one atomically written part file; return its index and error rows."""
     failed = batch["error_type"].notna()
     computed = batch[~failed & ~batch["cached"]]
@@ -265,12 +266,22 @@ def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: 
                     for c, lat, view in keyed[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
         storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
                                                 feature_store.part_name(contents)))
-    return pd.DataFrame({
-        "image_id": batch["image_id"].astype(object), "uri": batch["uri"].astype(object),
-        "content_sha256": batch["content_sha256"].astype(object),
-        "status": np.where(failed, "error", "ok"), "computed": ~failed & ~batch["cached"],
-        "error_type": batch["error_type"].astype(object), "error_message": batch["error_message"].astype(object),
-    })
+    def text(column: str) -> list[str | None]:
+        return [None if pd.isna(value) else str(value) for value in batch[column]]
+
+    return pa.table({
+        "image_id": text("image_id"), "uri": text("uri"), "content_sha256": text("content_sha256"),
+        "status": np.where(failed, "error", "ok").tolist(), "computed": (~failed & ~batch["cached"]).tolist(),
+        "error_type": text("error_type"), "error_message": text("error_message"),
+    }, schema=_BATCH_RESULT_SCHEMA)  # typed: a batch whose text columns are all null still has strings
+
+
+#: What write_batch hands back to the driver per image: its index row and, for a failure, its errors row.
+_BATCH_RESULT_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string()), pa.field("uri", pa.string()), pa.field("content_sha256", pa.string()),
+    pa.field("status", pa.string()), pa.field("computed", pa.bool_()), pa.field("error_type", pa.string()),
+    pa.field("error_message", pa.string()),
+])
 
 
 def gpus_per_actor(options: InferenceOptions) -> float:
@@ -311,8 +322,7 @@ def run_inference(
                      fn_kwargs={"task": task, "output_uri": output_uri, "key": key})
     )
     rows = [batch for batch in stats.iter_batches(batch_format="pandas", batch_size=None) if len(batch)]
-    index = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["image_id", "uri", "content_sha256", "status", "computed", "error_type", "error_message"])
+    index = pd.concat(rows, ignore_index=True) if rows else _BATCH_RESULT_SCHEMA.empty_table().to_pandas()
     errors = errors_table([error_records(index, task.stage)])
     errors = tables.with_provenance(errors, task.stage, weights_ids=[key.weights_id], key=key.as_dict(),
                                     inputs={"images": tables.image_digest(manifest)})

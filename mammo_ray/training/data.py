@@ -24,7 +24,7 @@ import ray.data
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import BIRADS_VALUES, MANIFEST_COLUMNS, to_table, validate_manifest
 from mammo_ray.errors import describe
-from mammo_ray.image_stream import ReadOptions, decode_batch
+from mammo_ray.image_stream import ReadOptions, decode_batch, raise_original_errors
 from mammo_ray.tables import ERRORS_SCHEMA
 from mammo_ray.models.extractors import FULL_FIELD_ROWS
 
@@ -182,6 +182,7 @@ def input_dataset(
     shuffle: visit the input blocks in a new random order on every execution (every epoch); the
     training loop adds a local shuffle buffer on top.
     """
+    raise_original_errors()
     table = to_table(frame[MANIFEST_COLUMNS])
     table = table.append_column("target", pa.array(frame["target"].to_numpy(np.int64)))
     table = table.append_column("row", pa.array(frame["row"].to_numpy(np.int64)))

@@ -1,0 +1,185 @@
+"""A failure of the store is not a bad image: it fails the stage, nothing is recorded as done, and the rerun
+does the work. Reads are bounded: a FIFO or an oversized file is an errors row, never a hung or exhausted job."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mammo_ray import storage, tables
+from mammo_ray.datasets.manifest import validate_manifest, write_manifest
+from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.errors import StorageError, StoreUnavailableError
+from mammo_ray.image_stream import ReadOptions, decode_batch
+from tests.flaky_s3 import FlakyS3Proxy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _dead_endpoint() -> str:
+    """An address where nothing listens: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.timeout(300)
+def test_an_unreachable_store_is_a_store_failure_not_a_missing_file(s3_bucket):
+    storage.write_bytes(s3_bucket + "/a.bin", b"x" * 10)
+    with pytest.raises(StorageError, match="not found"):  # the store answers: a problem of this file
+        storage.read_bytes(s3_bucket + "/absent.bin")
+    dead = storage.S3Options(endpoint_url=_dead_endpoint())
+    with pytest.raises(StoreUnavailableError, match="storage unavailable.*a.bin"):
+        storage.read_bytes(s3_bucket + "/a.bin", s3=dead)
+
+
+@pytest.mark.timeout(300)
+def test_5xx_and_resets_beyond_the_retries_are_a_store_failure(s3_endpoint, s3_bucket):
+    storage.write_bytes(s3_bucket + "/a.bin", b"x" * 10)
+    with FlakyS3Proxy(s3_endpoint, failure_rate=1.0, delay_rate=0.0, seed=4) as proxy:
+        with pytest.raises(StoreUnavailableError):
+            storage.read_bytes(s3_bucket + "/a.bin", s3=storage.S3Options(endpoint_url=proxy.endpoint))
+        assert proxy.stats.failures + proxy.stats.resets == proxy.stats.requests > 1  # it retried, then gave up
+
+
+@pytest.mark.timeout(300)
+def test_the_decode_step_raises_a_store_failure_instead_of_making_error_rows(s3_bucket, monkeypatch):
+    manifest = validate_manifest(pd.DataFrame([{"image_id": "a", "uri": s3_bucket + "/a.dcm", "dataset": "d",
+                                                "patient_id": "p"}]), source="test")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", _dead_endpoint())
+    storage._s3_filesystem.cache_clear()
+    try:
+        with pytest.raises(StoreUnavailableError):
+            decode_batch(manifest, ReadOptions())
+    finally:
+        storage._s3_filesystem.cache_clear()
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_and_an_oversized_file_are_refused_without_reading_them(tmp_path):
+    fifo = tmp_path / "named-pipe.dcm"
+    os.mkfifo(fifo)  # opening it for reading would block forever: nobody writes to it
+    with pytest.raises(StorageError, match="not a regular file \\(a FIFO\\): not opened"):
+        storage.read_bytes(str(fifo))
+    big = tmp_path / "big.dcm"
+    with open(big, "wb") as handle:
+        handle.truncate(3 * 1024 * 1024)  # sparse: 3 MiB on paper
+    with pytest.raises(StorageError, match="3145728 bytes exceeds ingest.max_bytes = 1048576"):
+        storage.read_bytes(str(big), max_bytes=1024 * 1024)
+    assert storage.read_bytes(str(big), max_bytes=4 * 1024 * 1024)[:4] == b"\0\0\0\0"
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(600)
+def test_a_fifo_and_an_oversized_file_are_errors_rows_and_the_good_image_lands(tmp_path, s3_bucket):
+    from mammo_ray.models.extractors import ExtractorSpec
+    from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+    from mammo_ray.stages.ingest import run_ingest
+
+    good = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=1, rows=96)).iloc[:1]
+    os.mkfifo(tmp_path / "pipe.dcm")
+    with open(tmp_path / "big.dcm", "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    bad = pd.DataFrame([{"image_id": name, "uri": str(tmp_path / f"{name}.dcm"), "dataset": "x", "patient_id": "p9"}
+                        for name in ("pipe", "big")])
+    manifest = validate_manifest(pd.concat([good, bad], ignore_index=True), source="test")
+    options = ReadOptions(max_bytes=8 * 1024 * 1024)  # the synthetic DICOM is ~20 KiB
+    started = time.monotonic()
+    ingested = run_ingest(manifest, str(tmp_path / "out"), options)
+    print(f"ingest with a FIFO and a 64 MiB file: {time.monotonic() - started:.1f} s")
+    assert (ingested.images, ingested.errors) == (1, 2)
+    errors = storage.read_table(ingested.errors_uri).to_pandas().set_index("image_id")
+    assert "not a regular file (a FIFO)" in errors.loc["pipe", "message"]
+    assert "67108864 bytes exceeds ingest.max_bytes" in errors.loc["big", "message"]
+
+    spec = ExtractorSpec(name="imagenet_resnet18", input_size=32)
+    embedded = run_embed(manifest, str(tmp_path / "out"), spec, EmbedOptions(batch_size=2, read=options))
+    assert (embedded.embedded, embedded.errors) == (1, 2)
+    view = read_embeddings(str(tmp_path / "out"), manifest, spec, read=options)
+    assert view["image_id"].tolist() == [good.iloc[0]["image_id"]]
+
+
+def _study(config: Path, endpoint: str, *stages: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "AWS_ENDPOINT_URL": endpoint}
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "jobs/full_study.py", "--config", str(config), "--stages", *stages],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return completed, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_a_study_during_a_storage_outage_fails_and_the_rerun_does_the_work(tmp_path, s3_endpoint, s3_bucket):
+    """Images on S3, the endpoint down: the study exits non-zero (within a couple of minutes, not minutes per
+    image), records no stage as done and writes no errors rows; with the store back the rerun completes."""
+    cohort = generate_cohort(s3_bucket + "/cohort", CohortSpec(patients=2, rows=96))
+    manifest_uri = str(tmp_path / "manifest.parquet")
+    write_manifest(cohort, manifest_uri)
+    output = tmp_path / "study"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "outage", "output": str(output), "data": {"manifest": manifest_uri}, "ray": {"num_cpus": 2},
+        "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
+    }))
+
+    down, seconds = _study(config, _dead_endpoint(), "manifest", "ingest", "embed", timeout=300)
+    print(f"outage noticed: exit {down.returncode} after {seconds:.1f} s (Ray start included)")
+    assert down.returncode == 3, down.stderr[-3000:]
+    assert "storage unavailable" in down.stderr and "rerun the study once the store is back" in down.stderr
+    assert not storage.exists(tables.ledger_uri(str(output), "ingest"))  # nothing recorded as done
+    assert not storage.exists(tables.errors_uri(str(output), "ingest"))  # and no image blamed for it
+
+    back, _ = _study(config, s3_endpoint, "manifest", "ingest", "embed")
+    assert back.returncode == 0, back.stderr[-3000:]
+    summary = json.loads(back.stdout.strip().splitlines()[-1])
+    assert summary["ran"] == ["manifest", "ingest", "embed"]
+    assert (summary["counts"]["ingested_images"], summary["counts"]["ingest_errors"]) == (8, 0)
+    assert summary["counts"]["embedded:imagenet_resnet18"] == 8
+    assert storage.read_table(tables.errors_uri(str(output), "ingest")).num_rows == 0
+
+
+@pytest.mark.slow
+def test_a_second_study_on_the_same_output_is_refused_and_the_first_finishes_untouched(tmp_path, s3_endpoint):
+    output = tmp_path / "study"
+
+    def config(seed: int) -> Path:
+        path = tmp_path / f"seed{seed}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": f"seed{seed}", "output": str(output), "ray": {"num_cpus": 2},
+            "data": {"synthetic": {"patients": 3, "rows": 96, "seed": seed}},
+            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
+        }))
+        return path
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen([sys.executable, "jobs/full_study.py", "--config", str(config(0)), "--stages",
+                              "manifest", "ingest", "embed"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lock = output / "_lock.json"
+    deadline = time.monotonic() + 300
+    while not lock.exists():
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the first study never took the lock"
+        time.sleep(0.1)
+
+    second, _ = _study(config(1), s3_endpoint, "manifest", "ingest", "embed", timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"pid {first.pid}" in second.stderr and str(output) in second.stderr
+
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["counts"]["manifest_rows"] == 12 and summary["counts"]["embedded:imagenet_resnet18"] == 12
+    manifest = storage.read_table(tables.manifest_uri(str(output))).to_pandas()
+    assert set(manifest["image_id"]) == set(pd.read_parquet(output / "cohort" / "manifest.parquet")["image_id"])
+    assert not lock.exists()  # released at the end
+    assert json.loads((output / "_stages" / "embed.json").read_text())["counts"] == {
+        k: v for k, v in summary["counts"].items() if k.endswith(":imagenet_resnet18")}
