@@ -160,8 +160,6 @@ IMAGES_SCHEMA = pa.schema(
 #: they fix what the preprocessing saw (a file's own tags are part of its content).
 FEATURE_KEY_COLUMNS: tuple[str, ...] = ("content_sha256", "laterality", "view", "model_id", "weights_id",
                                         "preprocess_id")
-#: The part of the key one run shares: which model, weights and preprocessing.
-MODEL_KEY_COLUMNS: tuple[str, ...] = ("model_id", "weights_id", "preprocess_id")
 #: The part of the key that comes from the image.
 CONTENT_KEY_COLUMNS: tuple[str, ...] = ("content_sha256", "laterality", "view")
 

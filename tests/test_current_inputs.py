@@ -10,14 +10,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mammo_ray import storage, tables
+from mammo_ray import feature_store, storage, tables
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
 from mammo_ray.errors import ConfigError
 from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import read_embeddings
-from mammo_ray.study import run_study
+from mammo_ray.study import prune_output, run_study
 
 SMALL_GRID = {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "selection": ["none"],
               "balancing": ["none"], "protocols": ["leak_free"]}
@@ -97,6 +97,19 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
     assert len(view) == len(with_copy)
     assert list(view.loc["export/copy-of-first", "embedding"]) == list(view.loc[fewer.iloc[0]["image_id"], "embedding"])
 
+    # The cache of other weights and removed images is invisible, and `prune` removes it.
+    table = tables.embeddings_uri(switched.output, "imagenet_resnet18")
+    assert len(feature_store.subfolders(tables.features_uri(table))) == 2  # random-init:0 and :1
+    planned = prune_output(switched, dry_run=True)
+    assert planned["embeddings/imagenet_resnet18"] == {"folders": 1, "rows": 8}  # other weights; two patients gone
+    assert len(feature_store.subfolders(tables.features_uri(table))) == 2  # a dry run removes nothing
+    assert prune_output(switched) == planned
+    current_key = feature_store.ModelKey(**tables.read_provenance(tables.index_uri(table))["key"])
+    assert feature_store.subfolders(tables.features_uri(table)) == [current_key.folder]
+    assert storage.read_table(feature_store.key_uri(table, current_key)).num_rows == 24
+    assert len(read_embeddings(switched.output, read_manifest(manifest_uri), spec)) == len(with_copy)
+    assert prune_output(switched)["embeddings/imagenet_resnet18"] == {"folders": 0, "rows": 0}
+
 
 def test_two_extractors_of_one_name_are_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match=r"embed: .*names must be unique, nyu_lcc"):
@@ -105,3 +118,11 @@ def test_two_extractors_of_one_name_are_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match=r"grid\.extractors \['nyu_avg'\] are not in embed\.extractors"):
         parse_config({"output": str(tmp_path), "embed": {"extractors": [{"name": "nyu_lcc"}]},
                       "grid": {"extractors": ["nyu_avg"]}})
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^config output: .*a-file"):
+        run_study(parse_config({"output": str(taken)}), ["manifest"])
+    assert taken.read_text() == "not a folder"

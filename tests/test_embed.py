@@ -9,7 +9,6 @@ import textwrap
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from mammo_ray import feature_store, storage, tables

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mammo_ray import storage, tables
-from mammo_ray.classify import GridCell, GridConfig, GridData
+from mammo_ray.classify import GridConfig, GridData
 from mammo_ray.classify.synthetic import embedding_table, noise_table, read_synthetic, write_embeddings
 from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, plan_units, run_grid, tune_grid
 

@@ -174,7 +174,6 @@ class FinetuneConfig(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-KEY_COLUMNS: tuple[str, ...] = ("model", "pretrained_on", "task", "protocol", "stage")
 
 
 @dataclass(frozen=True)
