@@ -18,6 +18,11 @@
          times larger, each in its own study process with its own local Ray: peak memory (PSS of the
          whole process tree) side by side.
 
+  join   what reading embeddings joined to the current manifest costs (`feature_store.read_view`: the
+         manifest -> index -> feature store join every reader does) against reading the feature store's
+         vectors alone, on a --rows (100,000) image manifest; and the manifest digests every rerun's
+         fingerprints compute.
+
 Adding a subcommand: write `_add_<name>(subparsers)` that builds its parser and
 sets `func` to a `run_<name>(args) -> int`, and append it to SUBCOMMANDS. Nothing here starts Ray;
 a subcommand that needs it starts it itself.
@@ -457,9 +462,51 @@ def _add_memory(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_memory)
 
 
+# --- join -------------------------------------------------------------------------------------------
+
+
+def run_join(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from mammo_ray import feature_store, storage, tables
+    from mammo_ray.classify.synthetic import noise_table, write_embeddings
+
+    with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
+        manifest, key = write_embeddings(folder, noise_table(args.rows, args.dim, args.rows // 4, extractor="bench"))
+        table = tables.embeddings_uri(folder, "bench")
+        store, view, digests = [], [], []
+        for _ in range(args.repeats):  # side by side, interleaved
+            store.append(_seconds(lambda: storage.read_table(feature_store.key_uri(table, key)).to_pandas()))
+            view.append(_seconds(lambda: feature_store.read_view(table, manifest, key, "embed")))
+            digests.append(_seconds(lambda: (tables.manifest_digest(manifest), tables.image_digest(manifest))))
+        rows = len(feature_store.read_view(table, manifest, key, "embed"))
+    store_s, view_s, digest_s = (statistics.median(t) for t in (store, view, digests))
+    print(f"join benchmark: {rows} images, {args.dim}-d float32 vectors, median of {args.repeats}")
+    print(f"  feature store alone, to pandas (the vectors)   {store_s:8.3f} s")
+    print(f"  read_view: manifest -> index -> store, joined  {view_s:8.3f} s   ({view_s / store_s:.2f}x the store alone, "
+          f"+{(view_s - store_s) / rows * 1e6:.1f} us per image)")
+    print(f"  manifest + image digests (fingerprints)       {digest_s:8.3f} s")
+    return 0
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def _add_join(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("join", help="reading embeddings joined to the manifest vs the store alone")
+    parser.add_argument("--rows", type=int, default=100_000, help="images in the manifest")
+    parser.add_argument("--dim", type=int, default=256, help="vector length")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.set_defaults(func=run_join)
+
+
 # --- command line -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crop, _add_grid, _add_train, _add_memory]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crop, _add_grid, _add_train, _add_memory,
+                                                                     _add_join]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,8 +71,17 @@ def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
     rows = _read_folder(key_uri(table_uri, key), tables.CONTENT_KEY_COLUMNS)
     if rows is None:
         return frozenset()
-    return frozenset(tables.content_key(c, lat, view, key.orientation)
-                     for c, lat, view in rows.itertuples(index=False, name=None))
+    return frozenset(_stored_keys(rows, key).tolist())
+
+
+def _stored_keys(rows: pd.DataFrame, key: ModelKey) -> pd.Series:
+    """The content keys of feature-store rows (whose laterality / view columns hold the hints)."""
+    return tables.content_keys(rows["content_sha256"], rows["laterality"], rows["view"], key.orientation)
+
+
+def _image_keys(images: pd.DataFrame, key: ModelKey) -> pd.Series:
+    """The content keys of manifest rows joined to their content (the manifest's laterality / view)."""
+    return tables.content_keys(images["content_sha256"], images["laterality"], images["view"], key.orientation)
 
 
 def feature_rows(rows: pd.DataFrame, key: ModelKey) -> pd.DataFrame:
@@ -130,24 +139,24 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str)
         raise StaleTableError(table_uri, f"{problem}: run the {stage} stage for the current manifest and config")
     index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
     ok = index[index["status"] == "ok"][["image_id", "content_sha256"]]
-    images = manifest.merge(ok, on="image_id", how="inner", validate="one_to_one")
+    # Image ids are unique in a manifest and in an index (both checked where they are written).
+    images = manifest.merge(ok, on="image_id", how="inner")
     features = _read_folder(key_uri(table_uri, key))
     if features is None:
         features = pd.DataFrame(columns=list(tables.FEATURE_KEY_COLUMNS))
-    features["_content"] = [tables.content_key(c, lat, view, key.orientation) for c, lat, view in
-                            features[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
-    features = features.drop_duplicates(subset="_content").drop(columns=list(tables.CONTENT_KEY_COLUMNS))
-    images["_content"] = [tables.content_key(c, lat, view, key.orientation) for c, lat, view in
-                          images[["content_sha256", "laterality", "view"]].itertuples(index=False, name=None)]
-    view = images.merge(features, on="_content", how="left", indicator=True)
-    missing = view[view["_merge"] == "left_only"]
-    if len(missing):
-        shown = ", ".join(map(str, missing["image_id"].head(5)))
+    stored = _stored_keys(features, key)
+    first = ~stored.duplicated()
+    features, stored = features[first.to_numpy()], stored[first]
+    positions = pd.Index(stored.to_numpy()).get_indexer(_image_keys(images, key).to_numpy())
+    if (positions < 0).any():
+        missing = images["image_id"][positions < 0]
+        shown = ", ".join(map(str, missing.head(5)))
         raise StaleTableError(table_uri, f"{len(missing)} image(s) of its index have no stored output under "
                                          f"{key.describe()} (e.g. {shown}; pruned or interrupted?): run the "
                                          f"{stage} stage")
-    view = view.drop(columns=["_content", "_merge"]).sort_values("image_id", kind="stable")
-    return view.reset_index(drop=True)
+    outputs = features.drop(columns=list(tables.CONTENT_KEY_COLUMNS)).iloc[positions].reset_index(drop=True)
+    view = pd.concat([images.reset_index(drop=True), outputs], axis=1)
+    return view.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
 def subfolders(uri: str) -> list[str]:
@@ -184,12 +193,10 @@ def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, d
         return removed  # nothing current to compact against: keep the rows
     index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
     named = manifest.merge(index[index["status"] == "ok"], on="image_id")
-    wanted = {tables.content_key(c, lat, view, key.orientation)
-              for c, lat, view in named[["content_sha256", "laterality", "view"]].itertuples(index=False, name=None)}
-    contents = [tables.content_key(c, lat, view, key.orientation)
-                for c, lat, view in rows[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
-    keep = pd.Series([c in wanted for c in contents], index=rows.index)
-    duplicates = pd.Series(contents, index=rows.index).duplicated()
+    wanted = set(_image_keys(named, key).tolist())
+    contents = _stored_keys(rows, key)
+    keep = contents.isin(wanted)
+    duplicates = contents.duplicated()
     removed["rows"] = int((~keep | duplicates).sum())
     if removed["rows"] and not dry_run:
         old_files = storage.list_files(current, extensions=[".parquet"])
@@ -198,7 +205,7 @@ def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, d
         schema = pq.read_schema(path, filesystem=fs)
         table = pa.Table.from_pandas(kept, schema=schema.remove_metadata(), preserve_index=False)
         table = table.replace_schema_metadata(schema.metadata)
-        name = part_name([c for c, k, d in zip(contents, keep, duplicates) if k and not d])
+        name = part_name(contents[keep & ~duplicates].tolist())
         storage.write_table(table, storage.join(current, name))  # first the compacted file, then the old ones go
         for uri in old_files:
             if not uri.endswith(name):

@@ -144,9 +144,24 @@ class CurrentInputs:
         self.config = config
         self.read = read_options(config)
         self._keys: dict[str, ModelKey] = {}
+        self._manifest: pd.DataFrame | None = None
+        self._digests: dict[str, str] = {}
 
     def manifest(self) -> pd.DataFrame:
-        return read_manifest(manifest_uri(self.config))
+        """The manifest on disk, read once per run (the manifest stage calls `manifest_written`)."""
+        if self._manifest is None:
+            self._manifest = read_manifest(manifest_uri(self.config))
+        return self._manifest
+
+    def manifest_written(self) -> None:
+        self._manifest, self._digests = None, {}
+
+    def digest(self, kind: str) -> str:
+        """`manifest` (every column) or `images` (what the image stages depend on) of the current manifest."""
+        if kind not in self._digests:
+            of = tables.manifest_digest if kind == "manifest" else tables.image_digest
+            self._digests[kind] = of(self.manifest())
+        return self._digests[kind]
 
     def embedding_key(self, spec: ExtractorSpec) -> ModelKey:
         if spec.name not in self._keys:
@@ -161,7 +176,7 @@ class CurrentInputs:
     def grid_specs(self) -> list[ExtractorSpec]:
         return [ExtractorSpec(**extractor.model_dump()) for extractor in self.config.grid_extractors]
 
-    def grid_inputs(self, manifest: pd.DataFrame) -> dict[str, Any]:
+    def grid_inputs(self) -> dict[str, Any]:
         """What the grid's numbers describe: the whole manifest (labels, patients) and, per extractor, its
         model key and the index of its embeddings (which content each image had)."""
         embeddings = {}
@@ -169,14 +184,14 @@ class CurrentInputs:
             table = tables.embeddings_uri(self.config.output, spec.name)
             embeddings[spec.name] = {"key": self.embedding_key(spec).as_dict(),
                                      "index": feature_store.index_digest(table)}
-        return {"manifest": tables.manifest_digest(manifest), "embeddings": embeddings}
+        return {"manifest": self.digest("manifest"), "embeddings": embeddings}
 
-    def finetune_inputs(self, manifest: pd.DataFrame) -> dict[str, Any]:
+    def finetune_inputs(self) -> dict[str, Any]:
         from mammo_ray.models.weights import weights_id
         from mammo_ray.stages.finetune import resolve_models
 
         weights = {f"{m.name}:{m.pretrained_on}": weights_id(m.spec) for m in resolve_models(self.config.finetune)}
-        return {"manifest": tables.manifest_digest(manifest), "weights": weights}
+        return {"manifest": self.digest("manifest"), "weights": weights}
 
 
 def stage_fingerprint(current: CurrentInputs, stage: str) -> str | None:
@@ -192,8 +207,7 @@ def stage_fingerprint(current: CurrentInputs, stage: str) -> str | None:
         return _digest(stage, _section(config, "data")) if config.data.synthetic is not None else None
     if stage in _ALWAYS_RUN:
         return None
-    manifest = current.manifest()
-    images = tables.image_digest(manifest)
+    images = current.digest("images")
     if stage == "ingest":
         return _digest(stage, images, _section(config, "ingest"))
     if stage == "embed":
@@ -202,8 +216,8 @@ def stage_fingerprint(current: CurrentInputs, stage: str) -> str | None:
     if stage == "zero_shot":
         return _digest(stage, images, _section(config, "ingest"), current.zero_shot_key().as_dict())
     if stage == "grid":
-        return _digest(stage, current.grid_inputs(manifest), _section(config, "grid"))
-    return _digest(stage, current.finetune_inputs(manifest), _section(config, "finetune"))
+        return _digest(stage, current.grid_inputs(), _section(config, "grid"))
+    return _digest(stage, current.finetune_inputs(), _section(config, "finetune"))
 
 
 def _finished_counts(config: StudyConfig, stage: str, fingerprint: str) -> dict[str, int] | None:
@@ -219,6 +233,7 @@ def _run_manifest(current: CurrentInputs) -> dict[str, int]:
     config = current.config
     manifest = build_manifest(config)
     write_manifest(manifest, manifest_uri(config))
+    current.manifest_written()
     log.info("manifest: %d images -> %s", len(manifest), manifest_uri(config))
     return {"manifest_rows": len(manifest)}
 
@@ -255,7 +270,7 @@ def _run_grid(current: CurrentInputs) -> dict[str, int]:
     datasets = {spec.name: grid_data(read_embeddings(config.output, manifest, spec, key=current.embedding_key(spec)),
                                      spec.name)
                 for spec in current.grid_specs()}
-    result = run_grid(config.output, config.grid, datasets, current.grid_inputs(manifest))
+    result = run_grid(config.output, config.grid, datasets, current.grid_inputs())
     log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
     return {"grid_cells_ok": result.n_ok, "grid_cells_failed": result.n_failed}
 
@@ -264,7 +279,7 @@ def _run_finetune(current: CurrentInputs) -> dict[str, int]:
     from mammo_ray.stages.finetune import run_finetune
 
     manifest = current.manifest()
-    trained = run_finetune(manifest, current.config.output, current.config.finetune, current.finetune_inputs(manifest))
+    trained = run_finetune(manifest, current.config.output, current.config.finetune, current.finetune_inputs())
     log.info("finetune: %d result rows -> %s", len(trained.rows), trained.uri)
     return {"finetune_rows": len(trained.rows)}
 
@@ -286,7 +301,7 @@ def _run_report(current: CurrentInputs) -> dict[str, int]:
     weights: list[str] = []
     for name, inputs in (("grid", current.grid_inputs), ("finetune", current.finetune_inputs)):
         try:
-            expected[name] = inputs(manifest)
+            expected[name] = inputs()
         except MammoRayError as error:  # weights missing: the table cannot be shown as current
             expected[name] = {"unavailable": str(error)}
     weights += list(expected["finetune"].get("weights", {}).values())

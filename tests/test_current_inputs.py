@@ -126,3 +126,15 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"^config output: .*a-file"):
         run_study(parse_config({"output": str(taken)}), ["manifest"])
     assert taken.read_text() == "not a folder"
+
+
+def test_the_shipped_cluster_config_passes_the_job_path_check_and_the_demo_does_not(monkeypatch):
+    from mammo_ray.config import load_config
+    from mammo_ray.study import check_job_paths, demo_config
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://_ray_pkg_abc.zip"}}')
+    check_job_paths(load_config("jobs/configs/cluster_s3.yaml"))  # what the README's job command runs
+    with pytest.raises(ConfigError, match=r"output = 'output/demo'.*uploaded as gcs://_ray_pkg_abc.zip"):
+        check_job_paths(demo_config())
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    check_job_paths(demo_config())  # outside a job a relative path is the user's own folder

@@ -262,10 +262,9 @@ def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: 
         keyed = feature_store.feature_rows(computed, key)
         table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
         table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())
-        contents = [tables.content_key(c, lat, view, key.orientation)
-                    for c, lat, view in keyed[list(tables.CONTENT_KEY_COLUMNS)].itertuples(index=False, name=None)]
+        contents = tables.content_keys(keyed["content_sha256"], keyed["laterality"], keyed["view"], key.orientation)
         storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
-                                                feature_store.part_name(contents)))
+                                                feature_store.part_name(contents.tolist())))
     def text(column: str) -> list[str | None]:
         return [None if pd.isna(value) else str(value) for value in batch[column]]
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import ray.data
 
-from mammo_ray import storage
+from mammo_ray import storage, tables
 from mammo_ray.datasets.manifest import BIRADS_VALUES, MANIFEST_COLUMNS, to_table, validate_manifest
 from mammo_ray.errors import describe
 from mammo_ray.image_stream import ReadOptions, decode_batch, raise_original_errors
@@ -162,7 +162,7 @@ def prepare_batch(
 def _write_errors(failures: list[tuple], errors_uri: str, stage: str) -> None:
     frame = pd.DataFrame(failures, columns=["image_id", "uri", "error_type", "message"])
     frame.insert(2, "stage", stage)
-    table = pa.Table.from_pandas(frame, schema=ERRORS_SCHEMA, preserve_index=False)
+    table = tables.with_provenance(pa.Table.from_pandas(frame, schema=ERRORS_SCHEMA, preserve_index=False), stage)
     digest = hashlib.sha256("\n".join(sorted(frame["image_id"])).encode()).hexdigest()[:24]
     storage.write_table(table, storage.join(errors_uri, f"part-{digest}.parquet"))
 
