@@ -128,11 +128,9 @@ def test_killed_during_the_grid_then_rerun_runs_only_the_unfinished_trials(tmp_p
         tmp_path, data={"synthetic": {"patients": 16, "rows": 96, "positive_fraction": 0.5}},
         embed={"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
         grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"], "trial_grouping": "preprocessing"})
-    subprocess.run(_command(config, "manifest", "ingest", "embed"), check=True, cwd=REPO, env=_env(),
-                   capture_output=True, timeout=900)
-    command = _command(config, "grid")
+    command = _command(config, "manifest", "ingest", "embed", "grid")
 
-    # Armed as soon as the study exists: the first trial to journal its unit kills it, mid-grid.
+    # Armed before the study starts: the first trial to journal its unit kills it, mid-grid.
     _killed_run(command, _armed_then_dead(crash_points, "grid.unit_written"))
     assert fired(crash_points, "grid.unit_written")
     assert not storage.exists(tables.grid_uri(str(output)))
@@ -140,6 +138,7 @@ def test_killed_during_the_grid_then_rerun_runs_only_the_unfinished_trials(tmp_p
     assert 0 < len(journal) < 8  # 2 protocols x 2 selections x 2 balancings: 8 units
 
     log = _rerun(command)
+    assert "embed: already done" in log  # the embeddings the killed run finished are not redone
     assert f"grid: {len(journal)} of 8 trial units already done (skipped)" in log
     grid = storage.read_table(tables.grid_uri(str(output))).to_pandas()
     cells = ["extractor", "protocol", "selection", "balancing", "classifier"]

@@ -14,7 +14,7 @@ from mammo_ray import feature_store, storage, tables
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
-from mammo_ray.errors import ConfigError
+from mammo_ray.errors import ConfigError, StaleTableError
 from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import read_embeddings
 from mammo_ray.study import prune_output, run_study
@@ -61,7 +61,11 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
     assert run_study(config, stages).ran == stages
     _assert_grid_describes(config, cohort, "random-init:0")
 
-    # Other weights on the same output: the grid sees the new vectors only, once per image.
+    # Other weights on the same output: readers refuse to answer with the old vectors until the embedding
+    # ran; then the grid sees the new vectors only, once per image.
+    spec = ExtractorSpec(name="imagenet_resnet18", input_size=32, weights="random-init:1")
+    with pytest.raises(StaleTableError, match="random-init:0.*the config asks for weights random-init:1"):
+        read_embeddings(config.output, cohort, spec)
     switched = _config(tmp_path, manifest_uri, weights="random-init:1")
     result = run_study(switched, stages)
     assert result.ran == ["manifest", "embed", "grid"] and result.counts["embedded:imagenet_resnet18"] == 32
@@ -80,10 +84,13 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
 
     # Images removed: gone from the grid and its predictions; nothing is recomputed.
     fewer = corrected[~corrected["patient_id"].isin(["synth/P0006", "synth/P0007"])]
+    with pytest.raises(StaleTableError, match="another manifest"):
+        read_embeddings(switched.output, fewer, spec)
     write_manifest(fewer, manifest_uri)
     result = run_study(switched, stages)
     assert result.counts["embedded:imagenet_resnet18"] == 0 and result.counts["skipped:imagenet_resnet18"] == 24
     _assert_grid_describes(switched, fewer, "random-init:1")
+    assert read_embeddings(switched.output, fewer, spec)["image_id"].tolist() == sorted(fewer["image_id"])
 
     # A copy of an image under another id (a re-export): its own row, the same vector, no errors row.
     copy = fewer.iloc[[0]].assign(image_id="export/copy-of-first", patient_id="export/p1")
@@ -92,7 +99,6 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
     result = run_study(switched, stages)
     assert result.counts["embedded:imagenet_resnet18"] == 0 and result.counts["embed_errors:imagenet_resnet18"] == 0
     _assert_grid_describes(switched, read_manifest(manifest_uri), "random-init:1")
-    spec = ExtractorSpec(name="imagenet_resnet18", input_size=32, weights="random-init:1")
     view = read_embeddings(switched.output, read_manifest(manifest_uri), spec).set_index("image_id")
     assert len(view) == len(with_copy)
     assert list(view.loc["export/copy-of-first", "embedding"]) == list(view.loc[fewer.iloc[0]["image_id"], "embedding"])

@@ -14,7 +14,6 @@ import pytest
 from mammo_ray import feature_store, storage, tables
 from mammo_ray.datasets.manifest import validate_manifest
 from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
-from mammo_ray.errors import StaleTableError
 from mammo_ray.models.extractors import EXTRACTORS, ExtractorSpec
 from mammo_ray.stages.embed import EmbedOptions, embedding_key, errors_uri, read_embeddings, run_embed
 
@@ -81,42 +80,6 @@ def test_rerun_adds_nothing_and_new_images_add_exactly_their_rows(s3_manifest, s
 
     other_weights = run_embed(manifest.iloc[:2], out, _spec("imagenet_resnet18", weights="random-init:4"), OPTIONS)
     assert other_weights.embedded == 2  # different weights: a different key, so new rows
-
-
-def test_readers_see_exactly_the_current_manifest_under_the_current_weights(s3_manifest, s3_bucket):
-    """The feature store answers for the manifest and weights asked about, never with leftovers: removed
-    images, earlier labels, other weights. A copy of an image under another id gets its own row."""
-    _, manifest = s3_manifest
-    out = s3_bucket + "/current"
-    spec0, spec1 = _spec("imagenet_resnet18"), _spec("imagenet_resnet18", weights="random-init:4")
-    run_embed(manifest, out, spec0, OPTIONS)
-    with pytest.raises(StaleTableError, match="random-init:3.*random-init:4"):
-        read_embeddings(out, manifest, spec1)  # other weights were asked for: refused, not answered with old rows
-    switched = run_embed(manifest, out, spec1, OPTIONS)
-    assert switched.embedded == len(manifest)
-    assert set(read_embeddings(out, manifest, spec1)["weights_id"]) == {"random-init:4"}
-
-    relabelled = manifest.assign(label=pd.array([1 - int(v) if pd.notna(v) else None for v in manifest["label"]],
-                                                dtype="Int8"))
-    view = read_embeddings(out, relabelled, spec1)  # labels come from the manifest handed in
-    assert view["label"].tolist() == relabelled.sort_values("image_id")["label"].tolist()
-
-    fewer = manifest.iloc[2:]
-    with pytest.raises(StaleTableError, match="another manifest"):
-        read_embeddings(out, fewer, spec1)
-    again = run_embed(fewer, out, spec1, OPTIONS)
-    assert (again.embedded, again.skipped) == (0, len(fewer))
-    assert read_embeddings(out, fewer, spec1)["image_id"].tolist() == sorted(fewer["image_id"])
-
-    copy = manifest.iloc[[0]].assign(image_id="copy/of-first", patient_id="copy/patient")
-    with_copy = validate_manifest(pd.concat([manifest, copy], ignore_index=True), source="test")
-    grown = run_embed(with_copy, out, spec1, OPTIONS)
-    assert (grown.embedded, grown.skipped, grown.errors) == (0, len(with_copy), 0)  # same bytes: nothing to compute
-    view = read_embeddings(out, with_copy, spec1).set_index("image_id")
-    assert len(view) == len(with_copy)
-    np.testing.assert_array_equal(view.loc["copy/of-first", "embedding"],
-                                  view.loc[manifest.iloc[0]["image_id"], "embedding"])
-    assert view.loc["copy/of-first", "patient_id"] == "copy/patient"
 
 
 def test_unreadable_and_breastless_images_are_error_rows_and_the_rest_is_embedded(s3_manifest, s3_bucket):
