@@ -84,9 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         if args.command == "synth":
-            from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+            from mammo_ray.config import SyntheticSource
+            from mammo_ray.config.base import checked
+            from mammo_ray.datasets.synthetic import generate_cohort
 
-            frame = generate_cohort(args.out, CohortSpec(patients=args.patients, seed=args.seed, rows=args.rows))
+            source = checked(SyntheticSource, "synth", patients=args.patients, seed=args.seed, rows=args.rows)
+            frame = generate_cohort(args.out, source)
             print(json.dumps({"images": len(frame), "positives": int(frame["label"].sum()), "out": args.out}))
         elif args.command == "manifest":
             from mammo_ray.datasets.adapters import build_with_adapter

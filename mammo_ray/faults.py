@@ -14,6 +14,7 @@ restarted worker passing the same point again lives on: that is what a real tran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,7 +77,5 @@ def fired(folder: str, name: str) -> bool:
 
 def disarm(folder: str, name: str) -> None:
     for suffix in (".json", ".fired"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name + suffix))
-        except FileNotFoundError:
-            pass

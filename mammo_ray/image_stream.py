@@ -1,9 +1,10 @@
 """Streaming read of the images a manifest names: bytes from storage, decoded in parallel Ray tasks.
 
 Every row that comes out carries the manifest columns (laterality and view completed from the file's
-tags; the manifest's own values as `manifest_laterality` / `manifest_view`). A good row has `pixels` (float32, H x W, zero
-background); a bad one has an empty `pixels`, and `error_type` / `error_message` saying why; a row whose
-content needs no work (`cached`: its outputs are stored already) has empty pixels and is not decoded.
+tags; the manifest's own values as `manifest_laterality` / `manifest_view`). A good row has `pixels`
+(float32, H x W, zero background); a bad one has an empty `pixels`, and `error_type` / `error_message`
+saying why; a row whose content needs no work (`cached`: its outputs are stored already) has empty pixels
+and is not decoded.
 Nothing is dropped silently. A problem of one file is an error row; a failure of the store itself
 (StoreUnavailableError) is raised: it fails the stage instead of turning every image into an error.
 """
@@ -20,6 +21,7 @@ import pyarrow as pa
 import ray.data
 
 from mammo_ray import storage
+from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import decode_image
@@ -42,26 +44,6 @@ _EMPTY_PIXELS = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
-class ReadOptions:
-    """How images are read and decoded. Storage settings come from the environment (see storage).
-
-    `max_bytes`: files larger than this are errors rows, refused from their size before being read;
-    `max_pixels`: the same for the pixel count in the image header, before decoding.
-    """
-
-    apply_voi_lut: bool = True
-    max_pixels: int = 120_000_000
-    max_bytes: int = storage.DEFAULT_MAX_BYTES
-    batch_size: int = 4
-    rows_per_block: int = 16
-
-    @property
-    def decode_id(self) -> str:
-        """Names the decode settings that change pixel values (the size limits only refuse files)."""
-        return f"voi_lut={int(self.apply_voi_lut)}"
-
-
-@dataclass(frozen=True)
 class CachedContent:
     """Content keys (`content_key`) whose outputs are already stored: read and hashed, not decoded."""
 
@@ -79,17 +61,22 @@ def raise_original_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
-def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
-    """The manifest as a Ray Dataset of typed Arrow blocks, small enough that decoding spreads over every CPU."""
+def blocks_dataset(table: pa.Table, rows_per_block: int = 16) -> ray.data.Dataset:
+    """A table as a Ray Dataset of blocks of about `rows_per_block` rows, small enough that decoding spreads
+    over every CPU; map functions of the pipelines built on it fail with their own errors."""
     raise_original_errors()
-    table = to_table(validate_manifest(manifest, source="<manifest>"))
     blocks = max(1, math.ceil(table.num_rows / max(1, rows_per_block)))
     size = max(1, math.ceil(table.num_rows / blocks))
     return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
 
 
+def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
+    """The manifest as a Ray Dataset of typed Arrow blocks."""
+    return blocks_dataset(to_table(validate_manifest(manifest, source="<manifest>")), rows_per_block)
+
+
 def read_images(
-    manifest: pd.DataFrame, options: ReadOptions = ReadOptions(), cached: CachedContent = CachedContent()
+    manifest: pd.DataFrame, options: IngestConfig = IngestConfig(), cached: CachedContent = CachedContent()
 ) -> ray.data.Dataset:
     """Lazily read and decode every image of `manifest`; one output row per manifest row.
 
@@ -104,7 +91,7 @@ def read_images(
     )
 
 
-def decode_batch(batch: pd.DataFrame, options: ReadOptions, cached: CachedContent = CachedContent()) -> pd.DataFrame:
+def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: CachedContent = CachedContent()) -> pd.DataFrame:
     """Read and decode each row of a manifest batch; bad files become error rows, store failures raise."""
     rows = []
     for record in batch.to_dict("records"):
@@ -125,7 +112,7 @@ def decode_batch(batch: pd.DataFrame, options: ReadOptions, cached: CachedConten
     return out[DECODED_COLUMNS]
 
 
-def _read_and_decode(record: dict, options: ReadOptions, cached: CachedContent) -> dict:
+def _read_and_decode(record: dict, options: IngestConfig, cached: CachedContent) -> dict:
     """One image's decoded columns (not decoded when its content key is in `cached`)."""
     uri = record["uri"]
     digest = None

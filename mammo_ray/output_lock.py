@@ -51,8 +51,8 @@ from typing import Any
 import psutil
 
 from mammo_ray import storage
+from mammo_ray.config import S3Config
 from mammo_ray.errors import ConfigError, MammoRayError, StorageError
-from mammo_ray.storage import S3Options
 
 log = logging.getLogger("mammo_ray.output_lock")
 
@@ -313,7 +313,7 @@ def _not_implemented(error: BaseException) -> bool:
 class _S3Store:
     verify_after_create = True  # moto (and stores that ignore If-None-Match) may let two PUTs through
 
-    def __init__(self, lock_uri: str, s3: S3Options | None) -> None:
+    def __init__(self, lock_uri: str, s3: S3Config | None) -> None:
         self.uri = lock_uri
         self.fs, self.path = storage.filesystem(lock_uri, s3)
         self.bucket, self.key, _ = self.fs.split_path(self.path)
@@ -337,7 +337,7 @@ class _S3Store:
                 answer = self.fs.pipe_file(self.path, data)
         except FileExistsError:
             return None
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
             if _precondition_failed(error):
                 return None
             raise _wrap(self.uri, "create the lock", error) from error
@@ -359,7 +359,7 @@ class _S3Store:
             return fsspec.asyn.sync(self.fs.loop, get)
         except FileNotFoundError:
             return None
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
             raise _wrap(self.uri, "read the lock", error) from error
 
     def remove_if(self, version: Any) -> bool:
@@ -379,7 +379,7 @@ class _S3Store:
             return True
         except FileNotFoundError:
             return False
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
             if _precondition_failed(error):
                 return False
             raise _wrap(self.uri, "remove the lock", error) from error
@@ -403,13 +403,13 @@ class _S3Store:
             raise
         except FileNotFoundError:
             raise _Changed() from None
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
             if _precondition_failed(error):
                 raise _Changed() from None
             raise _wrap(self.uri, "renew the lock", error) from error
 
 
-def _store_for(lock_uri: str, s3: S3Options | None) -> _LocalStore | _S3Store:
+def _store_for(lock_uri: str, s3: S3Config | None) -> _LocalStore | _S3Store:
     return _S3Store(lock_uri, s3) if storage.is_remote(lock_uri) else _LocalStore(lock_uri)
 
 
@@ -420,7 +420,7 @@ class OutputLock:
     """A held lock on one output (see the module doc); made by `hold_output`."""
 
     def __init__(self, output_uri: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                 stale_after_s: float = DEFAULT_STALE_AFTER_S, s3: S3Options | None = None,
+                 stale_after_s: float = DEFAULT_STALE_AFTER_S, s3: S3Config | None = None,
                  settle_s: float = SETTLE_S) -> None:
         if not heartbeat_s > 0:
             raise ConfigError("output_lock.heartbeat_s", f"must be positive, got {heartbeat_s}")
@@ -610,10 +610,10 @@ class OutputLock:
 @contextlib.contextmanager
 def hold_output(output_uri: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
                 stale_after_s: float = DEFAULT_STALE_AFTER_S,
-                s3: S3Options | None = None) -> Iterator[OutputLock]:
+                s3: S3Config | None = None) -> Iterator[OutputLock]:
     """Hold the lock on `output_uri` for the duration of the block; OutputLockedError when another holds it.
 
-    `s3` is the study's S3Options (endpoint, region) for an s3:// output; None takes the environment.
+    `s3` is the study's S3Config (endpoint, region) for an s3:// output; None takes the environment.
     """
     lock = OutputLock(output_uri, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, s3=s3).acquire()
     try:
@@ -622,7 +622,7 @@ def hold_output(output_uri: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         lock.release()
 
 
-def read_lock(output_uri: str, s3: S3Options | None = None) -> LockHolder | None:
+def read_lock(output_uri: str, s3: S3Config | None = None) -> LockHolder | None:
     """Who holds the lock on `output_uri` (None: nobody, or the lock is unreadable). For status displays."""
     seen = _store_for(storage.join(output_uri, LOCK_NAME), s3).read()
     return LockHolder.from_bytes(seen.data) if seen is not None else None
@@ -631,7 +631,7 @@ def read_lock(output_uri: str, s3: S3Options | None = None) -> LockHolder | None
 # --- before any work: can the output be written at all? -----------------------------------------------------
 
 
-def check_output_writable(output_uri: str, *, s3: S3Options | None = None) -> None:
+def check_output_writable(output_uri: str, *, s3: S3Config | None = None) -> None:
     """Raise ConfigError('output', ...) when `output_uri` cannot be a study's output; cheap (a probe write).
 
     Refused: an unknown scheme, a path (or S3 key) that is an existing file, a local folder that cannot be
@@ -677,7 +677,7 @@ def _check_local(output_uri: str, path: str) -> None:
         os.remove(probe)
 
 
-def _check_s3(output_uri: str, path: str, s3: S3Options | None) -> None:
+def _check_s3(output_uri: str, path: str, s3: S3Config | None) -> None:
     fs, _ = storage.filesystem(output_uri, s3)
     bucket, _, key = path.partition("/")
     try:
@@ -686,7 +686,7 @@ def _check_s3(output_uri: str, path: str, s3: S3Options | None) -> None:
         raise ConfigError("output", f"{output_uri}: bucket {bucket!r} does not exist") from None
     except PermissionError:
         raise ConfigError("output", f"{output_uri}: access to bucket {bucket!r} is denied") from None
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any failure to reach the output is a config error naming it
         raise ConfigError("output", f"{output_uri}: cannot reach bucket {bucket!r}: "
                                     f"{type(error).__name__}: {error}") from None
     if key:
@@ -694,7 +694,7 @@ def _check_s3(output_uri: str, path: str, s3: S3Options | None) -> None:
             fs.call_s3("head_object", Bucket=bucket, Key=key)
         except FileNotFoundError:
             pass
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
             raise ConfigError("output", f"{output_uri}: cannot check the key: {type(error).__name__}: "
                                         f"{error}") from None
         else:
@@ -702,7 +702,7 @@ def _check_s3(output_uri: str, path: str, s3: S3Options | None) -> None:
     probe = "/".join(part for part in (key, _probe_name()) if part)
     try:
         fs.call_s3("put_object", Bucket=bucket, Key=probe, Body=b"")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any failure to reach the output is a config error naming it
         raise ConfigError("output",
                           f"{output_uri} is not writable: {type(error).__name__}: {error}") from None
     with contextlib.suppress(Exception):

@@ -2,8 +2,8 @@
 
 S3 goes through s3fs; the endpoint, region and credentials come from the standard AWS variables
 (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION /
-AWS_DEFAULT_REGION) or from an explicit S3Options (the study config). Credentials are never stored in
-an S3Options that travels to Ray workers: each process takes them from its own environment or
+AWS_DEFAULT_REGION) or from the study config's `storage.s3` section (S3Config). Credentials are never
+stored in a config that travels to Ray workers: each process takes them from its own environment or
 instance profile.
 
 Writes are atomic: locally a temporary file in the target folder is renamed over the target; on S3
@@ -26,7 +26,6 @@ import posixpath
 import stat
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO
 
@@ -35,35 +34,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mammo_ray.config.sections import S3Config
 from mammo_ray.errors import StorageError, StoreUnavailableError
 
 _SUPPORTED_SCHEMES = ("", "file", "s3")
 #: 2 GiB: far above any mammogram (a full-field DICOM is 10-60 MB), far below what would exhaust a worker.
 DEFAULT_MAX_BYTES = 2 * 1024**3
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """Where S3 lives. None fields fall back to the environment (and then to AWS defaults)."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    anonymous: bool = False
-
-    @classmethod
-    def from_env(cls) -> S3Options:
-        return cls(
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None,
-            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-        )
-
-    def merged_with_env(self) -> S3Options:
-        env = S3Options.from_env()
-        return S3Options(
-            endpoint_url=self.endpoint_url or env.endpoint_url,
-            region=self.region or env.region,
-            anonymous=self.anonymous,
-        )
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -100,15 +76,15 @@ def join(base: str, *parts: str) -> str:
     return "s3://" + posixpath.join(path, *parts)
 
 
-def filesystem(uri: str, s3: S3Options | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(uri: str, s3: S3Config | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem serving `uri` and the path to use with it."""
     scheme, path = split_uri(uri)
     if scheme == "file":
         return _local_filesystem(), path
-    return _s3_filesystem((s3 or S3Options()).merged_with_env()), path
+    return _s3_filesystem((s3 or S3Config()).merged_with_env()), path
 
 
-def arrow_filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+def arrow_filesystem(uri: str, s3: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem (what Ray Data and pyarrow.dataset take) and the path to use with it."""
     scheme, path = split_uri(uri)
     if scheme == "file":
@@ -123,7 +99,7 @@ def _local_filesystem() -> fsspec.AbstractFileSystem:
 
 
 @lru_cache(maxsize=16)
-def _s3_filesystem(options: S3Options) -> fsspec.AbstractFileSystem:
+def _s3_filesystem(options: S3Config) -> fsspec.AbstractFileSystem:
     import s3fs  # imported here: local-only use never pays for botocore
 
     client_kwargs: dict[str, str] = {}
@@ -157,7 +133,8 @@ _STORE_FAILURES = frozenset({
 #: S3 error codes of the store or the credentials as a whole (a 5xx is always the store's).
 _STORE_ERROR_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "ServiceUnavailable",
-    "InternalError", "ExpiredToken", "InvalidAccessKeyId", "InvalidToken", "SignatureDoesNotMatch", "TokenRefreshRequired",
+    "InternalError", "ExpiredToken", "InvalidAccessKeyId", "InvalidToken", "SignatureDoesNotMatch",
+    "TokenRefreshRequired",
 })
 #: errno values of a local store that failed (disk full, read-only, stale NFS handle, network file system down).
 _STORE_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EROFS, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN,
@@ -208,7 +185,7 @@ def wrap_error(uri: str, action: str, error: Exception) -> StorageError | StoreU
     return StorageError(uri, f"cannot {action}: {type(error).__name__}: {error}")
 
 
-def exists(uri: str, s3: S3Options | None = None) -> bool:
+def exists(uri: str, s3: S3Config | None = None) -> bool:
     fs, path = filesystem(uri, s3)
     try:
         return bool(fs.exists(path))
@@ -216,7 +193,7 @@ def exists(uri: str, s3: S3Options | None = None) -> bool:
         raise wrap_error(uri, "check existence", error) from error
 
 
-def read_bytes(uri: str, s3: S3Options | None = None, max_bytes: int | None = None) -> bytes:
+def read_bytes(uri: str, s3: S3Config | None = None, max_bytes: int | None = None) -> bytes:
     """The bytes of one file. A local path that is not a regular file (a folder, FIFO, device or socket) is
     refused without being opened; a file larger than `max_bytes` is refused from its size, before it is
     read (on S3 in the same single request: a ranged GET of max_bytes + 1)."""
@@ -228,7 +205,7 @@ def read_bytes(uri: str, s3: S3Options | None = None, max_bytes: int | None = No
         data = fs.cat_file(path) if max_bytes is None else fs.cat_file(path, start=0, end=max_bytes + 1)
     except IsADirectoryError:
         raise StorageError(uri, "is a folder, not a file") from None
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         if max_bytes is not None and _range_not_satisfiable(error) and _is_empty_object(fs, path):
             return b""  # S3 answers a range starting at 0 with 416 only for an empty object: its bytes are b""
         raise wrap_error(uri, "read", error) from error
@@ -265,7 +242,7 @@ def _read_local(uri: str, path: str, max_bytes: int | None) -> bytes:
             raise _too_large(uri, info.st_size, max_bytes)
         with open(path, "rb") as handle:
             data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "read", error) from error
     if max_bytes is not None and len(data) > max_bytes:  # it grew after the stat
         raise _too_large(uri, None, max_bytes)
@@ -286,12 +263,12 @@ def _too_large(uri: str, size: int | None, max_bytes: int) -> StorageError:
 
 
 @contextlib.contextmanager
-def open_input(uri: str, s3: S3Options | None = None) -> Iterator[IO[bytes]]:
+def open_input(uri: str, s3: S3Config | None = None) -> Iterator[IO[bytes]]:
     """A binary file object for reading; the whole object is read once (metadata-sized files)."""
     yield io.BytesIO(read_bytes(uri, s3))
 
 
-def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
+def write_bytes(uri: str, data: bytes, s3: S3Config | None = None) -> None:
     """Write `data` to `uri` atomically, creating parent folders as needed."""
     fs, path = filesystem(uri, s3)
     try:
@@ -310,27 +287,27 @@ def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
                     os.remove(temporary)
         else:
             fs.pipe_file(path, data)  # a single PUT: visible only once complete
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "write", error) from error
 
 
-def write_table(table: pa.Table, uri: str, s3: S3Options | None = None) -> None:
+def write_table(table: pa.Table, uri: str, s3: S3Config | None = None) -> None:
     """Write an Arrow table as one Parquet file, atomically."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes(uri, sink.getvalue().to_pybytes(), s3)
 
 
-def read_table(uri: str, s3: S3Options | None = None, columns: list[str] | None = None) -> pa.Table:
+def read_table(uri: str, s3: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file, or every Parquet file under a folder, as one Arrow table (optionally some columns)."""
     fs, path = arrow_filesystem(uri, s3)
     try:
         return pq.read_table(path, filesystem=fs, columns=columns)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "read Parquet", error) from error
 
 
-def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Options | None = None) -> list[str]:
+def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config | None = None) -> list[str]:
     """Every file under `uri` (recursively), as full URIs in sorted order.
 
     `extensions` filters case-insensitively ('.dcm', 'png'); hidden files and our own temporary
@@ -343,7 +320,7 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Options 
         if not fs.exists(path):
             raise StorageError(uri, "not found")
         found = fs.find(path) if fs.isdir(path) else [path]
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "list", error) from error
     result = []
     for item in found:
@@ -365,10 +342,10 @@ def remove_empty_folder(uri: str) -> None:
             os.rmdir(path)
 
 
-def remove(uri: str, recursive: bool = False, s3: S3Options | None = None) -> None:
+def remove(uri: str, recursive: bool = False, s3: S3Config | None = None) -> None:
     fs, path = filesystem(uri, s3)
     try:
         if fs.exists(path):
             fs.rm(path, recursive=recursive)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "remove", error) from error

@@ -15,6 +15,7 @@ can assert the faults really fired. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
@@ -118,10 +119,8 @@ class FlakyS3Proxy:
         with self._lock:
             connections, self._connections = list(self._connections), set()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None

@@ -24,22 +24,21 @@ import pandas as pd
 import pytest
 
 from mammo_ray import storage
-from mammo_ray.config import parse_config
+from mammo_ray.config import EmbedConfig, ExtractorConfig, parse_config
 from mammo_ray.datasets import generic_csv
 from mammo_ray.datasets.manifest import read_manifest, validate_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort, synthetic_dicom_bytes
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort, synthetic_dicom_bytes
 from mammo_ray.errors import ConfigError, ManifestError, StorageError
 from mammo_ray.imaging import decode_image
-from mammo_ray.models.extractors import ExtractorSpec
-from mammo_ray.stages.embed import EmbedOptions, errors_uri, read_embeddings, run_embed
+from mammo_ray.stages.embed import errors_uri, read_embeddings, run_embed
 from mammo_ray.stages.ingest import run_ingest
 from mammo_ray.study import run_study
 from tests.image_builders import huge_element_dicom, make_dicom, nested_sequence_dicom, png_bomb, png_bytes
 
-COHORT = CohortSpec(patients=2, seed=5, rows=96)
+COHORT = SyntheticSource(patients=2, seed=5, rows=96)
 EXTRACTORS = [
-    ExtractorSpec(name="imagenet_resnet18", weights="random-init:0", input_size=64),
-    ExtractorSpec(name="nyu_lcc", weights="random-init:0", nyu_scale=0.125),
+    ExtractorConfig(name="imagenet_resnet18", weights="random-init:0", input_size=64),
+    ExtractorConfig(name="nyu_lcc", weights="random-init:0", nyu_scale=0.125),
 ]
 TINY = np.arange(64, dtype=np.uint16).reshape(8, 8)
 
@@ -156,7 +155,7 @@ def job(corpus: Corpus, ray_session: None) -> dict[str, object]:
     """Ingest and both embeddings of the mixed manifest: the calls must simply return."""
     results: dict[str, object] = {"ingest": run_ingest(corpus.manifest, corpus.output)}
     for spec in EXTRACTORS:
-        results[spec.name] = run_embed(corpus.manifest, corpus.output, spec, EmbedOptions(batch_size=4))
+        results[spec.name] = run_embed(corpus.manifest, corpus.output, spec, EmbedConfig(batch_size=4))
     return results
 
 
@@ -198,7 +197,7 @@ def test_every_undecodable_image_is_one_ingest_error_row(corpus: Corpus, job) ->
 
 
 @pytest.mark.parametrize("spec", EXTRACTORS, ids=[spec.name for spec in EXTRACTORS])
-def test_every_bad_image_is_one_error_row_of_each_embedding(corpus: Corpus, job, spec: ExtractorSpec) -> None:
+def test_every_bad_image_is_one_error_row_of_each_embedding(corpus: Corpus, job, spec: ExtractorConfig) -> None:
     # Embed decodes for itself, so the undecodable images are its errors too, with the same reasons.
     _check_rows(_errors(errors_uri(corpus.output, spec.name)), corpus.bad, f"embed:{spec.name}")
 

@@ -111,6 +111,6 @@ def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_p
     monkeypatch.chdir(tmp_path)  # no weights/ folder here
     with pytest.raises(ConfigError) as caught:
         run_study(config.model_copy(update={"output": str(tmp_path / "out")}))
-    assert "embed.extractors.0.weights" == caught.value.key_path
+    assert caught.value.key_path == "embed.extractors.0.weights"
     assert "resnet50-11ad3fa6.pth" in str(caught.value) and "mammo-ray weights fetch" in str(caught.value)
     assert not (tmp_path / "out").exists()

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from mammo_ray import storage, tables
+from mammo_ray.config import ExtractorConfig
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.faults import arm, fired
-from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import read_embeddings
 from tests.ray_train_state import checkpoint_committed
 
@@ -115,7 +115,7 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
     assert "manifest: already done" in log and "ingest: already done" in log
     assert f"{written_before} already stored (skipped)" in log
     assert "taking over a stale lock" in log  # the killed study's lock: its holder is dead
-    spec = ExtractorSpec(name="nyu_avg", nyu_scale=0.25)
+    spec = ExtractorConfig(name="nyu_avg", nyu_scale=0.25)
     rows = read_embeddings(str(output), read_manifest(tables.manifest_uri(str(output))), spec)
     table = storage.read_table(str(store))
     assert len(rows) == 32 and table.num_rows == 32  # no duplicate row, even before deduplication

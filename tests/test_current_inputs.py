@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 
 from mammo_ray import feature_store, storage, tables
-from mammo_ray.config import parse_config
+from mammo_ray.config import ExtractorConfig, parse_config
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import ConfigError, StaleTableError
-from mammo_ray.models.extractors import ExtractorSpec
 from mammo_ray.stages.embed import read_embeddings
 from mammo_ray.study import prune_output, run_study
 
@@ -52,7 +51,7 @@ def _assert_grid_describes(config, manifest: pd.DataFrame, weights: str) -> None
 
 @pytest.mark.usefixtures("ray_session")
 def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_current_inputs(tmp_path):
-    cohort = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=8, rows=96, positive_fraction=0.5))
+    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=8, rows=96, positive_fraction=0.5))
     manifest_uri = str(tmp_path / "manifest.parquet")
     write_manifest(cohort, manifest_uri)
     stages = ["manifest", "ingest", "embed", "grid"]
@@ -63,7 +62,7 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
 
     # Other weights on the same output: readers refuse to answer with the old vectors until the embedding
     # ran; then the grid sees the new vectors only, once per image.
-    spec = ExtractorSpec(name="imagenet_resnet18", input_size=32, weights="random-init:1")
+    spec = ExtractorConfig(name="imagenet_resnet18", input_size=32, weights="random-init:1")
     with pytest.raises(StaleTableError, match="random-init:0.*the config asks for weights random-init:1"):
         read_embeddings(config.output, cohort, spec)
     switched = _config(tmp_path, manifest_uri, weights="random-init:1")
@@ -136,7 +135,8 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
 
 def test_the_shipped_cluster_config_passes_the_job_path_check_and_the_demo_does_not(monkeypatch):
     from mammo_ray.config import load_config
-    from mammo_ray.study import check_job_paths, demo_config
+    from mammo_ray.preflight import check_job_paths
+    from mammo_ray.study import demo_config
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "gcs://_ray_pkg_abc.zip"}}')
     check_job_paths(load_config("jobs/configs/cluster_s3.yaml"))  # what the README's job command runs

@@ -12,20 +12,21 @@ import pandas as pd
 import pytest
 
 from mammo_ray import feature_store, storage, tables
+from mammo_ray.config import EmbedConfig, ExtractorConfig
 from mammo_ray.datasets.manifest import validate_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
-from mammo_ray.models.extractors import EXTRACTORS, ExtractorSpec
-from mammo_ray.stages.embed import EmbedOptions, embedding_key, errors_uri, read_embeddings, run_embed
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
+from mammo_ray.models.extractors import EXTRACTORS
+from mammo_ray.stages.embed import embedding_key, errors_uri, read_embeddings, run_embed
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-COHORT = CohortSpec(patients=2, seed=11, rows=256)
-OPTIONS = EmbedOptions(batch_size=4)
+COHORT = SyntheticSource(patients=2, seed=11, rows=256)
+OPTIONS = EmbedConfig(batch_size=4)
 
 
-def _spec(name: str, **overrides) -> ExtractorSpec:
+def _spec(name: str, **overrides) -> ExtractorConfig:
     settings = {"weights": "random-init:3", "input_size": 64, "nyu_scale": 0.125, **overrides}
-    return ExtractorSpec(name=name, **settings)
+    return ExtractorConfig(name=name, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +102,10 @@ def test_unreadable_and_breastless_images_are_error_rows_and_the_rest_is_embedde
     result = run_embed(mixed, s3_bucket + "/mixed", spec, OPTIONS)
     assert (result.embedded, result.errors) == (len(manifest), 2)
     errors = storage.read_table(errors_uri(s3_bucket + "/mixed", spec.name)).to_pandas()
-    kinds = dict(zip(errors["image_id"], errors["error_type"]))
+    kinds = dict(zip(errors["image_id"], errors["error_type"], strict=True))
     assert kinds == {"bad/black": "NoBreastFoundError", "bad/garbage": "DecodeError"}
     assert set(errors["stage"]) == {"embed:nyu_lcc"}
-    assert all(uri.rsplit("/", 1)[1] in message for uri, message in zip(errors["uri"], errors["message"]))
+    assert all(uri.rsplit("/", 1)[1] in message for uri, message in zip(errors["uri"], errors["message"], strict=True))
 
 
 GPU_SCRIPT = textwrap.dedent(
@@ -112,15 +113,16 @@ GPU_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np, pandas as pd, ray
     from ray.util.state import list_actors
+    from mammo_ray.config import EmbedConfig, ExtractorConfig
     from mammo_ray.datasets.manifest import read_manifest
-    from mammo_ray.models.extractors import ExtractorSpec
-    from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+    from mammo_ray.stages.embed import read_embeddings, run_embed
 
     manifest_uri, out = sys.argv[1], sys.argv[2]
     context = ray.init(num_cpus=2, num_gpus=1, include_dashboard=True, log_to_driver=False)
-    spec = ExtractorSpec(name="imagenet_resnet18", weights="random-init:3", input_size=64)
-    result = run_embed(read_manifest(manifest_uri), out, spec, EmbedOptions(batch_size=4))
-    actors = [a for a in list_actors(address="http://" + context.dashboard_url, detail=True, limit=1000) if "MapWorker" in (a.class_name or "")]
+    spec = ExtractorConfig(name="imagenet_resnet18", weights="random-init:3", input_size=64)
+    result = run_embed(read_manifest(manifest_uri), out, spec, EmbedConfig(batch_size=4))
+    listed = list_actors(address="http://" + context.dashboard_url, detail=True, limit=1000)
+    actors = [a for a in listed if "MapWorker" in (a.class_name or "")]
     gpus = sorted({float((a.required_resources or {}).get("GPU", 0)) for a in actors})
     frame = read_embeddings(out, read_manifest(manifest_uri), spec)
     print(json.dumps({"embedded": result.embedded, "actor_gpus": gpus,
@@ -146,10 +148,10 @@ def test_gpu_path_schedules_actors_with_a_gpu_and_computes_the_same(s3_manifest,
     assert report["embedded"] == len(manifest)
     assert report["actor_gpus"] == [1.0]
 
-    cpu = run_embed(manifest, str(tmp_path / "cpu-out"), ExtractorSpec(
-        name="imagenet_resnet18", weights="random-init:3", input_size=64), EmbedOptions(batch_size=4, num_gpus=0))
+    cpu = run_embed(manifest, str(tmp_path / "cpu-out"), ExtractorConfig(
+        name="imagenet_resnet18", weights="random-init:3", input_size=64), EmbedConfig(batch_size=4, num_gpus=0))
     assert cpu.embedded == len(manifest)
-    reference = read_embeddings(str(tmp_path / "cpu-out"), manifest, ExtractorSpec(
+    reference = read_embeddings(str(tmp_path / "cpu-out"), manifest, ExtractorConfig(
         name="imagenet_resnet18", weights="random-init:3", input_size=64))
-    for image_id, vector in zip(reference["image_id"], reference["embedding"]):
+    for image_id, vector in zip(reference["image_id"], reference["embedding"], strict=True):
         np.testing.assert_allclose(report["vectors"][image_id], vector, rtol=1e-4, atol=1e-5)

@@ -10,22 +10,17 @@ import pytest
 import torch
 
 from mammo_ray import storage, tables
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.config import FinetuneConfig
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import ConfigError
 from mammo_ray.models.weights import WeightsError, seeded_init
-from mammo_ray.stages.finetune import (
-    FINETUNE_PREDICTIONS_SCHEMA,
-    FINETUNE_SCHEMA,
-    FinetuneConfig,
-    finetune_uri,
-    predictions_uri,
-    run_finetune,
-)
+from mammo_ray.stages.finetune import finetune_uri, predictions_uri, run_finetune
+from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.training.data import task_frame
 from mammo_ray.training.splits import make_split
 
 # Every image's patient has one suspicious and one negative breast: both classes in every split.
-COHORT = CohortSpec(patients=6, seed=5, rows=128, positive_fraction=0.5)
+COHORT = SyntheticSource(patients=6, seed=5, rows=128, positive_fraction=0.5)
 
 
 def _config(**overrides) -> FinetuneConfig:

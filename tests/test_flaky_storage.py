@@ -33,10 +33,10 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 
 from mammo_ray import feature_store, storage
 from mammo_ray import tables as tables_contract
-from mammo_ray.config import parse_config
+from mammo_ray.config import S3Config, parse_config
 from mammo_ray.stages.embed import embedding_key
 from mammo_ray.stages.zero_shot import zero_shot_key
-from mammo_ray.study import extractor_specs, read_options, run_study, zero_shot_spec
+from mammo_ray.study import run_study
 from tests.flaky_s3 import FlakyS3Proxy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def test_the_storage_layer_survives_a_flaky_store(s3_endpoint, s3_bucket):
     """Every storage call the stages make, through s3fs with the library's own retry settings."""
     table = pa.table({"image_id": [f"i{n}" for n in range(500)], "value": np.arange(500, dtype=np.float32)})
     with FlakyS3Proxy(s3_endpoint, failure_rate=0.3, delay_rate=0.1, seed=3) as proxy:
-        s3 = storage.S3Options(endpoint_url=proxy.endpoint)
+        s3 = S3Config(endpoint_url=proxy.endpoint)
         for n in range(2):
             root = f"{s3_bucket}/layer/{n}"
             storage.write_bytes(f"{root}/a.dcm", b"dicom-%d" % n, s3)
@@ -250,10 +250,10 @@ def test_the_study_on_a_flaky_store_writes_what_a_clean_run_writes(s3_endpoint, 
     print(f"tables compared: {sorted(tables)}")
     assert set(tables) == set(_tables(flaky_out))
     config = parse_config(_study_config(clean_out))
-    (spec,) = extractor_specs(config)
-    read = read_options(config)
+    (spec,) = config.embed.extractors
+    read = config.ingest
     model_outputs = {tables_contract.embeddings_uri(clean_out, spec.name): embedding_key(spec, read),
-                     tables_contract.zero_shot_uri(clean_out): zero_shot_key(zero_shot_spec(config), read)}
+                     tables_contract.zero_shot_uri(clean_out): zero_shot_key(config.zero_shot, read)}
     # The feature store folder of each model output under the study's model key, and its index.
     features = {_relative(feature_store.key_uri(folder, key), clean_out) for folder, key in model_outputs.items()}
     indexes = {_relative(tables_contract.index_uri(folder), clean_out) for folder in model_outputs}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mammo_ray import storage, tables
-from mammo_ray.classify import GridConfig, GridData
+from mammo_ray.classify import GridData
 from mammo_ray.classify.synthetic import embedding_table, noise_table, read_synthetic, write_embeddings
+from mammo_ray.config import EmbedConfig, ExtractorConfig, GridConfig
 from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, plan_units, run_grid, tune_grid
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -105,8 +106,7 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     A patient-stratified subset of 48 of the 161 women (96 films) keeps the test fast on 2 cores.
     """
     from mammo_ray.datasets.mias import build_manifest
-    from mammo_ray.models.extractors import ExtractorSpec
-    from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+    from mammo_ray.stages.embed import read_embeddings, run_embed
     from mammo_ray.stages.grid import grid_data
 
     full = build_manifest(str(mini_mias_dir / "Info.txt"), str(mini_mias_dir), positive="abnormal")
@@ -129,8 +129,8 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     assert len(manifest) == 96 and manifest["uri"].str.startswith("s3://").all()
 
     output = s3_bucket + "/study"
-    spec = ExtractorSpec(name="imagenet_resnet18", weights="random-init:0", input_size=64)
-    embedded = run_embed(manifest, output, spec, EmbedOptions(batch_size=16))
+    spec = ExtractorConfig(name="imagenet_resnet18", weights="random-init:0", input_size=64)
+    embedded = run_embed(manifest, output, spec, EmbedConfig(batch_size=16))
     assert (embedded.embedded, embedded.errors) == (96, 0)
 
     data = grid_data(read_embeddings(output, manifest, spec), spec.name)
@@ -185,15 +185,15 @@ def test_a_grid_started_again_runs_only_the_units_not_in_its_journal(tmp_path):
     row = first.frame[first.frame["protocol"] == "paper"].iloc[0]
     journaled = {**{k: row[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")},
                  "cv_balanced_accuracy_mean": 0.123, "cell_hash": row["cell_hash"]}
-    storage.write_bytes(storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
-                        json.dumps([journaled]).encode())
+    unit_uri = storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json")
+    storage.write_bytes(unit_uri, json.dumps([journaled]).encode())
 
     again = run_grid(output, config, {"signal": data}).frame.set_index("protocol")
     assert again.loc["paper", "cv_balanced_accuracy_mean"] == 0.123  # read from the journal, not refit
     assert again.loc["leak_free", "cv_balanced_accuracy_mean"] == pytest.approx(
         first.frame.set_index("protocol").loc["leak_free", "cv_balanced_accuracy_mean"])
-    storage.write_bytes(storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json"),
-                        json.dumps([journaled]).encode())
+    unit_uri = storage.join(tables.grid_units_uri(output), f"unit-{unit_key(unit, data.content_hash(), config)}.json")
+    storage.write_bytes(unit_uri, json.dumps([journaled]).encode())
     relabelled = GridData("signal", data.X, 1 - data.y, data.groups, image_ids=data.image_ids)  # other labels
     assert run_grid(output, config, {"signal": relabelled}).frame.set_index("protocol").loc[
         "paper", "cv_balanced_accuracy_mean"] != 0.123  # other data: other keys, the journal is not used

@@ -11,14 +11,15 @@ import pytest
 from PIL import Image
 
 from mammo_ray import storage
+from mammo_ray.config import IngestConfig
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, read_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
-from mammo_ray.image_stream import ReadOptions, read_images
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
+from mammo_ray.image_stream import read_images
 from mammo_ray.stages.ingest import run_ingest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-SMALL = CohortSpec(patients=3, seed=7, rows=128)
+SMALL = SyntheticSource(patients=3, seed=7, rows=128)
 
 
 @pytest.fixture()
@@ -31,7 +32,7 @@ def test_synthetic_cohort_round_trips_through_s3_and_ray_data(s3_cohort):
     root, written = s3_cohort
     manifest = read_manifest(storage.join(root, "manifest.parquet"), check_files=True)
     assert all(uri.startswith("s3://") for uri in manifest["uri"])
-    rows = read_images(manifest, ReadOptions(batch_size=2, rows_per_block=3)).take_all()
+    rows = read_images(manifest, IngestConfig(batch_size=2, rows_per_block=3)).take_all()
 
     assert sorted(r["image_id"] for r in rows) == sorted(written["image_id"])
     by_id = {r["image_id"]: r for r in rows}
@@ -96,7 +97,7 @@ def test_bad_images_are_error_rows_and_every_good_image_is_still_processed(s3_bu
     manifest = pd.concat([good, pd.DataFrame(bad_rows)], ignore_index=True)
     manifest = manifest.sample(frac=1.0, random_state=3).reset_index(drop=True)  # bad rows between good ones
 
-    result = run_ingest(manifest, root + "/out", ReadOptions(batch_size=3, rows_per_block=4))
+    result = run_ingest(manifest, root + "/out", IngestConfig(batch_size=3, rows_per_block=4))
 
     errors = storage.read_table(result.errors_uri).to_pandas()
     images = storage.read_table(result.images_uri).to_pandas()
@@ -106,7 +107,7 @@ def test_bad_images_are_error_rows_and_every_good_image_is_still_processed(s3_bu
     assert set(errors["stage"]) == {"ingest"}
     for row in errors.itertuples():
         assert row.uri.rsplit("/", 1)[1] in row.message  # each message names its file
-    kinds = dict(zip(errors["image_id"], errors["error_type"]))
+    kinds = dict(zip(errors["image_id"], errors["error_type"], strict=True))
     assert kinds["bad/missing.dcm"] == "StorageError"
     assert {kinds[f"bad/{n}"] for n in corpus if n != "missing.dcm"} == {"DecodeError"}
     assert (images["breast_fraction"] > 0.1).all() and (images["height"] == SMALL.rows).all()

@@ -17,18 +17,20 @@ import psutil
 import pytest
 
 from mammo_ray import storage
+from mammo_ray.config import S3Config
 from mammo_ray.errors import ConfigError
 from mammo_ray.output_lock import (
     LOCK_NAME,
     LockHolder,
     OutputLockedError,
     _iso,
-    _parse_time as _parse,
     check_output_writable,
     hold_output,
     read_lock,
 )
-from mammo_ray.storage import S3Options
+from mammo_ray.output_lock import (
+    _parse_time as _parse,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOGGER = "mammo_ray.output_lock"
@@ -95,9 +97,8 @@ def test_lock_object_names_its_holder(output: str) -> None:
 
 def test_second_holder_is_refused_and_told_who_holds_it(output: str) -> None:
     with hold_output(output) as first:
-        with pytest.raises(OutputLockedError) as refused:
-            with hold_output(output):
-                pytest.fail("a second holder got in")
+        with pytest.raises(OutputLockedError) as refused, hold_output(output):
+            pytest.fail("a second holder got in")
         message = str(refused.value)
         assert output in message
         assert socket.gethostname() in message and f"pid {os.getpid()}" in message
@@ -122,9 +123,8 @@ def test_release_lets_a_new_holder_in(output: str) -> None:
 
 def test_release_after_an_error_in_the_block_still_removes_the_lock(tmp_path: Path) -> None:
     output = str(tmp_path / "out")
-    with pytest.raises(RuntimeError, match="stage failed"):
-        with hold_output(output):
-            raise RuntimeError("stage failed")
+    with pytest.raises(RuntimeError, match="stage failed"), hold_output(output):
+        raise RuntimeError("stage failed")
     assert not storage.exists(lock_uri(output))
 
 
@@ -135,9 +135,8 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(
         output: str, caplog: pytest.LogCaptureFixture) -> None:
     pid = dead_pid()
     old = plant_lock(output, pid=pid)  # fresh heartbeat: only the dead pid makes it stale
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        with hold_output(output) as lock:
-            assert stored_holder(output).token == lock.token != old.token
+    with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output) as lock:
+        assert stored_holder(output).token == lock.token != old.token
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER]
     assert any("taking over" in m and f"pid {pid}" in m and "no longer running" in m
                for m in warnings), warnings
@@ -147,9 +146,8 @@ def test_a_reused_pid_does_not_keep_a_lock_alive(tmp_path: Path, caplog: pytest.
     output = str(tmp_path / "out")
     # Our own (alive) pid, but recorded with another process start time: the pid was reused.
     old = plant_lock(output, process_started_at=_iso(psutil.Process().create_time() - 3600))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        with hold_output(output) as lock:
-            assert stored_holder(output).token == lock.token != old.token
+    with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output) as lock:
+        assert stored_holder(output).token == lock.token != old.token
     assert any("now belongs to a process started" in r.getMessage() for r in caplog.records)
 
 
@@ -157,9 +155,8 @@ def test_expired_heartbeat_is_taken_over(output: str, caplog: pytest.LogCaptureF
     ten_minutes_ago = _iso(time.time() - 600)
     old = plant_lock(output, host="another-host.example", pid=4242, heartbeat_at=ten_minutes_ago,
                      started_at=ten_minutes_ago)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        with hold_output(output, stale_after_s=60) as lock:
-            assert stored_holder(output).token == lock.token != old.token
+    with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output, stale_after_s=60) as lock:
+        assert stored_holder(output).token == lock.token != old.token
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("another-host.example" in m and "no heartbeat for" in m for m in warnings), warnings
 
@@ -168,9 +165,8 @@ def test_live_lock_of_another_host_is_respected_whatever_its_pid(tmp_path: Path)
     output = str(tmp_path / "out")
     # A pid that is dead here says nothing about a process on another machine: only the heartbeat counts.
     old = plant_lock(output, host="another-host.example", pid=dead_pid())
-    with pytest.raises(OutputLockedError, match="another-host.example"):
-        with hold_output(output):
-            pass
+    with pytest.raises(OutputLockedError, match="another-host.example"), hold_output(output):
+        pass
     assert stored_holder(output) == old
 
 
@@ -179,9 +175,8 @@ def test_an_old_unreadable_lock_is_taken_over_and_a_new_one_is_respected(tmp_pat
     path = Path(storage.split_uri(lock_uri(output))[1])
     path.parent.mkdir(parents=True)
     path.write_bytes(b"")  # a creator that died between its exclusive create and its write
-    with pytest.raises(OutputLockedError, match="empty or unreadable"):
-        with hold_output(output, stale_after_s=60):
-            pass
+    with pytest.raises(OutputLockedError, match="empty or unreadable"), hold_output(output, stale_after_s=60):
+        pass
     old = time.time() - 120
     os.utime(path, (old, old))
     with hold_output(output, stale_after_s=60) as lock:
@@ -245,13 +240,13 @@ def test_heartbeat_failures_do_not_end_the_holder(tmp_path: Path, monkeypatch: p
         return real(self, data, version)
 
     monkeypatch.setattr(_LocalStore, "replace_if", flaky)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        with hold_output(output, heartbeat_s=0.1, stale_after_s=30) as lock:
-            first = stored_holder(output)
-            assert wait_for(lambda: failures["left"] == 0)
-            assert wait_for(lambda: stored_holder(output).heartbeat_at != first.heartbeat_at)
-            assert not lock.lost
-            lock.check()
+    with caplog.at_level(logging.WARNING, logger=LOGGER), \
+            hold_output(output, heartbeat_s=0.1, stale_after_s=30) as lock:
+        first = stored_holder(output)
+        assert wait_for(lambda: failures["left"] == 0)
+        assert wait_for(lambda: stored_holder(output).heartbeat_at != first.heartbeat_at)
+        assert not lock.lost
+        lock.check()
     assert sum("could not renew the lock" in r.getMessage() for r in caplog.records) == 3
 
 
@@ -260,7 +255,7 @@ def test_heartbeat_survives_a_store_that_is_briefly_unreachable(s3_endpoint: str
 
     output = f"{s3_bucket}/blip"
     with FlakyS3Proxy(s3_endpoint, failure_rate=0.0, delay_rate=0.0) as proxy:
-        via_proxy = S3Options(endpoint_url=proxy.endpoint)
+        via_proxy = S3Config(endpoint_url=proxy.endpoint)
         with hold_output(output, heartbeat_s=0.2, stale_after_s=60, s3=via_proxy) as lock:
             proxy.failure_rate = 1.0  # every request fails: 5xx answers and reset connections
             assert wait_for(lambda: proxy.stats.failures + proxy.stats.resets >= 4), "no request hit the blip"
@@ -416,9 +411,7 @@ def test_output_locked_error_survives_pickling(tmp_path: Path) -> None:
     import pickle
 
     output = str(tmp_path / "out")
-    with hold_output(output):
-        with pytest.raises(OutputLockedError) as refused:
-            with hold_output(output):
-                pass
+    with hold_output(output), pytest.raises(OutputLockedError) as refused, hold_output(output):
+        pass
     copy = pickle.loads(pickle.dumps(refused.value))
     assert str(copy) == str(refused.value) and copy.holder == refused.value.holder

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from mammo_ray import cli
-from mammo_ray.config import MAX_YAML_NODES, _ConfigLoader, load_config
+from mammo_ray.config import load_config
+from mammo_ray.config.loading import MAX_YAML_NODES, _ConfigLoader
 from mammo_ray.datasets.adapters import build_with_adapter
 from mammo_ray.datasets.manifest import normalise_label, read_manifest, validate_manifest
 from mammo_ray.errors import ConfigError, ManifestError
@@ -24,7 +25,7 @@ from mammo_ray.models.weights import (
     check_weights_available,
     known_weights_file,
 )
-from mammo_ray.study import STAGES, check_stages, run_from_cli, run_study
+from mammo_ray.study import STAGE_NAMES, check_stages, run_from_cli, run_study
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
@@ -138,7 +139,7 @@ def test_an_empty_stage_list_is_refused_and_none_means_all() -> None:
     with pytest.raises(ConfigError) as caught:
         check_stages([])
     assert caught.value.key_path == "stages" and "at least one stage is needed" in caught.value.reason
-    assert check_stages(None) == list(STAGES)
+    assert check_stages(None) == list(STAGE_NAMES)
 
 
 def test_run_from_cli_refuses_an_empty_stage_list_before_writing(tmp_path: Path) -> None:
@@ -201,7 +202,8 @@ def test_good_adapter_arguments_build_the_manifest(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("extra", "expected"),
-    [([], "missing required argument(s) csv_uri, columns, dataset"), (["--arg", "csv=x.csv"], "unknown argument 'csv'")],
+    [([], "missing required argument(s) csv_uri, columns, dataset"),
+     (["--arg", "csv=x.csv"], "unknown argument 'csv'")],
     ids=["no-args", "unknown-arg"],
 )
 def test_cli_manifest_with_bad_args_exits_2_naming_them(tmp_path, capsys, extra, expected) -> None:
@@ -295,7 +297,7 @@ def test_manifest_uris_with_dotdot_segments_are_refused_naming_each_row(tmp_path
     with pytest.raises(ManifestError) as caught:
         read_manifest(str(path))
     assert len(caught.value.problems) == len(TRAVERSING)
-    for row, (uri, problem) in enumerate(zip(TRAVERSING, caught.value.problems), start=len(FINE)):
+    for row, (uri, problem) in enumerate(zip(TRAVERSING, caught.value.problems, strict=True), start=len(FINE)):
         assert problem == f"row {row} (i{row}): uri {uri}: a '..' path segment is not allowed"
 
 

@@ -22,11 +22,12 @@ import yaml
 
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 
 REPO = Path(__file__).resolve().parent.parent
 #: The study's own credentials: moto takes any; no output may ever show them.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAMAMMORAYLEAKCHECK7", "AWS_SECRET_ACCESS_KEY": "mR-secret/never+written/4aZ9qLx"}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAMAMMORAYLEAKCHECK7",
+               "AWS_SECRET_ACCESS_KEY": "mR-secret/never+written/4aZ9qLx"}
 #: What a clinical DICOM carries and no output may show.
 PHI = {"PatientName": "Doe^Jane^Quartermaine", "PatientBirthDate": "19230405", "AccessionNumber": "ACC-PHI-99812",
        "InstitutionName": "Saint Phi Memorial Hospital", "PatientID": "MRN-PHI-556677",
@@ -64,7 +65,7 @@ def scanned_run(s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
     client.create_bucket(Bucket="security-study")
     work = Path(tempfile.mkdtemp(prefix="/tmp/mr-sec-"))  # short: Ray's unix sockets live under it
     try:
-        cohort = generate_cohort(str(work / "cohort"), CohortSpec(patients=6, rows=96, positive_fraction=0.5))
+        cohort = generate_cohort(str(work / "cohort"), SyntheticSource(patients=6, rows=96, positive_fraction=0.5))
         uris = []
         for uri in cohort["uri"]:
             key = f"images/{Path(uri).name}"
@@ -144,7 +145,8 @@ def test_the_scan_finds_what_it_looks_for():
 def test_the_local_quick_start_runs_ray_with_token_auth_and_refuses_a_client_without_it(tmp_path):
     script = """
 import os, subprocess, sys
-from mammo_ray.study import demo_config, ensure_ray
+from mammo_ray.ray_setup import ensure_ray
+from mammo_ray.study import demo_config
 import ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
 config = demo_config()

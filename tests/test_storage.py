@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from mammo_ray import storage
+from mammo_ray.config import S3Config
 from mammo_ray.errors import StorageError
 
 
@@ -53,10 +54,10 @@ def test_s3_options_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    options = storage.S3Options.from_env()
+    options = S3Config.from_env()
     assert options.endpoint_url == "http://127.0.0.1:9"  # the S3-specific variable wins
     assert options.region == "eu-west-1"
-    explicit = storage.S3Options(endpoint_url="http://127.0.0.1:7").merged_with_env()
+    explicit = S3Config(endpoint_url="http://127.0.0.1:7").merged_with_env()
     assert explicit.endpoint_url == "http://127.0.0.1:7" and explicit.region == "eu-west-1"
 
 

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from mammo_ray import storage, tables
+from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig
 from mammo_ray.datasets.manifest import validate_manifest, write_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import StorageError, StoreUnavailableError
-from mammo_ray.image_stream import ReadOptions, decode_batch
+from mammo_ray.image_stream import decode_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,13 +40,13 @@ def test_an_unreachable_store_fails_the_read_instead_of_making_error_rows(s3_buc
     manifest = validate_manifest(pd.DataFrame([{"image_id": "a", "uri": s3_bucket + "/a.dcm", "dataset": "d",
                                                 "patient_id": "p"}]), source="test")
     absent = manifest.assign(uri=s3_bucket + "/absent.dcm")
-    rows = decode_batch(absent, ReadOptions())
+    rows = decode_batch(absent, IngestConfig())
     assert rows["error_type"].tolist() == ["StorageError"] and rows["error_message"].str.endswith("not found").all()
     monkeypatch.setenv("AWS_ENDPOINT_URL", _dead_endpoint())
     storage._s3_filesystem.cache_clear()
     try:
         with pytest.raises(StoreUnavailableError, match="storage unavailable.*a.dcm.*EndpointConnectionError"):
-            decode_batch(manifest, ReadOptions())
+            decode_batch(manifest, IngestConfig())
     finally:
         storage._s3_filesystem.cache_clear()
 
@@ -101,18 +102,17 @@ def test_a_fifo_and_an_oversized_file_are_refused_without_reading_them(tmp_path)
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(600)
 def test_a_fifo_and_an_oversized_file_are_errors_rows_and_the_good_image_lands(tmp_path, s3_bucket):
-    from mammo_ray.models.extractors import ExtractorSpec
-    from mammo_ray.stages.embed import EmbedOptions, read_embeddings, run_embed
+    from mammo_ray.stages.embed import read_embeddings, run_embed
     from mammo_ray.stages.ingest import run_ingest
 
-    good = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=1, rows=96)).iloc[:1]
+    good = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=1, rows=96)).iloc[:1]
     os.mkfifo(tmp_path / "pipe.dcm")
     with open(tmp_path / "big.dcm", "wb") as handle:
         handle.truncate(64 * 1024 * 1024)
     bad = pd.DataFrame([{"image_id": name, "uri": str(tmp_path / f"{name}.dcm"), "dataset": "x", "patient_id": "p9"}
                         for name in ("pipe", "big")])
     manifest = validate_manifest(pd.concat([good, bad], ignore_index=True), source="test")
-    options = ReadOptions(max_bytes=8 * 1024 * 1024)  # the synthetic DICOM is ~20 KiB
+    options = IngestConfig(max_bytes=8 * 1024 * 1024)  # the synthetic DICOM is ~20 KiB
     started = time.monotonic()
     ingested = run_ingest(manifest, str(tmp_path / "out"), options)
     print(f"ingest with a FIFO and a 64 MiB file: {time.monotonic() - started:.1f} s")
@@ -121,8 +121,8 @@ def test_a_fifo_and_an_oversized_file_are_errors_rows_and_the_good_image_lands(t
     assert "not a regular file (a FIFO)" in errors.loc["pipe", "message"]
     assert "67108864 bytes exceeds ingest.max_bytes" in errors.loc["big", "message"]
 
-    spec = ExtractorSpec(name="imagenet_resnet18", input_size=32)
-    embedded = run_embed(manifest, str(tmp_path / "out"), spec, EmbedOptions(batch_size=2, read=options))
+    spec = ExtractorConfig(name="imagenet_resnet18", input_size=32)
+    embedded = run_embed(manifest, str(tmp_path / "out"), spec, EmbedConfig(batch_size=2), options)
     assert (embedded.embedded, embedded.errors) == (1, 2)
     view = read_embeddings(str(tmp_path / "out"), manifest, spec, read=options)
     assert view["image_id"].tolist() == [good.iloc[0]["image_id"]]
@@ -140,7 +140,7 @@ def _study(config: Path, endpoint: str, *stages: str, timeout: int = 600) -> tup
 def test_a_study_during_a_storage_outage_fails_and_the_rerun_does_the_work(tmp_path, s3_endpoint, s3_bucket):
     """Images on S3, the endpoint down: the study exits non-zero (within a couple of minutes, not minutes per
     image), records no stage as done and writes no errors rows; with the store back the rerun completes."""
-    cohort = generate_cohort(s3_bucket + "/cohort", CohortSpec(patients=2, rows=96))
+    cohort = generate_cohort(s3_bucket + "/cohort", SyntheticSource(patients=2, rows=96))
     manifest_uri = str(tmp_path / "manifest.parquet")
     write_manifest(cohort, manifest_uri)
     output = tmp_path / "study"

@@ -13,7 +13,7 @@ import pytest
 from mammo_ray import storage
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import read_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import ConfigError
 from mammo_ray.study import run_study
 
@@ -62,7 +62,7 @@ def test_missing_pretrained_weights_fail_before_any_work(tmp_path):
 
 @pytest.mark.usefixtures("ray_session")
 def test_study_from_a_manifest_with_missing_files_reports_them_and_ingests_the_rest(tmp_path):
-    cohort = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=1, rows=96))
+    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=1, rows=96))
     missing = pd.DataFrame(
         [{"image_id": name, "uri": str(tmp_path / "nowhere" / f"{name}.dcm"), "dataset": "x", "patient_id": "p1"}
          for name in ("a", "b")]
@@ -75,7 +75,7 @@ def test_study_from_a_manifest_with_missing_files_reports_them_and_ingests_the_r
     assert (result.counts["ingested_images"], result.counts["ingest_errors"]) == (len(cohort), 2)
     errors = storage.read_table(str(tmp_path / "out" / "errors" / "ingest.parquet")).to_pandas()
     assert sorted(errors["image_id"]) == ["a", "b"] and set(errors["error_type"]) == {"StorageError"}
-    for uri, message in zip(errors["uri"], errors["message"]):
+    for uri, message in zip(errors["uri"], errors["message"], strict=True):
         assert message == f"{uri}: not found"
 
 
@@ -128,7 +128,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     for figure in ("grid_roc.png", "finetune_roc.png", "fold_scores.png"):  # ROC of the best grid cells too
         assert f"figures/{figure}" in markdown and (output / "report" / "figures" / figure).exists()
     assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
-    assert "figures/zero_shot_by_birads.png" in markdown and (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
+    assert "figures/zero_shot_by_birads.png" in markdown
+    assert (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     page = (output / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "<img" in page and "src='figures/" not in page  # self-contained
 
@@ -150,7 +151,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     from mammo_ray import tables
 
     assert provenance["inputs"]["manifest"] == tables.manifest_digest(read_manifest(corrected_uri))
-    assert tables.read_provenance(tables.grid_uri(str(output)))["inputs"]["manifest"] == provenance["inputs"]["manifest"]
+    grid_inputs = tables.read_provenance(tables.grid_uri(str(output)))["inputs"]
+    assert grid_inputs["manifest"] == provenance["inputs"]["manifest"]
 
 
 def _manifest(tmp_path) -> pd.DataFrame:

@@ -13,27 +13,27 @@ import pandas as pd
 import pytest
 
 from mammo_ray import feature_store, storage
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort
+from mammo_ray.config import EmbedConfig, ExtractorConfig, FinetuneConfig
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.faults import arm, fired
-from mammo_ray.models.extractors import ExtractorSpec
-from mammo_ray.stages.embed import EmbedOptions, embedding_key, read_embeddings, run_embed
-from mammo_ray.stages.finetune import FinetuneConfig, run_finetune
+from mammo_ray.stages.embed import embedding_key, read_embeddings, run_embed
+from mammo_ray.stages.finetune import run_finetune
 from tests.ray_train_state import checkpoint_committed
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 
 def test_an_inference_actor_killed_mid_run_is_replaced_and_every_good_image_lands_once(tmp_path, crash_points):
-    manifest = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=3, seed=4, rows=96))
+    manifest = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=3, seed=4, rows=96))
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"DICM but not really")
     manifest = pd.concat([manifest, manifest.iloc[:1].assign(image_id="broken", uri=str(broken))],
                          ignore_index=True)
     arm(crash_points, "inference.actor_batch", after=2)  # the actor dies before its 2nd batch
-    spec = ExtractorSpec(name="imagenet_resnet18", weights="random-init:0", input_size=64)
+    spec = ExtractorConfig(name="imagenet_resnet18", weights="random-init:0", input_size=64)
     output = str(tmp_path / "out")
 
-    result = run_embed(manifest, output, spec, EmbedOptions(batch_size=2, max_restarts=2))
+    result = run_embed(manifest, output, spec, EmbedConfig(batch_size=2, max_restarts=2))
 
     assert fired(crash_points, "inference.actor_batch")
     assert (result.embedded, result.errors) == (12, 1)
@@ -63,7 +63,7 @@ def _when_committed(run_folder: Path, then: Callable[[], None], timeout: float =
 
 
 def test_a_training_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, crash_points):
-    manifest = generate_cohort(str(tmp_path / "cohort"), CohortSpec(patients=6, seed=5, rows=96,
+    manifest = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=6, seed=5, rows=96,
                                                                      positive_fraction=0.5))
     config = FinetuneConfig.model_validate({
         "name": "faulty", "models": [{"name": "small_cnn"}], "tasks": ["binary"],

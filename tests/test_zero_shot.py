@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 
 from mammo_ray import feature_store, storage, tables
+from mammo_ray.config import EmbedConfig, ZeroShotConfig
 from mammo_ray.datasets.manifest import validate_manifest
-from mammo_ray.datasets.synthetic import CohortSpec, generate_cohort, generate_image
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort, generate_image
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
-from mammo_ray.stages.embed import EmbedOptions
 from mammo_ray.stages.zero_shot import (
     UnknownLateralityError,
-    ZeroShotSpec,
     errors_uri,
     head_for,
     read_zero_shot,
@@ -25,8 +24,8 @@ from mammo_ray.stages.zero_shot import (
     zero_shot_key,
 )
 
-COHORT = CohortSpec(patients=2, seed=5, rows=256)
-OPTIONS = EmbedOptions(batch_size=4)
+COHORT = SyntheticSource(patients=2, seed=5, rows=256)
+OPTIONS = EmbedConfig(batch_size=4)
 OTHER_VIEW_ID = "copy/P0000_L_MLO_as_other"
 NO_VIEW_ID = "png/no_view"  # view unknown (not in the manifest, not in the file)
 
@@ -83,7 +82,7 @@ def cohort(s3_endpoint) -> tuple[str, pd.DataFrame, pd.DataFrame]:
 def scored(ray_session, cohort, checkpoint):
     bucket, manifest, mixed = cohort
     path, sha256 = checkpoint
-    spec = ZeroShotSpec(weights=path, sha256=sha256, nyu_scale=0.125)
+    spec = ZeroShotConfig(weights=path, sha256=sha256, nyu_scale=0.125)
     out = bucket + "/out"
     return out, spec, run_zero_shot(mixed, out, spec, OPTIONS)
 
@@ -117,7 +116,7 @@ def test_every_good_image_is_scored_with_the_schema_and_the_checkpoint_id(scored
     assert len(set(frame["content_sha256"])) == len(manifest) + 1  # the copy shares its source's bytes
 
 
-def _in_process(uri: str, view: str | None, laterality: str, head: str, spec: ZeroShotSpec, path: str):
+def _in_process(uri: str, view: str | None, laterality: str, head: str, spec: ZeroShotConfig, path: str):
     """(p_benign, p_malignant) computed here, without Ray, from the file and the checkpoint."""
     import torch
 
@@ -125,7 +124,7 @@ def _in_process(uri: str, view: str | None, laterality: str, head: str, spec: Ze
     from mammo_ray.models.nyu import build_nyu_model
 
     pixels = decode_image(storage.read_bytes(uri), uri).pixels
-    window = spec.preprocessor(spec.resolution_for(pixels.shape[0]))(pixels, view, laterality)
+    window = spec.transform.preprocess(pixels.shape[0])(pixels, view, laterality)
     model = build_nyu_model(torch.load(path, weights_only=True, map_location="cpu"))
     with torch.inference_mode():
         p_benign, p_malignant = model.predict_proba(torch.from_numpy(window)[None, None], head)
@@ -158,7 +157,7 @@ def test_images_that_cannot_be_scored_are_error_rows(scored):
     out, _, result = scored
     errors = storage.read_table(errors_uri(out)).to_pandas()
     assert result.errors_uri == errors_uri(out) and set(errors["stage"]) == {"zero_shot"}
-    kinds = dict(zip(errors["image_id"], errors["error_type"]))
+    kinds = dict(zip(errors["image_id"], errors["error_type"], strict=True))
     assert kinds == {"bad/garbage": "DecodeError", "bad/no_side": "UnknownLateralityError"}
     message = errors.set_index("image_id").loc["bad/no_side", "message"]
     assert "no_side.png" in message and "laterality" in message and "L or R" in message
@@ -182,16 +181,16 @@ def test_test_time_augmentation_averages_the_windows_and_is_a_new_preprocessing(
     out, spec, _ = scored
     _, manifest, mixed = cohort
     subset = manifest[manifest["image_id"].isin(["synth/P0000_R_CC", "synth/P0000_L_MLO"])]
-    tta = ZeroShotSpec(weights=spec.weights, nyu_scale=spec.nyu_scale, tta=3)
+    tta = ZeroShotConfig(weights=spec.weights, nyu_scale=spec.nyu_scale, tta=3)
     result = run_zero_shot(subset, out, tta, OPTIONS)
     assert (result.scored, result.skipped, result.errors) == (2, 0, 0)  # other preprocessing: new rows
     rows = read_zero_shot(out, subset, tta).set_index("image_id")
     assert len(rows) == 2
     assert storage.read_table(feature_store.key_uri(result.uri, zero_shot_key(spec))).num_rows == len(manifest) + 2
     model = build_nyu_model(torch.load(checkpoint[0], weights_only=True, map_location="cpu"))
-    for image_id, row in rows.iterrows():
+    for _image_id, row in rows.iterrows():
         pixels = decode_image(storage.read_bytes(row["uri"]), row["uri"]).pixels
-        preprocess = tta.preprocessor(tta.resolution_for(pixels.shape[0]))
+        preprocess = tta.transform.preprocess(pixels.shape[0])
         windows = preprocess(pixels, row["view"], row["laterality"])
         assert windows.shape[0] == 3
         with torch.inference_mode():
@@ -262,4 +261,4 @@ def test_head_for_needs_a_side_and_falls_back_to_cc():
     with pytest.raises(UnknownLateralityError, match="laterality is missing"):
         head_for(None, "CC")
     with pytest.raises(ValueError, match="tta"):
-        ZeroShotSpec(tta=-1)
+        ZeroShotConfig(tta=-1)

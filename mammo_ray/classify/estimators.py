@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectorMixin
 from sklearn.kernel_approximation import Nystroem
@@ -15,7 +15,7 @@ from sklearn.linear_model import Lasso, LassoCV, LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.svm import SVC, LinearSVC
 
-from mammo_ray.classify.config import GridConfig, LassoConfig
+from mammo_ray.config.grid import GridConfig, LassoConfig
 from mammo_ray.errors import MammoRayError
 
 
@@ -77,10 +77,15 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         return self.mask_
 
 
-def _scale_gamma(X: np.ndarray) -> float:
-    """sklearn's gamma='scale': 1 / (n_features * X.var())."""
-    variance = float(np.var(X))
-    return 1.0 / (X.shape[1] * variance) if variance > 0 else 1.0
+def svc_gamma(X: np.ndarray, gamma: float | str) -> float:
+    """The RBF gamma SVC uses on X: 'scale' = 1 / (n_features * X.var()) (1.0 when X.var() is 0),
+    'auto' = 1 / n_features, a number as it is."""
+    if gamma == "scale":
+        variance = float(np.var(X))
+        return 1.0 / (X.shape[1] * variance) if variance != 0 else 1.0
+    if gamma == "auto":
+        return 1.0 / X.shape[1]
+    return float(gamma)
 
 
 class NystroemSVC(ClassifierMixin, BaseEstimator):
@@ -99,13 +104,7 @@ class NystroemSVC(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> NystroemSVC:
-        if self.gamma == "scale":
-            gamma = _scale_gamma(X)
-        elif self.gamma == "auto":
-            gamma = 1.0 / X.shape[1]
-        else:
-            gamma = float(self.gamma)
-        self.gamma_ = gamma
+        gamma = self.gamma_ = svc_gamma(X, self.gamma)
         self.map_ = Nystroem(gamma=gamma, n_components=min(self.n_components, X.shape[0]),
                              random_state=self.random_state)
         features = self.map_.fit_transform(X)
@@ -167,7 +166,3 @@ def make_classifier(name: str, config: GridConfig, n_rows: int) -> tuple[BaseEst
                         tol=scale.linear_tol, max_iter=scale.linear_max_iter, random_state=seed)
     return model, f"Nystroem({scale.nystroem_components})+LinearSVC for SVC(rbf): " \
                   f"{n_rows} rows > {scale.max_rows_exact}"
-
-
-def fresh(estimator: BaseEstimator) -> BaseEstimator:
-    return clone(estimator)

@@ -1,42 +1,56 @@
-"""Metrics of a grid cell: balanced accuracy, AUC with a bootstrap interval, the balanced-accuracy threshold."""
+"""Metrics of a grid cell: scikit-learn's, plus what it lacks (the bootstrap AUC interval, the threshold).
+
+Every scalar metric is `sklearn.metrics`; the wrappers here only fix the edge cases the tables rely on:
+NaN for an AUC (`auc`, shared with `training.metrics`) or a balanced accuracy that is undefined,
+precision 0 when nothing is called positive, recall NaN when there are no positives. `auc_rows` is
+the one vectorised AUC (thousands of bootstrap resamples at once); it is tested against
+`roc_auc_score`.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import roc_curve
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_score, recall_score, roc_curve
+
+from mammo_ray.training.metrics import binary_auroc as auc  # the one AUC: roc_auc_score, NaN if undefined
+
+__all__ = ["auc", "auc_rows", "balanced_accuracy", "best_threshold", "binary_scores", "bootstrap_auc_interval"]
+
+
+def _labels(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    return values.astype(np.int64) if values.dtype == bool else values
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean of the per-class recalls over the classes present in y_true (sklearn's definition)."""
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """sklearn's balanced accuracy (mean recall over the classes present in y_true); NaN when empty."""
+    y_true, y_pred = _labels(y_true), _labels(y_pred)
+    if y_true.size == 0:
+        return float("nan")
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those are left out, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced accuracy, precision (0 when nothing is called positive), recall."""
-    y_true = np.asarray(y_true).astype(bool)
-    y_pred = np.asarray(y_pred).astype(bool)
-    tp = int(np.sum(y_true & y_pred))
-    called = int(np.sum(y_pred))
-    positives = int(np.sum(y_true))
+    """accuracy, balanced accuracy, precision (0 when nothing is called positive), recall (NaN without
+    positives)."""
+    y_true = np.asarray(y_true).astype(bool).astype(np.int64)
+    y_pred = np.asarray(y_pred).astype(bool).astype(np.int64)
     return {
-        "accuracy": float(np.mean(y_true == y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
-        "precision": tp / called if called else 0.0,
-        "recall": tp / positives if positives else float("nan"),
+        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=np.nan)),
     }
 
 
-def auc(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties count one half); NaN unless both classes are present."""
-    return float(_auc_rows(np.asarray(y_true, dtype=bool)[None, :], np.asarray(scores, dtype=np.float64)[None, :])[0])
-
-
-def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUC of every row of (labels, scores), both (B, n); NaN where a row lacks a class."""
+def auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of every row of (labels, scores), both (B, n), by the rank-sum formula (ties count one half,
+    which equals roc_auc_score); NaN where a row lacks a class."""
     ranks = rankdata(scores, axis=1)
     n_pos = labels.sum(axis=1).astype(np.float64)
     n_neg = labels.shape[1] - n_pos
@@ -64,7 +78,7 @@ def bootstrap_auc_interval(
     for start in range(0, n_resamples, chunk):
         count = min(chunk, n_resamples - start)
         index = rng.integers(0, len(y_true), size=(count, len(y_true)))
-        values.append(_auc_rows(y_true[index], scores[index]))
+        values.append(auc_rows(y_true[index], scores[index]))
     aucs = np.concatenate(values)
     aucs = aucs[np.isfinite(aucs)]
     if aucs.size == 0:

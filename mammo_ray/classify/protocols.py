@@ -35,19 +35,16 @@ Two implementations give the same numbers: :func:`evaluate_cell` runs one cell t
 does (a fresh imblearn Pipeline per fold), :func:`evaluate_cells` runs many cells of one table and
 protocol at once, fitting the scaler, Lasso and SMOTE once per fold and sharing them between the cells
 that have the same steps. A failing cell becomes a result with status 'failed' and its error; it never
-stops the other cells.
+stops the other cells. The data types they work on (GridData, CellResult) are in `classify.data`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline
 from sklearn.base import clone
@@ -56,124 +53,16 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from mammo_ray.classify.config import GridCell, GridConfig, settings_hash
-from mammo_ray.classify.estimators import LassoSelector, make_classifier
-from mammo_ray.classify.metrics import auc, balanced_accuracy, best_threshold, binary_scores, bootstrap_auc_interval
-
-
-@dataclass(frozen=True)
-class GridData:
-    """One extractor's labelled feature table, as the classifiers see it.
-
-    X: (n, d) float32; y: (n,) 0/1; groups: (n,) integer patient codes (a row without a patient is its
-    own group). `n_dropped` rows had no label and are not in X. `image_ids`: the image of each row
-    (empty when the data did not come from images).
-    """
-
-    extractor: str
-    X: np.ndarray
-    y: np.ndarray
-    groups: np.ndarray
-    n_dropped: int = 0
-    weights_ids: tuple[str, ...] = ()
-    preprocess_ids: tuple[str, ...] = ()
-    image_ids: tuple[str, ...] = ()
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.X.shape[0])
-
-    @property
-    def n_positive(self) -> int:
-        return int(np.sum(self.y == 1))
-
-    @classmethod
-    def from_embeddings(cls, frame: pd.DataFrame, extractor: str | None = None) -> GridData:
-        """From a `read_embeddings` frame: keep labelled rows, patients as groups (image_id when null)."""
-        name = extractor or (str(frame["extractor"].iloc[0]) if len(frame) else "unknown")
-        labelled = frame[frame["label"].notna()].sort_values("image_id", kind="stable").reset_index(drop=True)
-        n_dropped = len(frame) - len(labelled)
-        if labelled.empty:
-            raise ValueError(f"{name}: no labelled rows ({n_dropped} without a label)")
-        X = np.stack([np.asarray(v, dtype=np.float32) for v in labelled["embedding"]])
-        y = labelled["label"].astype(int).to_numpy().astype(np.int8)
-        if not set(np.unique(y)) <= {0, 1}:
-            raise ValueError(f"{name}: labels must be 0/1, found {sorted(set(np.unique(y)))}")
-        patient = labelled["patient_id"].astype(object).where(labelled["patient_id"].notna(), None)
-        keys = [p if p is not None else f"image:{i}" for p, i in zip(patient, labelled["image_id"])]
-        groups = pd.factorize(pd.Series(keys))[0].astype(np.int64)
-        return cls(
-            extractor=name, X=X, y=y, groups=groups, n_dropped=int(n_dropped),
-            weights_ids=tuple(sorted(map(str, labelled["weights_id"].dropna().unique()))),
-            preprocess_ids=tuple(sorted(map(str, labelled["preprocess_id"].dropna().unique())))
-            if "preprocess_id" in labelled else (),
-            image_ids=tuple(map(str, labelled["image_id"])),
-        )
-
-    def content_hash(self) -> str:
-        """Names exactly the rows the classifiers see: features, labels, patient groups and images."""
-        digest = hashlib.sha256()
-        for array in (self.X, self.y, self.groups):
-            digest.update(str((array.dtype.str, array.shape)).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update("\n".join(self.image_ids).encode())
-        return digest.hexdigest()[:24]
-
-
-@dataclass
-class CellResult:
-    """The numbers of one grid cell (one row of grid.parquet)."""
-
-    extractor: str
-    protocol: str
-    selection: str
-    balancing: str
-    classifier: str
-    status: str = "ok"
-    error: str | None = None
-    n_rows: int = 0
-    n_positive: int = 0
-    n_dropped_unlabelled: int = 0
-    n_train: int | None = None
-    n_test: int | None = None
-    n_features_in: int | None = None
-    n_features: int | None = None
-    cv_folds: int | None = None
-    cv_balanced_accuracy_mean: float | None = None
-    cv_balanced_accuracy_std: float | None = None
-    cv_fold_scores: list[float] = field(default_factory=list)
-    threshold: float | None = None
-    accuracy: float | None = None
-    balanced_accuracy: float | None = None
-    auc: float | None = None
-    auc_ci_low: float | None = None
-    auc_ci_high: float | None = None
-    precision: float | None = None
-    recall: float | None = None
-    scale_path: str | None = None
-    classifier_seconds: float = 0.0
-    cell_config: str = "{}"
-    cell_hash: str = ""
-    # The held-out rows behind the metrics (for ROC curves): row indices into the data the split was
-    # made on (paper + smote: rows >= n_rows are synthetic), their labels and decision scores.
-    test_rows: list[int] = field(default_factory=list)
-    test_targets: list[int] = field(default_factory=list)
-    test_scores: list[float] = field(default_factory=list)
-
-    @property
-    def cell(self) -> GridCell:
-        return GridCell(self.extractor, self.selection, self.balancing, self.classifier, self.protocol)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def fail(self, error: BaseException | str) -> CellResult:
-        self.status = "failed"
-        if isinstance(error, BaseException):
-            self.error = f"{type(error).__name__}: {error}"
-        else:
-            self.error = str(error)
-        return self
+from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.estimators import LassoSelector, make_classifier, svc_gamma
+from mammo_ray.classify.metrics import (
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    binary_scores,
+    bootstrap_auc_interval,
+)
+from mammo_ray.config.grid import GridCell, GridConfig, settings_hash
 
 
 def _new_result(cell: GridCell, data: GridData, config: GridConfig) -> CellResult:
@@ -363,7 +252,7 @@ class _Cells:
                 self.templates[cell], self.results[cell].scale_path = make_classifier(
                     cell.classifier, config, data.n_rows
                 )
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
                 self.results[cell].fail(error)
 
     def live(self, selection: str | None = None, balancing: str | None = None) -> list[GridCell]:
@@ -396,7 +285,7 @@ class _Cells:
                 return kernels.svc_scores(template, y_fit)
             model = clone(template).fit(X_fit, y_fit)
             return _scores(model, X_check)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             self.results[cell].fail(error)
             return None
         finally:
@@ -426,15 +315,6 @@ class KernelCache:
             self._cross = self.X_check @ self.X_fit.T
         return self._gram, self._cross
 
-    def gamma(self, gamma: float | str) -> float:
-        """SVC's gamma: 'scale' = 1 / (n_features * X.var()), 'auto' = 1 / n_features."""
-        if gamma == "scale":
-            variance = float(self.X_fit.var())
-            return 1.0 / (self.X_fit.shape[1] * variance) if variance != 0 else 1.0
-        if gamma == "auto":
-            return 1.0 / self.X_fit.shape[1]
-        return float(gamma)
-
     def rbf(self, gamma: float) -> tuple[np.ndarray, np.ndarray]:
         gram, cross = self.linear()
         sq_fit = np.einsum("ij,ij->i", self.X_fit, self.X_fit)
@@ -447,7 +327,7 @@ class KernelCache:
         if template.kernel == "linear":
             fit, check = self.linear()
         else:
-            fit, check = self.rbf(self.gamma(template.gamma))
+            fit, check = self.rbf(svc_gamma(self.X_fit, template.gamma))
         params = {k: v for k, v in template.get_params().items() if k not in ("kernel", "gamma")}
         model = SVC(kernel="precomputed", **params).fit(fit, y_fit)
         return _scores(model, check)
@@ -460,7 +340,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
     try:
         train, test = leak_free_holdout(y, groups, config)
         folds = leak_free_folds(y[train], groups[train], config)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
         book.fail(book.live(), error)
         return list(book.results.values())
     X_train, y_train = X[train], y[train]
@@ -481,7 +361,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
             if selection == "lasso":
                 try:
                     selector = LassoSelector.from_config(config.lasso).fit(Z_fit, y_fit)
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
                     book.fail(users, error)
                     continue
                 S_fit, S_check = selector.transform(Z_fit), selector.transform(Z_check)
@@ -497,7 +377,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
                 if balancing == "smote":
                     try:
                         B_fit, b_fit = _smote(config).fit_resample(S_fit, y_fit)
-                    except Exception as error:  # noqa: BLE001
+                    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
                         book.fail(fitters, error)
                         continue
                 kernels = KernelCache(B_fit, S_check) if book.wants_kernels(fitters) else None
@@ -516,7 +396,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
         try:
             threshold = best_threshold(y_train, out_of_fold[cell])
             _finish(result, fold_scores[cell], test, y[test], final_scores[cell], threshold, config)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
     return list(book.results.values())
 
@@ -536,7 +416,7 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                 Z_b, y_b = _smote(config).fit_resample(Z, data.y)
             train, test = paper_holdout(y_b, config)  # step 4: split over images, synthetic rows included
             folds = paper_folds(y_b, config)  # step 5: folds over images of the oversampled data
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             book.fail(users, error)
             continue
         for selection in dict.fromkeys(cell.selection for cell in users):
@@ -546,7 +426,7 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
             if selection == "lasso":  # step 3: Lasso on all (oversampled) rows
                 try:
                     selector = LassoSelector.from_config(config.lasso).fit(Z_b, y_b)
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
                     book.fail(fitters, error)
                     continue
                 S = selector.transform(Z_b)
@@ -570,6 +450,6 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                         continue
                     try:
                         _finish(book.results[cell], fold_scores[cell], test, y_b[test], scores, None, config)
-                    except Exception as error:  # noqa: BLE001
+                    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
                         book.results[cell].fail(error)
     return list(book.results.values())

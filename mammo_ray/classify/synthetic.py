@@ -100,9 +100,9 @@ def cohort_feature_table(patients: int = 60, seed: int = 3, rows: int = 128,
     """The synthetic cohort's images (mammo_ray.datasets.synthetic, rendered in memory, no DICOM) as
     `image_features` rows: 4 images per patient, label from BI-RADS (4a..6 -> 1)."""
     from mammo_ray.datasets.manifest import label_from_birads
-    from mammo_ray.datasets.synthetic import VIEWS, CohortSpec, cohort_plan, generate_image
+    from mammo_ray.datasets.synthetic import VIEWS, SyntheticSource, cohort_plan, generate_image
 
-    spec = CohortSpec(patients=patients, seed=seed, rows=rows, positive_fraction=positive_fraction)
+    spec = SyntheticSource(patients=patients, seed=seed, rows=rows, positive_fraction=positive_fraction)
     plan = cohort_plan(spec)
     features, labels, groups = [], [], []
     for patient in range(patients):

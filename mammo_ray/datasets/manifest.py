@@ -14,11 +14,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage
+from mammo_ray import storage, tables
 from mammo_ray.errors import ManifestError, StorageError
-from mammo_ray import tables
 from mammo_ray.tables import MANIFEST_COLUMNS, MANIFEST_SCHEMA
-
 
 BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6")
 # The binary task of the paper: {1,2,3} benign-ish, {4*,5,6} suspicious. 0 (incomplete) has no label.
@@ -234,7 +232,8 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
 def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False) -> pd.DataFrame:
     """Validate and write a manifest as Parquet (atomically). Returns the validated frame."""
     validated = validate_manifest(frame, source=uri, check_files=check_files)
-    table = tables.with_provenance(to_table(validated), "manifest", inputs={"manifest": tables.manifest_digest(validated)})
+    inputs = {"manifest": tables.manifest_digest(validated)}
+    table = tables.with_provenance(to_table(validated), "manifest", inputs=inputs)
     storage.write_table(table, uri)
     return validated
 

@@ -207,10 +207,7 @@ def _check_transfer_syntax(ds: Dataset, uri: str) -> UID:
     if uid is None:
         # A bare data set has no meta group: the encoding pydicom detected is the transfer syntax.
         implicit, little = ds.original_encoding
-        if implicit:
-            uid = ImplicitVRLittleEndian
-        else:
-            uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     uid = UID(str(uid).strip())
     try:
         decoder = get_decoder(uid)

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mammo_ray.models.weights import WeightsError, seeded_init
+from mammo_ray.models.weights import load_state_dict_strict, seeded_init
 
 #: Backbone name -> feature dimension.
 BACKBONE_DIMS: dict[str, int] = {"resnet50": 2048, "resnet18": 512, "squeezenet1_1": 512}
@@ -53,20 +53,8 @@ def _load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str, *
           source: str) -> None:
     """Strict load; head keys are required when `with_head`, else ignored (and not loaded)."""
     head = set(_HEAD_KEYS[name])
-    expected = model.state_dict()
-    wanted = {k for k in expected if with_head or k not in head}
-    given = {k: v for k, v in state_dict.items() if with_head or k not in head}
-    missing = sorted(wanted - given.keys())
-    unexpected = sorted(given.keys() - wanted)
-    mismatched = sorted(
-        f"{k}: state dict {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in wanted & given.keys()
-        if tuple(given[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        raise WeightsError(source, f"state dict does not match torchvision {name}",
-                           missing=missing, unexpected=unexpected, mismatched=mismatched)
-    model.load_state_dict(given, strict=with_head)
+    load_state_dict_strict(model, state_dict, source, f"state dict does not match torchvision {name}",
+                           keep=None if with_head else (lambda key: key not in head))
 
 
 def _torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:

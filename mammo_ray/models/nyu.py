@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammo_ray.models.weights import WeightsError, as_state_dict, seeded_init
+from mammo_ray.models.weights import WeightsError, as_state_dict, load_state_dict_strict, seeded_init
 
 VIEWS: tuple[str, ...] = ("lcc", "rcc", "lmlo", "rmlo")
 VIEW_TRUNK: dict[str, str] = {"lcc": "cc", "rcc": "cc", "lmlo": "mlo", "rmlo": "mlo"}
@@ -108,7 +108,7 @@ class NYUTrunk(nn.Module):
         self.first_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)
         stages = []
         in_channels = STAGE_CHANNELS[0]
-        for channels, stride in zip(STAGE_CHANNELS, STAGE_STRIDES):
+        for channels, stride in zip(STAGE_CHANNELS, STAGE_STRIDES, strict=True):
             blocks = [PreActBlock(in_channels, channels, stride, projection=True)]
             blocks += [
                 PreActBlock(channels, channels, 1, projection=False) for _ in range(BLOCKS_PER_STAGE - 1)
@@ -328,30 +328,18 @@ def load_nyu_checkpoint(
                 translated[key] = value[:OUTPUT_ROWS]
                 report.sliced.append(original[key])
 
-    expected_state = model.state_dict()
-    expected = {k for k in expected_state if not trunks_only or k.startswith("four_view_resnet.")}
-    missing = sorted(k for k in expected - translated.keys() if not k.endswith(".num_batches_tracked"))
-    unexpected = sorted(original[k] for k in translated.keys() - expected)
-    mismatched = sorted(
-        f"{original[k]}: checkpoint {tuple(translated[k].shape)} vs model {tuple(expected_state[k].shape)}"
-        for k in expected & translated.keys()
-        if tuple(translated[k].shape) != tuple(expected_state[k].shape)
+    report.filled = load_state_dict_strict(
+        model,
+        translated,
+        source,
+        "checkpoint does not match the NYU image-wise model",
+        keep=(lambda key: key.startswith("four_view_resnet.")) if trunks_only else None,
+        optional=lambda key: key.endswith(".num_batches_tracked"),  # absent from files of old PyTorch
+        names=original,
+        given_as="checkpoint",
+        hint="expected the published format (ImageOnly__ModeImage_weights.p); "
+        "use trunks_only=True to take only the trunks of another NYU checkpoint",
     )
-    if missing or unexpected or mismatched:
-        raise WeightsError(
-            source,
-            "checkpoint does not match the NYU image-wise model",
-            missing=missing,
-            unexpected=unexpected,
-            mismatched=mismatched,
-            hint="expected the published format (ImageOnly__ModeImage_weights.p); "
-            "use trunks_only=True to take only the trunks of another NYU checkpoint",
-        )
-    to_load = {k: translated[k] for k in expected if k in translated}
-    for k in expected - translated.keys():  # only num_batches_tracked can get here
-        to_load[k] = expected_state[k]
-        report.filled.append(k)
-    model.load_state_dict(to_load, strict=not trunks_only)
     return report
 
 

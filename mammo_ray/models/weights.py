@@ -28,7 +28,7 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -272,6 +272,47 @@ def load_state_dict_bytes(data: bytes, source: str) -> dict[str, torch.Tensor]:
     return as_state_dict(obj, source)
 
 
+def load_state_dict_strict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, Any],
+    source: str,
+    reason: str,
+    *,
+    keep: Callable[[str], bool] | None = None,
+    optional: Callable[[str], bool] | None = None,
+    names: Mapping[str, str] | None = None,
+    given_as: str = "state dict",
+    hint: str | None = None,
+) -> list[str]:
+    """Load `state_dict` into `model` only if it fits exactly; else WeightsError(source, reason, hint)
+    listing every missing key, unexpected key and shape mismatch at once.
+
+    keep: the keys that count, of the model and of the state dict alike (the others are neither required
+    nor loaded: the model keeps its own values); None: every key (torch's strict load).
+    optional: model keys the state dict may lack; they keep the model's own values. Returns those, sorted.
+    names: a state-dict key -> the name the error shows for it (e.g. its name in the original file).
+    given_as: what a shape mismatch calls the state dict ("<key>: <given_as> (shape) vs model (shape)").
+    """
+    expected = model.state_dict()
+    wanted = {key for key in expected if keep is None or keep(key)}
+    given = {key: value for key, value in state_dict.items() if keep is None or keep(key)}
+    shown = names or {}
+    absent = wanted - given.keys()
+    filled = sorted(key for key in absent if optional is not None and optional(key))
+    missing = sorted(absent - set(filled))
+    unexpected = sorted(shown.get(key, key) for key in given.keys() - wanted)
+    mismatched = sorted(
+        f"{shown.get(key, key)}: {given_as} {tuple(given[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in wanted & given.keys()
+        if tuple(given[key].shape) != tuple(expected[key].shape)
+    )
+    if missing or unexpected or mismatched:
+        raise WeightsError(source, reason, missing=missing, unexpected=unexpected, mismatched=mismatched,
+                           hint=hint)
+    model.load_state_dict({**given, **{key: expected[key] for key in filled}}, strict=keep is None)
+    return filled
+
+
 def _verify_sha256(spec: WeightsSpec, location: str, digest: str) -> None:
     if spec.sha256 is not None and digest != spec.sha256:
         raise WeightsError(
@@ -359,7 +400,8 @@ def missing_files_hint(files: Mapping[str, str | None], url: str | None = None) 
         written = f"writes it to URI/{first}" if len(fetchable) == 1 else "writes each to URI/<file name>"
         parts.append(
             f"on a machine with internet run `{FETCH_HINT} {names}` (it downloads {', '.join(fetchable)}{source} "
-            f"once and {written}), then point the config's weights at {'that copy' if len(fetchable) == 1 else 'the copies'} "
+            f"once and {written}), then point the config's weights at "
+            f"{'that copy' if len(fetchable) == 1 else 'the copies'} "
             f"(e.g. s3://bucket/weights/{first})"
         )
     if unknown:
@@ -388,7 +430,7 @@ def _torchvision_location(spec: WeightsSpec, allow_download: bool) -> str:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.hub.download_url_to_file(url, path, progress=False)
             return path
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - any download failure (network, disk, HTTP) is the weights error naming the file
             reason = f"{file_name} is not cached at {path} and downloading {url} failed: {error}"
             raise WeightsError(spec.source, reason, hint=hint) from error
     raise WeightsError(

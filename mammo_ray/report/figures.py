@@ -55,7 +55,7 @@ def zero_shot_counts(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"zero-shot counts need column(s) {missing}; got {list(frame.columns)}")
     scored = frame[frame["p_benign"].notna() & frame["p_malignant"].notna()]
     pathology = scored["pathology"] if "pathology" in scored.columns else pd.Series(None, index=scored.index)
-    groups = [zero_shot_group(b, p) for b, p in zip(scored["birads"], pathology)]
+    groups = [zero_shot_group(b, p) for b, p in zip(scored["birads"], pathology, strict=True)]
     p_benign = scored["p_benign"].to_numpy(dtype=np.float64)
     malignant = scored["p_malignant"].to_numpy(dtype=np.float64) > p_benign
     table = pd.DataFrame({"birads": groups, "malignant": malignant})
@@ -91,7 +91,7 @@ def zero_shot_by_birads(frame: pd.DataFrame, path_or_uri: str, *, title: str | N
         axes.bar_label(container, padding=2, fontsize=9)
     totals = counts["predicted_benign"] + counts["predicted_malignant"]
     names = [group.replace(PATHOLOGY_PREFIX, "pathology:\n") for group in counts["birads"]]
-    labels = [f"{name}\nn={total}" for name, total in zip(names, totals)]
+    labels = [f"{name}\nn={total}" for name, total in zip(names, totals, strict=True)]
     axes.set_xticks(positions, labels)
     has_other = any(g not in BIRADS_VALUES for g in counts["birads"])
     axes.set_xlabel("BI-RADS" + (" (pathology or n/a where no BI-RADS)" if has_other else ""))

@@ -60,7 +60,8 @@ def read_published(uri: str) -> pd.DataFrame:
         except ValueError:
             problems.append(f"{where}: value {row['value']!r} is not a number")
     if problems:
-        raise ConfigError(KEY, "; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise ConfigError(KEY, "; ".join(problems[:10]) + more)
     frame["value"] = frame["value"].astype(float)
     frame["table"] = frame["table"].str.strip()
     return frame

@@ -33,7 +33,8 @@ def _format(value: object) -> str:
 def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(_format(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(_format(v).replace("|", "/") for v in row) + " |"
+            for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 
@@ -79,7 +80,8 @@ def to_html(title: str, banner: str | None, sections: list[Section]) -> str:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
         for caption, frame in section.tables:
-            parts.append(f"<p><b>{html.escape(caption)}</b></p>" + (html_table(frame) if len(frame) else "<p>(no rows)</p>"))
+            body = html_table(frame) if len(frame) else "<p>(no rows)</p>"
+            parts.append(f"<p><b>{html.escape(caption)}</b></p>" + body)
         for caption, _, png in section.figures:
             data = base64.b64encode(png).decode()
             parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"

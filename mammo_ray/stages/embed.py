@@ -20,19 +20,15 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import feature_store, tables
-from mammo_ray.image_stream import ReadOptions
-from mammo_ray.models.extractors import ExtractorSpec, LoadedExtractor
+from mammo_ray.config.sections import EmbedConfig, ExtractorConfig, IngestConfig
+from mammo_ray.models.extractors import LoadedExtractor
 from mammo_ray.stages import inference
-from mammo_ray.stages.inference import InferenceOptions, InferenceTask
+from mammo_ray.stages.inference import InferenceTask
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger("mammo_ray.embed")
-
-#: How the stage runs (batch size, actors, GPUs per actor, read options): the shared inference options.
-EmbedOptions = InferenceOptions
-
 
 @dataclass(frozen=True)
 class EmbedResult:
@@ -61,7 +57,7 @@ def errors_uri(output_uri: str, extractor: str) -> str:
 class EmbedTask(InferenceTask):
     """One extractor as an inference task: its preprocessing, its model's features, its feature store."""
 
-    spec: ExtractorSpec
+    spec: ExtractorConfig
 
     @property
     def orientation(self) -> bool:  # type: ignore[override]
@@ -77,14 +73,6 @@ class EmbedTask(InferenceTask):
 
     def table_uri(self, output_uri: str) -> str:
         return embeddings_uri(output_uri, self.spec.name)
-
-    def prepare(self, pixels: np.ndarray, row) -> tuple[np.ndarray, str]:
-        spec = self.spec
-        preprocessor = spec.preprocessor(spec.resolution_for(pixels.shape[0]))
-        if spec.family == "imagenet":
-            return preprocessor(pixels)[None], ""  # (1, 3, s, s)
-        prepared = preprocessor(pixels, row.view, row.laterality)  # (h, w) or (n, h, w)
-        return (prepared[:, None] if prepared.ndim == 3 else prepared[None, None]), ""
 
     def load(self) -> LoadedExtractor:
         return LoadedExtractor(self.spec)  # has .module and .weights_id, as the actor needs
@@ -102,13 +90,13 @@ class EmbedTask(InferenceTask):
         return frame.assign(embedding=[np.asarray(e, dtype=np.float32) for e in frame["embedding"]])
 
 
-def embedding_key(spec: ExtractorSpec, read: ReadOptions = ReadOptions()) -> feature_store.ModelKey:
+def embedding_key(spec: ExtractorConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
     """The model key of an extractor's vectors (identity, weights_id, preprocessing with decode settings)."""
     return EmbedTask(spec).key(read)
 
 
-def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorSpec,
-                    read: ReadOptions = ReadOptions(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorConfig,
+                    read: IngestConfig = IngestConfig(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
     """The vectors of `manifest`'s images under `spec` (settings and weights), one row per embedded image,
     with the manifest's labels, patients and ids; StaleTableError when the stage has not run for them."""
     return feature_store.read_view(embeddings_uri(output_uri, spec.name), manifest, key or embedding_key(spec, read),
@@ -116,17 +104,18 @@ def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorSpec
 
 
 def run_embed(
-    manifest: pd.DataFrame, output_uri: str, spec: ExtractorSpec, options: EmbedOptions = EmbedOptions()
+    manifest: pd.DataFrame, output_uri: str, spec: ExtractorConfig, options: EmbedConfig = EmbedConfig(),
+    read: IngestConfig = IngestConfig(),
 ) -> EmbedResult:
     """Embed every image of `manifest` whose vector under `spec` (same weights, same preprocessing) is not
     stored yet, and index the manifest."""
-    run = inference.run_inference(manifest, output_uri, EmbedTask(spec), options)
+    run = inference.run_inference(manifest, output_uri, EmbedTask(spec), options, read)
     log.info("embed %s: %d embedded, %d already stored (skipped), %d errors",
              spec.name, run.written, run.skipped, run.errors)
     return EmbedResult(spec.name, run.written, run.skipped, run.errors, run.uri, run.errors_uri)
 
 
 __all__ = [
-    "EmbedOptions", "EmbedResult", "EmbedTask", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
+    "EmbedResult", "EmbedTask", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
     "run_embed", "stage_name",
 ]

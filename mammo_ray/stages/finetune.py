@@ -33,148 +33,32 @@ Outputs under `output_uri`:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import Field, model_validator
 from ray.train import DataConfig
 
 from mammo_ray import storage, tables
-from mammo_ray.config_base import StrictModel
+from mammo_ray.config.finetune import (
+    DEFAULT_WEIGHTS,
+    FinetuneConfig,
+    FinetuneStageConfig,
+)
+from mammo_ray.config.sections import IngestConfig
 from mammo_ray.errors import ConfigError
-from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
-from mammo_ray.image_stream import ReadOptions
 from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
-from mammo_ray.training.augment import AugmentSpec
-from mammo_ray.training.data import TASKS, InputSpec, class_weights, input_dataset, task_frame
+from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
+from mammo_ray.training.data import class_weights, input_dataset, task_frame
 from mammo_ray.training.metrics import classification_metrics
 from mammo_ray.training.models import input_family
 from mammo_ray.training.splits import make_split
 
 log = logging.getLogger("mammo_ray.finetune")
-
-ModelName = Literal["resnet50", "resnet18", "squeezenet1_1", "nyu", "small_cnn"]
-#: Weights used when a model entry gives none. NYU weights are a file only the user can point to.
-DEFAULT_WEIGHTS: dict[str, str | None] = {
-    "resnet50": "torchvision:resnet50:IMAGENET1K_V1",
-    "resnet18": "torchvision:resnet18:IMAGENET1K_V1",
-    "squeezenet1_1": "torchvision:squeezenet1_1:IMAGENET1K_V1",
-    "nyu": None,
-    "small_cnn": "random-init:0",
-}
-_NAME_PATTERN = r"^[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*$"
-
-
-class FinetuneModelConfig(StrictModel):
-    """One network to fine-tune and the weights it starts from (`random-init:<seed>` = from scratch)."""
-
-    name: ModelName
-    weights: str | None = Field(None, description="None: the default (ImageNet for torchvision models)")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-
-    @model_validator(mode="after")
-    def _small_cnn_from_scratch(self) -> FinetuneModelConfig:
-        scratch = self.weights is None or self.weights.startswith("random-init")
-        if self.name == "small_cnn" and not scratch:
-            raise ValueError("small_cnn is the from-scratch baseline: its weights must be random-init:<seed>")
-        return self
-
-
-class FinetuneStageConfig(StrictModel):
-    """One stage of the schedule: which parameters train, at which input size, for how long."""
-
-    name: str = Field(..., pattern=_NAME_PATTERN, max_length=40)
-    train: Literal["head", "all"] = "all"
-    size: int = Field(224, ge=16, le=4096)
-    epochs: int = Field(1, ge=1, le=10_000)
-    lr: float = Field(1e-4, gt=0.0, le=10.0)
-    batch_size: int | None = Field(None, ge=1, le=4096)
-
-
-class AugmentConfig(StrictModel):
-    """Training-split augmentation (see `training.augment`)."""
-
-    enabled: bool = True
-    hflip: bool = True
-    vflip: bool = True
-    degrees: float = Field(10.0, ge=0.0, le=180.0)
-    translate: float = Field(0.05, ge=0.0, lt=1.0)
-    scale: float = Field(0.1, ge=0.0, lt=1.0)
-
-    def spec(self) -> AugmentSpec | None:
-        if not self.enabled:
-            return None
-        return AugmentSpec(self.hflip, self.vflip, self.degrees, self.translate, self.scale)
-
-
-def _default_models() -> list[FinetuneModelConfig]:
-    return [FinetuneModelConfig(name="resnet50"), FinetuneModelConfig(name="small_cnn")]
-
-
-def _default_stages() -> list[FinetuneStageConfig]:
-    return [
-        FinetuneStageConfig(name="head", train="head", size=224, epochs=2, lr=1e-3),
-        FinetuneStageConfig(name="all", train="all", size=224, epochs=4, lr=1e-4),
-        FinetuneStageConfig(name="all-448", train="all", size=448, epochs=2, lr=5e-5),
-    ]
-
-
-class FinetuneConfig(StrictModel):
-    """The fine-tuning stage's settings (one section of the study config)."""
-
-    name: str = Field("finetune", pattern=_NAME_PATTERN, max_length=60,
-                      description="run-name prefix: the same name resumes")
-    models: list[FinetuneModelConfig] = Field(default_factory=_default_models, min_length=1)
-    tasks: list[Literal["binary", "birads"]] = Field(
-        default_factory=lambda: ["binary", "birads"], min_length=1
-    )
-    protocol: Literal["patient", "paper"] = "patient"
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)
-    stages: list[FinetuneStageConfig] = Field(default_factory=_default_stages, min_length=1)
-    batch_size: int = Field(16, ge=1, le=4096)
-    num_workers: int = Field(1, ge=1, le=4096)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, ge=0.0, description="CPUs each training worker reserves")
-    data_cpus: float = Field(1.0, gt=0.0, description="CPUs each preprocessing task reserves")
-    torch_threads: int | None = Field(None, ge=1, description="None: max(1, int(cpus_per_worker))")
-    mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
-    class_weighted: bool = True
-    weight_decay: float = Field(1e-4, ge=0.0)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    crop_to_breast: bool = True
-    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
-    nyu_trunk: Literal["cc", "mlo"] = "cc"
-    checkpoint_path: str | None = Field(None, description="None: <output>/checkpoints")
-    keep_checkpoints: int | None = Field(2, ge=1, description="per run; None keeps every epoch's")
-    max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the latest checkpoint")
-    cache_inputs: bool = Field(False, description="materialise each stage's inputs in the object store first")
-    read_batch_size: int = Field(4, ge=1, le=1024)
-    rows_per_block: int = Field(16, ge=1)
-
-    @model_validator(mode="after")
-    def _unique(self) -> FinetuneConfig:
-        names = [stage.name for stage in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique, got {names}")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks must be unique, got {self.tasks}")
-        return self
-
-    def config_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-
 
 @dataclass(frozen=True)
 class StageRun:
@@ -259,16 +143,22 @@ def _stages_for(config: FinetuneConfig, model: str) -> list[tuple[int, FinetuneS
 class TrainEvenValWhole(DataConfig):
     """Ray Train DataConfig: "train" is split evenly across workers (DDP needs the same number of batches
     on every worker, so up to world_size - 1 rows an epoch may be left out), "val" is split without
-    dropping a row (every validation image is predicted exactly once)."""
+    dropping a row (every validation image is predicted exactly once).
+
+    Only public API: the default ingest options and our own locality flag, not DataConfig's internals."""
+
+    def __init__(self, enable_shard_locality: bool = True) -> None:
+        super().__init__(enable_shard_locality=enable_shard_locality)
+        self.shard_locality = enable_shard_locality
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output: list[dict] = [{} for _ in range(world_size)]
-        hints = worker_node_ids if self._enable_shard_locality else None
+        hints = worker_node_ids if self.shard_locality else None
         for name, dataset in datasets.items():
             dataset = dataset.copy(dataset)
             if dataset.name is None:
                 dataset.set_name(name)
-            dataset.context.execution_options = self._resolve_execution_options(name)
+            dataset.context.execution_options = DataConfig.default_ingest_options()
             splits = dataset.streaming_split(world_size, equal=(name == "train"), locality_hints=hints)
             for rank, split in enumerate(splits):
                 output[rank][name] = split
@@ -278,21 +168,18 @@ class TrainEvenValWhole(DataConfig):
 def _fit_stage(
     *, config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig, classes: list[str],
     train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state, init_checkpoint, output_uri: str,
-    info: dict,
+    info: dict, read: IngestConfig,
 ):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from mammo_ray.training.loop import LoopSpec, train_loop
 
-    input_spec = InputSpec(
-        input_family(model.name), stage.size, config.crop_to_breast, config.source_resolution
-    )
-    read_options = ReadOptions(batch_size=config.read_batch_size, rows_per_block=config.rows_per_block)
-    errors = storage.join(tables.errors_root(output_uri), f"finetune-{input_spec.family}-{stage.size}")
-    tag = f"finetune:{input_spec.family}:{stage.size}"
+    transform = config.transform(input_family(model.name), stage.size)
+    errors = storage.join(tables.errors_root(output_uri), f"finetune-{transform.family}-{stage.size}")
+    tag = f"finetune:{transform.family}:{stage.size}"
     datasets = {
-        name: input_dataset(frame, input_spec, errors_uri=errors, stage=tag, read_options=read_options,
+        name: input_dataset(frame, transform, errors_uri=errors, stage=tag, read=read,
                             num_cpus=config.data_cpus, shuffle=name == "train")
         for name, frame in (("train", train_frame), ("val", val_frame))
     }
@@ -304,10 +191,10 @@ def _fit_stage(
     spec = LoopSpec(
         model=model.name, num_classes=len(classes), train=stage.train, epochs=stage.epochs, lr=stage.lr,
         weight_decay=config.weight_decay, batch_size=stage.batch_size or config.batch_size, seed=config.seed,
-        input_shape=input_spec.shape, run_token=uuid.uuid4().hex, class_weights=weights,
-        augment=config.augment.spec(), mixed_precision=config.mixed_precision,
+        input_shape=transform.shape, run_token=uuid.uuid4().hex, class_weights=weights,
+        augment=config.augment, mixed_precision=config.mixed_precision,
         torch_threads=config.torch_threads or max(1, int(config.cpus_per_worker)),
-        info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": input_spec.id},
+        info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": transform.id},
     )
     _warn_if_no_cpu_left_for_data(config)
     resources = {"CPU": config.cpus_per_worker}
@@ -383,11 +270,11 @@ def _initial_state(model: _Model, resolved, num_classes: int, config: FinetuneCo
 
 def _outcome(result, spec, info: dict, frame: pd.DataFrame, n_train: int, stage_index: int):
     """(finetune row, predictions frame, StageRun) of one finished stage, from its final checkpoint."""
-    from mammo_ray.training.loop import checkpoint_uri, read_predictions, read_state
+    from mammo_ray.training.checkpoint import check_identity, checkpoint_uri, read_predictions, read_state
 
     checkpoint = result.checkpoint
     state = read_state(checkpoint)
-    _check_identity(state, info, spec, info["run_name"])
+    check_identity(state, {**info, **spec.info}, info["run_name"])
     predicted = read_predictions(checkpoint)
     k = len(info["classes"])
     probabilities = np.stack(predicted["probabilities"].to_numpy()) if len(predicted) else np.zeros((0, k))
@@ -422,8 +309,10 @@ def _outcome(result, spec, info: dict, frame: pd.DataFrame, n_train: int, stage_
 
 
 def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig,
-                 inputs: dict | None = None) -> FinetuneResult:
+                 inputs: dict | None = None, read: IngestConfig = IngestConfig()) -> FinetuneResult:
     """Fine-tune every configured model on every task through the configured stages; see the module doc.
+
+    `read`: how images are read and decoded (the study's ingest section, as for every image stage).
 
     `inputs`: the digests of what the run describes (the manifest), recorded as the tables' provenance.
 
@@ -453,7 +342,7 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
                 result, spec = _fit_stage(
                     config=config, model=model, task=task, stage=stage, classes=classes,
                     train_frame=train_frame, val_frame=val_frame, output_uri=output_uri, info=info,
-                    init_state=init_state if previous is None else None, init_checkpoint=previous,
+                    init_state=init_state if previous is None else None, init_checkpoint=previous, read=read,
                 )
                 row, predicted, run = _outcome(result, spec, info, frame, len(train_frame), stage_index)
                 rows.append(row)
@@ -478,20 +367,6 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
     return FinetuneResult(table.to_pandas(), runs, finetune_uri(output_uri), predictions_uri(output_uri))
 
 
-def _check_identity(state: dict, info: dict, spec, name: str) -> None:
-    """A resumed checkpoint must belong to the same (model, task, stage, classes, size, protocol)."""
-    from mammo_ray.training.loop import IDENTITY_KEYS
-
-    expected = {**info, **spec.info}
-    different = [key for key in IDENTITY_KEYS if state.get(key) != expected.get(key)]
-    if different:
-        details = ", ".join(
-            f"{k}: checkpoint {state.get(k)!r} vs config {expected.get(k)!r}" for k in different
-        )
-        raise ConfigError("finetune.name", f"run {name} resumed a checkpoint of another setup ({details}); "
-                                            "choose another finetune.name or remove the old checkpoints")
-
-
 def _write(uri: str, frame: pd.DataFrame, schema: pa.Schema, provenance: dict) -> pa.Table:
     """The whole table of this run, atomically, with provenance: rows of earlier runs (other models,
     another manifest) never stay beside it."""
@@ -501,8 +376,4 @@ def _write(uri: str, frame: pd.DataFrame, schema: pa.Schema, provenance: dict) -
     return table
 
 
-__all__ = [
-    "FINETUNE_SCHEMA", "FINETUNE_PREDICTIONS_SCHEMA", "TASKS", "AugmentConfig", "FinetuneConfig",
-    "FinetuneModelConfig",
-    "FinetuneResult", "FinetuneStageConfig", "StageRun", "finetune_uri", "predictions_uri", "run_finetune",
-]
+__all__ = ["FinetuneResult", "StageRun", "finetune_uri", "predictions_uri", "resolve_models", "run_finetune"]

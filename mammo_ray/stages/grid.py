@@ -48,8 +48,8 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
-from mammo_ray.classify.config import GridCell, GridConfig
 from mammo_ray.classify.protocols import CellResult, GridData, evaluate_cells
+from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.faults import crash_point
 from mammo_ray.tables import GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
 
@@ -145,7 +145,7 @@ def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
 def unit_key(unit: dict[str, Any], data_hash: str, config: GridConfig) -> str:
     """Names a unit's results: the settings of its cells and the content of its data (`GridData.content_hash`),
     nothing else."""
-    from mammo_ray.classify.config import settings_hash
+    from mammo_ray.config.grid import settings_hash
 
     return settings_hash({"data": data_hash,
                           "cells": sorted(settings_hash(config.cell_settings(c)) for c in _cells_of(unit))})
@@ -282,7 +282,7 @@ def _trial_error(error: BaseException) -> str:
 
 
 def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, error: str) -> CellResult:
-    from mammo_ray.classify.config import settings_hash
+    from mammo_ray.config.grid import settings_hash
 
     settings = config.cell_settings(cell)
     result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds, cell_config=json.dumps(settings, sort_keys=True),

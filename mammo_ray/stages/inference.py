@@ -38,10 +38,11 @@ import ray
 import ray.data
 
 from mammo_ray import feature_store, storage, tables
+from mammo_ray.config.sections import EmbedConfig, IngestConfig
 from mammo_ray.errors import MammoRayError, describe
 from mammo_ray.faults import crash_point
 from mammo_ray.feature_store import ModelKey
-from mammo_ray.image_stream import CachedContent, ReadOptions, error_records, errors_table, read_images
+from mammo_ray.image_stream import CachedContent, error_records, errors_table, read_images
 from mammo_ray.models.weights import WeightsSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,23 +53,6 @@ log = logging.getLogger("mammo_ray.inference")
 _INPUTS = "inputs"
 _GROUP = "inference_group"
 _EMPTY_INPUTS = np.zeros((0, 0, 0, 0), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How a model stage runs. `num_gpus` per actor: None = one each when the cluster has GPUs, else 0.
-
-    `batch_size` images go through the model per call (fixed); `max_actors` bounds the actor pool.
-    `max_restarts`: how often a dead actor (a lost node, an OOM kill) is replaced, its batches retried,
-    before the stage fails; bounded so that an input which kills every actor ends the run instead of
-    looping forever.
-    """
-
-    batch_size: int = 8
-    max_actors: int = 1
-    num_gpus: float | None = None
-    max_restarts: int = 3
-    read: ReadOptions = ReadOptions()
 
 
 @dataclass(frozen=True)
@@ -119,7 +103,7 @@ class InferenceTask(ABC):
     def weights_spec(self) -> WeightsSpec:
         return self.spec.weights_spec
 
-    def key(self, read: ReadOptions) -> ModelKey:
+    def key(self, read: IngestConfig) -> ModelKey:
         """What the outputs depend on besides the images; the weights are hashed, never unpickled, here."""
         from mammo_ray.models.weights import weights_id
 
@@ -138,13 +122,16 @@ class InferenceTask(ABC):
     def errors_uri(self, output_uri: str) -> str:
         return tables.errors_uri(output_uri, self.stage)
 
-    @abstractmethod
-    def prepare(self, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, str]:
-        """CPU side: decoded pixels (H, W) and the image's row -> (inputs (n, C, h, w), group).
+    def group(self, row: Any) -> str:
+        """Rows with the same group (a model head, say) and input shape run through `forward` together.
+        Raise to make the image an errors row (the message should say what is wrong; the file name is added)."""
+        return ""
 
-        Rows with the same group and input shape run through `forward` together. Raise to make the
-        image an errors row (the message should say what is wrong; the file name is added).
-        """
+    def prepare(self, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, str]:
+        """CPU side: decoded pixels (H, W) and the image's row -> (inputs (n, C, h, w), group), through the
+        section's one transform (mammo_ray.imaging.transforms)."""
+        group = self.group(row)  # first: a row no head fits fails before the work
+        return self.spec.transform(pixels, row.view, row.laterality), group
 
     @abstractmethod
     def load(self) -> LoadedModel:
@@ -180,7 +167,7 @@ def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
     # Ray hands string nulls over as pd.NA, whose truth value raises: tasks see None instead.
     rows = batch.drop(columns=["pixels"]).astype(object)
     rows = rows.where(rows.notna(), None)
-    for index, (row, pixels) in enumerate(zip(rows.itertuples(index=False), batch["pixels"])):
+    for index, (row, pixels) in enumerate(zip(rows.itertuples(index=False), batch["pixels"], strict=True)):
         if failed[index]:
             inputs.append(_EMPTY_INPUTS)
             groups.append("")
@@ -283,7 +270,7 @@ _BATCH_RESULT_SCHEMA = pa.schema([
 ])
 
 
-def gpus_per_actor(options: InferenceOptions) -> float:
+def gpus_per_actor(options: EmbedConfig) -> float:
     if options.num_gpus is not None:
         return options.num_gpus
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -293,17 +280,18 @@ def run_inference(
     manifest: pd.DataFrame,
     output_uri: str,
     task: InferenceTask,
-    options: InferenceOptions = InferenceOptions(),
+    options: EmbedConfig = EmbedConfig(),
+    read: IngestConfig = IngestConfig(),
 ) -> InferenceRun:
     """Run `task` on every image of `manifest` whose output is not yet stored under the run's key; then
     write the index of the manifest and the stage's errors table."""
-    key = task.key(options.read)
+    key = task.key(read)
     table_uri = task.table_uri(output_uri)
     cached = CachedContent(feature_store.stored_content(table_uri, key), key.orientation)
     num_gpus = gpus_per_actor(options)
     stats = (
-        read_images(manifest, options.read, cached)
-        .map_batches(prepare_batch, batch_format="pandas", batch_size=options.read.batch_size,
+        read_images(manifest, read, cached)
+        .map_batches(prepare_batch, batch_format="pandas", batch_size=read.batch_size,
                      fn_kwargs={"task": task})
         .map_batches(
             InferenceActor,

@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
-from mammo_ray.image_stream import ReadOptions, error_records, errors_table, read_images
+from mammo_ray.config.sections import IngestConfig
+from mammo_ray.image_stream import error_records, errors_table, read_images
 from mammo_ray.tables import IMAGES_SCHEMA
 
 STAGE = "ingest"
@@ -38,7 +39,7 @@ def summarise_batch(batch: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run_ingest(manifest: pd.DataFrame, output_uri: str, options: ReadOptions = ReadOptions()) -> IngestResult:
+def run_ingest(manifest: pd.DataFrame, output_uri: str, options: IngestConfig = IngestConfig()) -> IngestResult:
     """Decode every image of `manifest` on Ray and write the image and error tables under `output_uri`."""
     decoded = read_images(manifest, options).map_batches(summarise_batch, batch_format="pandas")
     good: list[pd.DataFrame] = []

@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from mammo_ray import __version__, storage, tables  # noqa: E402
-from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts  # noqa: E402
-from mammo_ray.report.published import TABLE1_KEYS, beside, read_published  # noqa: E402
-from mammo_ray.report.render import Section, write_report  # noqa: E402
+from mammo_ray import __version__, storage, tables
+from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
+from mammo_ray.report.published import TABLE1_KEYS, beside, read_published
+from mammo_ray.report.render import Section, write_report
 
 RANDOM_INIT_BANNER = (
     "Some weights are random-init (no pretrained file was used): these numbers show that the pipeline "
@@ -98,11 +97,13 @@ def _current_errors(uris: list[str], manifest: pd.DataFrame) -> pd.DataFrame | N
     return errors[errors["image_id"].isin(set(manifest["image_id"]))]
 
 
-def _png(draw: Callable[[], None]) -> bytes:
+def _png(draw: Callable[[Axes], None], size: tuple[float, float] = (5.5, 5.0)) -> bytes:
+    """A PNG of what `draw` puts on one axes, rendered by the Agg canvas (no display, no global state)."""
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    draw(figure.add_subplot())
     buffer = io.BytesIO()
-    draw()
-    plt.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close("all")
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -111,7 +112,8 @@ def _versions() -> str:
     import sklearn
     import torch
 
-    return f"mammo-ray {__version__}, ray {ray.__version__}, torch {torch.__version__}, scikit-learn {sklearn.__version__}"
+    return (f"mammo-ray {__version__}, ray {ray.__version__}, torch {torch.__version__}, "
+            f"scikit-learn {sklearn.__version__}")
 
 
 def provenance_section(output_uri: str, config: dict, manifest: pd.DataFrame | None, weights: list[str],
@@ -136,7 +138,8 @@ def provenance_section(output_uri: str, config: dict, manifest: pd.DataFrame | N
 def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None) -> Section:
     section = Section("Figure 3: zero-shot NYU predictions by BI-RADS")
     if zero_shot is None or zero_shot.empty:
-        section.paragraphs.append(f"Not shown: {problem}." if problem else "The zero_shot stage has not run for this study.")
+        missing = f"Not shown: {problem}." if problem else "The zero_shot stage has not run for this study."
+        section.paragraphs.append(missing)
         return section
     section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper.")
     section.tables.append(("Images predicted benign / malignant per BI-RADS", zero_shot_counts(zero_shot)))
@@ -148,20 +151,19 @@ def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None
     return section
 
 
-def _roc(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+def _roc(axes: Axes, curves: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
     """One ROC plot of (label, targets, scores) curves; the label gets each curve's AUC."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt.figure(figsize=(5.5, 5))
     for label, targets, scores in curves:
         if len(np.unique(targets)) < 2:
             continue
         fpr, tpr, _ = roc_curve(targets, scores)
-        plt.plot(fpr, tpr, label=f"{label} AUC {roc_auc_score(targets, scores):.2f}")
-    plt.plot([0, 1], [0, 1], color="#999", linestyle=":")
-    plt.xlabel("false positive rate")
-    plt.ylabel("true positive rate")
-    plt.legend(fontsize=7, loc="lower right")
+        axes.plot(fpr, tpr, label=f"{label} AUC {roc_auc_score(targets, scores):.2f}")
+    axes.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.legend(fontsize=7, loc="lower right")
 
 
 def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | None,
@@ -181,13 +183,13 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
                                beside(last[[*TABLE1_KEYS, "stage", *metrics]], published, "1")))
     if predictions is not None and not predictions.empty:
         section.figures.append(("ROC curves of the fine-tuned models (binary task, last stage)", "finetune_roc.png",
-                                _png(lambda: _finetune_roc(predictions))))
+                                _png(lambda axes: _finetune_roc(axes, predictions))))
     return section
 
 
-def _finetune_roc(predictions: pd.DataFrame) -> None:
+def _finetune_roc(axes: Axes, predictions: pd.DataFrame) -> None:
     binary = predictions[predictions["task"] == "binary"]
-    _roc([(f"{model} ({pretrained}, {stage})", rows["target"].to_numpy(),
+    _roc(axes, [(f"{model} ({pretrained}, {stage})", rows["target"].to_numpy(),
            np.asarray([p[1] for p in rows["probabilities"]]))
           for (model, pretrained, stage), rows in binary.groupby(["model", "pretrained_on", "stage"])])
 
@@ -197,7 +199,7 @@ _CELL = ["extractor", "selection", "balancing", "classifier"]
 BEST_CELLS_PER_PROTOCOL = 3
 
 
-def _grid_roc(best: pd.DataFrame, predictions: pd.DataFrame) -> None:
+def _grid_roc(axes: Axes, best: pd.DataFrame, predictions: pd.DataFrame) -> None:
     keyed = predictions.set_index([*_CELL, "protocol"]).sort_index()
     curves = []
     for cell in best.itertuples():
@@ -206,7 +208,7 @@ def _grid_roc(best: pd.DataFrame, predictions: pd.DataFrame) -> None:
             rows = keyed.loc[key]
             label = f"{cell.protocol}: {cell.extractor}/{cell.selection}/{cell.balancing}/{cell.classifier}"
             curves.append((label, rows["target"].to_numpy(), rows["score"].to_numpy()))
-    _roc(curves)
+    _roc(axes, curves)
 
 
 def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
@@ -232,7 +234,7 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
             wide["cv_balanced_accuracy_mean (paper)"] - wide["cv_balanced_accuracy_mean (leak_free)"]
         )
         section.figures.append(("CV balanced accuracy per cell: paper protocol against leak-free",
-                                "protocol_gap.png", _png(lambda: _protocol_gap(wide))))
+                                "protocol_gap.png", _png(lambda axes: _protocol_gap(axes, wide))))
     section.tables.append(("CV balanced accuracy, held-out accuracy and AUC per cell", wide))
     if "scale_path" in ok.columns:
         scaled = ok[ok["scale_path"].notna() & (ok["scale_path"] != "exact")]
@@ -242,31 +244,28 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
     ranked = ok.sort_values("cv_balanced_accuracy_mean", ascending=False, kind="stable")
     best = ranked.groupby("protocol").head(6)
     section.figures.append(("Per-fold balanced accuracy of the best cells of each protocol", "fold_scores.png",
-                            _png(lambda: _fold_scores(best))))
+                            _png(lambda axes: _fold_scores(axes, best), size=(8.0, 0.45 * len(best) + 1.5))))
     if predictions is not None and not predictions.empty:
         top = ranked.groupby("protocol").head(BEST_CELLS_PER_PROTOCOL)
         caption = (f"Held-out ROC curves of the {BEST_CELLS_PER_PROTOCOL} best cells of each protocol (by CV "
                    "balanced accuracy; paper + SMOTE test splits hold synthetic rows)")
-        section.figures.append((caption, "grid_roc.png", _png(lambda: _grid_roc(top, predictions))))
+        section.figures.append((caption, "grid_roc.png", _png(lambda axes: _grid_roc(axes, top, predictions))))
     return section
 
 
-def _protocol_gap(wide: pd.DataFrame) -> None:
-    plt.figure(figsize=(5.5, 5))
+def _protocol_gap(axes: Axes, wide: pd.DataFrame) -> None:
     x, y = wide["cv_balanced_accuracy_mean (leak_free)"], wide["cv_balanced_accuracy_mean (paper)"]
-    plt.scatter(x, y, s=18, color="#c8504a")
-    plt.plot([0.3, 1], [0.3, 1], color="#999", linestyle=":")
-    plt.xlabel("leak-free protocol")
-    plt.ylabel("paper protocol")
-    plt.title("CV balanced accuracy per grid cell")
+    axes.scatter(x, y, s=18, color="#c8504a")
+    axes.plot([0.3, 1], [0.3, 1], color="#999", linestyle=":")
+    axes.set_xlabel("leak-free protocol")
+    axes.set_ylabel("paper protocol")
+    axes.set_title("CV balanced accuracy per grid cell")
 
 
-def _fold_scores(best: pd.DataFrame) -> None:
-    plt.figure(figsize=(8, 0.45 * len(best) + 1.5))
+def _fold_scores(axes: Axes, best: pd.DataFrame) -> None:
     labels = [f"{r.protocol}: {r.extractor}/{r.selection}/{r.balancing}/{r.classifier}" for r in best.itertuples()]
-    plt.boxplot([list(s) for s in best["cv_fold_scores"]], vert=False, tick_labels=labels)
-    plt.xlabel("balanced accuracy per fold")
-    plt.tight_layout()
+    axes.boxplot([list(s) for s in best["cv_fold_scores"]], orientation="horizontal", tick_labels=labels)
+    axes.set_xlabel("balanced accuracy per fold")
 
 
 def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[str, str]:

@@ -27,16 +27,12 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import feature_store, tables
+from mammo_ray.config.sections import EmbedConfig, IngestConfig, ZeroShotConfig
 from mammo_ray.errors import MammoRayError
-from mammo_ray.image_stream import ReadOptions
-from mammo_ray.models.extractors import source_resolution_for
-from mammo_ray.models.weights import WeightsSpec
-from mammo_ray.stages.inference import InferenceOptions, InferenceTask, LoadedModel, run_inference
+from mammo_ray.stages.inference import InferenceTask, LoadedModel, run_inference
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from mammo_ray.imaging.nyu import NYUPreprocess
 
 log = logging.getLogger("mammo_ray.zero_shot")
 
@@ -45,57 +41,6 @@ FIGURE_NAME = "zero_shot_by_birads.png"
 
 class UnknownLateralityError(MammoRayError):
     """The image's breast side is unknown, so no head of the image-wise model fits it."""
-
-
-@dataclass(frozen=True)
-class ZeroShotSpec:
-    """The zero-shot run: NYU image-wise weights and the preprocessing.
-
-    `weights`: a weights source (`random-init:<seed>`, a local path or s3:// URI of the published
-    `ImageOnly__ModeImage_weights.p`), `sha256` its expected hash. `nyu_scale`: fraction of the native
-    NYU windows (1.0 = 2677x1942 / 2974x1748). `source_resolution`: the inputs' resolution relative
-    to a full-field mammogram (~4000 rows); None estimates it per image from its height. `tta`:
-    test-time augmented windows per image, whose probabilities are averaged (0 = one window).
-    """
-
-    weights: str = "random-init:0"
-    sha256: str | None = None
-    nyu_scale: float = 0.25
-    source_resolution: float | None = None
-    tta: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.nyu_scale > 0:
-            raise ValueError(f"nyu_scale must be positive, got {self.nyu_scale}")
-        if self.source_resolution is not None and not self.source_resolution > 0:
-            raise ValueError(f"source_resolution must be positive or None, got {self.source_resolution}")
-        if self.tta < 0:
-            raise ValueError(f"tta must be >= 0, got {self.tta}")
-
-    @property
-    def weights_spec(self) -> WeightsSpec:
-        return WeightsSpec(self.weights, self.sha256)
-
-    def resolution_for(self, height: int) -> float:
-        return source_resolution_for(height, self.source_resolution)
-
-    def preprocessor(self, source_resolution: float = 1.0) -> NYUPreprocess:
-        """Each image's own view window (view=None), `tta` augmented windows when tta > 0."""
-        from mammo_ray.imaging.nyu import NYUPreprocess
-
-        return NYUPreprocess(scale=self.nyu_scale, source_resolution=source_resolution, n_augment=self.tta)
-
-    @property
-    def model_id(self) -> str:
-        """The image-wise model's identity: its preprocessing settings (the weights are keyed apart)."""
-        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
-        return f"nyu_image_wise:nyu_scale={self.nyu_scale!r}:source={source}:tta={self.tta}"
-
-    @property
-    def preprocess_id(self) -> str:
-        resolution = self.source_resolution if self.source_resolution is not None else 1.0
-        suffix = ":source=auto" if self.source_resolution is None else ""
-        return self.preprocessor(resolution).id + suffix
 
 
 @dataclass(frozen=True)
@@ -142,7 +87,7 @@ def head_for(laterality: object, view: object) -> str:
 class ZeroShotTask(InferenceTask):
     """The zero-shot run as an inference task: own-view window, own-side-and-view head, two probabilities."""
 
-    spec: ZeroShotSpec
+    spec: ZeroShotConfig
 
     @property
     def stage(self) -> str:  # type: ignore[override]
@@ -155,11 +100,8 @@ class ZeroShotTask(InferenceTask):
     def table_uri(self, output_uri: str) -> str:
         return zero_shot_uri(output_uri)
 
-    def prepare(self, pixels: np.ndarray, row) -> tuple[np.ndarray, str]:
-        head = head_for(row.laterality, row.view)  # before the work: a missing side fails fast
-        preprocessor = self.spec.preprocessor(self.spec.resolution_for(pixels.shape[0]))
-        prepared = preprocessor(pixels, row.view, row.laterality)  # (h, w) or (n, h, w)
-        return (prepared[:, None] if prepared.ndim == 3 else prepared[None, None]), head
+    def group(self, row) -> str:
+        return head_for(row.laterality, row.view)  # the image's own head: a missing side fails fast
 
     def load(self) -> LoadedModel:
         from mammo_ray.models.nyu import build_nyu_model
@@ -189,12 +131,12 @@ class ZeroShotTask(InferenceTask):
         )
 
 
-def zero_shot_key(spec: ZeroShotSpec, read: ReadOptions = ReadOptions()) -> feature_store.ModelKey:
+def zero_shot_key(spec: ZeroShotConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
     return ZeroShotTask(spec).key(read)
 
 
-def read_zero_shot(output_uri: str, manifest: pd.DataFrame, spec: ZeroShotSpec = ZeroShotSpec(),
-                   read: ReadOptions = ReadOptions(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+def read_zero_shot(output_uri: str, manifest: pd.DataFrame, spec: ZeroShotConfig = ZeroShotConfig(),
+                   read: IngestConfig = IngestConfig(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
     """The probabilities of `manifest`'s images under `spec`, one row per scored image, with the manifest's
     columns; StaleTableError when the stage has not run for this manifest and these settings."""
     return feature_store.read_view(zero_shot_uri(output_uri), manifest, key or zero_shot_key(spec, read), STAGE)
@@ -203,15 +145,16 @@ def read_zero_shot(output_uri: str, manifest: pd.DataFrame, spec: ZeroShotSpec =
 def run_zero_shot(
     manifest: pd.DataFrame,
     output_uri: str,
-    spec: ZeroShotSpec = ZeroShotSpec(),
-    options: InferenceOptions = InferenceOptions(),
+    spec: ZeroShotConfig = ZeroShotConfig(),
+    options: EmbedConfig = EmbedConfig(),
+    read: IngestConfig = IngestConfig(),
 ) -> ZeroShotResult:
     """Score every image of `manifest` not yet scored with these weights and preprocessing, then draw the
     figure of the manifest's images (predicted benign vs malignant per BI-RADS)."""
     from mammo_ray.report.figures import zero_shot_by_birads
 
     task = ZeroShotTask(spec)
-    run = run_inference(manifest, output_uri, task, options)
+    run = run_inference(manifest, output_uri, task, options, read)
     rows = read_zero_shot(output_uri, manifest, key=run.key)
     figure = figure_uri(output_uri)
     zero_shot_by_birads(rows, figure)

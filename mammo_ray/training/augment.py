@@ -8,40 +8,21 @@ sample's own background value (its per-channel minimum: the zero padding of Imag
 normalisation, or the standardised background of NYU windows), not a grey that never occurs.
 
 Random draws come from a `torch.Generator` the caller seeds (per seed, epoch and worker rank), so a
-run is reproducible. The validation split is never augmented.
+run is reproducible. The validation split is never augmented. The settings are the config's
+`AugmentConfig` (validated there, once).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    hflip: bool = True
-    vflip: bool = True
-    degrees: float = 10.0
-    translate: float = 0.05
-    scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.degrees <= 180:
-            raise ValueError(f"degrees must lie in [0, 180], got {self.degrees}")
-        if not 0 <= self.translate < 1:
-            raise ValueError(f"translate must lie in [0, 1), got {self.translate}")
-        if not 0 <= self.scale < 1:
-            raise ValueError(f"scale must lie in [0, 1), got {self.scale}")
-
-    @property
-    def is_identity(self) -> bool:
-        return not (self.hflip or self.vflip or self.degrees or self.translate or self.scale)
+from mammo_ray.config.finetune import AugmentConfig
 
 
-def random_affine_matrices(n: int, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+def random_affine_matrices(n: int, spec: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """(n, 2, 3) matrices for `F.affine_grid`, mapping output coordinates to input coordinates."""
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -66,7 +47,7 @@ def random_affine_matrices(n: int, spec: AugmentSpec, generator: torch.Generator
     return theta
 
 
-def augment_batch(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, spec: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Randomly transformed copies of a (B, C, H, W) float batch (same device and dtype)."""
     if images.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(images.shape)}")

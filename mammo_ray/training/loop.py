@@ -1,4 +1,4 @@
-"""The per-worker training loop of Ray Train (Train V2), and the checkpoint format it writes.
+"""The per-worker training loop of Ray Train (Train V2).
 
 One `TorchTrainer.fit()` runs one stage of one (model, task): `spec.epochs` epochs with the body
 frozen (`train="head"`) or not (`"all"`). Every epoch:
@@ -9,27 +9,19 @@ frozen (`train="head"`) or not (`"all"`). Every epoch:
    `GradScaler`); on CPU neither is used;
 2. predict this worker's shard of the "val" dataset (split without dropping rows), gather every
    worker's predictions, compute the metrics;
-3. rank 0 writes a checkpoint and every worker calls `ray.train.report` (a barrier).
-
-Checkpoint directory (one per epoch, under RunConfig(storage_path, name)):
-  model.pt            the unwrapped model's state dict
-  train_state.pt      {"optimizer": ..., "scaler": ...}
-  state.json          {"epoch": completed epochs of this stage, "epochs", "run_token", "metrics", + info}
-  predictions.parquet row, target, probabilities (list<float32>) for every validation image
+3. rank 0 writes a checkpoint (its format: `mammo_ray.training.checkpoint`) and every worker calls
+   `ray.train.report` (a barrier).
 
 Resume (verified on Ray 2.60, Train V2): when a run with the same RunConfig name and storage path
 is started again, the controller restores the run's checkpoint-manager snapshot from storage and
 hands the latest checkpoint to every worker; `ray.train.get_checkpoint()` returns it, and the loop
 restores model, optimizer, scaler and the epoch counter from it and continues at that epoch (a
-finished stage trains zero epochs).
+finished stage trains zero epochs); a checkpoint of another setup is refused (`check_identity`).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from mammo_ray.config.finetune import AugmentConfig
 from mammo_ray.faults import crash_point
-from mammo_ray.training.augment import AugmentSpec
-
-MODEL_FILE = "model.pt"
-TRAIN_STATE_FILE = "train_state.pt"
-STATE_FILE = "state.json"
-PREDICTIONS_FILE = "predictions.parquet"
-#: What a resumed checkpoint must agree on with the run resuming it (the epoch count may grow).
-IDENTITY_KEYS: tuple[str, ...] = (
-    "model", "pretrained_on", "task", "stage", "classes", "train", "image_size", "protocol", "preprocess_id",
+from mammo_ray.training.checkpoint import (
+    MODEL_FILE,
+    TRAIN_STATE_FILE,
+    check_identity,
+    load_torch_file,
+    read_state,
+    write_checkpoint,
 )
 
 
@@ -65,7 +56,7 @@ class LoopSpec:
     input_shape: tuple[int, int, int]
     run_token: str
     class_weights: tuple[float, ...] | None = None
-    augment: AugmentSpec | None = None
+    augment: AugmentConfig | None = None
     mixed_precision: bool = True
     torch_threads: int | None = None
     shuffle_buffer: int = 64
@@ -79,41 +70,6 @@ def lr_at(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-# --- checkpoint files -------------------------------------------------------------------------------
-
-
-def read_checkpoint_file(checkpoint, name: str) -> bytes:
-    """One file of a ray.train.Checkpoint, read through its own filesystem (local or S3)."""
-    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{name}") as handle:
-        return handle.read()
-
-
-def load_torch_file(checkpoint, name: str) -> Any:
-    import torch
-
-    data = read_checkpoint_file(checkpoint, name)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def read_state(checkpoint) -> dict[str, Any]:
-    return json.loads(read_checkpoint_file(checkpoint, STATE_FILE).decode("utf-8"))
-
-
-def read_predictions(checkpoint):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(read_checkpoint_file(checkpoint, PREDICTIONS_FILE))).to_pandas()
-
-
-def checkpoint_uri(checkpoint) -> str:
-    """The checkpoint's URI: its local path, or s3://<bucket/key> for an S3-backed filesystem."""
-    import pyarrow.fs as pafs
-
-    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
-        return checkpoint.path
-    return "s3://" + checkpoint.path.lstrip("/")
-
-
 # --- the loop -----------------------------------------------------------------------------------------
 
 
@@ -125,21 +81,6 @@ def _gather(value: Any, world_size: int) -> list[Any]:
     out: list[Any] = [None] * world_size
     dist.all_gather_object(out, value)
     return out
-
-
-def _predictions_table(rows: np.ndarray, targets: np.ndarray, probabilities: np.ndarray):
-    import pyarrow as pa
-
-    k = probabilities.shape[1] if probabilities.ndim == 2 else 0
-    return pa.table(
-        {
-            "row": pa.array(rows, pa.int64()),
-            "target": pa.array(targets, pa.int64()),
-            "probabilities": pa.FixedSizeListArray.from_arrays(
-                pa.array(probabilities.astype(np.float32).reshape(-1), pa.float32()), k
-            ),
-        }
-    )
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -171,13 +112,7 @@ def train_loop(config: dict[str, Any]) -> None:
     train_state = None
     if resume is not None:
         state = read_state(resume)
-        different = [k for k in IDENTITY_KEYS if k in spec.info and state.get(k) != spec.info[k]]
-        if different:
-            details = ", ".join(
-                f"{k}: checkpoint {state.get(k)!r} vs now {spec.info[k]!r}" for k in different
-            )
-            raise ValueError(f"the run's latest checkpoint belongs to another setup ({details}); "
-                             "use another run name or remove the old checkpoints")
+        check_identity(state, spec.info, spec.info.get("run_name", ""))
         model.load_state_dict(load_torch_file(resume, MODEL_FILE))
         train_state = load_torch_file(resume, TRAIN_STATE_FILE)
         start_epoch = int(state["epoch"])
@@ -279,17 +214,13 @@ def train_loop(config: dict[str, Any]) -> None:
         }
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="mammo-ray-ckpt-") as folder:
-                torch.save(model.state_dict(), os.path.join(folder, MODEL_FILE))
-                torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()},
-                           os.path.join(folder, TRAIN_STATE_FILE))
-                state = {**spec.info, "epoch": epoch + 1, "epochs": spec.epochs, "run_token": spec.run_token,
-                         "metrics": metrics}
-                with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as handle:
-                    json.dump(state, handle, indent=1, default=float)
-                import pyarrow.parquet as pq
-
-                pq.write_table(_predictions_table(val_rows, val_targets, val_probabilities),
-                               os.path.join(folder, PREDICTIONS_FILE))
+                write_checkpoint(
+                    folder, model_state=model.state_dict(),
+                    train_state={"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()},
+                    state={**spec.info, "epoch": epoch + 1, "epochs": spec.epochs,
+                           "run_token": spec.run_token, "metrics": metrics},
+                    rows=val_rows, targets=val_targets, probabilities=val_probabilities,
+                )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics, checkpoint=None)

@@ -1,14 +1,13 @@
-"""Validation metrics from predicted class probabilities, without sklearn (tested against it).
+"""Validation metrics from predicted class probabilities: scikit-learn's, with the edge cases fixed.
 
-- accuracy: share of argmax predictions equal to the target.
-- binary (2 classes): precision and recall of class 1 (0 when undefined, like sklearn's
-  zero_division=0); AUROC of the class-1 probability.
-- more classes (BI-RADS): macro precision / recall over the classes present in the targets or the
-  predictions (sklearn's default label set, zero_division=0); AUROC one-vs-rest, macro over the
-  classes that have both positives and negatives in the targets (with every class present that is
-  sklearn's ``roc_auc_score(multi_class="ovr", average="macro")``).
-- AUROC is the Mann-Whitney statistic with average ranks for ties, which equals the area under the
-  trapezoidal ROC curve; NaN when the targets hold a single class.
+- accuracy: `accuracy_score` of the argmax predictions.
+- binary (2 classes): `precision_score` / `recall_score` of class 1 (zero_division=0); AUROC
+  (`binary_auroc`, i.e. `roc_auc_score`) of the class-1 probability.
+- more classes (BI-RADS): macro `precision_score` / `recall_score` over the classes present in the
+  targets or the predictions (sklearn's default label set, zero_division=0); AUROC one-vs-rest, macro
+  over the classes that have both positives and negatives in the targets (with every class present
+  that is sklearn's ``roc_auc_score(multi_class="ovr", average="macro")``).
+- AUROC is NaN when the targets hold a single class (or a probability is NaN).
 """
 
 from __future__ import annotations
@@ -16,29 +15,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "auroc", "precision", "recall")
 
 
 def binary_auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve of `score` for the positives y_true == 1; NaN if one class only."""
+    """sklearn's roc_auc_score of `score` for the positives y_true != 0; NaN (never sklearn's ValueError)
+    unless both classes are present, or when a score is NaN (a diverged run)."""
     y_true = np.asarray(y_true).astype(bool)
-    n_pos = int(y_true.sum())
-    n_neg = y_true.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    score = np.asarray(score, dtype=np.float64)
+    if y_true.all() or not y_true.any() or np.isnan(score).any():
         return math.nan
-    ranks = rankdata(np.asarray(score, dtype=np.float64))
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _precision_recall(y_true: np.ndarray, y_pred: np.ndarray, label: int) -> tuple[float, float]:
-    true_positive = int(np.sum((y_pred == label) & (y_true == label)))
-    predicted = int(np.sum(y_pred == label))
-    actual = int(np.sum(y_true == label))
-    precision = true_positive / predicted if predicted else 0.0
-    recall = true_positive / actual if actual else 0.0
-    return precision, recall
+    return float(roc_auc_score(y_true, score))
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -57,15 +46,13 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     if y_true.min() < 0 or y_true.max() >= k:
         raise ValueError(f"targets must lie in [0, {k}), got {sorted(set(y_true.tolist()))}")
     y_pred = proba.argmax(axis=1)
-    accuracy = float(np.mean(y_pred == y_true))
+    accuracy = float(accuracy_score(y_true, y_pred))
+    average = "binary" if k == 2 else "macro"
+    precision = precision_score(y_true, y_pred, average=average, zero_division=0)
+    recall = recall_score(y_true, y_pred, average=average, zero_division=0)
     if k == 2:
-        precision, recall = _precision_recall(y_true, y_pred, 1)
         auroc = binary_auroc(y_true == 1, proba[:, 1])
-    else:
-        labels = np.union1d(y_true, y_pred)
-        pairs = [_precision_recall(y_true, y_pred, int(label)) for label in labels]
-        precision = float(np.mean([p for p, _ in pairs]))
-        recall = float(np.mean([r for _, r in pairs]))
+    else:  # one-vs-rest, macro over the classes it is defined for
         per_class = [binary_auroc(y_true == c, proba[:, c]) for c in range(k)]
         defined = [a for a in per_class if not math.isnan(a)]
         auroc = float(np.mean(defined)) if defined else math.nan

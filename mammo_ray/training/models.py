@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammo_ray.models.weights import seeded_init
+from mammo_ray.models.weights import load_state_dict_strict, seeded_init
 
 IMAGENET_MODELS: tuple[str, ...] = ("resnet50", "resnet18", "squeezenet1_1")
 MODEL_NAMES: tuple[str, ...] = (*IMAGENET_MODELS, "nyu", "small_cnn")
@@ -129,25 +129,8 @@ def build_model(
         with seeded_init(seed):
             model = NYUClassifier.from_image_model(image_model, num_classes, nyu_trunk)
         return model
-    _load_strict(model, state_dict, source)
+    load_state_dict_strict(model, state_dict, source, f"state dict does not match the {type(model).__name__}")
     return model
-
-
-def _load_strict(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
-    from mammo_ray.models.weights import WeightsError
-
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{k}: state dict {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state_dict)
-        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or mismatched:
-        raise WeightsError(source, f"state dict does not match the {type(model).__name__}",
-                           missing=missing, unexpected=unexpected, mismatched=mismatched)
-    model.load_state_dict(dict(state_dict))
 
 
 def head_names(name: str) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mammo_ray.classify import GridCell, GridConfig
+from mammo_ray.config import GridCell, GridConfig
 
 YAML = """
 extractors: [imagenet_resnet50, nyu_lcc]

@@ -7,10 +7,11 @@ import pytest
 from imblearn.pipeline import Pipeline
 from sklearn.base import clone
 
-from mammo_ray.classify import GridCell, GridConfig, GridData, build_pipeline, evaluate_cell, evaluate_cells
-from mammo_ray.classify.estimators import LassoSelector, NystroemSVC, make_classifier
+from mammo_ray.classify import GridData, build_pipeline, evaluate_cell, evaluate_cells
+from mammo_ray.classify.estimators import LassoSelector, NystroemSVC, make_classifier, svc_gamma
 from mammo_ray.classify.protocols import leak_free_folds, leak_free_holdout, paper_folds, paper_holdout
 from mammo_ray.classify.synthetic import cohort_feature_table, noise_table
+from mammo_ray.config import GridCell, GridConfig
 
 CONFIG = GridConfig(extractors=["noise"], bootstrap=200)
 
@@ -61,7 +62,7 @@ def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell():
     cells = config.cells(["noise"])
     shared = evaluate_cells(data, cells, config)
     plain = evaluate_cells(data, cells, config, precomputed_kernels=False)
-    for cell, fast, unkernelled in zip(cells, shared, plain):
+    for cell, fast, unkernelled in zip(cells, shared, plain, strict=True):
         slow = evaluate_cell(data, cell, config)
         assert fast.status == slow.status == "ok", (fast.error, slow.error)
         assert unkernelled.cv_fold_scores == slow.cv_fold_scores and unkernelled.auc == slow.auc  # bit for bit
@@ -82,13 +83,27 @@ def test_kernel_cache_matches_libsvm_kernels():
     X, Z = rng.standard_normal((50, 7)), rng.standard_normal((9, 7))
     y = (X[:, 0] > 0).astype(int)
     cache = KernelCache(X, Z)
-    gamma = cache.gamma("scale")
+    gamma = svc_gamma(cache.X_fit, "scale")
     assert gamma == pytest.approx(1 / (7 * X.var()))
     fit, check = cache.rbf(gamma)
     assert fit == pytest.approx(rbf_kernel(X, X, gamma=gamma)) and check == pytest.approx(rbf_kernel(Z, X, gamma=gamma))
     for kernel in ("linear", "rbf"):
         direct = SVC(kernel=kernel).fit(X, y).decision_function(Z)
         assert cache.svc_scores(SVC(kernel=kernel), y) == pytest.approx(direct, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_gamma_for_libsvm_nystroem_and_the_kernel_cache(dtype):
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(3)
+    X = (rng.standard_normal((40, 6)) * 3.0).astype(dtype)
+    y = (X[:, 0] > 0).astype(int)
+    for gamma in ("scale", "auto", 0.25):
+        # libsvm works on float64 (as KernelCache does); Nystroem on the array it is given.
+        assert svc_gamma(X.astype(np.float64), gamma) == SVC(kernel="rbf", gamma=gamma).fit(X, y)._gamma
+        assert NystroemSVC(gamma=gamma, n_components=10).fit(X, y).gamma_ == svc_gamma(X, gamma)
+    assert svc_gamma(np.ones((5, 3), dtype), "scale") == 1.0  # zero variance: sklearn's fallback
 
 
 def test_leak_free_pipeline_steps_and_patient_grouping():

@@ -151,12 +151,12 @@ def test_adapter_registry() -> None:
     from mammo_ray.datasets import adapters, cbis_ddsm, inbreast, mias
     from mammo_ray.errors import ConfigError
 
-    assert adapters.ADAPTERS == {
+    assert {
         "inbreast": inbreast.build_manifest,
         "mias": mias.build_manifest,
         "cbis_ddsm": cbis_ddsm.build_manifest,
         "csv": generic_csv.build_manifest,
-    }
+    } == adapters.ADAPTERS
     assert adapters.get_adapter("csv") is generic_csv.build_manifest
     with pytest.raises(ConfigError, match="unknown adapter 'ddsm'.*cbis_ddsm"):
         adapters.get_adapter("ddsm")

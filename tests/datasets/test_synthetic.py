@@ -13,11 +13,13 @@ from pydicom.pixels import apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from scipy import ndimage
 
+from mammo_ray.config import parse_config
+from mammo_ray.config.base import checked
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, label_from_birads, read_manifest
 from mammo_ray.datasets.synthetic import (
     DATASET_NAME,
     VIEWS,
-    CohortSpec,
+    SyntheticSource,
     cohort_plan,
     generate_cohort,
     generate_image,
@@ -25,7 +27,7 @@ from mammo_ray.datasets.synthetic import (
 )
 from mammo_ray.errors import ConfigError
 
-SMALL = CohortSpec(patients=6, rows=128, seed=3)
+SMALL = SyntheticSource(patients=6, rows=128, seed=3)
 POSITIVE = ("4a", "4b", "4c", "5", "6")
 
 
@@ -39,13 +41,13 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
 
 
 def test_spec_defaults_and_shape() -> None:
-    spec = CohortSpec()
+    spec = SyntheticSource()
     assert (spec.patients, spec.seed, spec.rows) == (24, 0, 512)
     assert (spec.bits_stored, spec.transfer_syntax, spec.positive_fraction) == (14, "explicit", 0.25)
     assert spec.shape == (512, 410)
     assert spec.max_value == 2**14 - 1
-    assert CohortSpec(rows=100, columns=90).shape == (100, 90)
-    assert generate_image(0, "L", "CC", "1", CohortSpec(rows=100, columns=90)).shape == (100, 90)
+    assert SyntheticSource(rows=100, columns=90).shape == (100, 90)
+    assert generate_image(0, "L", "CC", "1", SyntheticSource(rows=100, columns=90)).shape == (100, 90)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +64,10 @@ def test_spec_defaults_and_shape() -> None:
 )
 def test_spec_rejects_bad_values(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        CohortSpec(**kwargs)
+        parse_config({"data": {"synthetic": kwargs}})
+    assert caught.value.key_path == f"data.{key}"
+    with pytest.raises(ConfigError) as caught:
+        checked(SyntheticSource, "synthetic", **kwargs)
     assert caught.value.key_path == key
 
 
@@ -104,7 +109,7 @@ def test_image_shape_background_and_range(laterality: str, view: str) -> None:
 def test_generate_image_is_deterministic_and_seed_dependent() -> None:
     first = generate_image(2, "R", "MLO", "5", SMALL)
     assert np.array_equal(first, generate_image(2, "R", "MLO", "5", SMALL))
-    other_seed = generate_image(2, "R", "MLO", "5", CohortSpec(patients=6, rows=128, seed=4))
+    other_seed = generate_image(2, "R", "MLO", "5", SyntheticSource(patients=6, rows=128, seed=4))
     assert not np.array_equal(first, other_seed)
     assert not np.array_equal(first, generate_image(3, "R", "MLO", "5", SMALL))
 
@@ -170,7 +175,7 @@ def test_bright_area_separates_birads_1_from_5() -> None:
 
 @pytest.mark.parametrize("patients, fraction", [(40, 0.25), (7, 0.25), (10, 0.0), (10, 1.0), (12, 0.75)])
 def test_plan_label_share_matches_positive_fraction(patients: int, fraction: float) -> None:
-    plan = cohort_plan(CohortSpec(patients=patients, positive_fraction=fraction, seed=1))
+    plan = cohort_plan(SyntheticSource(patients=patients, positive_fraction=fraction, seed=1))
     assert set(plan) == {(p, side) for p in range(patients) for side in "LR"}
     positives = [key for key, birads in plan.items() if label_from_birads(birads) == 1]
     assert len(positives) == round(fraction * 2 * patients)
@@ -181,7 +186,7 @@ def test_plan_label_share_matches_positive_fraction(patients: int, fraction: flo
 
 
 def test_plan_category_mix_is_inbreast_like() -> None:
-    plan = cohort_plan(CohortSpec(patients=400, seed=0))
+    plan = cohort_plan(SyntheticSource(patients=400, seed=0))
     counts = pd.Series(list(plan.values())).value_counts(normalize=True)
     assert counts.get("2", 0) > counts.get("1", 0) > counts.get("3", 0) > 0
     assert {"4a", "4b", "4c", "5", "6"} <= set(counts.index)
@@ -200,7 +205,7 @@ def test_manifest_contract(cohort: tuple[Path, pd.DataFrame]) -> None:
     assert manifest["pathology"].isna().all()
     for patient_id, rows in manifest.groupby("patient_id"):
         assert patient_id.startswith("synth/P") and len(rows) == 4
-        assert set(zip(rows["laterality"], rows["view"])) == set(VIEWS)
+        assert set(zip(rows["laterality"], rows["view"], strict=True)) == set(VIEWS)
         assert rows["exam_id"].nunique() == 1 and rows["exam_id"].iloc[0] == f"{patient_id}_E1"
         for _, breast in rows.groupby("laterality"):
             assert breast["birads"].nunique() == 1  # both views of a breast share the BI-RADS
@@ -260,7 +265,7 @@ def test_dicom_tags_and_pixels(cohort: tuple[Path, pd.DataFrame]) -> None:
 
 
 def test_rle_round_trip(tmp_path: Path) -> None:
-    spec = CohortSpec(patients=1, rows=96, seed=5, transfer_syntax="rle", bits_stored=12)
+    spec = SyntheticSource(patients=1, rows=96, seed=5, transfer_syntax="rle", bits_stored=12)
     image = generate_image(0, "R", "MLO", "4c", spec)
     assert image.max() < 2**12 - 1
     data = synthetic_dicom_bytes(image, patient_id="synth/P0000", exam_id="synth/P0000_E1",
@@ -269,7 +274,7 @@ def test_rle_round_trip(tmp_path: Path) -> None:
     assert ds.file_meta.TransferSyntaxUID == RLELossless
     assert np.array_equal(ds.pixel_array, image)
     explicit = synthetic_dicom_bytes(image, patient_id="synth/P0000", exam_id="synth/P0000_E1",
-                                     laterality="R", view="MLO", spec=CohortSpec(patients=1, rows=96, seed=5,
+                                     laterality="R", view="MLO", spec=SyntheticSource(patients=1, rows=96, seed=5,
                                                                                   bits_stored=12))
     assert pydicom.dcmread(io.BytesIO(explicit)).SOPInstanceUID == ds.SOPInstanceUID
     assert len(data) < len(explicit)
@@ -284,7 +289,7 @@ def test_rle_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("transfer_syntax", ["explicit", "rle"])
 @pytest.mark.parametrize("bits_stored", [8, 12, 16])
 def test_pixels_round_trip_and_window_keeps_the_background(transfer_syntax: str, bits_stored: int) -> None:
-    spec = CohortSpec(patients=1, rows=80, seed=6, bits_stored=bits_stored, transfer_syntax=transfer_syntax)
+    spec = SyntheticSource(patients=1, rows=80, seed=6, bits_stored=bits_stored, transfer_syntax=transfer_syntax)
     image = generate_image(0, "L", "MLO", "6", spec)
     assert 0 < image.max() < 2**bits_stored - 1
     data = synthetic_dicom_bytes(image, patient_id="synth/P0000", exam_id="synth/P0000_E1",
@@ -301,15 +306,15 @@ def test_pixels_round_trip_and_window_keeps_the_background(transfer_syntax: str,
 
 def test_rle_bytes_do_not_depend_on_the_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("rle", reason="pylibjpeg-rle is not installed: only pydicom's encoder is available")
-    from mammo_ray.datasets import synthetic
+    from mammo_ray.datasets.synthetic import dicom as synthetic_dicom  # the module that encodes
 
-    spec = CohortSpec(patients=1, rows=128, seed=2, transfer_syntax="rle")
+    spec = SyntheticSource(patients=1, rows=128, seed=2, transfer_syntax="rle")
     image = generate_image(0, "L", "CC", "5", spec)
     arguments = {"patient_id": "synth/P0000", "exam_id": "synth/P0000_E1", "laterality": "L", "view": "CC",
                  "spec": spec}
     fast = synthetic_dicom_bytes(image, **arguments)
 
-    real_get_encoder = synthetic.get_encoder
+    real_get_encoder = synthetic_dicom.get_encoder
 
     class PydicomOnly:
         def __init__(self, uid: str) -> None:
@@ -320,7 +325,7 @@ def test_rle_bytes_do_not_depend_on_the_encoder(monkeypatch: pytest.MonkeyPatch)
                 raise RuntimeError("plugin unavailable")
             return self._encoder.encode(arr, encoding_plugin=encoding_plugin, **kwargs)
 
-    monkeypatch.setattr(synthetic, "get_encoder", PydicomOnly)
+    monkeypatch.setattr(synthetic_dicom, "get_encoder", PydicomOnly)
     assert synthetic_dicom_bytes(image, **arguments) == fast
 
 
@@ -334,7 +339,7 @@ def test_dicom_bytes_rejects_bad_pixels() -> None:
 
 
 def test_same_spec_writes_identical_bytes(tmp_path: Path) -> None:
-    spec = CohortSpec(patients=3, rows=96, seed=11)
+    spec = SyntheticSource(patients=3, rows=96, seed=11)
     first = generate_cohort(str(tmp_path / "a"), spec, workers=1)
     second = generate_cohort(str(tmp_path / "b"), spec, workers=2)
     for name in sorted(p.name for p in (tmp_path / "a" / "images").iterdir()):
@@ -344,7 +349,7 @@ def test_same_spec_writes_identical_bytes(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(first.drop(columns="uri"), second.drop(columns="uri"))
     assert [Path(u).name for u in first["uri"]] == [Path(u).name for u in second["uri"]]
 
-    other = generate_cohort(str(tmp_path / "c"), CohortSpec(patients=3, rows=96, seed=12))
+    other = generate_cohort(str(tmp_path / "c"), SyntheticSource(patients=3, rows=96, seed=12))
     differing = [
         name for name in (Path(u).name for u in other["uri"])
         if (tmp_path / "a" / "images" / name).read_bytes() != (tmp_path / "c" / "images" / name).read_bytes()
@@ -355,7 +360,7 @@ def test_same_spec_writes_identical_bytes(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ learnability
 
 
-def _intensity_features(image: np.ndarray, spec: CohortSpec) -> list[float]:
+def _intensity_features(image: np.ndarray, spec: SyntheticSource) -> list[float]:
     """Simple statistics of the breast: intensity percentiles and a blob (local contrast) response."""
     x = image.astype(np.float32) / spec.max_value
     mask = (image > 0).astype(np.float32)
@@ -378,7 +383,7 @@ def test_binary_task_is_learnable_but_not_trivial() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    spec = CohortSpec(patients=32, rows=128, seed=0)
+    spec = SyntheticSource(patients=32, rows=128, seed=0)
     plan = cohort_plan(spec)
     features, labels, groups = [], [], []
     for patient in range(spec.patients):

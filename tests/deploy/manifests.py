@@ -245,7 +245,7 @@ def container_security_findings(container: dict, pod_security: dict, where: str)
     found: list[str] = []
     security = container.get("securityContext") or {}
     name = f"{where}/{container.get('name', '?')}"
-    if not (security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is True):
+    if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
         found.append(f"{name}: runAsNonRoot is not true")
     run_as_user = security.get("runAsUser", pod_security.get("runAsUser"))
     if run_as_user is None or run_as_user == 0:

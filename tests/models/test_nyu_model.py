@@ -86,7 +86,7 @@ def test_trunk_layers_follow_the_published_architecture() -> None:
         1, 16, (7, 7), (2, 2), (0, 0), None)
     assert (trunk.first_pool.kernel_size, trunk.first_pool.stride) == (3, 2)
     assert len(trunk.layer_list) == 5
-    for stage, (channels, stride) in enumerate(zip((16, 32, 64, 128, 256), (1, 2, 2, 2, 2))):
+    for stage, (channels, stride) in enumerate(zip((16, 32, 64, 128, 256), (1, 2, 2, 2, 2), strict=True)):
         first, second = trunk.layer_list[stage]
         assert first.conv1.out_channels == channels and first.conv1.stride == (stride, stride)
         assert first.conv1.padding == (1, 1) and first.conv1.bias is None

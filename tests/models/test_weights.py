@@ -25,6 +25,7 @@ from mammo_ray.models.weights import (
     WeightsSpec,
     check_weights_available,
     known_weights_file,
+    load_state_dict_strict,
     resolve_weights,
     seeded_init,
 )
@@ -81,7 +82,7 @@ def test_random_init_is_deterministic_per_seed() -> None:
     assert not torch.equal(a[key], c[key])
     r1, _ = build_feature_extractor("resnet18", seed=3)
     r2, _ = build_feature_extractor("resnet18", seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(r1.state_dict().values(), r2.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(r1.state_dict().values(), r2.state_dict().values(), strict=True))
 
 
 # --- torchvision cache ----------------------------------------------------------------------------
@@ -271,3 +272,54 @@ def test_a_weight_file_that_runs_code_when_unpickled_is_refused_and_never_runs(t
     assert not marker.exists()
     torch.load(hostile, weights_only=False)  # the payload is real: a plain load runs it
     assert marker.exists()
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(3, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.head = torch.nn.Linear(4, 2)
+
+
+def test_strict_loader_lists_every_mismatch_and_loads_nothing_then() -> None:
+    with seeded_init(0):
+        model, donor = _Tiny(), _Tiny()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    state = donor.state_dict()
+    del state["body.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    state["head.weight"] = torch.zeros(5, 4)
+    with pytest.raises(WeightsError) as caught:
+        load_state_dict_strict(model, state, "tiny.pt", "state dict does not match the _Tiny",
+                               given_as="checkpoint", names={"extra.weight": "old.extra"},
+                               hint="use another file")
+    error = caught.value
+    assert (error.source, error.reason, error.hint) == ("tiny.pt", "state dict does not match the _Tiny",
+                                                         "use another file")
+    assert error.missing == ["body.bias"] and error.unexpected == ["old.extra"]
+    assert error.mismatched == ["head.weight: checkpoint (5, 4) vs model (2, 4)"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])  # a refused state dict changes nothing
+
+    assert load_state_dict_strict(model, donor.state_dict(), "tiny.pt", "r") == []
+    torch.testing.assert_close(model.head.weight, donor.head.weight)
+
+
+def test_strict_loader_keep_and_optional_keys() -> None:
+    with seeded_init(0):
+        model = _Tiny()
+    with seeded_init(1):
+        donor = _Tiny()
+    own_head = model.head.weight.detach().clone()
+    body = {k: v for k, v in donor.state_dict().items() if not k.startswith("head.")}
+    del body["norm.num_batches_tracked"]
+    body["head.weight"] = torch.zeros(9, 9)  # outside `keep`: ignored, however wrong
+    filled = load_state_dict_strict(model, body, "s", "r", keep=lambda key: not key.startswith("head."),
+                                    optional=lambda key: key.endswith(".num_batches_tracked"))
+    assert filled == ["norm.num_batches_tracked"]
+    torch.testing.assert_close(model.body.weight, donor.body.weight)
+    torch.testing.assert_close(model.head.weight, own_head)  # not loaded: keeps its own init
+    with pytest.raises(WeightsError) as caught:  # without `optional` the absent buffer is missing
+        load_state_dict_strict(model, body, "s", "r", keep=lambda key: not key.startswith("head."))
+    assert caught.value.missing == ["norm.num_batches_tracked"] and not caught.value.unexpected

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mammo_ray.training.augment import AugmentSpec, augment_batch, random_affine_matrices
+from mammo_ray.config import AugmentConfig
+from mammo_ray.training.augment import augment_batch, random_affine_matrices
 
 
 def _batch(n: int = 6, c: int = 3, h: int = 32, w: int = 24) -> torch.Tensor:
@@ -16,7 +17,7 @@ def _batch(n: int = 6, c: int = 3, h: int = 32, w: int = 24) -> torch.Tensor:
 
 def test_pure_flips_are_exact():
     x = _batch()
-    spec = AugmentSpec(hflip=True, vflip=False, degrees=0, translate=0, scale=0)
+    spec = AugmentConfig(hflip=True, vflip=False, degrees=0, translate=0, scale=0)
     out = augment_batch(x, spec, torch.Generator().manual_seed(1))
     theta = random_affine_matrices(x.shape[0], spec, torch.Generator().manual_seed(1))
     flipped = theta[:, 0, 0] < 0
@@ -27,7 +28,7 @@ def test_pure_flips_are_exact():
 
 def test_affine_fills_with_the_background_and_stays_in_range():
     x = _batch()
-    spec = AugmentSpec(degrees=15, translate=0.1, scale=0.2)
+    spec = AugmentConfig(degrees=15, translate=0.1, scale=0.2)
     out = augment_batch(x, spec, torch.Generator().manual_seed(2))
     assert out.shape == x.shape and out.dtype == x.dtype
     assert out.min() >= -2.0 - 1e-5 and out.max() <= x.max() + 1e-5
@@ -37,10 +38,11 @@ def test_affine_fills_with_the_background_and_stays_in_range():
 
 def test_same_seed_same_transform_and_identity_spec_is_a_no_op():
     x = _batch()
-    spec = AugmentSpec()
+    spec = AugmentConfig()
     a = augment_batch(x, spec, torch.Generator().manual_seed(3))
     b = augment_batch(x, spec, torch.Generator().manual_seed(3))
     c = augment_batch(x, spec, torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    identity = AugmentSpec(hflip=False, vflip=False, degrees=0, translate=0, scale=0)
+    identity = AugmentConfig(hflip=False, vflip=False, degrees=0, translate=0, scale=0)
     assert augment_batch(x, identity, torch.Generator()) is x
+    assert augment_batch(x, AugmentConfig(enabled=False), torch.Generator()) is x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -68,3 +69,28 @@ def test_degenerate_inputs():
     assert single["accuracy"] == 0.5 and math.isnan(single["auroc"]) and single["precision"] == 0.0
     with pytest.raises(ValueError):
         classification_metrics(np.array([0, 2]), np.full((2, 2), 0.5))
+
+
+def test_multiclass_with_few_labels_present_and_a_single_target_class():
+    proba = _softmax(np.random.default_rng(9).normal(size=(30, 5)))
+    y = np.where(np.arange(30) % 2 == 0, 1, 4)
+    pred = proba.argmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = classification_metrics(y, proba)
+    # Macro over the classes in the targets or the predictions only (sklearn's default labels).
+    assert ours["precision"] == precision_score(y, pred, average="macro", zero_division=0)
+    assert ours["recall"] == recall_score(y, pred, average="macro", zero_division=0)
+    defined = [roc_auc_score(y == c, proba[:, c]) for c in (1, 4)]
+    assert ours["auroc"] == pytest.approx(np.mean(defined))
+    single = classification_metrics(np.full(30, 2), proba)
+    assert math.isnan(single["auroc"]) and single["accuracy"] == accuracy_score(np.full(30, 2), pred)
+
+
+def test_nan_probabilities_give_nan_auroc_not_an_error():
+    # A diverged run (NaN logits) still reports its epoch; sklearn alone would raise on NaN scores.
+    proba = np.full((6, 3), np.nan)
+    out = classification_metrics(np.array([0, 1, 2, 0, 1, 2]), proba)
+    assert math.isnan(out["auroc"]) and out["accuracy"] == pytest.approx(1 / 3)
+    binary = classification_metrics(np.array([0, 1, 1]), np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.8]]))
+    assert math.isnan(binary["auroc"])

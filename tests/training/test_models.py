@@ -41,9 +41,9 @@ def test_every_model_gives_logits_and_freezes_all_but_its_head(name):
 
 def test_same_seed_same_init_and_checkpoint_round_trip():
     a, b = build_model("small_cnn", 3, seed=4), build_model("small_cnn", 3, seed=4)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     restored = build_model("small_cnn", 3, a.state_dict(), seed=9)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), restored.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), restored.state_dict().values(), strict=True))
     assert isinstance(a, SmallCNN) and count_parameters(a) < 200_000
 
 

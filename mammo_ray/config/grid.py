@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mammo_ray.config_base import StrictModel
+from mammo_ray.config.base import StrictModel
 
 Selection = Literal["none", "lasso"]
 Balancing = Literal["none", "smote"]

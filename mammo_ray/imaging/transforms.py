@@ -1,0 +1,94 @@
+"""One preprocessing transform per image family, used by embedding, zero-shot and fine-tuning alike.
+
+A transform takes the decoded pixels (H, W) and the image's view and laterality, returns the model's
+inputs (n, C, h, w) (n > 1 for test-time augmented NYU windows) and carries its versioned `id`, which
+every stored output records. It is plain picklable data, built from a config section
+(`ExtractorConfig.transform`, `ZeroShotConfig.transform`, `FinetuneConfig.transform`), and estimates each
+image's resolution from its height unless the section fixes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+#: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
+#: windows are defined at. An input's resolution is estimated from its height against it.
+FULL_FIELD_ROWS = 4000
+
+
+def source_resolution_for(height: int, configured: float | None) -> float:
+    """The configured source resolution, or one estimated from the image height (full field = 1.0)."""
+    if configured is not None:
+        return configured
+    return min(1.0, max(height, 1) / FULL_FIELD_ROWS)
+
+
+def _auto(configured: float | None) -> str:
+    return ":source=auto" if configured is None else ""
+
+
+@dataclass(frozen=True)
+class ImageNetTransform:
+    """Breast crop, long side to `size`, zero-padded square, ImageNet normalisation: (1, 3, size, size)."""
+
+    family: ClassVar[str] = "imagenet"
+    size: int = 224
+    crop_to_breast: bool = True
+    source_resolution: float | None = None  # None: estimated per image from its height
+
+    def preprocess(self, height: int):  # -> ImageNetPreprocess
+        from mammo_ray.imaging.imagenet import ImageNetPreprocess
+
+        resolution = source_resolution_for(height, self.source_resolution)
+        return ImageNetPreprocess(size=self.size, crop_to_breast=self.crop_to_breast, source_resolution=resolution)
+
+    @property
+    def id(self) -> str:
+        return self.preprocess(FULL_FIELD_ROWS).id + _auto(self.source_resolution)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return 3, self.size, self.size
+
+    def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
+        return self.preprocess(pixels.shape[0])(pixels)[None]
+
+
+@dataclass(frozen=True)
+class NYUTransform:
+    """The NYU window (flip to one side, breast crop, the window covering most breast, standardised):
+    (n, 1, h, w), n = max(1, n_augment). `view` fixes one window for every image ('CC'), None takes each
+    image's own."""
+
+    family: ClassVar[str] = "nyu"
+    scale: float = 0.25
+    source_resolution: float | None = None  # None: estimated per image from its height
+    n_augment: int = 0
+    view: str | None = None
+
+    def preprocess(self, height: int):  # -> NYUPreprocess
+        from mammo_ray.imaging.nyu import NYUPreprocess
+
+        resolution = source_resolution_for(height, self.source_resolution)
+        return NYUPreprocess(scale=self.scale, source_resolution=resolution, n_augment=self.n_augment, view=self.view)
+
+    @property
+    def id(self) -> str:
+        return self.preprocess(FULL_FIELD_ROWS).id + _auto(self.source_resolution)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(1, h, w) of a fixed window; each image's own view may give another size when `view` is None."""
+        from mammo_ray.imaging.nyu import window_size
+
+        return (1, *window_size(self.view, self.scale))
+
+    def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
+        windows = self.preprocess(pixels.shape[0])(pixels, view, laterality)  # (h, w) or (n, h, w)
+        return windows[:, None] if windows.ndim == 3 else windows[None, None]
+
+
+ImageTransform = ImageNetTransform | NYUTransform

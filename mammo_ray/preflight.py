@@ -1,0 +1,146 @@
+"""Everything a study can refuse before any work: relative paths under `ray job submit`, weights that are not
+there (all of them in one message), a published-values file that does not parse."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mammo_ray.config import StudyConfig
+from mammo_ray.errors import ConfigError, MammoRayError
+
+#: Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
+_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def _paths(config: StudyConfig) -> list[tuple[str, str]]:
+    """(key path, value) of every path or URI the config names."""
+    paths = [("output", config.output), ("data.manifest", config.data.manifest), ("report.published",
+             config.report.published), ("finetune.checkpoint_path", config.finetune.checkpoint_path),
+             ("zero_shot.weights", config.zero_shot.weights)]
+    if config.data.adapter is not None:
+        for name, value in config.data.adapter.args.items():
+            if name.endswith(("_uri", "_root", "_uris")):
+                for item in value if isinstance(value, list) else [value]:
+                    paths.append((f"data.adapter.args.{name}", item))
+    paths += [(f"embed.extractors.{i}.weights", e.weights) for i, e in enumerate(config.embed.extractors)]
+    paths += [(f"finetune.models.{i}.weights", m.weights) for i, m in enumerate(config.finetune.models)]
+    return [(key, value) for key, value in paths if isinstance(value, str) and value]
+
+
+def _is_relative_path(value: str) -> bool:
+    if "://" in value or value.startswith(("random-init:", "torchvision:")):
+        return False
+    return not os.path.isabs(os.path.expanduser(value))
+
+
+def check_job_paths(config: StudyConfig) -> None:
+    """Under `ray job submit` the entrypoint runs in a temporary copy of the working dir: a relative
+    output would be written into that copy (and lost), a relative input is looked up there. Refuse
+    them before any work, saying what to write instead."""
+    if _RAY_JOB_ENV not in os.environ:
+        return
+    try:
+        working_dir = json.loads(os.environ[_RAY_JOB_ENV]).get("runtime_env", {}).get("working_dir")
+    except (ValueError, AttributeError):
+        working_dir = None
+    relative = [(key, value) for key, value in _paths(config) if _is_relative_path(value)]
+    if relative:
+        key, _ = relative[0]
+        where = f" (uploaded as {working_dir})" if working_dir else ""
+        listed = "; ".join(f"{k} = {v!r}" for k, v in relative)
+        raise ConfigError(key, f"relative path(s) in a Ray job: {listed}. This study runs as a Ray job, in a "
+                               f"temporary copy of the working dir{where} on the cluster: relative outputs would "
+                               "be written into that copy and lost, relative inputs looked up there. Write an "
+                               "absolute path every node can reach (shared storage) or an s3:// URI")
+
+
+#: A problem that must stop the study before any work: (key path, the file or weights source, the error).
+Problem = tuple[str, str, MammoRayError]
+
+
+def _weights_problems(needed: list[tuple[str, object]]) -> list[Problem]:
+    from mammo_ray.models.weights import check_weights_available
+
+    problems = []
+    for key_path, weights in needed:
+        try:
+            check_weights_available(weights)
+        except MammoRayError as error:
+            problems.append((key_path, weights.source, error))
+    return problems
+
+
+def embed_weights(config: StudyConfig) -> list[Problem]:
+    """Every extractor's weights are there (and match their sha256)."""
+    return _weights_problems([(f"embed.extractors.{i}.weights", spec.weights_spec)
+                              for i, spec in enumerate(config.embed.extractors)])
+
+
+def zero_shot_weights(config: StudyConfig) -> list[Problem]:
+    return _weights_problems([("zero_shot.weights", config.zero_shot.weights_spec)])
+
+
+def finetune_weights(config: StudyConfig) -> list[Problem]:
+    """Every model to fine-tune resolves to weights that are there; two entries sharing a key are refused."""
+    from mammo_ray.config.finetune import DEFAULT_WEIGHTS
+    from mammo_ray.models.weights import NYU_IMAGE_WISE_FILE
+    from mammo_ray.stages.finetune import resolve_models
+
+    # resolve_models stops at its first bad model: it is asked about each model alone, then about all of
+    # them together (two entries sharing a key) once each is known to be fine.
+    problems: list[Problem] = []
+    for i, model in enumerate(config.finetune.models):
+        try:
+            resolve_models(config.finetune.model_copy(update={"models": [model]}))
+        except MammoRayError as error:
+            source = model.weights or DEFAULT_WEIGHTS[model.name] or NYU_IMAGE_WISE_FILE  # nyu: none given
+            problems.append((f"finetune.models.{i}.weights", source, error))
+    if not problems:
+        try:
+            resolve_models(config.finetune)
+        except MammoRayError as error:
+            problems.append(("finetune.models", "", error))
+    return problems
+
+
+def published_values(config: StudyConfig) -> list[Problem]:
+    """The published values the report shows parse (a bad file fails now, not after hours of work)."""
+    if not config.report.published:
+        return []
+    from mammo_ray.report.published import read_published
+
+    try:
+        read_published(config.report.published)
+    except MammoRayError as error:
+        return [("report.published", config.report.published, error)]
+    return []
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """Stop the study with every problem at once: one ConfigError (its key path the first one's), a line per
+    key path naming its file, and one `mammo-ray weights fetch` command for all the missing published
+    files, so a study missing several files says so in one run."""
+    from mammo_ray.models.weights import FETCH_HINT, WeightsError, missing_files_hint, weights_file_of
+
+    if not problems:
+        return
+    if len(problems) == 1:
+        key_path, _source, error = problems[0]
+        raise ConfigError(key_path, error.reason if isinstance(error, ConfigError) else str(error))
+    lines, hints, missing = [], {}, {}
+    for key_path, source, error in problems:
+        if not isinstance(error, WeightsError):
+            lines.append(f"{key_path}: {error}")
+            continue
+        lines.append(f"{key_path}: {error.source}: {error.reason}")
+        if error.hint and FETCH_HINT in error.hint:  # a file to get: one fetch command for all of them
+            file_name, fetch_name = weights_file_of(source)
+            missing[file_name] = fetch_name
+        elif error.hint:
+            hints[error.hint] = None
+    if missing:
+        hints[missing_files_hint(missing)] = None
+    reason = "\n  ".join([f"{len(problems)} problems; every one must be fixed before the study starts:",
+                          *lines, *(f"how to fix: {hint}" for hint in hints)])
+    raise ConfigError(problems[0][0], reason)

@@ -1,0 +1,95 @@
+"""The benchmarks package: its command line, and the candidates it measures give the numbers they replace."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_ray.benchmarks import cli
+from mammo_ray.benchmarks.morphology import (
+    cdt_opening,
+    compare_image,
+    iterated_opening,
+    packed_opening,
+)
+from mammo_ray.imaging.crop import _unpack, reference_breast_box
+
+REPO = Path(__file__).resolve().parent.parent
+COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine"]
+
+
+def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:
+    parser = cli.build_parser()
+    for command in COMMANDS:
+        assert parser.parse_args([command]).func.__module__ == f"mammo_ray.benchmarks.{command}"
+    completed = subprocess.run([sys.executable, "jobs/benchmark.py", "--help"], cwd=REPO, capture_output=True,
+                               text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert all(command in completed.stdout for command in COMMANDS)
+
+
+def _random_masks(count: int, seed: int) -> list[tuple[np.ndarray, int]]:
+    """Blobs touching the edges, near-touching components and thin bridges, with radii 1..30."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.ogrid[:120, :170]
+    masks = []
+    for trial in range(count):
+        mask = np.zeros((120, 170), bool)
+        for _ in range(rng.integers(1, 5)):
+            r, c = rng.integers(0, 120), rng.integers(0, 170)
+            a, b = rng.integers(8, 60, size=2)
+            mask |= ((rows - r) / a) ** 2 + ((cols - c) / b) ** 2 <= 1.0
+        if trial % 3 == 0:
+            mask[:, rng.integers(20, 150) :][:, :2] = False
+        masks.append((mask, int(rng.integers(1, 31))))
+    return masks
+
+
+def test_the_three_openings_are_identical() -> None:
+    for mask, iterations in _random_masks(30, seed=11):
+        expected = iterated_opening(mask, iterations)
+        assert np.array_equal(cdt_opening(mask, iterations), expected), iterations
+        assert np.array_equal(_unpack(packed_opening(mask, iterations), mask.shape[1]), expected), iterations
+    full = np.ones((40, 50), bool)  # the image edge is background for the erosion
+    assert np.array_equal(cdt_opening(full, 30), iterated_opening(full, 30))
+    assert not cdt_opening(full, 30).any()
+
+
+
+def test_compare_image_times_every_method_and_checks_them() -> None:
+    rows, cols = np.ogrid[:300, :240]
+    pixels = np.where(((rows - 150) / 120.0) ** 2 + (cols / 180.0) ** 2 <= 1.0, 100, 0).astype(np.uint16)
+    measured = compare_image(pixels, iterations=20, margin=5, repeats=1)
+    assert measured["identical"] is True
+    assert set(measured["times"]) == {"packed", "cdt", "iterated", "box packed", "box cdt", "box reference"}
+    assert measured["box"] == reference_breast_box(pixels, iterations=20, margin=5)
+
+
+def test_cached_pipelines_give_the_engine_numbers_bit_for_bit() -> None:
+    from mammo_ray.benchmarks.engine import _same, cached_pipelines, differences
+    from mammo_ray.classify import evaluate_cells
+    from mammo_ray.classify.synthetic import embedding_table
+    from mammo_ray.config import GridConfig
+
+    data = embedding_table(96, 24, seed=2, extractor="bench")
+    config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=20, cv_folds=3)
+    cells = config.cells()
+    cached = cached_pipelines(data, cells, config)
+    unkernelled = evaluate_cells(data, cells, config, precomputed_kernels=False)
+    assert all(_same(result, numbers) for result, numbers in zip(unkernelled, cached, strict=True))
+    # With precomputed kernels libsvm walks another path to the same optimum (its tolerance is 1e-3): the
+    # decisions, folds and AUC are the same, the decision values agree to the solver's tolerance.
+    worst = differences(evaluate_cells(data, cells, config), cached)
+    assert worst["fold score"] == 0.0 and worst["auc"] == 0.0 and worst["test score"] < 1e-3, worst
+
+
+def test_the_engine_benchmark_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["engine", "--tables", "noise", "--rows", "80", "--features", "12", "--cv-folds", "3",
+            "--bootstrap", "10", "--repeats", "1", "--no-plain"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "bit for bit: yes" in out and "cached/engine" in out
