@@ -18,6 +18,7 @@ study: setup
 	$(BIN)/python jobs/full_study.py
 
 test: setup
+	$(BIN)/python -m ruff check mammo_ray tests jobs
 	$(BIN)/python -m pytest
 
 clean:

@@ -66,10 +66,11 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
+        try:  # a graceful stop takes half a minute here; nothing of the head is needed after the tests
+            head.wait(timeout=8)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

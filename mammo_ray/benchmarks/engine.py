@@ -26,12 +26,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mammo_ray.benchmarks.common import load_average, timed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from joblib import Memory
+
+    from mammo_ray.classify.data import CellResult, GridData
+    from mammo_ray.config.grid import GridCell, GridConfig
 
 
 @dataclass
@@ -47,7 +55,7 @@ class PipelineNumbers:
     held_out: dict[str, float] = field(default_factory=dict)
 
 
-def cached_pipeline_cell(data, cell, config, memory) -> PipelineNumbers:
+def cached_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig, memory: Memory) -> PipelineNumbers:
     """One leak_free cell the way `evaluate_cell` runs it, its Pipeline given `memory` (joblib caching)."""
     from sklearn.base import clone
 
@@ -85,7 +93,7 @@ def cached_pipeline_cell(data, cell, config, memory) -> PipelineNumbers:
     return numbers
 
 
-def cached_pipelines(data, cells, config) -> list[PipelineNumbers]:
+def cached_pipelines(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> list[PipelineNumbers]:
     """Every cell through its own cached Pipeline, one joblib cache (empty at the start) shared by all."""
     from joblib import Memory
     from threadpoolctl import threadpool_limits
@@ -95,7 +103,7 @@ def cached_pipelines(data, cells, config) -> list[PipelineNumbers]:
         return [cached_pipeline_cell(data, cell, config, memory) for cell in cells]
 
 
-def _same(result, numbers: PipelineNumbers) -> bool:
+def _same(result: CellResult, numbers: PipelineNumbers) -> bool:
     """Bit for bit: fold scores, threshold, held-out scores, kept features, AUC and its interval."""
     return (result.status == "ok" and result.cv_fold_scores == numbers.cv_fold_scores
             and result.threshold == numbers.threshold and result.test_scores == numbers.test_scores
@@ -103,7 +111,7 @@ def _same(result, numbers: PipelineNumbers) -> bool:
             and (result.auc_ci_low, result.auc_ci_high) == numbers.auc_ci)
 
 
-def differences(results, numbers: list[PipelineNumbers]) -> dict[str, float]:
+def differences(results: Sequence[CellResult], numbers: list[PipelineNumbers]) -> dict[str, float]:
     """Largest absolute differences between engine results and pipeline numbers (cell by cell)."""
     worst = {"fold score": 0.0, "test score": 0.0, "auc": 0.0}
     for result, pipeline in zip(results, numbers, strict=True):
@@ -117,7 +125,7 @@ def differences(results, numbers: list[PipelineNumbers]) -> dict[str, float]:
     return worst
 
 
-def _table(kind: str, rows: int, features: int):
+def _table(kind: str, rows: int, features: int) -> GridData:
     from mammo_ray.classify.synthetic import embedding_table, noise_table
 
     if kind == "noise":
@@ -125,7 +133,7 @@ def _table(kind: str, rows: int, features: int):
     return embedding_table(rows, features, seed=0, extractor="bench")
 
 
-def _plain_pipelines(data, cells, config) -> list:
+def _plain_pipelines(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> list[CellResult]:
     from mammo_ray.classify import evaluate_cell
 
     return [evaluate_cell(data, cell, config) for cell in cells]

@@ -8,12 +8,21 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mammo_ray.benchmarks.common import load_average
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
-def _sequential_grid(data, cells, config, threads: str):
+    from mammo_ray.classify.data import CellResult, GridData
+    from mammo_ray.config.grid import GridCell, GridConfig
+
+
+def _sequential_grid(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                     threads: str) -> tuple[float, list[CellResult]]:
     """The notebook way: one process, a plain loop over cells, every cell fit from scratch."""
     from mammo_ray.classify import evaluate_cell
 
@@ -23,7 +32,7 @@ def _sequential_grid(data, cells, config, threads: str):
     return time.perf_counter() - start, results
 
 
-def _in_process_grid(data, cells, config):
+def _in_process_grid(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> float:
     """Our engine without Ray: shared fits and kernels, one process, one thread."""
     from mammo_ray.classify import evaluate_cells
 
@@ -32,7 +41,7 @@ def _in_process_grid(data, cells, config):
     return time.perf_counter() - start
 
 
-def _stage_grid(data, config, workdir: Path):
+def _stage_grid(data: GridData, config: GridConfig, workdir: Path) -> tuple[float, pd.DataFrame]:
     """Our stage end to end: read the embeddings (feature store joined to the manifest), Ray Tune trials,
     write results/grid.parquet."""
     from mammo_ray.classify.synthetic import read_synthetic, write_embeddings
@@ -49,7 +58,7 @@ def _stage_grid(data, config, workdir: Path):
     return elapsed, result.frame
 
 
-def _differences(results, frame) -> tuple[float, int]:
+def _differences(results: Sequence[CellResult], frame: pd.DataFrame) -> tuple[float, int]:
     """Largest |AUC difference| between the sequential loop and the stage, and cells whose status differs.
 
     Exact kernels agree to ~1e-12. The scale path's liblinear fits (tol 1e-2) drift a little more

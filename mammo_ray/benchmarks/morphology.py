@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage as ndi
 
 from mammo_ray.benchmarks.common import median_time, real_image_sets
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mammo_ray.imaging.crop import Box
 
 _COLUMNS = ("data set", "images", "Mpx/img", "packed s", "cdt s", "iterated s", "cdt/packed",
             "iter/packed", "identical")
@@ -64,7 +68,7 @@ def packed_opening(mask: np.ndarray, iterations: int) -> np.ndarray:
     return _open_packed(_pack(mask), mask.shape[0], mask.shape[1], iterations)
 
 
-def scipy_breast_box(pixels: np.ndarray, *, iterations: int, margin: int):
+def scipy_breast_box(pixels: np.ndarray, *, iterations: int, margin: int) -> Box:
     """The crop's box on scipy: cdt opening, then the reference's full-resolution largest component."""
     from mammo_ray.imaging.crop import _largest_component_box_full, _no_breast, _with_margin
 

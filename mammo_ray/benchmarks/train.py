@@ -7,9 +7,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
-def _train_rate(manifest, output: str, args: argparse.Namespace, workers: int, amp: bool) -> tuple[float, float]:
+def _train_rate(manifest: pd.DataFrame, output: str, args: argparse.Namespace, workers: int,
+                amp: bool) -> tuple[float, float]:
     """(images/s of the last epoch, wall seconds of the whole fit) of one fresh single-stage run."""
     import uuid
 

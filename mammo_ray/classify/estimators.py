@@ -126,7 +126,8 @@ class NystroemSVC(ClassifierMixin, BaseEstimator):
 class QuietLinearSVC(LinearSVC):
     """LinearSVC without ConvergenceWarning noise (the scale path runs with a bounded max_iter)."""
 
-    def fit(self, X, y, sample_weight=None):  # noqa: ANN001 - sklearn's signature
+    def fit(self, X: np.ndarray, y: np.ndarray,  # sklearn's signature
+            sample_weight: np.ndarray | None = None) -> QuietLinearSVC:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return super().fit(X, y, sample_weight=sample_weight)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -213,7 +213,8 @@ def _check_uris(frame: pd.DataFrame, problems: list[str]) -> None:
             problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {error}")
 
 
-def _normalise_column(frame: pd.DataFrame, column: str, normalise, problems: list[str]) -> None:
+def _normalise_column(frame: pd.DataFrame, column: str, normalise: Callable[[object], object],
+                      problems: list[str]) -> None:
     values = []
     for index, value in frame[column].items():
         try:

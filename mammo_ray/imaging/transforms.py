@@ -10,9 +10,13 @@ image's resolution from its height unless the section fixes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mammo_ray.imaging.imagenet import ImageNetPreprocess
+    from mammo_ray.imaging.nyu import NYUPreprocess
 
 #: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
 #: windows are defined at. An input's resolution is estimated from its height against it.
@@ -35,11 +39,13 @@ class ImageNetTransform:
     """Breast crop, long side to `size`, zero-padded square, ImageNet normalisation: (1, 3, size, size)."""
 
     family: ClassVar[str] = "imagenet"
+    #: Whether the output depends on the image's laterality and view (it does not: no flip, no window).
+    uses_orientation: ClassVar[bool] = False
     size: int = 224
     crop_to_breast: bool = True
     source_resolution: float | None = None  # None: estimated per image from its height
 
-    def preprocess(self, height: int):  # -> ImageNetPreprocess
+    def preprocess(self, height: int) -> ImageNetPreprocess:
         from mammo_ray.imaging.imagenet import ImageNetPreprocess
 
         resolution = source_resolution_for(height, self.source_resolution)
@@ -64,12 +70,14 @@ class NYUTransform:
     image's own."""
 
     family: ClassVar[str] = "nyu"
+    #: Right breasts are flipped and the window follows the view: the output depends on both.
+    uses_orientation: ClassVar[bool] = True
     scale: float = 0.25
     source_resolution: float | None = None  # None: estimated per image from its height
     n_augment: int = 0
     view: str | None = None
 
-    def preprocess(self, height: int):  # -> NYUPreprocess
+    def preprocess(self, height: int) -> NYUPreprocess:
         from mammo_ray.imaging.nyu import NYUPreprocess
 
         resolution = source_resolution_for(height, self.source_resolution)

@@ -61,7 +61,7 @@ class EmbedTask(InferenceTask):
 
     @property
     def orientation(self) -> bool:  # type: ignore[override]
-        return self.spec.family == "nyu"  # NYU windows flip right breasts and follow the view; ImageNet's do not
+        return self.spec.transform.uses_orientation
 
     @property
     def stage(self) -> str:  # type: ignore[override]

@@ -37,6 +37,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -51,12 +52,27 @@ from mammo_ray.config.finetune import (
 )
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.errors import ConfigError
-from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
+from mammo_ray.models.weights import (
+    ResolvedWeights,
+    WeightsError,
+    WeightsSpec,
+    check_weights_available,
+    resolve_weights,
+)
 from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.training.data import class_weights, input_dataset, task_frame
 from mammo_ray.training.metrics import classification_metrics
 from mammo_ray.training.models import input_family
 from mammo_ray.training.splits import make_split
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+    from ray.data import DataIterator, Dataset
+    from ray.train import Checkpoint, Result
+
+    from mammo_ray.training.loop import LoopSpec
 
 log = logging.getLogger("mammo_ray.finetune")
 
@@ -151,7 +167,8 @@ class TrainEvenValWhole(DataConfig):
         super().__init__(enable_shard_locality=enable_shard_locality)
         self.shard_locality = enable_shard_locality
 
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+    def configure(self, datasets: dict[str, Dataset], world_size: int, worker_handles: list[ActorHandle] | None,
+                  worker_node_ids: list[str] | None, **kwargs: Any) -> list[dict[str, DataIterator]]:
         output: list[dict] = [{} for _ in range(world_size)]
         hints = worker_node_ids if self.shard_locality else None
         for name, dataset in datasets.items():
@@ -167,9 +184,9 @@ class TrainEvenValWhole(DataConfig):
 
 def _fit_stage(
     *, config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig, classes: list[str],
-    train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state, init_checkpoint, output_uri: str,
-    info: dict, read: IngestConfig,
-):
+    train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state: ObjectRef[dict[str, torch.Tensor]] | None,
+    init_checkpoint: Checkpoint | None, output_uri: str, info: dict, read: IngestConfig,
+) -> tuple[Result, LoopSpec]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -256,7 +273,8 @@ def _prepare_tasks(manifest: pd.DataFrame, config: FinetuneConfig) -> dict[str, 
     return tasks
 
 
-def _initial_state(model: _Model, resolved, num_classes: int, config: FinetuneConfig):
+def _initial_state(model: _Model, resolved: ResolvedWeights, num_classes: int,
+                   config: FinetuneConfig) -> ObjectRef[dict[str, torch.Tensor]]:
     """The starting weights of a (model, task) as an object-store reference (workers load it)."""
     import ray
 
@@ -268,7 +286,8 @@ def _initial_state(model: _Model, resolved, num_classes: int, config: FinetuneCo
     return ray.put({key: value.detach().cpu() for key, value in initial.state_dict().items()})
 
 
-def _outcome(result, spec, info: dict, frame: pd.DataFrame, n_train: int, stage_index: int):
+def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_train: int,
+             stage_index: int) -> tuple[dict[str, Any], pd.DataFrame, StageRun]:
     """(finetune row, predictions frame, StageRun) of one finished stage, from its final checkpoint."""
     from mammo_ray.training.checkpoint import check_identity, checkpoint_uri, read_predictions, read_state
 

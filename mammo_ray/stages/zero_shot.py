@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -100,7 +100,7 @@ class ZeroShotTask(InferenceTask):
     def table_uri(self, output_uri: str) -> str:
         return zero_shot_uri(output_uri)
 
-    def group(self, row) -> str:
+    def group(self, row: Any) -> str:
         return head_for(row.laterality, row.view)  # the image's own head: a missing side fails fast
 
     def load(self) -> LoadedModel:

@@ -16,11 +16,16 @@ import io
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mammo_ray.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import pyarrow as pa
+    from ray.train import Checkpoint
 
 MODEL_FILE = "model.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -35,7 +40,7 @@ IDENTITY_KEYS: tuple[str, ...] = (
 # --- writing ------------------------------------------------------------------------------------------
 
 
-def predictions_table(rows: np.ndarray, targets: np.ndarray, probabilities: np.ndarray):
+def predictions_table(rows: np.ndarray, targets: np.ndarray, probabilities: np.ndarray) -> pa.Table:
     import pyarrow as pa
 
     k = probabilities.shape[1] if probabilities.ndim == 2 else 0
@@ -67,30 +72,30 @@ def write_checkpoint(folder: str, *, model_state: Mapping[str, Any], train_state
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def read_checkpoint_file(checkpoint, name: str) -> bytes:
+def read_checkpoint_file(checkpoint: Checkpoint, name: str) -> bytes:
     """One file of a ray.train.Checkpoint, read through its own filesystem (local or S3)."""
     with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{name}") as handle:
         return handle.read()
 
 
-def load_torch_file(checkpoint, name: str) -> Any:
+def load_torch_file(checkpoint: Checkpoint, name: str) -> Any:
     import torch
 
     data = read_checkpoint_file(checkpoint, name)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def read_state(checkpoint) -> dict[str, Any]:
+def read_state(checkpoint: Checkpoint) -> dict[str, Any]:
     return json.loads(read_checkpoint_file(checkpoint, STATE_FILE).decode("utf-8"))
 
 
-def read_predictions(checkpoint):
+def read_predictions(checkpoint: Checkpoint) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     return pq.read_table(io.BytesIO(read_checkpoint_file(checkpoint, PREDICTIONS_FILE))).to_pandas()
 
 
-def checkpoint_uri(checkpoint) -> str:
+def checkpoint_uri(checkpoint: Checkpoint) -> str:
     """The checkpoint's URI: its local path, or s3://<bucket/key> for an S3-backed filesystem."""
     import pyarrow.fs as pafs
 
