@@ -1,4 +1,4 @@
-"""Benchmarks, one subcommand each: `python jobs/benchmark.py crop|grid|train|memory|join|morphology|engine [options]`.
+"""Benchmarks, one subcommand each: `python jobs/benchmark.py <name> [options]` (`--help` lists them).
 
 Thin on purpose: the benchmarks live in mammo_ray.benchmarks, one module each (its docstring lists them).
 """

@@ -19,7 +19,7 @@ from mammo_ray.benchmarks.morphology import (
 from mammo_ray.imaging.crop import _unpack, reference_breast_box
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine"]
+COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine", "embed"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:

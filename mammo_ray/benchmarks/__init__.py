@@ -32,6 +32,10 @@
          shared between cells) against one imbalanced-learn Pipeline per cell with joblib.Memory caching
          of its scaler, Lasso and SMOTE steps, on synthetic 410 x 2048 tables; the numbers must agree.
 
+  embed  the embed stage (`run_embed` on local Ray) against a naive single-process loop (default and one
+         torch thread) and against the network alone on preprocessed batches, on the mini-MIAS PNGs:
+         images/s side by side, b/c and b/a, and the largest difference of the stage's vectors.
+
 Layout: `cli` holds the parser and the list of subcommands, `common` what several benchmarks share
 (real images, timers, the machine's load), and every other module one benchmark with
 `add_parser(subparsers)` (which sets `func`) and `run(args) -> int`. Adding a benchmark: write such a

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage
-from mammo_ray.classify.protocols import GridData
+from mammo_ray.classify.data import GridData
 from mammo_ray.feature_store import ModelKey
 
 

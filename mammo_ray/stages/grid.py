@@ -48,7 +48,8 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
-from mammo_ray.classify.protocols import CellResult, GridData, evaluate_cells
+from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.faults import crash_point
 from mammo_ray.tables import GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
