@@ -114,3 +114,12 @@ def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_p
     assert caught.value.key_path == "embed.extractors.0.weights"
     assert "resnet50-11ad3fa6.pth" in str(caught.value) and "mammo-ray weights fetch" in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cpu_inference_actor_gets_the_nodes_cpus_shared_between_the_actors():
+    from mammo_ray.config import EmbedConfig
+
+    assert EmbedConfig().actor_torch_threads(node_cpus=16) == 16  # one actor: every core for the network
+    assert EmbedConfig(max_actors=3).actor_torch_threads(node_cpus=16) == 5
+    assert EmbedConfig(max_actors=4).actor_torch_threads(node_cpus=2) == 1
+    assert EmbedConfig(torch_threads=3, max_actors=4).actor_torch_threads(node_cpus=2) == 3

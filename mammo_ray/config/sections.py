@@ -216,6 +216,17 @@ class EmbedConfig(StrictModel):
     max_actors: int = Field(1, ge=1)
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
     max_restarts: int = Field(3, ge=0, le=100, description="dead actors replaced before the stage fails")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="per CPU actor; None: the node's CPUs shared by the actors on it")
+
+    def actor_torch_threads(self, node_cpus: int) -> int:
+        """Torch threads of a CPU inference actor on a node with `node_cpus` CPUs. An actor holds one CPU
+        for scheduling, and Ray would give it one thread; but decoding needs a small share of a core per
+        image (measured: `jobs/benchmark.py embed`), so the network gets the node's CPUs, split between
+        the actors that may run there."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, node_cpus // self.max_actors)
 
     @model_validator(mode="after")
     def _unique_names(self) -> EmbedConfig:

@@ -194,12 +194,14 @@ def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
 class InferenceActor:
     """Holds one task's model on its device; runs each batch in inference mode."""
 
-    def __init__(self, task: InferenceTask, key: ModelKey, use_gpu: bool) -> None:
+    def __init__(self, task: InferenceTask, key: ModelKey, use_gpu: bool, torch_threads: int) -> None:
         import torch
 
         self.torch = torch
         self.task = task
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(torch_threads)
         self.model = task.load()
         if self.model.weights_id != key.weights_id:
             raise WeightsChangedError(f"{task.stage}: the weights loaded are {self.model.weights_id}, the run was "
@@ -270,6 +272,12 @@ _BATCH_RESULT_SCHEMA = pa.schema([
 ])
 
 
+def _node_cpus() -> int:
+    """CPUs of the largest node of the cluster (the actors' node is not known before they start)."""
+    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return max(1, int(max(cpus, default=1)))
+
+
 def gpus_per_actor(options: EmbedConfig) -> float:
     if options.num_gpus is not None:
         return options.num_gpus
@@ -295,7 +303,8 @@ def run_inference(
                      fn_kwargs={"task": task})
         .map_batches(
             InferenceActor,
-            fn_constructor_kwargs={"task": task, "key": key, "use_gpu": num_gpus > 0},
+            fn_constructor_kwargs={"task": task, "key": key, "use_gpu": num_gpus > 0,
+                                   "torch_threads": options.actor_torch_threads(_node_cpus())},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
             num_gpus=num_gpus,
             # A replaced actor redoes the batches its predecessor held; their part files are named by
