@@ -93,14 +93,18 @@ def test_cli_synth_writes_the_cohort_to_s3(s3_bucket):
     assert len(storage.list_files(out + "/images", extensions=[".dcm"])) == 8
 
 
-def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, "-m", "mammo_ray.cli", "run", "--config", str(tmp_path / "absent.yaml")],
-        capture_output=True,
-        text=True,
-    )
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [(["run", "--config", "absent.yaml"], "absent.yaml"),
+     (["synth", "--rows", "10", "--out", "cohort"], "synth.rows: Input should be greater than or equal to 64")],
+    ids=["missing-config", "bad-synth-rows"],
+)
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, arguments, named):
+    completed = subprocess.run([sys.executable, "-m", "mammo_ray.cli", *arguments], cwd=tmp_path,
+                               capture_output=True, text=True)
     assert completed.returncode == 2
-    assert "absent.yaml" in completed.stderr
+    assert named in completed.stderr
+    assert not (tmp_path / "cohort").exists()  # refused before anything is written
 
 
 @pytest.mark.usefixtures("ray_session")
