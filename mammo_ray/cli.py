@@ -57,6 +57,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     prune.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     prune.add_argument("--output", default=None, help="override the config's output URI")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+    compare = commands.add_parser("compare", help="are two study outputs the same numbers? (exit 1 if not)")
+    compare.add_argument("left", help="one study output URI")
+    compare.add_argument("right", help="the other")
+    compare.add_argument("--atol", type=float, default=0.0, help="largest float difference taken as equal")
+    compare.add_argument("--ignore", action="append", default=[], metavar="COLUMN",
+                         help="leave this column out as well (repeatable), e.g. config_hash across versions")
     return parser.parse_args(argv)
 
 
@@ -119,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             removed = prune_output(load_study_config(args.config, args.output), dry_run=args.dry_run)
             print(json.dumps({"dry_run": args.dry_run, "removed": removed}))
+        elif args.command == "compare":
+            from mammo_ray.compare import compare_outputs, render
+
+            results = compare_outputs(args.left, args.right, atol=args.atol, ignore=args.ignore)
+            print(render(results))
+            return 0 if all(result.equal for result in results) else 1
     except Exception as error:  # noqa: BLE001 - a declared error is a message and an exit code, not a traceback
         declared = declared_cause(error)
         if declared is None:

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -310,6 +310,14 @@ def _not_implemented(error: BaseException) -> bool:
     return code == "NotImplemented" or status == 501
 
 
+def _lost_race(error: BaseException, *absent: type[BaseException]) -> bool:
+    """The store's answer that the lock is not as we expected (412, or `absent`): contention, not a failure."""
+    return isinstance(error, absent) or _precondition_failed(error)
+
+
+_UNSUPPORTED = object()  # what `_S3Store._conditional` returns once the store refuses conditional requests
+
+
 class _S3Store:
     verify_after_create = True  # moto (and stores that ignore If-None-Match) may let two PUTs through
 
@@ -319,26 +327,30 @@ class _S3Store:
         self.bucket, self.key, _ = self.fs.split_path(self.path)
         self.conditional = True  # cleared when the store answers 501 to a conditional request
 
+    def _conditional(self, request: Callable[[], Any]) -> Any:
+        """`request()`, a conditional S3 call; `_UNSUPPORTED` (from then on) when the store answers 501."""
+        if not self.conditional:
+            return _UNSUPPORTED
+        try:
+            return request()
+        except Exception as error:
+            if not _not_implemented(error):
+                raise
+        log.warning("S3 store of %s does not support conditional requests; the lock falls back to "
+                    "write-then-read-back", self.uri)
+        self.conditional = False
+        return _UNSUPPORTED
+
     def create(self, data: bytes) -> Any:
         try:
-            if self.conditional:
-                try:
-                    answer = self.fs.pipe_file(self.path, data, mode="create")  # PUT If-None-Match: *
-                except Exception as error:
-                    if not _not_implemented(error):
-                        raise
-                    log.warning("S3 store of %s does not support conditional writes; the lock falls back to "
-                                "write-then-read-back", self.uri)
-                    self.conditional = False
-            if not self.conditional:
+            answer = self._conditional(lambda: self.fs.pipe_file(self.path, data, mode="create"))  # If-None-Match: *
+            if answer is _UNSUPPORTED:
                 # No exclusive create: check, write, and let the read-back after the settle delay decide.
                 if self.fs.exists(self.path):
                     return None
                 answer = self.fs.pipe_file(self.path, data)
-        except FileExistsError:
-            return None
         except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
-            if _precondition_failed(error):
+            if _lost_race(error, FileExistsError):
                 return None
             raise _wrap(self.uri, "create the lock", error) from error
         return (answer or {}).get("ETag")
@@ -364,47 +376,37 @@ class _S3Store:
 
     def remove_if(self, version: Any) -> bool:
         try:
-            if self.conditional and version:
-                try:
-                    self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
-                    return True
-                except Exception as error:
-                    if not _not_implemented(error):
-                        raise
-                    self.conditional = False
+            deleted = _UNSUPPORTED
+            if version:  # DELETE If-Match: <ETag>
+                deleted = self._conditional(lambda: self.fs.call_s3(
+                    "delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version))
+            if deleted is not _UNSUPPORTED:
+                return True
             current = self.read()
             if current is None or current.version != version:
                 return False
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
             return True
-        except FileNotFoundError:
-            return False
         except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
-            if _precondition_failed(error):
+            if _lost_race(error, FileNotFoundError):
                 return False
             raise _wrap(self.uri, "remove the lock", error) from error
 
     def replace_if(self, data: bytes, version: Any) -> Any:
         try:
-            if self.conditional and version:
-                try:
-                    answer = self.fs.pipe_file(self.path, data, IfMatch=version)  # PUT If-Match: <ETag>
-                    return (answer or {}).get("ETag")
-                except Exception as error:
-                    if not _not_implemented(error):
-                        raise
-                    self.conditional = False
-            current = self.read()
-            if current is None or current.version != version:
-                raise _Changed()
-            answer = self.fs.pipe_file(self.path, data)
+            answer = _UNSUPPORTED
+            if version:  # PUT If-Match: <ETag>
+                answer = self._conditional(lambda: self.fs.pipe_file(self.path, data, IfMatch=version))
+            if answer is _UNSUPPORTED:
+                current = self.read()
+                if current is None or current.version != version:
+                    raise _Changed()
+                answer = self.fs.pipe_file(self.path, data)
             return (answer or {}).get("ETag")
         except _Changed:
             raise
-        except FileNotFoundError:
-            raise _Changed() from None
         except Exception as error:  # noqa: BLE001 - a backend's failure is classified here, as lock contention or a declared error
-            if _precondition_failed(error):
+            if _lost_race(error, FileNotFoundError):
                 raise _Changed() from None
             raise _wrap(self.uri, "renew the lock", error) from error
 

@@ -43,6 +43,10 @@ _FAULT_ANSWERS = {
     "slow_down": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal_error": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
 }
+#: The answer of a store without conditional requests (If-Match / If-None-Match) to one.
+_NOT_IMPLEMENTED = (501, "Not Implemented", "NotImplemented",
+                    "A header you provided implies functionality that is not implemented.")
+_CONDITIONAL_HEADERS = ("If-Match", "If-None-Match")
 
 
 @dataclass
@@ -73,7 +77,7 @@ class FlakyS3Proxy:
     """
 
     def __init__(self, upstream: str, failure_rate: float = 0.1, delay_rate: float = 0.1, seed: int = 0,
-                 delay_seconds: tuple[float, float] = (0.05, 0.2)) -> None:
+                 delay_seconds: tuple[float, float] = (0.05, 0.2), refuse_conditional: bool = False) -> None:
         if not 0.0 <= failure_rate <= 1.0 or not 0.0 <= delay_rate <= 1.0 - failure_rate:
             raise ValueError("need 0 <= failure_rate, delay_rate and failure_rate + delay_rate <= 1")
         target = urllib.parse.urlsplit(upstream)
@@ -84,6 +88,7 @@ class FlakyS3Proxy:
         self.failure_rate = failure_rate
         self.delay_rate = delay_rate
         self.delay_seconds = delay_seconds
+        self.refuse_conditional = refuse_conditional  # answer conditional writes 501, as some S3 stores do
         self.stats = ProxyStats()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -206,6 +211,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         owner = self.owner
         owner._count("requests")
         body = self._read_body()  # always read in full: a fault must not leave bytes in the pipe
+        if owner.refuse_conditional and self.command in ("PUT", "DELETE") and any(
+                name in self.headers for name in _CONDITIONAL_HEADERS):
+            owner._record(self.command, self.path, "not_implemented")
+            self._answer_fault(*_NOT_IMPLEMENTED)
+            return
         outcome, pause = owner._decide()
         owner._record(self.command, self.path, outcome)
         if outcome == "reset":

@@ -407,6 +407,31 @@ def test_creating_the_lock_object_is_exclusive(output: str) -> None:
     assert not storage.exists(lock_uri(output))
 
 
+def test_a_store_without_conditional_requests_falls_back_to_write_then_read_back(
+    s3_endpoint: str, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some S3 stores answer 501 to If-None-Match / If-Match: the lock still creates, renews and removes."""
+    from mammo_ray.output_lock import _Changed, _S3Store
+    from tests.flaky_s3 import FlakyS3Proxy
+
+    uri = lock_uri(s3_bucket + "/no-conditional/out")
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0, delay_rate=0.0, refuse_conditional=True) as proxy:
+        store = _S3Store(uri, S3Config(endpoint_url=proxy.endpoint))
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            created = store.create(b"first")
+        assert created is not None and not store.conditional
+        assert "does not support conditional requests" in caplog.text
+        assert store.create(b"second") is None
+        renewed = store.replace_if(b"renewed", created)
+        with pytest.raises(_Changed):
+            store.replace_if(b"stale", created)
+        assert store.remove_if(created) is False
+        assert store.remove_if(renewed) is True
+        assert not storage.exists(uri)
+        refused = [verb for verb, _, outcome in proxy.stats.log if outcome == "not_implemented"]
+    assert refused == ["PUT"]  # asked once; from then on the store is known not to support them
+
+
 def test_output_locked_error_survives_pickling(tmp_path: Path) -> None:
     import pickle
 

@@ -69,7 +69,8 @@ from mammo_ray.classify.metrics import (
     binary_scores,
     bootstrap_auc_interval,
 )
-from mammo_ray.config.grid import GridCell, GridConfig, settings_hash
+from mammo_ray.config.base import stable_hash
+from mammo_ray.config.grid import GridCell, GridConfig
 
 
 def _new_result(cell: GridCell, data: GridData, config: GridConfig) -> CellResult:
@@ -79,7 +80,7 @@ def _new_result(cell: GridCell, data: GridData, config: GridConfig) -> CellResul
     return CellResult(
         **cell.as_dict(), n_rows=data.n_rows, n_positive=data.n_positive, n_dropped_unlabelled=data.n_dropped,
         n_features_in=int(data.X.shape[1]), cv_folds=config.cv_folds,
-        cell_config=json.dumps(settings, sort_keys=True), cell_hash=settings_hash(settings),
+        cell_config=json.dumps(settings, sort_keys=True), cell_hash=stable_hash(settings),
     )
 
 

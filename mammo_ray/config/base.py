@@ -3,6 +3,8 @@ that names the key path."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import typing
 from typing import Any, TypeVar
 
@@ -33,6 +35,16 @@ class StrictModel(BaseModel):
         if isinstance(value, bool) and numeric:
             raise ValueError(f"expected a number, got {value!r} (YAML reads yes/no/true/false as booleans)")
         return value
+
+    def config_hash(self) -> str:
+        """A stable hash of every setting: outputs record it as provenance."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def stable_hash(value: Any) -> str:
+    """16 hex digits of the sha256 of `value` as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def config_error(error: ValidationError, prefix: str = "", source: str | None = None) -> ConfigError:

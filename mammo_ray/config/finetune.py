@@ -3,8 +3,6 @@ which schedule of stages, on how many Ray Train workers."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
@@ -130,9 +128,6 @@ class FinetuneConfig(StrictModel):
                                      source_resolution=self.source_resolution)
         return NYUTransform(scale=size / NYU_WINDOWS["CC"][0], source_resolution=self.source_resolution, view="CC")
 
-    def config_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 

@@ -18,8 +18,6 @@ Example (a `grid:` section of a study config, or a file of its own)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -155,9 +153,6 @@ class GridConfig(StrictModel):
                 raise ValueError(f"{axis} lists a value twice: {values}")
         return self
 
-    def config_hash(self) -> str:
-        return _hash(self.model_dump(mode="json"))
-
     def cells(self, extractors: list[str] | None = None) -> list[GridCell]:
         """Every cell, in a stable order (extractor, protocol, selection, balancing, classifier)."""
         names = extractors if extractors is not None else (self.extractors or [])
@@ -212,12 +207,3 @@ class GridCell:
     @property
     def label(self) -> str:
         return f"{self.extractor}/{self.protocol}/{self.selection}/{self.balancing}/{self.classifier}"
-
-
-def _hash(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    return _hash(settings)

@@ -1,27 +1,15 @@
-"""The whole study config: every section, the checks across sections, and its hash."""
+"""The whole study config: every section, and the checks across sections."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from mammo_ray.config import sections
 from mammo_ray.config.base import StrictModel, config_error
 from mammo_ray.config.finetune import FinetuneConfig
 from mammo_ray.config.grid import GridConfig
-from mammo_ray.config.sections import (
-    DataConfig,
-    EmbedConfig,
-    ExtractorConfig,
-    IngestConfig,
-    RayConfig,
-    ReportConfig,
-    StorageConfig,
-    SyntheticSource,
-    ZeroShotConfig,
-)
 from mammo_ray.errors import ConfigError
 
 
@@ -38,15 +26,15 @@ def _demo_finetune() -> FinetuneConfig:
 class StudyConfig(StrictModel):
     name: str = Field("study", min_length=1)
     output: str = "output/study"
-    data: DataConfig = Field(default_factory=lambda: DataConfig(synthetic=SyntheticSource()))
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    embed: EmbedConfig = Field(default_factory=EmbedConfig)
-    zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    data: sections.DataConfig = Field(default_factory=lambda: sections.DataConfig(synthetic=sections.SyntheticSource()))
+    storage: sections.StorageConfig = Field(default_factory=sections.StorageConfig)
+    ray: sections.RayConfig = Field(default_factory=sections.RayConfig)
+    ingest: sections.IngestConfig = Field(default_factory=sections.IngestConfig)
+    embed: sections.EmbedConfig = Field(default_factory=sections.EmbedConfig)
+    zero_shot: sections.ZeroShotConfig = Field(default_factory=sections.ZeroShotConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
-    report: ReportConfig = Field(default_factory=ReportConfig)
+    report: sections.ReportConfig = Field(default_factory=sections.ReportConfig)
 
     @model_validator(mode="after")
     def _grid_extractors_are_configured(self) -> StudyConfig:
@@ -58,15 +46,11 @@ class StudyConfig(StrictModel):
         return self
 
     @property
-    def grid_extractors(self) -> list[ExtractorConfig]:
+    def grid_extractors(self) -> list[sections.ExtractorConfig]:
         """The extractors the grid runs on: grid.extractors by name, else every configured one."""
         names = self.grid.extractors
         return [e for e in self.embed.extractors if names is None or e.name in names]
 
-    def config_hash(self) -> str:
-        """A stable hash of every setting: outputs record it as provenance."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def parse_config(raw: Any, source: str = "<config>") -> StudyConfig:

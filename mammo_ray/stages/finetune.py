@@ -175,7 +175,9 @@ class TrainEvenValWhole(DataConfig):
             dataset = dataset.copy(dataset)
             if dataset.name is None:
                 dataset.set_name(name)
-            dataset.context.execution_options = DataConfig.default_ingest_options()
+            options = DataConfig.default_ingest_options()
+            options.preserve_order = True  # same seed, same batches
+            dataset.context.execution_options = options
             splits = dataset.streaming_split(world_size, equal=(name == "train"), locality_hints=hints)
             for rank, split in enumerate(splits):
                 output[rank][name] = split
@@ -197,7 +199,8 @@ def _fit_stage(
     tag = f"finetune:{transform.family}:{stage.size}"
     datasets = {
         name: input_dataset(frame, transform, errors_uri=errors, stage=tag, read=read,
-                            num_cpus=config.data_cpus, shuffle=name == "train")
+                            num_cpus=config.data_cpus,
+                            shuffle_seed=config.seed if name == "train" else None)
         for name, frame in (("train", train_frame), ("val", val_frame))
     }
     if config.cache_inputs:

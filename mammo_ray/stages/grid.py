@@ -50,6 +50,7 @@ import pyarrow as pa
 from mammo_ray import storage, tables
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.protocols import evaluate_cells
+from mammo_ray.config.base import stable_hash
 from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.faults import crash_point
 from mammo_ray.tables import GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
@@ -146,10 +147,9 @@ def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
 def unit_key(unit: dict[str, Any], data_hash: str, config: GridConfig) -> str:
     """Names a unit's results: the settings of its cells and the content of its data (`GridData.content_hash`),
     nothing else."""
-    from mammo_ray.config.grid import settings_hash
 
-    return settings_hash({"data": data_hash,
-                          "cells": sorted(settings_hash(config.cell_settings(c)) for c in _cells_of(unit))})
+    return stable_hash({"data": data_hash,
+                          "cells": sorted(stable_hash(config.cell_settings(c)) for c in _cells_of(unit))})
 
 
 def _unit_file(units_uri: str, unit: dict[str, Any]) -> str:
@@ -283,11 +283,10 @@ def _trial_error(error: BaseException) -> str:
 
 
 def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, error: str) -> CellResult:
-    from mammo_ray.config.grid import settings_hash
 
     settings = config.cell_settings(cell)
     result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds, cell_config=json.dumps(settings, sort_keys=True),
-                        cell_hash=settings_hash(settings))
+                        cell_hash=stable_hash(settings))
     if data is not None:
         result.n_rows, result.n_positive, result.n_dropped_unlabelled = data.n_rows, data.n_positive, data.n_dropped
         result.n_features_in = int(data.X.shape[1]) if data.X.ndim == 2 else None

@@ -111,23 +111,26 @@ def input_dataset(
     stage: str,
     read: IngestConfig = IngestConfig(),
     num_cpus: float = 1.0,
-    shuffle: bool = False,
+    shuffle_seed: int | None = None,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of model inputs for the rows of a task frame (manifest columns + target + row).
 
-    shuffle: visit the input blocks in a new random order on every execution (every epoch); the
-    training loop adds a local shuffle buffer on top.
+    shuffle_seed: visit the input blocks in an order drawn from this seed (the training loop adds a
+    local shuffle buffer, seeded per epoch, on top). Blocks come out in order, so the same seed gives
+    the same batches: a run is reproducible on one worker.
     """
     table = to_table(frame[MANIFEST_COLUMNS])
     table = table.append_column("target", pa.array(frame["target"].to_numpy(np.int64)))
     table = table.append_column("row", pa.array(frame["row"].to_numpy(np.int64)))
     dataset = blocks_dataset(table, read.rows_per_block)
-    if shuffle:
-        dataset = dataset.randomize_block_order()
-    return dataset.map_batches(
+    if shuffle_seed is not None:
+        dataset = dataset.randomize_block_order(seed=shuffle_seed)
+    dataset = dataset.map_batches(
         prepare_batch,
         batch_format="pandas",
         batch_size=read.batch_size,
         num_cpus=num_cpus,
         fn_kwargs={"transform": transform, "read": read, "errors_uri": errors_uri, "stage": stage},
     )
+    dataset.context.execution_options.preserve_order = True
+    return dataset

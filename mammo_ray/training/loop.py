@@ -143,12 +143,14 @@ def train_loop(config: dict[str, Any]) -> None:
             group["lr"] = lr_at(spec.lr, epoch, spec.epochs)
         wrapped.train()
         freeze_batchnorm(model, spec.model, spec.train)
-        generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + epoch * 1009 + rank)
+        epoch_seed = spec.seed * 1_000_003 + epoch * 1009 + rank  # augmentation and shuffle draws
+        generator = torch.Generator().manual_seed(epoch_seed)
         seen, loss_sum = 0, 0.0
         started = time.perf_counter()
         for batch in train_shard.iter_torch_batches(
             batch_size=spec.batch_size, dtypes=dtypes, device=device,
             local_shuffle_buffer_size=spec.shuffle_buffer or None,
+            local_shuffle_seed=epoch_seed if spec.shuffle_buffer else None,
         ):
             images, targets = batch["image"], batch["target"]
             if spec.augment is not None:
