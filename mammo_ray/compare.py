@@ -3,9 +3,9 @@
 A reproducibility check: the same manifest, config and seeds must give the same tables on another machine,
 after an upgrade or after a refactor. Every Parquet table under either output is compared (a folder of parts
 is one table). Left out are the columns that describe the run rather than its results (wall times, speeds,
-checkpoint locations); each output's own root in text is read as `<output>`, so a cohort written under the
-output compares equal; rows are put in one order by their non-float columns first. Floats compare exactly
-unless `atol` is given, and the largest difference of every float column is reported either way.
+checkpoint locations) and the checkpoints themselves; each output's own root in text is read as `<output>`,
+so a cohort written under the output compares equal; rows are put in one order by their non-float columns
+first. Floats compare exactly unless `atol` is given; the largest difference of each float column is reported.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from mammo_ray import storage
 
 #: Columns that describe how a run went, not what it found.
 RUN_COLUMNS: frozenset[str] = frozenset({"checkpoint_uri", "classifier_seconds", "images_per_s", "seconds"})
+#: Folders of run artefacts named by time (Ray Train's checkpoints): their results are in results/ too.
+RUN_FOLDERS: tuple[str, ...] = ("checkpoints",)
 
 
 @dataclass
@@ -40,6 +42,8 @@ def _tables(output_uri: str) -> dict[str, str]:
     root = output_uri.rstrip("/")
     for uri in storage.list_files(root, [".parquet"]):
         relative = uri[len(root) + 1:]
+        if relative.split("/", 1)[0] in RUN_FOLDERS:
+            continue
         folder, _, name = relative.rpartition("/")
         if name.startswith("part-") and folder:
             found[folder] = storage.join(root, folder)

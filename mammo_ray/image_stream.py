@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,12 +77,12 @@ def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.da
 
 
 def read_images(
-    manifest: pd.DataFrame, options: IngestConfig = IngestConfig(), cached: CachedContent = CachedContent()
+    manifest: pd.DataFrame, options: IngestConfig = IngestConfig(), cached: Sequence[CachedContent] = ()
 ) -> ray.data.Dataset:
     """Lazily read and decode every image of `manifest`; one output row per manifest row.
 
-    Images whose content key is in `cached` (work already done) are read and hashed but not decoded:
-    their row has `cached` set and empty pixels.
+    Images whose content key is in every one of `cached` (each output's work already done; none given:
+    always decode) are read and hashed but not decoded: their row has `cached` set and empty pixels.
     """
     return manifest_dataset(manifest, options.rows_per_block).map_batches(
         decode_batch,
@@ -91,7 +92,7 @@ def read_images(
     )
 
 
-def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: CachedContent = CachedContent()) -> pd.DataFrame:
+def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: Sequence[CachedContent] = ()) -> pd.DataFrame:
     """Read and decode each row of a manifest batch; bad files become error rows, store failures raise."""
     rows = []
     for record in batch.to_dict("records"):
@@ -112,14 +113,15 @@ def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: CachedConte
     return out[DECODED_COLUMNS]
 
 
-def _read_and_decode(record: dict, options: IngestConfig, cached: CachedContent) -> dict:
-    """One image's decoded columns (not decoded when its content key is in `cached`)."""
+def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[CachedContent]) -> dict:
+    """One image's decoded columns (not decoded when its content key is in every one of `cached`)."""
     uri = record["uri"]
     digest = None
     try:
         data = storage.read_bytes(uri, max_bytes=options.max_bytes)
         digest = hashlib.sha256(data).hexdigest()
-        if (digest, record["laterality"], record["view"]) in cached:
+        content = (digest, record["laterality"], record["view"])
+        if cached and all(content in outputs for outputs in cached):
             return {"pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": True,
                     "tag_laterality": None, "tag_view": None, "error_type": None, "error_message": None}
         image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)

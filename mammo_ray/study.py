@@ -22,9 +22,6 @@ from mammo_ray.current import CurrentInputs
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.errors import ConfigError, MammoRayError
 from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray
-from mammo_ray.stages.embed import run_embed
-from mammo_ray.stages.ingest import run_ingest
-from mammo_ray.stages.zero_shot import run_zero_shot
 
 log = logging.getLogger("mammo_ray.study")
 
@@ -98,28 +95,44 @@ def _run_manifest(current: CurrentInputs) -> dict[str, int]:
     return {"manifest_rows": len(manifest)}
 
 
-def _run_ingest(current: CurrentInputs) -> dict[str, int]:
-    ingested = run_ingest(current.manifest(), current.config.output, current.read)
-    log.info("ingest: %d images decoded, %d errors -> %s", ingested.images, ingested.errors, ingested.errors_uri)
-    return {"ingested_images": ingested.images, "ingest_errors": ingested.errors}
+def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The image stages named (ingest, embed, zero_shot) as one pass over the images: each image read and
+    decoded once for all of them (stages.inference.run_pass). Their counts, per stage."""
+    from mammo_ray.stages.embed import EmbedTask, embed_result
+    from mammo_ray.stages.inference import run_pass
+    from mammo_ray.stages.zero_shot import ZeroShotTask, zero_shot_result
 
-
-def _run_embed(current: CurrentInputs) -> dict[str, int]:
-    manifest = current.manifest()
-    counts = {}
-    for spec in current.config.embed.extractors:
-        done = run_embed(manifest, current.config.output, spec, current.config.embed, current.read)
-        counts.update(
-            {f"embedded:{spec.name}": done.embedded, f"skipped:{spec.name}": done.skipped,
-             f"embed_errors:{spec.name}": done.errors}
-        )
+    config, manifest = current.config, current.manifest()
+    extractors = config.embed.extractors if "embed" in stages else []
+    tasks = [EmbedTask(spec) for spec in extractors]
+    if "zero_shot" in stages:
+        tasks.append(ZeroShotTask(config.zero_shot))
+    done = run_pass(manifest, config.output, tasks, config.embed, current.read, ingest="ingest" in stages)
+    log.info("image pass (%s): %d images, %d decoded", ", ".join(stages), done.images, done.decoded)
+    shared = {"pass_images": done.images, "pass_decoded": done.decoded,
+              "pass_outputs": len(tasks) + int(done.ingest is not None)}
+    counts: dict[str, dict[str, int]] = {}
+    if done.ingest is not None:
+        log.info("ingest: %d images decoded, %d errors -> %s", done.ingest.images, done.ingest.errors,
+                 done.ingest.errors_uri)
+        counts["ingest"] = {"ingested_images": done.ingest.images, "ingest_errors": done.ingest.errors, **shared}
+    if "embed" in stages:
+        counts["embed"] = dict(shared)
+        for spec, run in zip(extractors, done.runs, strict=False):
+            embedded = embed_result(spec, run)
+            counts["embed"].update({f"embedded:{spec.name}": embedded.embedded,
+                                    f"skipped:{spec.name}": embedded.skipped,
+                                    f"embed_errors:{spec.name}": embedded.errors})
+    if "zero_shot" in stages:
+        scored = zero_shot_result(config.output, manifest, done.runs[-1])
+        counts["zero_shot"] = {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped,
+                               "zero_shot_errors": scored.errors, **shared}
     return counts
 
 
-def _run_zero_shot(current: CurrentInputs) -> dict[str, int]:
-    config = current.config
-    scored = run_zero_shot(current.manifest(), config.output, config.zero_shot, config.embed, current.read)
-    return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
+def _image_stage(name: str) -> Callable[[CurrentInputs], dict[str, int]]:
+    """An image stage run alone: a pass of its own."""
+    return lambda current: _run_image_pass(current, [name])[name]
 
 
 def _run_grid(current: CurrentInputs) -> dict[str, int]:
@@ -185,7 +198,8 @@ def _run_report(current: CurrentInputs) -> dict[str, int]:
 class Stage:
     """One step of the study, declared as data.
 
-    `run` does the work and returns its counts. `depends_on` names what its outputs depend on besides its
+    `run` does the work and returns its counts; consecutive stages of the `image_pass` that must run share one
+    pass over the images (`_run_image_pass`). `depends_on` names what its outputs depend on besides its
     config `sections` (digests of content, never file names); None, or a `depends_on` that returns None,
     means the stage always runs. `check` returns the problems that must stop the study before any work
     (preflight.Problem). `reads` and `writes` name its tables (paths under the output, tables.py): a stage
@@ -200,6 +214,7 @@ class Stage:
     check: Callable[[StudyConfig], list[preflight.Problem]] | None = None
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    image_pass: bool = False
 
     def fingerprint(self, current: CurrentInputs) -> str | None:
         """What this stage's outputs depend on, as one digest; None when it must always run."""
@@ -219,15 +234,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("manifest", _run_manifest, _synthetic_only, sections=("data",), writes=("manifest",)),
     # The image stages depend on the manifest's images and orientation (labels do not change pixels), on the
     # decode settings and on each model's key; the grid and fine-tuning on the whole manifest and what they read.
-    Stage("ingest", _run_ingest, lambda c: c.digest("images"), sections=("ingest",), needs_ray=True,
-          reads=("manifest",), writes=("ingest", "errors/ingest")),
-    Stage("embed", _run_embed,
+    Stage("ingest", _image_stage("ingest"), lambda c: c.digest("images"), sections=("ingest",), needs_ray=True,
+          reads=("manifest",), writes=("ingest", "errors/ingest"), image_pass=True),
+    Stage("embed", _image_stage("embed"),
           lambda c: (c.digest("images"), [c.embedding_key(s).as_dict() for s in c.config.embed.extractors]),
           sections=("ingest",), needs_ray=True, check=preflight.embed_weights,
-          reads=("manifest",), writes=("embeddings/<extractor>", "errors/embed-<extractor>")),
-    Stage("zero_shot", _run_zero_shot, lambda c: (c.digest("images"), c.zero_shot_key().as_dict()),
+          reads=("manifest",), writes=("embeddings/<extractor>", "errors/embed-<extractor>"), image_pass=True),
+    Stage("zero_shot", _image_stage("zero_shot"), lambda c: (c.digest("images"), c.zero_shot_key().as_dict()),
           sections=("ingest",), needs_ray=True, check=preflight.zero_shot_weights,
-          reads=("manifest",), writes=("zero_shot", "errors/zero_shot", "figures/zero_shot_by_birads.png")),
+          reads=("manifest",), writes=("zero_shot", "errors/zero_shot", "figures/zero_shot_by_birads.png"),
+          image_pass=True),
     Stage("grid", _run_grid, lambda c: c.grid_inputs(), sections=("grid",), needs_ray=True,
           reads=("manifest", "embeddings/<extractor>"), writes=("results/grid", "results/grid_predictions")),
     Stage("finetune", _run_finetune, lambda c: c.finetune_inputs(), sections=("finetune",), needs_ray=True,
@@ -296,7 +312,8 @@ def _run_stages(config: StudyConfig, selected: Sequence[str], force: bool, resul
 
     with hold_output(config.output) as lock:
         current = CurrentInputs(config)
-        for stage in (_BY_NAME[name] for name in selected):
+        passed: dict[str, dict[str, int]] = {}  # counts of image stages a shared pass has run already
+        for position, stage in enumerate(_BY_NAME[name] for name in selected):
             fingerprint = stage.fingerprint(current)
             finished = None if force or fingerprint is None else _finished_counts(config, stage.name, fingerprint)
             if finished is not None:
@@ -307,13 +324,30 @@ def _run_stages(config: StudyConfig, selected: Sequence[str], force: bool, resul
                 continue
             if stage.needs_ray:
                 ensure_ray(config)
-            counts = stage.run(current)
+            if stage.image_pass and stage.name not in passed:
+                # This and the following image stages that must run share one pass. Their fingerprints depend
+                # on the manifest and their settings only, so they can be judged before the pass runs.
+                group = [stage.name, *_image_stages_to_run(current, selected[position + 1:], force)]
+                passed = _run_image_pass(current, group)
+            counts = passed.pop(stage.name) if stage.image_pass else stage.run(current)
             lock.check()  # another study took the output over meanwhile: record nothing as done
             entry = {"stage": stage.name, "fingerprint": fingerprint, "counts": counts,
                      "config_hash": config.config_hash()}
             storage.write_bytes(tables.ledger_uri(config.output, stage.name), json.dumps(entry, indent=2).encode())
             result.ran.append(stage.name)
             result.counts.update(counts)
+
+
+def _image_stages_to_run(current: CurrentInputs, names: Sequence[str], force: bool) -> list[str]:
+    """The image stages among `names`, up to the first other stage, whose outputs are not finished."""
+    group = []
+    for stage in (_BY_NAME[name] for name in names):
+        if not stage.image_pass:
+            break
+        fingerprint = stage.fingerprint(current)
+        if force or fingerprint is None or _finished_counts(current.config, stage.name, fingerprint) is None:
+            group.append(stage.name)
+    return group
 
 
 def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[str, int]]:

@@ -19,13 +19,13 @@ from mammo_ray.benchmarks.morphology import (
 from mammo_ray.imaging.crop import _unpack, reference_breast_box
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine", "embed"]
+COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine", "embed", "study-images"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:
     parser = cli.build_parser()
     for command in COMMANDS:
-        assert parser.parse_args([command]).func.__module__ == f"mammo_ray.benchmarks.{command}"
+        assert parser.parse_args([command]).func.__module__ == f"mammo_ray.benchmarks.{command.replace('-', '_')}"
     completed = subprocess.run([sys.executable, "jobs/benchmark.py", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr

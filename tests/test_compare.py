@@ -26,6 +26,8 @@ def _write_output(root: str, *, auc: float = 0.75, reverse: bool = False, second
     storage.write_table(vectors, storage.join(tables.embeddings_uri(root, "e"), "features", "key-1", "part-0.parquet"))
     if extra:
         storage.write_table(pa.table({"x": [1]}), tables.finetune_uri(root))
+    # A checkpoint folder is named by the time it was written: a run artefact, not a result.
+    storage.write_table(pa.table({"x": [seconds]}), storage.join(root, "checkpoints", f"run-{seconds}", "p.parquet"))
     return root
 
 

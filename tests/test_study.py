@@ -37,10 +37,13 @@ def test_study_manifest_and_ingest_on_s3(s3_bucket):
     assert result.ran == ["manifest", "ingest", "embed"]
     assert result.counts["manifest_rows"] == 8 and result.counts["ingested_images"] == 8
     assert result.counts["embedded:imagenet_resnet18"] == 8 and result.counts["embedded:nyu_lcc"] == 8
+    # One pass for ingest and both extractors, each image decoded once.
+    assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (3, 8, 8)
     rerun = run_study(config, ["manifest", "ingest", "embed"])
     assert rerun.ran == [] and rerun.skipped == ["manifest", "ingest", "embed"]
     forced = run_study(config, ["embed"], force=True)  # runs, but every image is already embedded
     assert forced.counts["embedded:nyu_lcc"] == 0 and forced.counts["skipped:nyu_lcc"] == 8
+    assert forced.counts["pass_decoded"] == 0  # every output has every image: read and hashed, not decoded
     changed = parse_config({**config.model_dump(mode="json"), "ingest": {"batch_size": 2}})
     assert run_study(changed, ["manifest", "ingest"]).ran == ["ingest"]  # its config changed: it reruns
     manifest = read_manifest(s3_bucket + "/study/manifest.parquet", check_files=True)
@@ -124,6 +127,10 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     )
     result = run_study(config)
     assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "report"]
+    # ingest, the extractor and zero-shot in one pass: each image decoded once for the three.
+    images = result.counts["manifest_rows"]
+    assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
+        3, images, images)
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Provenance", "Figure 3", "Table 1", "Table 2"):
         assert f"## {heading}" in markdown

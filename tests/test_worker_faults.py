@@ -33,7 +33,7 @@ def test_an_inference_actor_killed_mid_run_is_replaced_and_every_good_image_land
     spec = ExtractorConfig(name="imagenet_resnet18", weights="random-init:0", input_size=64)
     output = str(tmp_path / "out")
 
-    result = run_embed(manifest, output, spec, EmbedConfig(batch_size=2, max_restarts=2))
+    result = run_embed(manifest, output, spec, EmbedConfig(batch_size=2))
 
     assert fired(crash_points, "inference.actor_batch")
     assert (result.embedded, result.errors) == (12, 1)

@@ -36,6 +36,11 @@
          torch thread) and against the network alone on preprocessed batches, on the mini-MIAS PNGs:
          images/s side by side, b/c and b/a, and the largest difference of the stage's vectors.
 
+  study-images
+         the paper's image stages (ingest, imagenet_resnet50, nyu_lcc, nyu_avg, zero-shot) as one pass
+         (`run_pass`) against one pass per stage, on the mini-MIAS PNGs: wall times, their ratio, decodes
+         and network forwards per image, and whether both wrote the same tables.
+
 Layout: `cli` holds the parser and the list of subcommands, `common` what several benchmarks share
 (real images, timers, the machine's load), and every other module one benchmark with
 `add_parser(subparsers)` (which sets `func`) and `run(args) -> int`. Adding a benchmark: write such a

@@ -8,9 +8,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 #: The checkout (this package lives in <checkout>/mammo_ray/benchmarks).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +88,12 @@ def load_average() -> str:
         return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:  # pragma: no cover - not on every platform
         return "load average n/a"
+
+
+def mias_manifest(images: int) -> pd.DataFrame:
+    """The manifest of the first `images` mini-MIAS PNGs (malignant positive)."""
+    from mammo_ray.datasets.mias import build_manifest
+
+    folder = shared_data_dir() / "mini-mias"
+    manifest = build_manifest(str(folder / "Info.txt"), str(folder), positive="malignant")
+    return manifest.iloc[:images].reset_index(drop=True)

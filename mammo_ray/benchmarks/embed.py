@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from mammo_ray.benchmarks.common import load_average, shared_data_dir, timed
+from mammo_ray.benchmarks.common import load_average, mias_manifest, timed
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -33,14 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 T = TypeVar("T")
 IMAGENET_EXTRACTORS = ("imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet")
-
-
-def _manifest(images: int) -> pd.DataFrame:
-    from mammo_ray.datasets.mias import build_manifest
-
-    folder = shared_data_dir() / "mini-mias"
-    manifest = build_manifest(str(folder / "Info.txt"), str(folder), positive="malignant")
-    return manifest.iloc[:images].reset_index(drop=True)
 
 
 def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig) -> list[np.ndarray]:
@@ -91,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from mammo_ray.config import EmbedConfig, ExtractorConfig
     from mammo_ray.stages.embed import read_embeddings, run_embed
 
-    manifest = _manifest(args.images)
+    manifest = mias_manifest(args.images)
     spec = ExtractorConfig(name=args.extractor, weights="random-init:0", input_size=args.size)
     threads = torch.get_num_threads()
     print(f"embed benchmark: {spec.name} at {args.size} px, {len(manifest)} mini-MIAS images, batch "

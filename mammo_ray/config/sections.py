@@ -215,7 +215,6 @@ class EmbedConfig(StrictModel):
     batch_size: int = Field(8, ge=1, le=4096)
     max_actors: int = Field(1, ge=1)
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
-    max_restarts: int = Field(3, ge=0, le=100, description="dead actors replaced before the stage fails")
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="per CPU actor; None: the node's CPUs shared by the actors on it")
 

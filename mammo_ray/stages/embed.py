@@ -109,13 +109,17 @@ def run_embed(
 ) -> EmbedResult:
     """Embed every image of `manifest` whose vector under `spec` (same weights, same preprocessing) is not
     stored yet, and index the manifest."""
-    run = inference.run_inference(manifest, output_uri, EmbedTask(spec), options, read)
+    return embed_result(spec, inference.run_inference(manifest, output_uri, EmbedTask(spec), options, read))
+
+
+def embed_result(spec: ExtractorConfig, run: inference.InferenceRun) -> EmbedResult:
+    """What one extractor's run (alone or in the image pass) did."""
     log.info("embed %s: %d embedded, %d already stored (skipped), %d errors",
              spec.name, run.written, run.skipped, run.errors)
     return EmbedResult(spec.name, run.written, run.skipped, run.errors, run.uri, run.errors_uri)
 
 
 __all__ = [
-    "EmbedResult", "EmbedTask", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
+    "EmbedResult", "EmbedTask", "embed_result", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
     "run_embed", "stage_name",
 ]

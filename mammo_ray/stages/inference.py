@@ -1,26 +1,37 @@
-"""The batch-inference pipeline shared by the model stages (embed, zero_shot).
+"""The image pass: one streaming Ray Data pipeline for every image stage of a study (ingest, each
+extractor, zero-shot), each image read, hashed and decoded once.
 
-    manifest -> read + hash (CPU tasks) -> decode, task.prepare (CPU tasks) -> task.forward in an actor
-    pool (one GPU per actor where there are GPUs) -> feature store part files -> index + errors table
+    manifest -> read + hash + decode (CPU tasks) -> ingest summary; each distinct preprocessing once
+    (CPU tasks) -> every output's network in one actor pool (one GPU per actor where there are GPUs) ->
+    each output's feature store part files -> per output: index + errors table; ingest's tables
 
-A stage describes what differs in a small, picklable `InferenceTask`: its model key (identity,
+An output describes what differs in a small, picklable `InferenceTask`: its model key (identity,
 weights, preprocessing), the output schema, how one decoded image becomes model inputs, how the model
 is loaded and called, and how model outputs become columns. Everything else lives here, once:
 
-- a feature store (mammo_ray.feature_store): outputs are keyed by content and model key, never by
-  image id or label. Content already stored under the run's key is hashed but not decoded again, so a
-  rerun after a crash, after adding images or after switching back to earlier weights does only the
-  missing work; identical bytes under two image ids are computed once and read by both;
+- a feature store per output (mammo_ray.feature_store): outputs are keyed by content and model key,
+  never by image id or label. An image is decoded when some output (or ingest) still needs it; each
+  output skips the content it already has, so a rerun after a crash, after adding images or after
+  switching back to earlier weights does only the missing work, output by output; identical bytes
+  under two image ids are computed once and read by both;
+- outputs whose preprocessing is the same (the same transform id: `nyu_lcc` and `nyu_avg` at one
+  nyu_scale) share one prepared input per image;
 - every part file is written atomically with a name fixed by its content keys, so a retried Ray task
   overwrites its own file instead of adding a duplicate;
-- at the end, the index (each manifest image -> its content, or an error) and the stage's errors table
+- at the end, each output's index (each manifest image -> its content, or an error) and errors table
   are each written once, atomically: a reader never sees a half-written errors table, and a run that
   fails half-way leaves the previous index, which readers then refuse as not current;
-- a bad image is an errors row (ERRORS_SCHEMA); a failure of the store or of the cluster fails the run;
-- the model runs in inference mode, with bf16 autocast and channels_last on CUDA, in fixed-size
+- a bad image is an errors row of every output (ERRORS_SCHEMA); an image one output cannot prepare (no
+  head for an unknown side) is an errors row of that output only; a failure of the store or of the
+  cluster fails the run;
+- the models run in inference mode, with bf16 autocast and channels_last on CUDA, in fixed-size
   batches; inputs of different shapes (e.g. NYU CC and MLO windows) or different model heads run as
   separate sub-batches. A prepared input holds n >= 1 windows (test-time augmentation); the model
   outputs of the n windows are averaged.
+
+The actor pool holds every output's network in each actor (one CPU, or one GPU, per actor): the
+paper's networks together are small (ResNet-50 and two ResNet-22 trunks, ~40 M parameters), and one
+actor per device keeps a GPU busy with every network instead of leaving it to whichever pool has work.
 """
 
 from __future__ import annotations
@@ -44,14 +55,18 @@ from mammo_ray.faults import crash_point
 from mammo_ray.feature_store import ModelKey
 from mammo_ray.image_stream import CachedContent, error_records, errors_table, read_images
 from mammo_ray.models.weights import WeightsSpec
+from mammo_ray.tables import IMAGES_SCHEMA
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from mammo_ray.imaging.transforms import ImageTransform
 
 log = logging.getLogger("mammo_ray.inference")
 
 _INPUTS = "inputs"
 _GROUP = "inference_group"
+INGEST_STAGE = "ingest"
 _EMPTY_INPUTS = np.zeros((0, 0, 0, 0), dtype=np.float32)
 
 
@@ -127,11 +142,11 @@ class InferenceTask(ABC):
         Raise to make the image an errors row (the message should say what is wrong; the file name is added)."""
         return ""
 
-    def prepare(self, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, str]:
-        """CPU side: decoded pixels (H, W) and the image's row -> (inputs (n, C, h, w), group), through the
-        section's one transform (mammo_ray.imaging.transforms)."""
-        group = self.group(row)  # first: a row no head fits fails before the work
-        return self.spec.transform(pixels, row.view, row.laterality), group
+    @property
+    def transform(self) -> ImageTransform:
+        """CPU side: decoded pixels (H, W) and the image's row -> inputs (n, C, h, w); the section's one
+        transform (mammo_ray.imaging.transforms), whose id names what it does."""
+        return self.spec.transform
 
     @abstractmethod
     def load(self) -> LoadedModel:
@@ -154,122 +169,187 @@ class InferenceTask(ABC):
         return rows[self.schema.names]
 
 
-# --- the pipeline's steps (Ray tasks and actors) -----------------------------------------------------
+# --- the pass's steps (Ray tasks and actors) ---------------------------------------------------------
 
 
-def prepare_batch(batch: pd.DataFrame, task: InferenceTask) -> pd.DataFrame:
-    """Decoded pixels -> model inputs (n, C, h, w) and group; an image that cannot be prepared becomes
-    an error row."""
-    failed = (batch["error_type"].notna() | batch["cached"]).tolist()  # nothing to prepare
-    inputs, groups = [], []
-    error_types = [None if pd.isna(v) else v for v in batch["error_type"]]  # pd.NA would defeat Arrow
-    messages = [None if pd.isna(v) else v for v in batch["error_message"]]
+def _column(name: str, output: int) -> str:
+    return f"{name}_{output}"
+
+
+def _cached_for(row: Any, cached: CachedContent) -> bool:
+    return row.content_sha256 is not None and (row.content_sha256, row.manifest_laterality,
+                                               row.manifest_view) in cached
+
+
+def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: Sequence[CachedContent],
+                  ingest: bool) -> pd.DataFrame:
+    """Decoded pixels -> each output's model inputs (n, C, h, w) and group, each distinct preprocessing once
+    per image; an image an output cannot prepare becomes that output's error row. With `ingest`, the
+    image's summary statistics too."""
+    decode_failed = batch["error_type"].notna().tolist()
     # Ray hands string nulls over as pd.NA, whose truth value raises: tasks see None instead.
     rows = batch.drop(columns=["pixels"]).astype(object)
     rows = rows.where(rows.notna(), None)
-    for index, (row, pixels) in enumerate(zip(rows.itertuples(index=False), batch["pixels"], strict=True)):
-        if failed[index]:
-            inputs.append(_EMPTY_INPUTS)
-            groups.append("")
-            continue
-        try:
-            prepared, group = task.prepare(np.asarray(pixels, dtype=np.float32), row)
-            if prepared.ndim != 4 or prepared.shape[0] < 1:
-                raise ValueError(f"prepared inputs must be (n>=1, C, h, w), got shape {prepared.shape}")
-            inputs.append(np.ascontiguousarray(prepared, dtype=np.float32))
-            groups.append(str(group))
-        except Exception as error:  # noqa: BLE001 - e.g. no breast found: an errors row, not a crash
-            inputs.append(_EMPTY_INPUTS)
-            groups.append("")
-            error_types[index] = type(error).__name__
-            messages[index] = describe(error, row.uri)
     out = batch.drop(columns=["pixels"])
-    out[_INPUTS] = inputs
-    out[_GROUP] = groups
-    out["error_type"] = error_types
-    out["error_message"] = messages
+    pixels_of = [np.asarray(p, dtype=np.float32) for p in batch["pixels"]]
+    out["decoded"] = [p.size > 0 for p in pixels_of]
+    if ingest:
+        out["intensity_max"] = [float(p.max()) if p.size else 0.0 for p in pixels_of]
+        out["breast_fraction"] = [float(np.count_nonzero(p)) / p.size if p.size else 0.0 for p in pixels_of]
+    prepared_once: dict[tuple[int, str], np.ndarray | Exception] = {}  # (image, transform id) -> inputs
+    for output, (task, stored) in enumerate(zip(tasks, cached, strict=True)):
+        transform = task.transform
+        inputs, groups, skip = [], [], []
+        error_types = [None if pd.isna(v) else v for v in batch["error_type"]]  # pd.NA would defeat Arrow
+        messages = [None if pd.isna(v) else v for v in batch["error_message"]]
+        for index, row in enumerate(rows.itertuples(index=False)):
+            done = not decode_failed[index] and _cached_for(row, stored)
+            skip.append(done)
+            if decode_failed[index] or done:
+                inputs.append(_EMPTY_INPUTS)
+                groups.append("")
+                continue
+            try:
+                group = str(task.group(row))  # first: a row no head fits fails before the work
+                once = (index, transform.id)
+                if once not in prepared_once:
+                    prepared_once[once] = _prepare(transform, pixels_of[index], row)
+                prepared = prepared_once[once]
+                if isinstance(prepared, Exception):
+                    raise prepared
+                inputs.append(prepared)
+                groups.append(group)
+            except Exception as error:  # noqa: BLE001 - e.g. no breast found: an errors row, not a crash
+                inputs.append(_EMPTY_INPUTS)
+                groups.append("")
+                error_types[index] = type(error).__name__
+                messages[index] = describe(error, row.uri)
+        out[_column(_INPUTS, output)] = inputs
+        out[_column(_GROUP, output)] = groups
+        out[_column("cached", output)] = skip
+        out[_column("error_type", output)] = error_types
+        out[_column("error_message", output)] = messages
     return out
 
 
-class InferenceActor:
-    """Holds one task's model on its device; runs each batch in inference mode."""
+def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> np.ndarray | Exception:
+    """The transform's inputs for one image, or the error it raised (shared by the outputs that use it)."""
+    try:
+        prepared = transform(pixels, row.view, row.laterality)
+        if prepared.ndim != 4 or prepared.shape[0] < 1:
+            raise ValueError(f"prepared inputs must be (n>=1, C, h, w), got shape {prepared.shape}")
+        return np.ascontiguousarray(prepared, dtype=np.float32)
+    except Exception as error:  # noqa: BLE001 - re-raised by each output that uses it, as its errors row
+        return error
 
-    def __init__(self, task: InferenceTask, key: ModelKey, use_gpu: bool, torch_threads: int) -> None:
+
+class InferenceActor:
+    """Holds every output's model on its device; runs each batch through each of them in inference mode."""
+
+    def __init__(self, tasks: Sequence[InferenceTask], keys: Sequence[ModelKey], use_gpu: bool,
+                 torch_threads: int) -> None:
         import torch
 
         self.torch = torch
-        self.task = task
+        self.tasks = list(tasks)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(torch_threads)
-        self.model = task.load()
-        if self.model.weights_id != key.weights_id:
-            raise WeightsChangedError(f"{task.stage}: the weights loaded are {self.model.weights_id}, the run was "
-                                      f"started for {key.weights_id}: the weight file changed; run again")
-        self.model.module.to(self.device)
-        if self.device.type == "cuda":
-            self.model.module.to(memory_format=torch.channels_last)
+        self.models = []
+        for task, key in zip(self.tasks, keys, strict=True):
+            model = task.load()
+            if model.weights_id != key.weights_id:
+                raise WeightsChangedError(f"{task.stage}: the weights loaded are {model.weights_id}, the run was "
+                                          f"started for {key.weights_id}: the weight file changed; run again")
+            model.module.to(self.device)
+            if self.device.type == "cuda":
+                model.module.to(memory_format=torch.channels_last)
+            self.models.append(model)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         crash_point("inference.actor_batch")
-        outputs: list[np.ndarray | None] = [None] * len(batch)
-        good = np.flatnonzero((batch["error_type"].isna() & ~batch["cached"]).to_numpy()).tolist()
-        # Inputs of different shapes or groups (view windows, model heads) run as their own sub-batches.
-        by_key: dict[tuple[str, tuple[int, ...]], list[int]] = {}
-        for index in good:
-            key = (str(batch[_GROUP].iloc[index]), np.asarray(batch[_INPUTS].iloc[index]).shape)
-            by_key.setdefault(key, []).append(index)
-        for (group, shape), indices in by_key.items():
-            stacked = np.concatenate([np.asarray(batch[_INPUTS].iloc[i]) for i in indices])  # (k*n, C, h, w)
-            result = self._run(self.torch.from_numpy(stacked), group)
-            averaged = result.reshape(len(indices), shape[0], -1).mean(axis=1)  # average the n windows
-            for position, index in enumerate(indices):
-                outputs[index] = averaged[position]
-        out = batch.drop(columns=[_INPUTS, _GROUP])
-        for name, values in self.task.output_columns(outputs).items():
-            out[name] = values
+        out = batch
+        for output, (task, model) in enumerate(zip(self.tasks, self.models, strict=True)):
+            good = (batch[_column("error_type", output)].isna() & ~batch[_column("cached", output)].astype(bool))
+            inputs, groups = batch[_column(_INPUTS, output)], batch[_column(_GROUP, output)]
+            outputs: list[np.ndarray] = [_EMPTY_OUTPUT] * len(batch)
+            # Inputs of different shapes or groups (view windows, model heads) run as their own sub-batches.
+            by_key: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+            for index in np.flatnonzero(good.to_numpy()).tolist():
+                by_key.setdefault((str(groups.iloc[index]), np.asarray(inputs.iloc[index]).shape), []).append(index)
+            for (group, shape), indices in by_key.items():
+                stacked = np.concatenate([np.asarray(inputs.iloc[i]) for i in indices])  # (k*n, C, h, w)
+                result = self._run(task, model, self.torch.from_numpy(stacked), group)
+                averaged = result.reshape(len(indices), shape[0], -1).mean(axis=1)  # average the n windows
+                for position, index in enumerate(indices):
+                    outputs[index] = averaged[position].astype(np.float32)
+            out = out.drop(columns=[_column(_INPUTS, output), _column(_GROUP, output)])
+            out[_column("output", output)] = outputs
         return out
 
-    def _run(self, inputs: torch.Tensor, group: str) -> np.ndarray:
+    def _run(self, task: InferenceTask, model: LoadedModel, inputs: torch.Tensor, group: str) -> np.ndarray:
         torch = self.torch
         inputs = inputs.to(self.device)
         with torch.inference_mode():
             if self.device.type == "cuda":
                 inputs = inputs.to(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    result = self.task.forward(self.model, inputs, group)
+                    result = task.forward(model, inputs, group)
             else:
-                result = self.task.forward(self.model, inputs, group)
+                result = task.forward(model, inputs, group)
         return result.float().cpu().numpy()
 
 
-def write_batch(batch: pd.DataFrame, task: InferenceTask, output_uri: str, key: ModelKey) -> pa.Table:
-    """Store a batch's new outputs as one atomically written part file; return its index and error rows."""
-    failed = batch["error_type"].notna()
-    computed = batch[~failed & ~batch["cached"]]
-    if len(computed):
-        keyed = feature_store.feature_rows(computed, key)
-        table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
-        table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())
-        contents = tables.content_keys(keyed["content_sha256"], keyed["laterality"], keyed["view"], key.orientation)
-        storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
-                                                feature_store.part_name(contents.tolist())))
-    def text(column: str) -> list[str | None]:
-        return [None if pd.isna(value) else str(value) for value in batch[column]]
-
-    return pa.table({
-        "image_id": text("image_id"), "uri": text("uri"), "content_sha256": text("content_sha256"),
-        "status": np.where(failed, "error", "ok").tolist(), "computed": (~failed & ~batch["cached"]).tolist(),
-        "error_type": text("error_type"), "error_message": text("error_message"),
-    }, schema=_BATCH_RESULT_SCHEMA)  # typed: a batch whose text columns are all null still has strings
+_EMPTY_OUTPUT = np.zeros(0, dtype=np.float32)  # a row without an output: Arrow cannot mix arrays and nulls
 
 
-#: What write_batch hands back to the driver per image: its index row and, for a failure, its errors row.
-_BATCH_RESULT_SCHEMA = pa.schema([
-    pa.field("image_id", pa.string()), pa.field("uri", pa.string()), pa.field("content_sha256", pa.string()),
-    pa.field("status", pa.string()), pa.field("computed", pa.bool_()), pa.field("error_type", pa.string()),
-    pa.field("error_message", pa.string()),
-])
+def write_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], keys: Sequence[ModelKey],
+                output_uri: str, ingest: bool) -> pa.Table:
+    """Store each output's new rows of a batch as one atomically written part file; return the batch's
+    per-image results (what the driver needs for the indexes, the errors tables and ingest)."""
+    result: dict[str, list] = {name: _text(batch, name) for name in _RESULT_TEXT}
+    result["decoded"] = batch["decoded"].astype(bool).tolist()
+    for name in _INGEST_NUMBERS if ingest else ():
+        result[name] = batch[name].tolist()
+    for output, (task, key) in enumerate(zip(tasks, keys, strict=True)):
+        failed = batch[_column("error_type", output)].notna()
+        computed = ~failed & ~batch[_column("cached", output)].astype(bool)
+        if computed.any():
+            rows = batch[computed]
+            values = [None if len(o) == 0 else o for o in rows[_column("output", output)]]
+            rows = rows.assign(**task.output_columns(values))
+            keyed = feature_store.feature_rows(rows, key)
+            table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
+            table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())
+            contents = tables.content_keys(keyed["content_sha256"], keyed["laterality"], keyed["view"],
+                                           key.orientation)
+            storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
+                                                    feature_store.part_name(contents.tolist())))
+        result[_column("computed", output)] = computed.tolist()
+        result[_column("error_type", output)] = _text(batch, _column("error_type", output))
+        result[_column("error_message", output)] = _text(batch, _column("error_message", output))
+    return pa.table(result, schema=_result_schema(len(tasks), ingest))
+
+
+def _text(batch: pd.DataFrame, column: str) -> list[str | None]:
+    return [None if pd.isna(value) else str(value) for value in batch[column]]
+
+
+_RESULT_TEXT = ("image_id", "uri", "laterality", "view", "content_sha256", "error_type", "error_message")
+_INGEST_NUMBERS = ("height", "width", "intensity_max", "breast_fraction")
+
+
+def _result_schema(outputs: int, ingest: bool) -> pa.Schema:
+    """What write_batch hands back per image; typed, so a batch whose text columns are all null still has
+    strings."""
+    fields = [pa.field(name, pa.string()) for name in _RESULT_TEXT] + [pa.field("decoded", pa.bool_())]
+    if ingest:
+        fields += [pa.field(name, pa.float64()) for name in _INGEST_NUMBERS]
+    for output in range(outputs):
+        fields += [pa.field(_column("computed", output), pa.bool_()),
+                   pa.field(_column("error_type", output), pa.string()),
+                   pa.field(_column("error_message", output), pa.string())]
+    return pa.schema(fields)
 
 
 def _node_cpus() -> int:
@@ -284,6 +364,110 @@ def gpus_per_actor(options: EmbedConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class IngestRun:
+    """What ingest found: images decoded, error rows, and its two tables."""
+
+    images: int
+    errors: int
+    images_uri: str
+    errors_uri: str
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One pass: each output's run (in the order of its tasks), ingest's when asked, and how many images
+    were decoded (each at most once)."""
+
+    runs: list[InferenceRun]
+    ingest: IngestRun | None
+    images: int
+    decoded: int
+
+
+def run_pass(
+    manifest: pd.DataFrame,
+    output_uri: str,
+    tasks: Sequence[InferenceTask],
+    options: EmbedConfig = EmbedConfig(),
+    read: IngestConfig = IngestConfig(),
+    ingest: bool = False,
+) -> PassResult:
+    """One pass over `manifest`'s images for every output in `tasks` (and ingest when asked): each image
+    is read and decoded once, and only when some output still needs it; each output computes the content it
+    has not stored under its key. Then each output's index and errors table, and ingest's tables, are written."""
+    keys = [task.key(read) for task in tasks]
+    cached = [CachedContent(feature_store.stored_content(task.table_uri(output_uri), key), key.orientation)
+              for task, key in zip(tasks, keys, strict=True)]
+    # Ingest summarises every image; otherwise an image every output already holds is hashed, not decoded.
+    skip_decode = () if ingest else tuple(cached)
+    stream = read_images(manifest, read, skip_decode).map_batches(
+        prepare_batch, batch_format="pandas", batch_size=read.batch_size,
+        fn_kwargs={"tasks": list(tasks), "cached": cached, "ingest": ingest})
+    if tasks:
+        num_gpus = gpus_per_actor(options)
+        stream = stream.map_batches(
+            InferenceActor,
+            fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0,
+                                   "torch_threads": options.actor_torch_threads(_node_cpus())},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
+            num_gpus=num_gpus,
+            # Ray Data replaces a dead actor and retries the batches it held (its default for actor pools; an
+            # actor that dies while starting counts against DataContext.max_consecutive_actor_init_deaths).
+            # Part files are named by their content, so a redone batch overwrites instead of duplicating.
+            batch_size=options.batch_size,
+            batch_format="pandas",
+        )
+    stream = stream.map_batches(write_batch, batch_format="pandas", batch_size=None,
+                                fn_kwargs={"tasks": list(tasks), "keys": keys, "output_uri": output_uri,
+                                           "ingest": ingest})
+    parts = [batch for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None) if batch.num_rows]
+    schema = _result_schema(len(tasks), ingest)
+    results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
+    runs = [_finish_output(manifest, output_uri, task, key, results, output)
+            for output, (task, key) in enumerate(zip(tasks, keys, strict=True))]
+    ingested = _finish_ingest(manifest, output_uri, read, results) if ingest else None
+    return PassResult(runs, ingested, images=len(results), decoded=int(results["decoded"].sum()))
+
+
+def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask, key: ModelKey,
+                   results: pd.DataFrame, output: int) -> InferenceRun:
+    """One output's errors table and index (written last: the run of this output is complete)."""
+    error_type = results[_column("error_type", output)]
+    index = pd.DataFrame({
+        "image_id": results["image_id"], "uri": results["uri"], "content_sha256": results["content_sha256"],
+        "status": np.where(error_type.notna(), "error", "ok"), "computed": results[_column("computed", output)],
+        "error_type": error_type, "error_message": results[_column("error_message", output)],
+    })
+    errors = errors_table([error_records(index, task.stage)])
+    errors = tables.with_provenance(errors, task.stage, weights_ids=[key.weights_id], key=key.as_dict(),
+                                    inputs={"images": tables.image_digest(manifest)})
+    table_uri, errors_uri = task.table_uri(output_uri), task.errors_uri(output_uri)
+    storage.write_table(errors, errors_uri)
+    feature_store.write_index(table_uri, task.stage, index, manifest, key)
+    written = int(index["computed"].astype(bool).sum())
+    failed = int((index["status"] == "error").sum())
+    skipped = len(index) - written - failed
+    log.info("%s: %d computed, %d already stored (skipped), %d errors", task.stage, written, skipped, failed)
+    return InferenceRun(written, skipped, failed, table_uri, errors_uri, key)
+
+
+def _finish_ingest(manifest: pd.DataFrame, output_uri: str, read: IngestConfig, results: pd.DataFrame) -> IngestRun:
+    """ingest/images.parquet (one row per decoded image) and errors/ingest.parquet."""
+    failed = results["error_type"].notna()
+    images = results[~failed].sort_values("image_id").reset_index(drop=True)
+    images = images.assign(height=images["height"].astype(np.int32), width=images["width"].astype(np.int32))
+    inputs = {"images": tables.image_digest(manifest)}
+    table = pa.Table.from_pandas(images[IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA, preserve_index=False)
+    table = tables.with_provenance(table, INGEST_STAGE, inputs=inputs, decode_id=read.decode_id)
+    failures = tables.with_provenance(errors_table([error_records(results, INGEST_STAGE)]), INGEST_STAGE,
+                                      inputs=inputs)
+    images_uri, errors_uri = tables.ingest_uri(output_uri), tables.errors_uri(output_uri, INGEST_STAGE)
+    storage.write_table(failures, errors_uri)
+    storage.write_table(table, images_uri)
+    return IngestRun(images=table.num_rows, errors=failures.num_rows, images_uri=images_uri, errors_uri=errors_uri)
+
+
 def run_inference(
     manifest: pd.DataFrame,
     output_uri: str,
@@ -291,42 +475,5 @@ def run_inference(
     options: EmbedConfig = EmbedConfig(),
     read: IngestConfig = IngestConfig(),
 ) -> InferenceRun:
-    """Run `task` on every image of `manifest` whose output is not yet stored under the run's key; then
-    write the index of the manifest and the stage's errors table."""
-    key = task.key(read)
-    table_uri = task.table_uri(output_uri)
-    cached = CachedContent(feature_store.stored_content(table_uri, key), key.orientation)
-    num_gpus = gpus_per_actor(options)
-    stats = (
-        read_images(manifest, read, cached)
-        .map_batches(prepare_batch, batch_format="pandas", batch_size=read.batch_size,
-                     fn_kwargs={"task": task})
-        .map_batches(
-            InferenceActor,
-            fn_constructor_kwargs={"task": task, "key": key, "use_gpu": num_gpus > 0,
-                                   "torch_threads": options.actor_torch_threads(_node_cpus())},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
-            num_gpus=num_gpus,
-            # A replaced actor redoes the batches its predecessor held; their part files are named by
-            # their content, so a redone batch overwrites instead of duplicating.
-            max_restarts=options.max_restarts,
-            max_task_retries=options.max_restarts,
-            batch_size=options.batch_size,
-            batch_format="pandas",
-        )
-        .map_batches(write_batch, batch_format="pandas", batch_size=None,
-                     fn_kwargs={"task": task, "output_uri": output_uri, "key": key})
-    )
-    rows = [batch for batch in stats.iter_batches(batch_format="pandas", batch_size=None) if len(batch)]
-    index = pd.concat(rows, ignore_index=True) if rows else _BATCH_RESULT_SCHEMA.empty_table().to_pandas()
-    errors = errors_table([error_records(index, task.stage)])
-    errors = tables.with_provenance(errors, task.stage, weights_ids=[key.weights_id], key=key.as_dict(),
-                                    inputs={"images": tables.image_digest(manifest)})
-    errors_uri = task.errors_uri(output_uri)
-    storage.write_table(errors, errors_uri)
-    feature_store.write_index(table_uri, task.stage, index, manifest, key)  # last: the run is complete
-    written = int(index["computed"].astype(bool).sum())
-    failed = int((index["status"] == "error").sum())
-    skipped = len(index) - written - failed
-    log.info("%s: %d computed, %d already stored (skipped), %d errors", task.stage, written, skipped, failed)
-    return InferenceRun(written, skipped, failed, table_uri, errors_uri, key)
+    """A pass with one output: `task` on every image of `manifest` whose output is not yet stored."""
+    return run_pass(manifest, output_uri, [task], options, read).runs[0]

@@ -29,7 +29,7 @@ import pyarrow as pa
 from mammo_ray import feature_store, tables
 from mammo_ray.config.sections import EmbedConfig, IngestConfig, ZeroShotConfig
 from mammo_ray.errors import MammoRayError
-from mammo_ray.stages.inference import InferenceTask, LoadedModel, run_inference
+from mammo_ray.stages.inference import InferenceRun, InferenceTask, LoadedModel, run_inference
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -151,10 +151,14 @@ def run_zero_shot(
 ) -> ZeroShotResult:
     """Score every image of `manifest` not yet scored with these weights and preprocessing, then draw the
     figure of the manifest's images (predicted benign vs malignant per BI-RADS)."""
+    run = run_inference(manifest, output_uri, ZeroShotTask(spec), options, read)
+    return zero_shot_result(output_uri, manifest, run)
+
+
+def zero_shot_result(output_uri: str, manifest: pd.DataFrame, run: InferenceRun) -> ZeroShotResult:
+    """After zero-shot ran (alone or in the image pass): draw the figure of the manifest's images."""
     from mammo_ray.report.figures import zero_shot_by_birads
 
-    task = ZeroShotTask(spec)
-    run = run_inference(manifest, output_uri, task, options, read)
     rows = read_zero_shot(output_uri, manifest, key=run.key)
     figure = figure_uri(output_uri)
     zero_shot_by_birads(rows, figure)
