@@ -108,8 +108,9 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, 
     if "zero_shot" in stages:
         tasks.append(ZeroShotTask(config.zero_shot))
     done = run_pass(manifest, config.output, tasks, config.embed, current.read, ingest="ingest" in stages)
-    log.info("image pass (%s): %d images, %d decoded", ", ".join(stages), done.images, done.decoded)
-    shared = {"pass_images": done.images, "pass_decoded": done.decoded,
+    log.info("image pass (%s): %d images, %d decoded, %d network forwards", ", ".join(stages), done.images,
+             done.decoded, done.forwards)
+    shared = {"pass_images": done.images, "pass_decoded": done.decoded, "pass_forwards": done.forwards,
               "pass_outputs": len(tasks) + int(done.ingest is not None)}
     counts: dict[str, dict[str, int]] = {}
     if done.ingest is not None:

@@ -58,6 +58,9 @@ def test_one_pass_writes_what_separate_stages_write_and_decodes_each_image_once(
 
     readable = len(manifest) - 1
     assert (result.images, result.decoded) == (len(manifest), readable)  # once each; the corrupt one fails
+    # Per image: ResNet-18, then the CC and the MLO trunk once each for nyu_lcc, nyu_avg and zero-shot
+    # (same weights, same windows), where the outputs alone would run five forwards.
+    assert result.forwards == 3 * readable
     assert result.ingest is not None and (result.ingest.images, result.ingest.errors) == (readable, 1)
     assert [(r.written, r.skipped, r.errors) for r in result.runs] == [(readable, 0, 1)] * 3 + [(readable - 1, 0, 2)]
 

@@ -192,14 +192,26 @@ class NYUImageModel(nn.Module):
 
     def forward(self, x: torch.Tensor, view: str) -> torch.Tensor:
         """(B, 1, H, W) windows of one view -> (B, 2, 2) log-probabilities."""
+        return self.head(self.trunk(self.trunk_of_view(view))(x), view)
+
+    @staticmethod
+    def trunk_of_view(view: str) -> str:
+        """The trunk a view's head reads ('cc' or 'mlo')."""
+        return VIEW_TRUNK[normalise_view(view)]
+
+    def head(self, feature_map: torch.Tensor, view: str) -> torch.Tensor:
+        """A view's head on its trunk's final feature map (B, 256, h, w) -> (B, 2, 2) log-probabilities."""
         view = normalise_view(view)
-        h = pool_features(self.trunk(VIEW_TRUNK[view])(x), "global")
-        h = F.relu(getattr(self, f"fc1_{view}")(h))
+        h = F.relu(getattr(self, f"fc1_{view}")(pool_features(feature_map, "global")))
         return getattr(self, f"output_layer_{view}")(h)
 
     def predict_proba(self, x: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(p_benign, p_malignant), each of shape (B,)."""
-        probabilities = self.forward(x, view).exp()
+        return self.proba_from_map(self.trunk(self.trunk_of_view(view))(x), view)
+
+    def proba_from_map(self, feature_map: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p_benign, p_malignant) of a view's head on its trunk's feature map."""
+        probabilities = self.head(feature_map, view).exp()
         return probabilities[:, 0, 1], probabilities[:, 1, 1]
 
     def features(self, x: torch.Tensor, trunk: str = "cc", pool: str = "global") -> torch.Tensor:
@@ -208,11 +220,22 @@ class NYUImageModel(nn.Module):
 
     def extract(self, x: torch.Tensor, extractor: str = "lcc", pool: str = "global") -> torch.Tensor:
         """The paper's extractors: "lcc" (NYU L-CC) or "avg" (NYU Avg, mean of both trunks)."""
-        if extractor == "lcc":
-            return self.features(x, "cc", pool)
-        if extractor == "avg":
-            return 0.5 * (self.features(x, "cc", pool) + self.features(x, "mlo", pool))
-        raise ValueError(f"unknown NYU extractor {extractor!r} (use one of {EXTRACTORS})")
+        return features_from_maps({name: self.trunk(name)(x) for name in trunks_of(extractor)}, extractor, pool)
+
+
+def trunks_of(extractor: str) -> tuple[str, ...]:
+    """The trunks an extractor reads: "lcc" the CC trunk, "avg" both."""
+    if extractor == "lcc":
+        return ("cc",)
+    if extractor == "avg":
+        return TRUNKS
+    raise ValueError(f"unknown NYU extractor {extractor!r} (use one of {EXTRACTORS})")
+
+
+def features_from_maps(maps: Mapping[str, torch.Tensor], extractor: str, pool: str = "global") -> torch.Tensor:
+    """An extractor's features from the trunks' final feature maps (`trunks_of(extractor)`)."""
+    pooled = [pool_features(maps[name], pool) for name in trunks_of(extractor)]
+    return pooled[0] if len(pooled) == 1 else 0.5 * (pooled[0] + pooled[1])
 
 
 # --- published checkpoints ------------------------------------------------------------------------

@@ -80,6 +80,16 @@ class EmbedTask(InferenceTask):
     def forward(self, model: LoadedExtractor, inputs: torch.Tensor, group: str) -> torch.Tensor:
         return model(inputs)
 
+    def shared_trunks(self, group: str) -> tuple[str, ...]:
+        from mammo_ray.models.nyu import trunks_of
+
+        return trunks_of(self.spec.member) if self.spec.family == "nyu" else ()
+
+    def from_trunks(self, model: LoadedExtractor, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
+        from mammo_ray.models.nyu import features_from_maps
+
+        return features_from_maps(maps, self.spec.member, self.spec.pool)
+
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
         # Rows without an output carry an empty vector: Arrow tensor columns cannot mix arrays and nulls.
         empty = np.zeros(0, dtype=np.float32)

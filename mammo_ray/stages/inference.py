@@ -36,9 +36,11 @@ actor per device keeps a GPU busy with every network instead of leaving it to wh
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +159,16 @@ class InferenceTask(ABC):
     def forward(self, model: LoadedModel, inputs: torch.Tensor, group: str) -> torch.Tensor:
         """(B, C, h, w) inputs of one group -> (B, d) outputs. Called in inference mode (and autocast)."""
 
+    def shared_trunks(self, group: str) -> tuple[str, ...]:
+        """The NYU trunks whose final feature maps give this output for inputs of `group`, or () when it runs
+        its own network (`forward`). Outputs with the same weights and preprocessing read one forward of
+        each trunk per image (`from_trunks`)."""
+        return ()
+
+    def from_trunks(self, model: LoadedModel, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
+        """(B, d) outputs from the `shared_trunks(group)` maps (B, 256, h, w) of the inputs."""
+        raise NotImplementedError(f"{type(self).__name__} shares no trunks")
+
     @abstractmethod
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
         """Per-row averaged outputs (d,) (None for rows without one) -> the task's own output columns.
@@ -268,6 +280,10 @@ class InferenceActor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         crash_point("inference.actor_batch")
+        # Trunk feature maps of this batch, shared by outputs with the same weights and preprocessing:
+        # (weights_id, transform id, trunk, row) -> the row's (n, C, h, w) maps.
+        maps: dict[tuple[str, str, str, int], torch.Tensor] = {}
+        forwards = np.zeros(len(batch), dtype=np.int64)  # network (or trunk) forwards run per image
         out = batch
         for output, (task, model) in enumerate(zip(self.tasks, self.models, strict=True)):
             good = (batch[_column("error_type", output)].isna() & ~batch[_column("cached", output)].astype(bool))
@@ -278,26 +294,46 @@ class InferenceActor:
             for index in np.flatnonzero(good.to_numpy()).tolist():
                 by_key.setdefault((str(groups.iloc[index]), np.asarray(inputs.iloc[index]).shape), []).append(index)
             for (group, shape), indices in by_key.items():
-                stacked = np.concatenate([np.asarray(inputs.iloc[i]) for i in indices])  # (k*n, C, h, w)
-                result = self._run(task, model, self.torch.from_numpy(stacked), group)
+                trunks = task.shared_trunks(group)
+                if trunks:
+                    share = (model.weights_id, task.transform.id)
+                    for trunk in trunks:
+                        missing = [i for i in indices if (*share, trunk, i) not in maps]
+                        if missing:
+                            computed = self._infer(model.module.trunk(trunk), _stacked(inputs, missing))
+                            for position, index in enumerate(missing):
+                                maps[(*share, trunk, index)] = computed[position * shape[0]:(position + 1) * shape[0]]
+                            forwards[missing] += 1
+                    gathered = {t: self.torch.cat([maps[(*share, t, i)] for i in indices]) for t in trunks}
+                    result = self._infer(functools.partial(task.from_trunks, model, gathered, group))
+                else:
+                    result = self._infer(functools.partial(task.forward, model, group=group), _stacked(inputs, indices))
+                    forwards[indices] += 1
+                result = result.float().cpu().numpy()
                 averaged = result.reshape(len(indices), shape[0], -1).mean(axis=1)  # average the n windows
                 for position, index in enumerate(indices):
                     outputs[index] = averaged[position].astype(np.float32)
             out = out.drop(columns=[_column(_INPUTS, output), _column(_GROUP, output)])
             out[_column("output", output)] = outputs
+        out["forwards"] = forwards
         return out
 
-    def _run(self, task: InferenceTask, model: LoadedModel, inputs: torch.Tensor, group: str) -> np.ndarray:
+    def _infer(self, network: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """`network(*inputs)` on the actor's device, in inference mode (bf16 autocast, channels_last on CUDA)."""
         torch = self.torch
-        inputs = inputs.to(self.device)
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                inputs = inputs.to(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    result = task.forward(model, inputs, group)
-            else:
-                result = task.forward(model, inputs, group)
-        return result.float().cpu().numpy()
+        cuda = self.device.type == "cuda"
+        moved = [x.to(self.device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+                 for x in inputs]
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return network(*moved)
+
+
+def _stacked(inputs: pd.Series, rows: list[int]) -> torch.Tensor:
+    """The rows' (n, C, h, w) inputs as one (k*n, C, h, w) tensor."""
+    import torch
+
+    return torch.from_numpy(np.concatenate([np.asarray(inputs.iloc[i]) for i in rows]))
 
 
 _EMPTY_OUTPUT = np.zeros(0, dtype=np.float32)  # a row without an output: Arrow cannot mix arrays and nulls
@@ -309,6 +345,7 @@ def write_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], keys: Seque
     per-image results (what the driver needs for the indexes, the errors tables and ingest)."""
     result: dict[str, list] = {name: _text(batch, name) for name in _RESULT_TEXT}
     result["decoded"] = batch["decoded"].astype(bool).tolist()
+    result["forwards"] = (batch["forwards"] if "forwards" in batch else pd.Series(0, index=batch.index)).tolist()
     for name in _INGEST_NUMBERS if ingest else ():
         result[name] = batch[name].tolist()
     for output, (task, key) in enumerate(zip(tasks, keys, strict=True)):
@@ -342,7 +379,8 @@ _INGEST_NUMBERS = ("height", "width", "intensity_max", "breast_fraction")
 def _result_schema(outputs: int, ingest: bool) -> pa.Schema:
     """What write_batch hands back per image; typed, so a batch whose text columns are all null still has
     strings."""
-    fields = [pa.field(name, pa.string()) for name in _RESULT_TEXT] + [pa.field("decoded", pa.bool_())]
+    fields = [pa.field(name, pa.string()) for name in _RESULT_TEXT]
+    fields += [pa.field("decoded", pa.bool_()), pa.field("forwards", pa.int64())]
     if ingest:
         fields += [pa.field(name, pa.float64()) for name in _INGEST_NUMBERS]
     for output in range(outputs):
@@ -376,13 +414,14 @@ class IngestRun:
 
 @dataclass(frozen=True)
 class PassResult:
-    """One pass: each output's run (in the order of its tasks), ingest's when asked, and how many images
-    were decoded (each at most once)."""
+    """One pass: each output's run (in the order of its tasks), ingest's when asked, how many images were
+    decoded (each at most once) and how many network forwards ran (a shared NYU trunk counts once)."""
 
     runs: list[InferenceRun]
     ingest: IngestRun | None
     images: int
     decoded: int
+    forwards: int
 
 
 def run_pass(
@@ -427,7 +466,8 @@ def run_pass(
     runs = [_finish_output(manifest, output_uri, task, key, results, output)
             for output, (task, key) in enumerate(zip(tasks, keys, strict=True))]
     ingested = _finish_ingest(manifest, output_uri, read, results) if ingest else None
-    return PassResult(runs, ingested, images=len(results), decoded=int(results["decoded"].sum()))
+    return PassResult(runs, ingested, images=len(results), decoded=int(results["decoded"].sum()),
+                      forwards=int(results["forwards"].sum()))
 
 
 def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask, key: ModelKey,

@@ -117,6 +117,18 @@ class ZeroShotTask(InferenceTask):
         p_benign, p_malignant = model.module.predict_proba(inputs, group)
         return torch.stack([p_benign, p_malignant], dim=1)
 
+    def shared_trunks(self, group: str) -> tuple[str, ...]:
+        from mammo_ray.models.nyu import NYUImageModel
+
+        return (NYUImageModel.trunk_of_view(group),)  # the trunk the image's own head reads
+
+    def from_trunks(self, model: LoadedModel, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
+        import torch
+
+        (feature_map,) = maps.values()
+        p_benign, p_malignant = model.module.proba_from_map(feature_map, group)
+        return torch.stack([p_benign, p_malignant], dim=1)
+
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
         nan = np.float32("nan")  # error rows only: dropped before writing
         return {
