@@ -17,6 +17,7 @@ from mammo_ray.benchmarks.morphology import (
     packed_opening,
 )
 from mammo_ray.imaging.crop import _unpack, reference_breast_box
+from tests.random_data import blob_mask
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine", "embed", "study-images"]
@@ -35,16 +36,9 @@ def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:
 def _random_masks(count: int, seed: int) -> list[tuple[np.ndarray, int]]:
     """Blobs touching the edges, near-touching components and thin bridges, with radii 1..30."""
     rng = np.random.default_rng(seed)
-    rows, cols = np.ogrid[:120, :170]
     masks = []
     for trial in range(count):
-        mask = np.zeros((120, 170), bool)
-        for _ in range(rng.integers(1, 5)):
-            r, c = rng.integers(0, 120), rng.integers(0, 170)
-            a, b = rng.integers(8, 60, size=2)
-            mask |= ((rows - r) / a) ** 2 + ((cols - c) / b) ** 2 <= 1.0
-        if trial % 3 == 0:
-            mask[:, rng.integers(20, 150) :][:, :2] = False
+        mask = blob_mask(rng, (120, 170), (8, 60), (20, 150, 2) if trial % 3 == 0 else None)
         masks.append((mask, int(rng.integers(1, 31))))
     return masks
 

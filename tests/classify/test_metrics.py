@@ -22,6 +22,7 @@ from mammo_ray.classify.metrics import (
     binary_scores,
     bootstrap_auc_interval,
 )
+from tests.random_data import binary_labels
 
 
 def _data(n=300, seed=0):
@@ -44,9 +45,8 @@ def test_auc_and_balanced_accuracy_match_sklearn_including_ties():
 @pytest.mark.parametrize("seed", range(8))
 def test_scores_equal_sklearn_on_random_data_with_ties(seed):
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 80))
-    y = rng.integers(0, 2, n)
-    y[:2] = [0, 1]
+    y = binary_labels(rng, 2, 80)
+    n = len(y)
     scores = np.round(rng.normal(size=n) + y, int(seed % 3))  # 0, 1 or 2 decimals: ties
     assert auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-15)
     predicted = scores > 0.3

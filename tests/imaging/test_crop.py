@@ -21,6 +21,7 @@ from mammo_ray.imaging.crop import (
     scaled_crop_params,
 )
 from mammo_ray.imaging.decode import decode_image
+from tests.random_data import blob_mask
 
 TOLERANCE_PX = 3  # the contract; the implementation is exact, which the diff report shows
 MIAS_SAMPLE = [int(i) for i in np.linspace(1, 322, 12).round()]
@@ -115,15 +116,9 @@ def test_random_shapes_match_reference_exactly(algorithm) -> None:
     """Blobs, near-touching components and image-edge contact, at radii using both component paths; the
     bit-packed box the crop uses and the scipy.ndimage candidate it was measured against alike."""
     rng = np.random.default_rng(7)
-    rows, cols = np.ogrid[:180, :250]
     for trial in range(24):
-        mask = np.zeros((180, 250), bool)
-        for _ in range(rng.integers(1, 5)):
-            r, c = rng.integers(0, 180), rng.integers(0, 250)
-            a, b = rng.integers(20, 90, size=2)
-            mask |= ((rows - r) / a) ** 2 + ((cols - c) / b) ** 2 <= 1.0
-        if trial % 3 == 0:
-            mask[:, rng.integers(40, 200) :][:, :3] = False  # a 3 px gap: components closer than a block
+        # a 3 px gap every third trial: components closer than a block
+        mask = blob_mask(rng, (180, 250), (20, 90), (40, 200, 3) if trial % 3 == 0 else None)
         iterations = int(rng.integers(3, 40))
         pixels = mask.astype(np.float32)
         try:

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
 from mammo_ray.training.metrics import binary_auroc, classification_metrics
+from tests.random_data import binary_labels
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -20,9 +21,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(12))
 def test_binary_metrics_match_sklearn(seed):
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(5, 120))
-    y = rng.integers(0, 2, n)
-    y[:2] = [0, 1]
+    y = binary_labels(rng, 5, 120)
+    n = len(y)
     logits = rng.normal(size=(n, 2)) + y[:, None] * [0, 0.7]
     if seed % 3 == 0:
         logits = np.round(logits, 1)  # ties in the scores
