@@ -112,8 +112,11 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
     assert not storage.exists(tables.index_uri(str(output / "embeddings" / "nyu_avg")))  # the run did not complete
 
     log = _rerun(command)
-    assert "manifest: already done" in log and "ingest: already done" in log
+    # ingest and embed are one pass over the images: the killed pass finished neither, so both run again;
+    # embed computes only what its store lacks.
+    assert "manifest: already done" in log and "image pass (ingest, embed)" in log
     assert f"{written_before} already stored (skipped)" in log
+    assert storage.read_table(tables.ingest_uri(str(output))).num_rows == 32
     assert "taking over a stale lock" in log  # the killed study's lock: its holder is dead
     spec = ExtractorConfig(name="nyu_avg", nyu_scale=0.25)
     rows = read_embeddings(str(output), read_manifest(tables.manifest_uri(str(output))), spec)

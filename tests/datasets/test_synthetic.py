@@ -286,7 +286,7 @@ def test_rle_round_trip(tmp_path: Path) -> None:
         assert np.array_equal(decoded.pixel_array, expected)
 
 
-@pytest.mark.parametrize("transfer_syntax", ["explicit", "rle"])
+@pytest.mark.parametrize("transfer_syntax", ["explicit", "rle", "jpeg2000"])
 @pytest.mark.parametrize("bits_stored", [8, 12, 16])
 def test_pixels_round_trip_and_window_keeps_the_background(transfer_syntax: str, bits_stored: int) -> None:
     spec = SyntheticSource(patients=1, rows=80, seed=6, bits_stored=bits_stored, transfer_syntax=transfer_syntax)

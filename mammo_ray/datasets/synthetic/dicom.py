@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from mammo_ray.config.sections import SYNTHETIC_HEIGHT_MM, SyntheticSource
 from mammo_ray.datasets.synthetic.spec import (
@@ -76,6 +76,16 @@ def _encode_rle(pixels: np.ndarray) -> bytes:
     return encapsulate([encoder.encode(pixels, encoding_plugin="pydicom", **options)])
 
 
+def _encode_jpeg2000(pixels: np.ndarray, bits_stored: int) -> bytes:
+    """JPEG 2000 Lossless encapsulated pixel data (OpenJPEG through pylibjpeg), as full-field screening
+    archives (RSNA, VinDr-Mammo) ship them: the costliest common format to decode."""
+    encoder = get_encoder(JPEG2000Lossless)
+    frame = encoder.encode(pixels, encoding_plugin="pylibjpeg", rows=pixels.shape[0], columns=pixels.shape[1],
+                           samples_per_pixel=1, bits_allocated=16, bits_stored=bits_stored,
+                           pixel_representation=0, photometric_interpretation="MONOCHROME2", number_of_frames=1)
+    return encapsulate([frame])
+
+
 def synthetic_dicom_bytes(
     pixels: np.ndarray,
     *,
@@ -90,7 +100,7 @@ def synthetic_dicom_bytes(
     UIDs are derived from (spec.seed, patient_id, exam_id, laterality, view): the same inputs give
     the same bytes. The dataset carries no private tags and no PHI-like tags (no birth date,
     accession number or institution); PatientName is 'SYNTHETIC^<patient_id>'.
-    The transfer syntax is spec.transfer_syntax (Explicit VR Little Endian or RLE Lossless).
+    The transfer syntax is spec.transfer_syntax (Explicit VR Little Endian, RLE Lossless or JPEG 2000 Lossless).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype != np.uint16:
@@ -160,6 +170,10 @@ def synthetic_dicom_bytes(
         ds.PixelData = _encode_rle(little_endian)
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = RLELossless
+    elif spec.transfer_syntax == "jpeg2000":
+        ds.PixelData = _encode_jpeg2000(little_endian, spec.bits_stored)
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     else:
         ds.PixelData = little_endian.tobytes()
     buffer = io.BytesIO()
