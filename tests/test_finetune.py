@@ -189,6 +189,8 @@ def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path):
     assert len(predictions) == len(split.val) - int("mias/mdb999" in set(frame["image_id"].iloc[split.val]))
     assert storage.exists(row["checkpoint_uri"] + "/model.pt")
     assert result.runs[0].images_per_s > 0
+    # One worker on a 2-CPU node trains on both cores (it reserves one CPU for scheduling).
+    assert result.runs[0].metrics["torch_threads"] == 2
     _check_metrics_match_sklearn(result.rows, predictions)
     errors = storage.read_table(storage.join(output, "errors", "finetune-imagenet-48")).to_pandas()
     assert set(errors["image_id"]) == {"mias/mdb999"} and set(errors["stage"]) == {"finetune:imagenet:48"}

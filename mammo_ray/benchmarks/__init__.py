@@ -10,9 +10,10 @@
          40,000 rows (kernel SVMs on their scale path there).
 
   train  fine-tuning throughput on Ray Train (`mammo_ray.stages.finetune`): training images/s of one
-         stage on the synthetic cohort with 1, 2, ... workers (one CPU and one torch thread each, or
-         one GPU each with --gpu), and the scaling efficiency images/s(n) / (n * images/s(1)). With
-         --gpu, every worker count is timed with and without mixed precision.
+         stage on the synthetic cohort with 1, 2, ... workers (one CPU each, one torch thread or `auto`:
+         the node's CPUs shared by its workers; or one GPU each with --gpu), and the scaling efficiency
+         images/s(n) / (n * images/s(1)). With --gpu, every worker count is timed with and without mixed
+         precision.
 
   memory the study's image stages (manifest, ingest, embed) on a synthetic cohort and on one --factor (10)
          times larger, each in its own study process with its own local Ray: peak memory (PSS of the

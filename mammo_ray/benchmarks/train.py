@@ -1,5 +1,7 @@
 """`train`: fine-tuning throughput on Ray Train, images/s of one stage with 1, 2, ... workers and the
-scaling efficiency images/s(n) / (n * images/s(1)); with --gpu, fp32 and mixed precision.
+scaling efficiency images/s(n) / (n * images/s(1)), for each torch thread setting (--threads: one thread
+per worker as before, and `auto`, the node's CPUs shared by its workers); with --gpu, fp32 and mixed
+precision.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _train_rate(manifest: pd.DataFrame, output: str, args: argparse.Namespace, workers: int,
-                amp: bool) -> tuple[float, float]:
+                amp: bool, threads: int | None) -> tuple[float, float]:
     """(images/s of the last epoch, wall seconds of the whole fit) of one fresh single-stage run."""
     import uuid
 
@@ -29,7 +31,7 @@ def _train_rate(manifest: pd.DataFrame, output: str, args: argparse.Namespace, w
         "num_workers": workers,
         "use_gpu": args.gpu,
         "cpus_per_worker": 0.0 if args.gpu else 1.0,
-        "torch_threads": args.threads,
+        "torch_threads": threads,
         "mixed_precision": amp,
         "cache_inputs": True,  # preprocess once, before the clock: the benchmark times training
         "keep_checkpoints": 1,
@@ -37,6 +39,11 @@ def _train_rate(manifest: pd.DataFrame, output: str, args: argparse.Namespace, w
     start = time.perf_counter()
     result = run_finetune(manifest, output, config)
     return result.runs[0].images_per_s, time.perf_counter() - start
+
+
+def _thread_settings(text: str) -> list[int | None]:
+    """'1,auto' -> [1, None] (None: the worker's node CPUs shared by its workers)."""
+    return [None if item.strip() == "auto" else int(item) for item in text.split(",")]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,19 +67,22 @@ def run(args: argparse.Namespace) -> int:
             f"train benchmark: {args.model} at {args.size} px, batch {args.batch_size}, {args.epochs} epochs "
             f"(images/s of the last), {len(manifest)} synthetic images (~80% train); cluster "
             f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; "
-            f"{'1 GPU' if args.gpu else f'1 CPU and {args.threads} torch thread(s)'} per worker"
+            f"{'1 GPU' if args.gpu else '1 CPU'} per worker; torch threads per worker: {args.threads} "
+            "(auto: the node's CPUs / its workers)"
         )
-        header = f"{'workers':>8}{'precision':>11}{'images/s':>11}{'per worker':>12}{'efficiency':>12}{'fit s':>8}"
+        header = (f"{'threads':>8}{'workers':>8}{'precision':>11}{'images/s':>11}{'per worker':>12}{'efficiency':>12}"
+                  f"{'fit s':>8}")
         print(header)
         print("-" * len(header))
-        for amp in ([False, True] if args.gpu else [False]):
-            base = None
-            for workers in counts:
-                rate, seconds = _train_rate(manifest, os.path.join(folder, "out"), args, workers, amp)
-                base = rate if workers == counts[0] else base
-                efficiency = rate * counts[0] / (workers * base) if base else float("nan")
-                print(f"{workers:>8}{'fp16 amp' if amp else 'fp32':>11}{rate:>11.2f}{rate / workers:>12.2f}"
-                      f"{efficiency:>11.0%} {seconds:>7.0f}")
+        for threads in _thread_settings(args.threads):
+            for amp in ([False, True] if args.gpu else [False]):
+                base = None
+                for workers in counts:
+                    rate, seconds = _train_rate(manifest, os.path.join(folder, "out"), args, workers, amp, threads)
+                    base = rate if workers == counts[0] else base
+                    efficiency = rate * counts[0] / (workers * base) if base else float("nan")
+                    print(f"{threads or 'auto':>8}{workers:>8}{'fp16 amp' if amp else 'fp32':>11}{rate:>11.2f}"
+                          f"{rate / workers:>12.2f}{efficiency:>11.0%} {seconds:>7.0f}")
     return 0
 
 
@@ -86,7 +96,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="the last one is timed")
     parser.add_argument("--patients", type=int, default=48, help="synthetic cohort size (4 images each)")
     parser.add_argument("--rows", type=int, default=256, help="synthetic image height")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU worker")
+    parser.add_argument("--threads", default="1,auto",
+                        help="torch thread settings to compare, comma-separated: counts or auto (default 1,auto)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker; fp32 and mixed precision")
     parser.add_argument("--address", default=None, help="Ray address (default: start or join local Ray)")
     parser.set_defaults(func=run)

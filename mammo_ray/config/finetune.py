@@ -96,7 +96,7 @@ class FinetuneConfig(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, ge=0.0, description="CPUs each training worker reserves")
     data_cpus: float = Field(1.0, gt=0.0, description="CPUs each preprocessing task reserves")
-    torch_threads: int | None = Field(None, ge=1, description="None: max(1, int(cpus_per_worker))")
+    torch_threads: int | None = Field(None, ge=1, description="None: the node's CPUs / the workers on it")
     mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
     class_weighted: bool = True
     weight_decay: float = Field(1e-4, ge=0.0)

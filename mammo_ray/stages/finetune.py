@@ -213,7 +213,7 @@ def _fit_stage(
         weight_decay=config.weight_decay, batch_size=stage.batch_size or config.batch_size, seed=config.seed,
         input_shape=transform.shape, run_token=uuid.uuid4().hex, class_weights=weights,
         augment=config.augment, mixed_precision=config.mixed_precision,
-        torch_threads=config.torch_threads or max(1, int(config.cpus_per_worker)),
+        torch_threads=config.torch_threads, train_rows=len(train_frame),
         info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": transform.id},
     )
     _warn_if_no_cpu_left_for_data(config)

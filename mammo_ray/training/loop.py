@@ -21,6 +21,7 @@ finished stage trains zero epochs); a checkpoint of another setup is refused (`c
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -39,6 +40,43 @@ from mammo_ray.training.checkpoint import (
     read_state,
     write_checkpoint,
 )
+
+log = logging.getLogger("mammo_ray.train")
+
+
+def worker_threads(workers_on_node: int) -> int:
+    """Torch threads of a training worker when the config leaves them open: the CPUs of its node shared by
+    the workers there. A worker reserves `cpus_per_worker` for scheduling, but one torch thread per reserved
+    CPU left half a laptop idle; the input tasks beside it need a small share (decoding is cheap next to a
+    training step)."""
+    import os
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0) or os.cpu_count()
+    return max(1, int(cpus or 1) // max(1, workers_on_node))
+
+
+class _Progress:
+    """Rank 0's progress line every `progress_s` within an epoch: images, images/s, loss, ETA of the epoch."""
+
+    def __init__(self, spec: LoopSpec, epoch: int, world_size: int, threads: int, started: float) -> None:
+        self.spec, self.epoch, self.started = spec, epoch, started
+        self.expected = spec.train_rows // max(1, world_size)  # this worker's share of an epoch
+        self.threads = threads
+        self.next_line = started + spec.progress_s
+
+    def batch_done(self, seen: int, loss_sum: float) -> None:
+        now = time.perf_counter()
+        if now < self.next_line:
+            return
+        self.next_line = now + self.spec.progress_s
+        rate = seen / (now - self.started)
+        left = max(0, self.expected - seen) / rate if rate > 0 else math.nan
+        log.info("%s: epoch %d/%d, %d/%d images, %.1f images/s (%d torch threads), loss %.4f, epoch ETA %.0f s",
+                 self.spec.info.get("run_name", "train"), self.epoch + 1, self.spec.epochs, seen, self.expected,
+                 rate, self.threads, loss_sum / max(1, seen), left)
 
 
 @dataclass(frozen=True)
@@ -60,6 +98,8 @@ class LoopSpec:
     mixed_precision: bool = True
     torch_threads: int | None = None
     shuffle_buffer: int = 64
+    train_rows: int = 0  # images of the training split: the progress log's ETA
+    progress_s: float = 30.0  # seconds between progress lines within an epoch (rank 0)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,8 +139,8 @@ def train_loop(config: dict[str, Any]) -> None:
     spec: LoopSpec = config["spec"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
+    threads = spec.torch_threads or worker_threads(context.get_local_world_size())
+    torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
     use_cuda = device.type == "cuda"
     amp = bool(spec.mixed_precision and use_cuda)
@@ -147,6 +187,7 @@ def train_loop(config: dict[str, Any]) -> None:
         generator = torch.Generator().manual_seed(epoch_seed)
         seen, loss_sum = 0, 0.0
         started = time.perf_counter()
+        progress = _Progress(spec, epoch, world_size, threads, started) if rank == 0 else None
         for batch in train_shard.iter_torch_batches(
             batch_size=spec.batch_size, dtypes=dtypes, device=device,
             local_shuffle_buffer_size=spec.shuffle_buffer or None,
@@ -166,6 +207,8 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.update()
             seen += int(targets.shape[0])
             loss_sum += float(loss.detach()) * int(targets.shape[0])
+            if progress is not None:
+                progress.batch_done(seen, loss_sum)
             crash_point("train.batch")
         train_seconds = time.perf_counter() - started
 
@@ -207,6 +250,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "world_size": world_size,
             "device": device.type,
             "mixed_precision": amp,
+            "torch_threads": threads,
             "train_images": total_seen,
             "train_loss": sum(p[1] for p in parts) / total_seen if total_seen else math.nan,
             "train_seconds": slowest,
