@@ -67,3 +67,10 @@ def check_ray_before_work(config: StudyConfig) -> None:
         log.warning("Ray was started before the study: its workers keep the S3 settings they started with; "
                     "storage.s3 of the config reaches only this driver. Set them in the environment before "
                     "Ray starts, or let the study start Ray")
+
+
+def this_node_cpus() -> int:
+    """CPUs of the Ray node this process runs on (a worker sizes its torch threads by it)."""
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
+    return max(1, int(cpus or os.cpu_count() or 1))

@@ -120,6 +120,12 @@ def test_a_cpu_inference_actor_gets_the_nodes_cpus_shared_between_the_actors():
     from mammo_ray.config import EmbedConfig
 
     assert EmbedConfig().actor_torch_threads(node_cpus=16) == 16  # one actor: every core for the network
-    assert EmbedConfig(max_actors=3).actor_torch_threads(node_cpus=16) == 5
-    assert EmbedConfig(max_actors=4).actor_torch_threads(node_cpus=2) == 1
-    assert EmbedConfig(torch_threads=3, max_actors=4).actor_torch_threads(node_cpus=2) == 3
+    assert EmbedConfig().actor_torch_threads(node_cpus=16, actors_per_node=3) == 5
+    assert EmbedConfig().actor_torch_threads(node_cpus=2, actors_per_node=4) == 1
+    assert EmbedConfig(torch_threads=3).actor_torch_threads(node_cpus=2, actors_per_node=4) == 3
+    # The pool: one actor per GPU where there are GPUs (fractional GPUs per actor: more), else one per node.
+    assert EmbedConfig().actor_count(cluster_gpus=4, nodes=5) == 4
+    assert EmbedConfig(num_gpus=0.5).actor_count(cluster_gpus=4, nodes=5) == 8
+    assert EmbedConfig().actor_count(cluster_gpus=0, nodes=3) == 3
+    assert EmbedConfig(num_gpus=0).actor_count(cluster_gpus=4, nodes=3) == 3
+    assert EmbedConfig(max_actors=2).actor_count(cluster_gpus=4, nodes=3) == 2

@@ -259,14 +259,16 @@ class InferenceActor:
     """Holds every output's model on its device; runs each batch through each of them in inference mode."""
 
     def __init__(self, tasks: Sequence[InferenceTask], keys: Sequence[ModelKey], use_gpu: bool,
-                 torch_threads: int) -> None:
+                 options: EmbedConfig, actors_per_node: int) -> None:
         import torch
+
+        from mammo_ray.ray_setup import this_node_cpus
 
         self.torch = torch
         self.tasks = list(tasks)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
-            torch.set_num_threads(torch_threads)
+            torch.set_num_threads(options.actor_torch_threads(this_node_cpus(), actors_per_node))
         self.models = []
         for task, key in zip(self.tasks, keys, strict=True):
             model = task.load()
@@ -390,12 +392,6 @@ def _result_schema(outputs: int, ingest: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _node_cpus() -> int:
-    """CPUs of the largest node of the cluster (the actors' node is not known before they start)."""
-    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
-    return max(1, int(max(cpus, default=1)))
-
-
 def gpus_per_actor(options: EmbedConfig) -> float:
     if options.num_gpus is not None:
         return options.num_gpus
@@ -445,11 +441,13 @@ def run_pass(
         fn_kwargs={"tasks": list(tasks), "cached": cached, "ingest": ingest})
     if tasks:
         num_gpus = gpus_per_actor(options)
+        nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0)))
+        actors = options.actor_count(ray.cluster_resources().get("GPU", 0.0), nodes)
         stream = stream.map_batches(
             InferenceActor,
-            fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0,
-                                   "torch_threads": options.actor_torch_threads(_node_cpus())},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, options.max_actors)),
+            fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0, "options": options,
+                                   "actors_per_node": -(-actors // nodes)},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
             num_gpus=num_gpus,
             # Ray Data replaces a dead actor and retries the batches it held (its default for actor pools; an
             # actor that dies while starting counts against DataContext.max_consecutive_actor_init_deaths).

@@ -49,13 +49,9 @@ def worker_threads(workers_on_node: int) -> int:
     the workers there. A worker reserves `cpus_per_worker` for scheduling, but one torch thread per reserved
     CPU left half a laptop idle; the input tasks beside it need a small share (decoding is cheap next to a
     training step)."""
-    import os
+    from mammo_ray.ray_setup import this_node_cpus
 
-    import ray
-
-    node = ray.get_runtime_context().get_node_id()
-    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0) or os.cpu_count()
-    return max(1, int(cpus or 1) // max(1, workers_on_node))
+    return max(1, this_node_cpus() // max(1, workers_on_node))
 
 
 class _Progress:
