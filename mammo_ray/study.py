@@ -119,7 +119,7 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, 
         counts["ingest"] = {"ingested_images": done.ingest.images, "ingest_errors": done.ingest.errors, **shared}
     if "embed" in stages:
         counts["embed"] = dict(shared)
-        for spec, run in zip(extractors, done.runs, strict=False):
+        for spec, run in zip(extractors, done.runs[:len(extractors)], strict=True):  # zero-shot's run is last
             embedded = embed_result(spec, run)
             counts["embed"].update({f"embedded:{spec.name}": embedded.embedded,
                                     f"skipped:{spec.name}": embedded.skipped,

