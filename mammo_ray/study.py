@@ -246,7 +246,8 @@ STAGES: tuple[Stage, ...] = (
           reads=("manifest",), writes=("zero_shot", "errors/zero_shot", "figures/zero_shot_by_birads.png"),
           image_pass=True),
     Stage("grid", _run_grid, lambda c: c.grid_inputs(), sections=("grid",), needs_ray=True,
-          reads=("manifest", "embeddings/<extractor>"), writes=("results/grid", "results/grid_predictions")),
+          reads=("manifest", "embeddings/<extractor>"),
+          writes=("results/grid", "results/grid_predictions", "results/comparisons")),
     Stage("finetune", _run_finetune, lambda c: c.finetune_inputs(), sections=("finetune",), needs_ray=True,
           check=preflight.finetune_weights, reads=("manifest",),
           writes=("results/finetune", "results/finetune_predictions", "checkpoints",
@@ -254,6 +255,7 @@ STAGES: tuple[Stage, ...] = (
     # Cheap, and its inputs are every other table: always rebuilt.
     Stage("report", _run_report, None, check=preflight.published_values,
           reads=("manifest", "errors/ingest", "zero_shot", "results/grid", "results/grid_predictions",
+                 "results/comparisons",
                  "results/finetune", "results/finetune_predictions"), writes=("report",)),
 )
 

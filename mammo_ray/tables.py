@@ -85,6 +85,10 @@ def grid_predictions_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "grid_predictions.parquet")
 
 
+def comparisons_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "comparisons.parquet")
+
+
 def grid_units_uri(output_uri: str) -> str:
     """The grid's journal: one file per finished Tune trial unit, removed once grid.parquet is written."""
     return storage.join(output_uri, "results", "grid_units")
@@ -241,6 +245,17 @@ GRID_SCHEMA = pa.schema(
         pa.field("auc_ci_high", pa.float64()),
         pa.field("precision", pa.float64()),
         pa.field("recall", pa.float64()),
+        pa.field("specificity", pa.float64()),
+        pa.field("evaluation", pa.string(), nullable=False),
+        pa.field("oof_repeats", pa.int64()),
+        pa.field("interval", pa.string()),
+        pa.field("first_repeat_auc", pa.float64()),
+        pa.field("permutations", pa.int64(), nullable=False),
+        pa.field("null_auc_mean", pa.float64()),
+        pa.field("null_auc_q95", pa.float64()),
+        pa.field("permutation_p", pa.float64()),
+        pa.field("null_aucs", pa.list_(pa.float64())),
+        pa.field("control_seconds", pa.float64()),
         pa.field("scale_path", pa.string()),
         pa.field("weights_ids", pa.list_(pa.string())),
         pa.field("classifier_seconds", pa.float64()),
@@ -256,13 +271,23 @@ GRID_COLUMNS_DOC = {
     "status, error": "'ok', or 'failed' with '<ErrorType>: <message>'",
     "n_rows, n_positive": "labelled images of the current manifest embedded by the extractor, positives among them",
     "n_dropped_unlabelled": "embedded images of the manifest without a label (not used)",
-    "n_train, n_test": "held-out split sizes (paper+smote: synthetic rows included)",
+    "n_train, n_test": "held-out split sizes (paper+smote: synthetic rows included); oof: rows each outer fold "
+    "trains on, and every row",
+    "evaluation, oof_repeats": "leak_free: 'oof' (repeated patient-grouped K-fold: every image scored once per "
+    "repeat, metrics per repeat then averaged) or 'holdout'; paper: 'holdout'",
     "n_features_in, n_features": "features of the table / kept by Lasso in the final fit",
-    "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std",
+    "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std; "
+    "oof: of each outer fold of every repeat",
     "threshold": "held-out decision threshold: 0 for paper, best balanced accuracy on out-of-fold "
     "training scores for leak_free",
-    "accuracy, balanced_accuracy, precision, recall": "held-out, at the threshold",
-    "auc, auc_ci_low, auc_ci_high": "held-out ROC AUC and its percentile bootstrap interval",
+    "accuracy, balanced_accuracy, precision, recall, specificity": "held-out, at the threshold (oof: each "
+    "outer fold's own, chosen by inner folds of its training rows)",
+    "auc, auc_ci_low, auc_ci_high, interval": "held-out ROC AUC (oof: mean over repeats of the pooled "
+    "out-of-fold AUC) and its percentile bootstrap interval, resampling patients (leak_free) or rows (paper)",
+    "first_repeat_auc, permutations, null_*, permutation_p": "the negative control: the protocol rerun on "
+    "label permutations between patients; the null AUCs, their mean and 95th percentile, and the one-sided "
+    "p of first_repeat_auc (the AUC the reruns' procedure gives on the real labels)",
+    "control_seconds": "time of this cell's share of the permutation control",
     "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
     "weights_ids": "weights of the extractor that made the embeddings",
     "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
@@ -278,10 +303,31 @@ GRID_PREDICTIONS_SCHEMA = pa.schema(
         pa.field("balancing", pa.string(), nullable=False),
         pa.field("classifier", pa.string(), nullable=False),
         pa.field("row", pa.int64(), nullable=False),
+        pa.field("repeat", pa.int64(), nullable=False),  # oof: the repeat; holdout: 0
         pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
         pa.field("target", pa.int8(), nullable=False),
         pa.field("score", pa.float64(), nullable=False),
         pa.field("cell_hash", pa.string(), nullable=False),
+    ]
+)
+
+#: comparisons.parquet: extractors compared pairwise on the same images (classify.comparisons).
+COMPARISONS_SCHEMA = pa.schema(
+    [
+        pa.field("a", pa.string(), nullable=False),
+        pa.field("b", pa.string(), nullable=False),
+        pa.field("selection", pa.string(), nullable=False),
+        pa.field("balancing", pa.string(), nullable=False),
+        pa.field("classifier", pa.string(), nullable=False),
+        pa.field("n_images", pa.int64(), nullable=False),
+        pa.field("n_positive", pa.int64(), nullable=False),
+        pa.field("auc_a", pa.float64()),
+        pa.field("auc_b", pa.float64()),
+        pa.field("difference", pa.float64()),  # auc_a - auc_b
+        pa.field("ci_low", pa.float64()),  # patient-cluster bootstrap interval of the difference
+        pa.field("ci_high", pa.float64()),
+        pa.field("delong_p", pa.float64()),  # paired DeLong, two-sided
+        pa.field("holm_p", pa.float64()),  # Holm-adjusted over the comparisons of the table
     ]
 )
 

@@ -70,7 +70,8 @@ def test_cached_pipelines_give_the_engine_numbers_bit_for_bit() -> None:
     from mammo_ray.config import GridConfig
 
     data = embedding_table(96, 24, seed=2, extractor="bench")
-    config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=20, cv_folds=3)
+    config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=20, cv_folds=3,
+                        evaluation="holdout", permutations=0)
     cells = config.cells()
     cached = cached_pipelines(data, cells, config)
     unkernelled = evaluate_cells(data, cells, config, precomputed_kernels=False)

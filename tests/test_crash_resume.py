@@ -130,7 +130,8 @@ def test_killed_during_the_grid_then_rerun_runs_only_the_unfinished_trials(tmp_p
     config, output = _write_config(
         tmp_path, data={"synthetic": {"patients": 16, "rows": 96, "positive_fraction": 0.5}},
         embed={"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
-        grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"], "trial_grouping": "preprocessing"})
+        grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"], "trial_grouping": "preprocessing",
+              "permutations": 5, "oof": {"repeats": 2}})
     command = _command(config, "manifest", "ingest", "embed", "grid")
 
     # Armed before the study starts: the first trial to journal its unit kills it, mid-grid.

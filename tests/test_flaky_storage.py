@@ -161,7 +161,7 @@ def _study_config(output: str, endpoint: str | None = None) -> dict:
         "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
         "zero_shot": {"nyu_scale": 0.125},
         "grid": {"cv_folds": 3, "bootstrap": 50, "classifiers": ["logreg"], "selection": ["none"],
-                 "balancing": ["none", "smote"], "smote": {"k_neighbors": 1}},
+                 "balancing": ["none", "smote"], "smote": {"k_neighbors": 1}, "permutations": 5},
     }
     if endpoint:
         config["storage"] = {"s3": {"endpoint_url": endpoint}}

@@ -15,7 +15,7 @@ from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, plan_units, run_grid, t
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-SMALL = {"bootstrap": 200, "cv_folds": 5}
+SMALL = {"bootstrap": 200, "cv_folds": 5, "permutations": 5, "oof": {"repeats": 2}}
 
 
 def _check_table(output: str, expected_cells: int):
@@ -44,7 +44,9 @@ def test_grid_writes_every_cell_with_its_settings_and_provenance(tmp_path):
     assert result.dropped_unlabelled == {"signal": 7, "noise": 0}
     ok = frame[frame["status"] == "ok"]
     assert ok["error"].isna().all() and (ok["scale_path"] == "exact").all()
-    assert ok["cv_fold_scores"].map(len).eq(5).all()
+    folds = ok["cv_fold_scores"].map(len)  # paper: cv_folds; leak_free out-of-fold: 5 folds x 2 repeats
+    assert folds[ok["protocol"] == "paper"].eq(5).all() and folds[ok["protocol"] == "leak_free"].eq(10).all()
+    assert (ok["permutations"] == 5).all() and ok["null_auc_mean"].notna().all()
     assert ok[["accuracy", "auc", "auc_ci_low", "auc_ci_high", "precision", "recall"]].notna().all().all()
     by_extractor = ok[ok["extractor"] == "signal"]
     assert (by_extractor["n_rows"] == 160).all() and (by_extractor["n_dropped_unlabelled"] == 7).all()
@@ -134,16 +136,17 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     assert (embedded.embedded, embedded.errors) == (96, 0)
 
     data = grid_data(read_embeddings(output, manifest, spec), spec.name)
-    result = run_grid(output, GridConfig(bootstrap=200), {spec.name: data})
+    result = run_grid(output, GridConfig(bootstrap=200, permutations=20), {spec.name: data})
     assert result.uri == output + "/results/grid.parquet" and storage.exists(result.uri)
     frame, _ = _check_table(output, 24)
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", "error"].tolist()
     assert (frame["n_rows"] == 96).all() and (frame["n_positive"] == int(manifest["label"].sum())).all()
     assert set(frame["weights_ids"].map(tuple)) == {("random-init:0",)}
-    assert frame["cv_fold_scores"].map(len).eq(10).all()
     leak_free = frame[frame["protocol"] == "leak_free"]
-    # Patient-grouped held-out split: one woman's two films stay together, so n_test is even.
-    assert (leak_free["n_test"] % 2 == 0).all()
+    assert frame.loc[frame["protocol"] == "paper", "cv_fold_scores"].map(len).eq(10).all()
+    assert (leak_free["cv_fold_scores"].map(len).eq(25).all() and (leak_free["evaluation"] == "oof").all()
+            and (leak_free["n_test"] == 96).all())  # out-of-fold: 5 x 5, every image scored
+    assert (frame["permutations"] == 20).all() and (leak_free["interval"] == "patient bootstrap").all()
     print(frame[["protocol", "selection", "balancing", "classifier", "n_features",
                  "cv_balanced_accuracy_mean", "auc"]].to_string())
 
@@ -162,8 +165,10 @@ def test_held_out_scores_of_every_cell_land_in_grid_predictions(tmp_path):
     cells = ["extractor", "protocol", "selection", "balancing", "classifier"]
     for row in result.frame.itertuples():
         mine = predictions.set_index(cells).loc[tuple(getattr(row, c) for c in cells)]
-        assert len(mine) == row.n_test and mine["row"].is_unique
-        assert roc_auc_score(mine["target"], mine["score"]) == pytest.approx(row.auc)
+        repeats = int(row.oof_repeats) if row.evaluation == "oof" else 1
+        assert len(mine) == row.n_test * repeats and not mine.duplicated(["repeat", "row"]).any()
+        aucs = [roc_auc_score(rows["target"], rows["score"]) for _, rows in mine.groupby("repeat")]
+        assert len(aucs) == repeats and np.mean(aucs) == pytest.approx(row.auc)
         synthetic = mine["image_id"].isna()
         if row.protocol == "paper" and row.balancing == "smote":  # synthetic SMOTE rows sit in the test split
             assert synthetic.any() and (mine.loc[synthetic, "row"] >= row.n_rows).all()

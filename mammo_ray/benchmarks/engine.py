@@ -65,9 +65,9 @@ def cached_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig, mem
         balanced_accuracy,
         best_threshold,
         binary_scores,
-        bootstrap_auc_interval,
     )
     from mammo_ray.classify.protocols import leak_free_folds, leak_free_holdout
+    from mammo_ray.classify.stats import patient_bootstrap_auc
 
     template, _ = build_pipeline(cell, config, data.n_rows)
     template.set_params(memory=memory)
@@ -89,7 +89,8 @@ def cached_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig, mem
     numbers.test_scores = [float(s) for s in test_scores]
     numbers.held_out = binary_scores(y[test], test_scores >= numbers.threshold)
     numbers.auc = auc(y[test], test_scores)
-    numbers.auc_ci = bootstrap_auc_interval(y[test], test_scores, config.bootstrap, config.ci_level, seed=config.seed)
+    numbers.auc_ci = patient_bootstrap_auc(y[test], test_scores, groups[test], config.bootstrap, config.ci_level,
+                                           seed=config.seed)
     return numbers
 
 
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from mammo_ray.config import GridConfig
 
     config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=args.bootstrap,
-                        cv_folds=args.cv_folds)
+                        cv_folds=args.cv_folds, evaluation="holdout", permutations=0)  # the engine, not the control
     cells = config.cells()
     print(f"engine benchmark: {len(cells)} leak_free cells ({config.cv_folds} folds + the final fit each), "
           f"{args.rows} x {args.features} tables, one BLAS thread, median of {args.repeats} (interleaved); "

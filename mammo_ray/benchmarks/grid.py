@@ -97,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
           f"with SVC(kernel=...) per fold (BLAS threads: {args.baseline_threads})")
     print("in-process = our engine (shared scaler/Lasso/SMOTE per fold, one Gram matrix per fold for both "
           "SVMs) in one process, no Ray")
+    print(f"every whole-grid row: leak_free evaluation '{args.evaluation}' (oof: 5 folds x {args.oof_repeats} "
+          f"repeats), {args.permutations} label permutations per cell (negative control), both protocols")
     print(f"stage = run_grid end to end: read the Parquet table, Ray Tune trials grouped by '{args.grouping}' "
           f"(1 CPU each), write grid.parquet; ratio = sequential / stage")
     with tempfile.TemporaryDirectory(prefix="mammo-grid-warmup-") as warm:  # imports, caches: untimed
         tiny = embedding_table(80, 16, seed=1, extractor="bench")
-        tiny_config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=10, cv_folds=3)
+        tiny_config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=10, cv_folds=3,
+                                 permutations=2, oof={"repeats": 1})
         _sequential_grid(tiny, tiny_config.cells(), tiny_config, args.baseline_threads)
         _stage_grid(tiny, tiny_config, Path(warm))
     print("(one untimed warm-up of both paths on an 80-row table first)")
@@ -112,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mammo-grid-bench-") as workdir:
         for n_rows in args.rows:
             data = embedding_table(n_rows, args.features, seed=0, extractor="bench")
-            config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=args.bootstrap)
+            config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=args.bootstrap,
+                                evaluation=args.evaluation, permutations=args.permutations,
+                                oof={"repeats": args.oof_repeats})
             cells = config.cells()
             for repeat in range(args.repeats):
                 seq_s, results = _sequential_grid(data, cells, config, args.baseline_threads)
@@ -126,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
         if args.big_rows:
             sizes = sorted({*args.growth_rows, args.big_rows})
             print(f"\nper classifier, one leak_free cell (no selection, no balancing: {args.features} features, "
-                  f"10 folds + final fit), sequential, one thread; scale.max_rows_exact = "
+                  f"holdout: 10 folds + final fit, no control), sequential, one thread; scale.max_rows_exact = "
                   f"{GridConfig().scale.max_rows_exact}")
             print(f"{'classifier':<12}" + "".join(f"{n:>10}" for n in sizes) + "   growth (last/first)  path at "
                   f"{sizes[-1]}")
             tables = {n: embedding_table(n, args.features, seed=0, extractor="bench") for n in sizes}
-            config = GridConfig(extractors=["bench"], bootstrap=args.bootstrap)
+            config = GridConfig(extractors=["bench"], bootstrap=args.bootstrap, evaluation="holdout", permutations=0)
             for classifier in args.big_classifiers:
                 times, path = [], ""
                 for n in sizes:
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             big = tables[args.big_rows]
             del tables
             stage_config = GridConfig(extractors=["bench"], bootstrap=args.bootstrap, selection=["none"],
+                                      evaluation="holdout", permutations=0,
                                       balancing=["none"], protocols=["leak_free"],
                                       classifiers=list(args.big_classifiers), trial_grouping="cell")
             stage_s, frame = _stage_grid(big, stage_config, Path(workdir) / "big")
@@ -171,6 +177,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",
                         help="skip the in-process (no Ray) column")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--evaluation", choices=["oof", "holdout"], default="oof",
+                        help="leak_free evaluation of the whole-grid rows")
+    parser.add_argument("--oof-repeats", type=int, default=5)
+    parser.add_argument("--permutations", type=int, default=200, help="negative-control permutations per cell")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray (default: all)")
     parser.add_argument("--baseline-threads", choices=["1", "all"], default="1",
                         help="BLAS threads of the sequential loop (1: no hidden parallelism, and the faster "

@@ -101,13 +101,26 @@ class CellResult:
     auc_ci_high: float | None = None
     precision: float | None = None
     recall: float | None = None
+    specificity: float | None = None
+    evaluation: str = "holdout"  # 'holdout' (one held-out split) or 'oof' (every image, per repeat)
+    oof_repeats: int | None = None
+    interval: str | None = None  # what the AUC interval resamples: 'patient bootstrap' or 'image bootstrap'
+    first_repeat_auc: float | None = None  # the AUC the permutation null is compared with
+    permutations: int = 0
+    null_auc_mean: float | None = None
+    null_auc_q95: float | None = None
+    permutation_p: float | None = None
+    null_aucs: list[float] = field(default_factory=list)
+    control_seconds: float = 0.0
     scale_path: str | None = None
     classifier_seconds: float = 0.0
     cell_config: str = "{}"
     cell_hash: str = ""
     # The held-out rows behind the metrics (for ROC curves): row indices into the data the split was
-    # made on (paper + smote: rows >= n_rows are synthetic), their labels and decision scores.
+    # made on (paper + smote: rows >= n_rows are synthetic), their labels and decision scores; for oof
+    # every row once per repeat (`test_repeats`).
     test_rows: list[int] = field(default_factory=list)
+    test_repeats: list[int] = field(default_factory=list)
     test_targets: list[int] = field(default_factory=list)
     test_scores: list[float] = field(default_factory=list)
 

@@ -36,8 +36,8 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced accuracy, precision (0 when nothing is called positive), recall (NaN without
-    positives)."""
+    """accuracy, balanced accuracy, precision (0 when nothing is called positive), recall = sensitivity (NaN
+    without positives), specificity (NaN without negatives)."""
     y_true = np.asarray(y_true).astype(bool).astype(np.int64)
     y_pred = np.asarray(y_pred).astype(bool).astype(np.int64)
     return {
@@ -45,6 +45,7 @@ def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "precision": float(precision_score(y_true, y_pred, zero_division=0)),
         "recall": float(recall_score(y_true, y_pred, zero_division=np.nan)),
+        "specificity": float(recall_score(1 - y_true, 1 - y_pred, zero_division=np.nan)),
     }
 
 

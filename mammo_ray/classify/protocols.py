@@ -14,7 +14,19 @@ purpose so that the published numbers can be reproduced and the gap measured):
      the fold score is the balanced accuracy of the classifier's own decision (score > 0);
   6. held-out metrics: the classifier fit on the training split, its own decision (score > 0).
 
-``leak_free`` (the default) touches the held-out rows only to score them:
+``leak_free`` (the default) touches an image only to score it with a pipeline that never saw it. With
+``evaluation: oof`` (the default):
+
+  1. ``oof.repeats`` x ``oof.folds`` StratifiedGroupKFold by patient over all images; per outer fold an
+     imblearn-style pipeline StandardScaler -> Lasso selection -> SMOTE -> classifier is fitted on the
+     other folds and scores the fold's images, so every image gets one out-of-fold score per repeat;
+  2. threshold: per outer fold, the best balanced accuracy on the pooled scores of ``oof.threshold_folds``
+     inner folds of its training rows (nothing of the outer fold's images);
+  3. metrics per repeat over all images (AUC of the pooled scores; accuracy, balanced accuracy,
+     sensitivity, specificity, precision at each fold's threshold), averaged over repeats; the AUC
+     interval resamples patients (a patient-cluster bootstrap, `classify.stats`).
+
+With ``evaluation: holdout``:
 
   1. held-out split: StratifiedGroupKFold(round(1 / test_fraction)) by patient, first fold = test;
   2. CV: ``cv_folds`` StratifiedGroupKFold by patient over the training split; inside each training
@@ -25,6 +37,11 @@ purpose so that the published numbers can be reproduced and the gap measured):
      (training data only);
   4. held-out metrics: the pipeline refit on the whole training split scores the test split, positives
      are scores >= the threshold of step 3.
+
+Both protocols carry a negative control: the protocol rerun on ``permutations`` label permutations between
+patients (each patient's images kept together), its null AUCs, their mean and 95th percentile, and a
+permutation p-value. On no signal the paper protocol reaches AUC near 1 (SMOTE and Lasso before the split),
+leak_free near 0.5: the null shows how much of a result is the protocol's.
 
 Both protocols report: n_features kept (of the final selector: on all rows for paper, on the training
 split for leak_free), CV balanced accuracy (mean, population std, per fold), held-out accuracy,
@@ -49,6 +66,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -69,6 +88,7 @@ from mammo_ray.classify.metrics import (
     binary_scores,
     bootstrap_auc_interval,
 )
+from mammo_ray.classify.stats import patient_bootstrap_auc, permutation_p_value, permute_labels_by_patient
 from mammo_ray.config.base import stable_hash
 from mammo_ray.config.grid import GridCell, GridConfig
 
@@ -139,15 +159,18 @@ def build_pipeline(cell: GridCell, config: GridConfig, n_rows: int) -> tuple[Pip
 
 
 def _finish(result: CellResult, fold_scores: list[float], test_rows: np.ndarray, y_test: np.ndarray,
-            test_scores: np.ndarray, threshold: float | None, config: GridConfig) -> CellResult:
-    """Fill the CV and held-out numbers. threshold None: the classifier's own rule (score > 0)."""
+            test_scores: np.ndarray, threshold: float | None, config: GridConfig,
+            test_groups: np.ndarray | None = None) -> CellResult:
+    """Fill the CV and held-out numbers. threshold None: the classifier's own rule (score > 0). The AUC
+    interval resamples the test rows' patients when `test_groups` are given, else the rows (the paper's
+    test rows include synthetic SMOTE rows, which belong to no patient)."""
     result.test_rows = [int(row) for row in test_rows]
     result.test_targets = [int(target) for target in y_test]
     result.test_scores = [float(score) for score in test_scores]
-    scores = np.asarray(fold_scores, dtype=np.float64)
-    result.cv_fold_scores = [float(s) for s in scores]
-    result.cv_balanced_accuracy_mean = float(np.mean(scores))
-    result.cv_balanced_accuracy_std = float(np.std(scores))
+    result.cv_fold_scores = [float(s) for s in fold_scores]
+    if fold_scores:  # none in the permutation control's reruns
+        result.cv_balanced_accuracy_mean = float(np.mean(fold_scores))
+        result.cv_balanced_accuracy_std = float(np.std(fold_scores))
     predicted = test_scores > 0 if threshold is None else test_scores >= threshold
     result.threshold = 0.0 if threshold is None else float(threshold)
     held_out = binary_scores(y_test, predicted)
@@ -155,10 +178,17 @@ def _finish(result: CellResult, fold_scores: list[float], test_rows: np.ndarray,
     result.balanced_accuracy = held_out["balanced_accuracy"]
     result.precision = held_out["precision"]
     result.recall = held_out["recall"]
+    result.specificity = held_out["specificity"]
     result.auc = auc(y_test, test_scores)
-    result.auc_ci_low, result.auc_ci_high = bootstrap_auc_interval(
-        y_test, test_scores, config.bootstrap, config.ci_level, seed=config.seed
-    )
+    result.first_repeat_auc = result.auc
+    if test_groups is None:
+        result.auc_ci_low, result.auc_ci_high = bootstrap_auc_interval(
+            y_test, test_scores, config.bootstrap, config.ci_level, seed=config.seed)
+        result.interval = "image bootstrap"
+    else:
+        result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
+            y_test, test_scores, test_groups, config.bootstrap, config.ci_level, seed=config.seed)
+        result.interval = "patient bootstrap"
     return result
 
 
@@ -181,35 +211,29 @@ def evaluate_cell(data: GridData, cell: GridCell, config: GridConfig, blas_threa
     """
     if cell.protocol == "paper":  # no pipeline to refit per fold: global steps, then the classifier
         return evaluate_cells(data, [cell], config, precomputed_kernels=False, blas_threads=blas_threads)[0]
+    run = _oof_cells if config.evaluation == "oof" else _holdout_cells
     with threadpool_limits(limits=blas_threads):
-        return _leak_free_pipeline_cell(data, cell, config)
+        return _with_control(partial(run, scorer=_pipeline_rounds), data, [cell], config, False)[0]
 
 
-def _leak_free_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig) -> CellResult:
-    result = _new_result(cell, data, config)
-    try:
-        template, result.scale_path = build_pipeline(cell, config, data.n_rows)
-        X, y, groups = data.X, data.y, data.groups
-        train, test = leak_free_holdout(y, groups, config)
-        X_train, y_train = X[train], y[train]
-        folds = leak_free_folds(y_train, groups[train], config)
-        result.n_train, result.n_test = len(train), len(test)
+def _pipeline_rounds(book: _Cells, X: np.ndarray, y: np.ndarray, rounds: Sequence[tuple[np.ndarray, np.ndarray]],
+                     config: GridConfig) -> tuple[dict[GridCell, list[np.ndarray]], dict[GridCell, list[int]]]:
+    """`_score_rounds` the notebook way: a fresh imblearn Pipeline per cell and round, nothing shared."""
+    scores: dict[GridCell, list[np.ndarray]] = {cell: [] for cell in book.live()}
+    kept: dict[GridCell, list[int]] = {cell: [] for cell in book.live()}
+    for cell in book.live():
         started = time.perf_counter()
-        fold_scores: list[float] = []
-        out_of_fold = np.zeros(len(train))
-        for fit_rows, check_rows in folds:
-            pipeline = clone(template).fit(X_train[fit_rows], y_train[fit_rows])
-            scores = _scores(pipeline, X_train[check_rows])
-            out_of_fold[check_rows] = scores
-            fold_scores.append(balanced_accuracy(y_train[check_rows], scores > 0))
-        threshold = best_threshold(y_train, out_of_fold)
-        final = clone(template).fit(X_train, y_train)
-        test_scores = _scores(final, X[test])
-        result.classifier_seconds = time.perf_counter() - started
-        result.n_features = _n_kept(final.named_steps.get("select"), X.shape[1])
-        return _finish(result, fold_scores, test, y[test], test_scores, threshold, config)
-    except Exception as error:  # noqa: BLE001 - a failed cell is a row, not a crashed grid
-        return result.fail(error)
+        try:
+            template, _ = build_pipeline(cell, config, book.results[cell].n_rows)
+            for fit_rows, check_rows in rounds:
+                pipeline = clone(template).fit(X[fit_rows], y[fit_rows])
+                scores[cell].append(_scores(pipeline, X[check_rows]))
+                kept[cell].append(_n_kept(pipeline.named_steps.get("select"), X.shape[1]))
+        except Exception as error:  # noqa: BLE001 - a failed cell is a row, not a crashed grid
+            book.fail([cell], error)
+        finally:
+            book.results[cell].classifier_seconds += time.perf_counter() - started
+    return scores, kept
 
 
 def _n_kept(selector: LassoSelector | None, n_in: int) -> int:
@@ -239,7 +263,7 @@ def _evaluate_cells(data: GridData, cells: Sequence[GridCell], config: GridConfi
     results: dict[GridCell, CellResult] = {}
     for protocol in dict.fromkeys(cell.protocol for cell in cells):
         chosen = [cell for cell in cells if cell.protocol == protocol]
-        run = _paper_cells if protocol == "paper" else _leak_free_cells
+        run = _paper_protocol if protocol == "paper" else _leak_free_cells
         for result in run(data, chosen, config, precomputed_kernels):
             results[result.cell] = result
             if on_result is not None:
@@ -341,31 +365,24 @@ class KernelCache:
         return _scores(model, check)
 
 
-def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
-                     precomputed_kernels: bool = True) -> list[CellResult]:
-    book = _Cells(data, cells, config, precomputed_kernels)
-    X, y, groups = data.X, data.y, data.groups
-    try:
-        train, test = leak_free_holdout(y, groups, config)
-        folds = leak_free_folds(y[train], groups[train], config)
-    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
-        book.fail(book.live(), error)
-        return list(book.results.values())
-    X_train, y_train = X[train], y[train]
-    fold_scores: dict[GridCell, list[float]] = {cell: [] for cell in cells}
-    out_of_fold = {cell: np.zeros(len(train)) for cell in cells}
-    final_scores: dict[GridCell, np.ndarray] = {}
-    # The CV folds, then the final fit on the whole training split (check rows = the test split).
-    rounds = [(X_train[f], y_train[f], X_train[c], c) for f, c in folds] + [(X_train, y_train, X[test], None)]
-    for X_fit, y_fit, X_check, check_rows in rounds:
+def _score_rounds(book: _Cells, X: np.ndarray, y: np.ndarray, rounds: Sequence[tuple[np.ndarray, np.ndarray]],
+                  config: GridConfig) -> tuple[dict[GridCell, list[np.ndarray]], dict[GridCell, list[int]]]:
+    """For each (fit rows, check rows) of `rounds`: scale -> [Lasso] -> [SMOTE] -> classifier fitted on the fit
+    rows only, every live cell's decision scores on the check rows and the features its selector kept. The
+    scaler, each selector and each SMOTE sample are fitted once per round for all the cells that use them. A
+    cell that fails stops (book.fail) and keeps the scores of the rounds before."""
+    scores: dict[GridCell, list[np.ndarray]] = {cell: [] for cell in book.live()}
+    kept: dict[GridCell, list[int]] = {cell: [] for cell in book.live()}
+    for fit_rows, check_rows in rounds:
         live = book.live()
         if not live:
             break
+        X_fit, y_fit = X[fit_rows], y[fit_rows]
         scaler = StandardScaler().fit(X_fit)
-        Z_fit, Z_check = scaler.transform(X_fit), scaler.transform(X_check)
+        Z_fit, Z_check = scaler.transform(X_fit), scaler.transform(X[check_rows])
         for selection in dict.fromkeys(cell.selection for cell in live):
             users = book.live(selection=selection)
-            S_fit, S_check = Z_fit, Z_check
+            S_fit, S_check, n_kept = Z_fit, Z_check, int(X.shape[1])
             if selection == "lasso":
                 try:
                     selector = LassoSelector.from_config(config.lasso).fit(Z_fit, y_fit)
@@ -373,12 +390,7 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
                     book.fail(users, error)
                     continue
                 S_fit, S_check = selector.transform(Z_fit), selector.transform(Z_check)
-                if check_rows is None:
-                    for cell in users:
-                        book.results[cell].n_features = selector.n_features_selected_
-            elif check_rows is None:
-                for cell in users:
-                    book.results[cell].n_features = int(X.shape[1])
+                n_kept = int(selector.n_features_selected_)
             for balancing in dict.fromkeys(cell.balancing for cell in users):
                 fitters = book.live(selection=selection, balancing=balancing)
                 B_fit, b_fit = S_fit, y_fit
@@ -390,27 +402,185 @@ def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConf
                         continue
                 kernels = KernelCache(B_fit, S_check) if book.wants_kernels(fitters) else None
                 for cell in fitters:
-                    scores = book.fit_score(cell, B_fit, b_fit, S_check, kernels)
-                    if scores is None:
-                        continue
-                    if check_rows is None:
-                        final_scores[cell] = scores
-                    else:
-                        out_of_fold[cell][check_rows] = scores
-                        fold_scores[cell].append(balanced_accuracy(y_train[check_rows], scores > 0))
+                    cell_scores = book.fit_score(cell, B_fit, b_fit, S_check, kernels)
+                    if cell_scores is not None:
+                        scores[cell].append(cell_scores)
+                        kept[cell].append(n_kept)
+    return scores, kept
+
+
+def _leak_free_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                     precomputed_kernels: bool = True) -> list[CellResult]:
+    run = _oof_cells if config.evaluation == "oof" else _holdout_cells
+    return _with_control(run, data, cells, config, precomputed_kernels)
+
+
+def _paper_protocol(data: GridData, cells: Sequence[GridCell], config: GridConfig,
+                    precomputed_kernels: bool = True) -> list[CellResult]:
+    return _with_control(_paper_cells, data, cells, config, precomputed_kernels)
+
+
+def _with_control(run: Callable[..., list[CellResult]], data: GridData, cells: Sequence[GridCell],
+                  config: GridConfig, precomputed_kernels: bool) -> list[CellResult]:
+    """`run`'s cells, then its permutation control: the same protocol rerun (`complete=False`: what its AUC
+    needs) on `permutations` label permutations between patients, the same permutations for every cell.
+    The null is compared with the AUC the rerun's procedure gives on the real labels (for oof: its first
+    repeat, the folds the reruns use)."""
+    results = run(data, cells, config, precomputed_kernels)
+    live = [result.cell for result in results if result.status == "ok"]
+    if config.permutations == 0 or not live:
+        return results
+    quick = config.model_copy(update={"bootstrap": 0, "permutations": 0})
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x9E4]))
+    null: dict[GridCell, list[float]] = {cell: [] for cell in live}
+    started = time.perf_counter()
+    for _ in range(config.permutations):
+        permuted = replace(data, y=permute_labels_by_patient(data.y, data.groups, rng))
+        for rerun in run(permuted, live, quick, precomputed_kernels, complete=False):
+            ok = rerun.status == "ok" and rerun.auc is not None
+            null[rerun.cell].append(float(rerun.auc) if ok else float("nan"))
+    seconds = (time.perf_counter() - started) / len(live)
+    for result in results:
+        if result.cell in null:
+            values = np.asarray(null[result.cell])
+            finite = values[np.isfinite(values)]
+            result.permutations = int(finite.size)
+            result.null_aucs = [float(v) for v in values]
+            result.null_auc_mean = float(finite.mean()) if finite.size else None
+            result.null_auc_q95 = float(np.percentile(finite, 95)) if finite.size else None
+            result.permutation_p = permutation_p_value(result.first_repeat_auc, finite)
+            result.control_seconds = seconds
+    return results
+
+
+def _holdout_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, precomputed_kernels: bool = True,
+                   complete: bool = True, scorer: Callable[..., Any] = _score_rounds) -> list[CellResult]:
+    """leak_free, evaluation holdout: CV folds on the training split (the threshold from their pooled scores),
+    then the pipeline refit on the training split scores the patient-grouped test split. complete=False
+    skips the CV (the permutation control needs only the AUC)."""
+    book = _Cells(data, cells, config, precomputed_kernels)
+    X, y, groups = data.X, data.y, data.groups
+    try:
+        train, test = leak_free_holdout(y, groups, config)
+        folds = leak_free_folds(y[train], groups[train], config) if complete else []
+    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
+        book.fail(book.live(), error)
+        return list(book.results.values())
+    # The CV folds (indices into the training split), then the final fit on the whole training split.
+    rounds = [(train[fit], train[check]) for fit, check in folds] + [(train, test)]
+    scores, kept = scorer(book, X, y, rounds, config)
+    y_train = y[train]
     for cell in book.live():
         result = book.results[cell]
         result.n_train, result.n_test = len(train), len(test)
+        result.n_features = kept[cell][-1]
+        out_of_fold = np.zeros(len(train))
+        fold_scores = []
+        for (_, check), fold in zip(folds, scores[cell][:-1], strict=True):
+            out_of_fold[check] = fold
+            fold_scores.append(balanced_accuracy(y_train[check], fold > 0))
         try:
-            threshold = best_threshold(y_train, out_of_fold[cell])
-            _finish(result, fold_scores[cell], test, y[test], final_scores[cell], threshold, config)
+            threshold = best_threshold(y_train, out_of_fold) if complete else 0.0
+            _finish(result, fold_scores, test, y[test], scores[cell][-1], threshold, config, groups[test])
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
     return list(book.results.values())
 
 
+def oof_splits(y: np.ndarray, groups: np.ndarray, config: GridConfig, repeats: int | None = None
+               ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per repeat, `oof.folds` StratifiedGroupKFold folds by patient over all rows, each repeat shuffled
+    by its own seed drawn from `seed`."""
+    count = config.oof.repeats if repeats is None else repeats
+    seeds = np.random.SeedSequence([config.seed, 0x00F]).generate_state(count)
+    return [list(StratifiedGroupKFold(n_splits=config.oof.folds, shuffle=True, random_state=int(seed))
+                 .split(np.zeros(len(y)), y, groups)) for seed in seeds]
+
+
+def _threshold_folds(fit_rows: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                     config: GridConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner folds of an outer fold's training rows (indices into all rows), for its threshold."""
+    splitter = StratifiedGroupKFold(n_splits=config.oof.threshold_folds, shuffle=True, random_state=config.seed)
+    return [(fit_rows[fit], fit_rows[check])
+            for fit, check in splitter.split(np.zeros(len(fit_rows)), y[fit_rows], groups[fit_rows])]
+
+
+def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, precomputed_kernels: bool = True,
+               complete: bool = True, scorer: Callable[..., Any] = _score_rounds) -> list[CellResult]:
+    """leak_free, evaluation oof: every image scored once per repeat by the pipeline fitted on the other
+    folds, positive at the threshold its training folds chose (the best balanced accuracy on the pooled
+    scores of `oof.threshold_folds` inner folds). complete=False: outer folds only (for the control)."""
+    book = _Cells(data, cells, config, precomputed_kernels)
+    X, y, groups = data.X, data.y, data.groups
+    try:
+        splits = oof_splits(y, groups, config, repeats=None if complete else 1)
+        inner = [[_threshold_folds(fit, y, groups, config) if complete else [] for fit, _ in folds]
+                 for folds in splits]
+    except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
+        book.fail(book.live(), error)
+        return list(book.results.values())
+    # Per outer fold: its inner threshold folds, then the outer fit scoring the fold's held-out images.
+    rounds = [pair for folds, inners in zip(splits, inner, strict=True)
+              for outer, threshold_rounds in zip(folds, inners, strict=True) for pair in [*threshold_rounds, outer]]
+    scores, kept = scorer(book, X, y, rounds, config)
+    for cell in book.live():
+        result = book.results[cell]
+        produced = iter(zip(scores[cell], kept[cell], strict=True))
+        oof = np.zeros((len(splits), data.n_rows))
+        called = np.zeros((len(splits), data.n_rows), dtype=bool)
+        fold_scores, cuts, n_kept = [], [], []
+        for repeat, (folds, inners) in enumerate(zip(splits, inner, strict=True)):
+            for (fit_rows, check_rows), threshold_rounds in zip(folds, inners, strict=True):
+                pooled = np.zeros(data.n_rows)
+                for _, inner_check in threshold_rounds:
+                    pooled[inner_check] = next(produced)[0]
+                outer_scores, outer_kept = next(produced)
+                cut = best_threshold(y[fit_rows], pooled[fit_rows]) if complete else 0.0
+                oof[repeat, check_rows] = outer_scores
+                called[repeat, check_rows] = outer_scores >= cut
+                fold_scores.append(balanced_accuracy(y[check_rows], outer_scores > 0))
+                cuts.append(cut)
+                n_kept.append(outer_kept)
+        try:
+            _finish_oof(result, oof, called, fold_scores, cuts, n_kept, data, config)
+        except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
+            result.fail(error)
+    return list(book.results.values())
+
+
+def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, fold_scores: list[float],
+                cuts: list[float], n_kept: list[int], data: GridData, config: GridConfig) -> None:
+    """The numbers of an out-of-fold cell: per repeat over all images, then the mean over repeats; the AUC
+    interval resamples patients (each resample averages the repeats)."""
+    y = data.y
+    repeats, n = oof.shape
+    result.evaluation = "oof"
+    result.oof_repeats = repeats
+    result.n_train = int(round(n * (1.0 - 1.0 / config.oof.folds)))
+    result.n_test = n
+    result.n_features = int(np.median(n_kept))
+    result.threshold = float(np.median(cuts))
+    result.cv_fold_scores = [float(s) for s in fold_scores]
+    result.cv_balanced_accuracy_mean = float(np.mean(fold_scores))
+    result.cv_balanced_accuracy_std = float(np.std(fold_scores))
+    per_repeat = [binary_scores(y, predicted) for predicted in called]
+    for name in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity"):
+        setattr(result, name, float(np.nanmean([scores[name] for scores in per_repeat])))
+    aucs = [auc(y, scores) for scores in oof]
+    result.auc = float(np.mean(aucs))
+    result.first_repeat_auc = float(aucs[0])
+    result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
+        y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
+    result.interval = "patient bootstrap"
+    result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
+    result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
+    result.test_targets = [int(target) for target in np.tile(y, repeats)]
+    result.test_scores = [float(score) for score in oof.ravel()]
+
+
 def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
-                 precomputed_kernels: bool = True) -> list[CellResult]:
+                 precomputed_kernels: bool = True, complete: bool = True) -> list[CellResult]:
+    """The paper's steps 1-6; complete=False skips the CV folds (the permutation control needs the AUC only)."""
     book = _Cells(data, cells, config, precomputed_kernels)
     # Step 1: standardise on all rows.
     Z = StandardScaler().fit_transform(data.X)
@@ -423,7 +593,7 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
             if balancing == "smote":  # step 2: SMOTE on the whole data set, before any split
                 Z_b, y_b = _smote(config).fit_resample(Z, data.y)
             train, test = paper_holdout(y_b, config)  # step 4: split over images, synthetic rows included
-            folds = paper_folds(y_b, config)  # step 5: folds over images of the oversampled data
+            folds = paper_folds(y_b, config) if complete else []  # step 5: folds over images of the oversampled data
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             book.fail(users, error)
             continue

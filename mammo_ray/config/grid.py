@@ -29,6 +29,7 @@ Selection = Literal["none", "lasso"]
 Balancing = Literal["none", "smote"]
 ClassifierName = Literal["svm_linear", "svm_rbf", "logreg"]
 Protocol = Literal["paper", "leak_free"]
+Evaluation = Literal["oof", "holdout"]
 
 SELECTIONS: tuple[str, ...] = ("none", "lasso")
 BALANCINGS: tuple[str, ...] = ("none", "smote")
@@ -99,6 +100,28 @@ class ScalePathConfig(StrictModel):
     linear_max_iter: int = Field(1000, ge=10)
 
 
+class OofConfig(StrictModel):
+    """Out-of-fold evaluation of leak_free cells (`evaluation: oof`): `repeats` x `folds` patient-grouped,
+    stratified K-fold over all images; every image is scored once per repeat by a pipeline fitted on the
+    other folds, at a threshold chosen by `threshold_folds` inner folds of those training folds."""
+
+    folds: int = Field(5, ge=2, le=50)
+    repeats: int = Field(5, ge=1, le=100)
+    threshold_folds: int = Field(3, ge=2, le=20)
+
+
+class ComparePipeline(StrictModel):
+    """The one pipeline every extractor is compared on (pre-specified, so no pick among cells inflates it).
+    A value left null is the paper's (lasso, smote, svm_linear) when the grid has it, else the grid's first."""
+
+    selection: Selection | None = None
+    balancing: Balancing | None = None
+    classifier: ClassifierName | None = None
+
+
+_PAPER_PIPELINE = {"selection": "lasso", "balancing": "smote", "classifier": "svm_linear"}
+
+
 class GridConfig(StrictModel):
     """The whole classifier grid: the five axes and every setting a cell depends on."""
 
@@ -110,6 +133,21 @@ class GridConfig(StrictModel):
     classifiers: list[ClassifierName] = Field(default_factory=lambda: list(CLASSIFIERS), min_length=1)
     protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
 
+    evaluation: Evaluation = Field(
+        "oof", description="leak_free cells: 'oof' (repeated patient-grouped K-fold, every image scored) or "
+        "'holdout' (one patient-grouped held-out split); paper cells always use the paper's split",
+    )
+    oof: OofConfig = Field(default_factory=OofConfig)
+    permutations: int = Field(
+        100, ge=0, le=100_000,
+        description="label permutations between patients per cell, the protocol rerun on each: the AUC it "
+        "reaches on no signal and a p-value (0 = no control)",
+    )
+    comparisons: list[tuple[str, str]] | None = Field(
+        None, description="extractor pairs (a, b) compared on the same images (AUC(a) - AUC(b)); null = every "
+        "pair of the grid's extractors, in the order listed",
+    )
+    compare: ComparePipeline = Field(default_factory=ComparePipeline)
     cv_folds: int = Field(10, ge=2, le=100)
     test_fraction: float = Field(
         0.33, gt=0.0, lt=1.0,
@@ -146,6 +184,34 @@ class GridConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _comparable(self) -> GridConfig:
+        axes = {"selection": self.selection, "balancing": self.balancing, "classifier": self.classifiers}
+        for axis, values in axes.items():
+            chosen = getattr(self.compare, axis)
+            if chosen is not None and chosen not in values:
+                raise ValueError(f"compare.{axis}: {chosen!r} is not among the grid's {axis} {values}")
+        for a, b in self.comparisons or []:
+            if a == b:
+                raise ValueError(f"comparisons: {a!r} compared with itself")
+            if self.extractors is not None and not {a, b} <= set(self.extractors):
+                raise ValueError(f"comparisons: ({a}, {b}) names an extractor not in grid.extractors")
+        return self
+
+    def compare_pipeline(self) -> tuple[str, str, str]:
+        """(selection, balancing, classifier) of the extractor comparisons."""
+        axes = {"selection": self.selection, "balancing": self.balancing, "classifier": self.classifiers}
+        chosen = []
+        for axis, values in axes.items():
+            value = getattr(self.compare, axis)
+            chosen.append(value or (_PAPER_PIPELINE[axis] if _PAPER_PIPELINE[axis] in values else values[0]))
+        return chosen[0], chosen[1], chosen[2]
+
+    def comparison_pairs(self, extractors: list[str]) -> list[tuple[str, str]]:
+        if self.comparisons is not None:
+            return [(a, b) for a, b in self.comparisons]
+        return [(a, b) for i, a in enumerate(extractors) for b in extractors[i + 1:]]
+
+    @model_validator(mode="after")
     def _no_duplicates(self) -> GridConfig:
         for axis in ("extractors", "selection", "balancing", "classifiers", "protocols"):
             values = getattr(self, axis) or []
@@ -175,9 +241,14 @@ class GridConfig(StrictModel):
             "seed": self.seed,
             "bootstrap": self.bootstrap,
             "ci_level": self.ci_level,
+            "permutations": self.permutations,
             "classifier_params": getattr(self.classifier_params, cell.classifier).model_dump(mode="json"),
             "scale": self.scale.model_dump(mode="json"),
         }
+        if cell.protocol == "leak_free":
+            settings["evaluation"] = self.evaluation
+            if self.evaluation == "oof":
+                settings["oof"] = self.oof.model_dump(mode="json")
         if cell.selection == "lasso":
             settings["lasso"] = self.lasso.model_dump(mode="json")
         if cell.balancing == "smote":

@@ -48,12 +48,13 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
+from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.config.base import stable_hash
 from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.faults import crash_point
-from mammo_ray.tables import GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
+from mammo_ray.tables import COMPARISONS_SCHEMA, GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
 
 log = logging.getLogger("mammo_ray.grid")
 
@@ -332,10 +333,24 @@ def predictions_table(results: Sequence[CellResult], datasets: dict[str, GridDat
         for key in ("extractor", "protocol", "selection", "balancing", "classifier", "cell_hash"):
             columns[key] += [getattr(result, key)] * n
         columns["row"] += result.test_rows
+        columns["repeat"] += result.test_repeats or [0] * n
         columns["image_id"] += [image_ids[row] if row < len(image_ids) else None for row in result.test_rows]
         columns["target"] += result.test_targets
         columns["score"] += result.test_scores
     return pa.table(columns, schema=GRID_PREDICTIONS_SCHEMA)
+
+
+def comparisons_table(predictions: pd.DataFrame, datasets: Mapping[str, GridData], config: GridConfig,
+                      metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
+    """comparisons.parquet: the configured extractor pairs on the leak_free out-of-fold predictions of the
+    compare pipeline (classify.comparisons); empty when the grid has no such predictions."""
+    groups = {name: pd.Series(data.groups, index=list(data.image_ids)) for name, data in datasets.items()}
+    pairs = config.comparison_pairs(list(datasets))
+    selection, balancing, classifier = config.compare_pipeline()
+    frame = paired_comparisons(predictions, pairs, selection, balancing, classifier, groups,
+                               config.bootstrap, config.ci_level, config.seed)
+    table = pa.Table.from_pandas(frame, schema=COMPARISONS_SCHEMA, preserve_index=False)
+    return table.replace_schema_metadata(metadata)
 
 
 def read_grid_predictions(output_uri: str) -> pd.DataFrame:
@@ -379,7 +394,9 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     predictions = predictions_table(results, datasets)
     predictions = predictions.replace_schema_metadata(table.schema.metadata)
     uri = grid_uri(output_uri)
+    comparisons = comparisons_table(predictions.to_pandas(), datasets, config, table.schema.metadata)
     storage.write_table(predictions, tables.grid_predictions_uri(output_uri))
+    storage.write_table(comparisons, tables.comparisons_uri(output_uri))
     storage.write_table(table, uri)  # last: its presence means the grid is complete
     storage.remove(units_uri, recursive=True)
     frame = table.to_pandas()

@@ -200,6 +200,8 @@ BEST_CELLS_PER_PROTOCOL = 3
 
 
 def _grid_roc(axes: Axes, best: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    if "repeat" in predictions:  # out-of-fold cells score every image once per repeat: the first repeat's
+        predictions = predictions[predictions["repeat"] == 0]
     keyed = predictions.set_index([*_CELL, "protocol"]).sort_index()
     curves = []
     for cell in best.itertuples():
@@ -209,6 +211,40 @@ def _grid_roc(axes: Axes, best: pd.DataFrame, predictions: pd.DataFrame) -> None
             label = f"{cell.protocol}: {cell.extractor}/{cell.selection}/{cell.balancing}/{cell.classifier}"
             curves.append((label, rows["target"].to_numpy(), rows["score"].to_numpy()))
     _roc(axes, curves)
+
+
+def control_paragraphs(ok: pd.DataFrame) -> list[str]:
+    """One sentence per protocol: what it reaches on permuted labels (the negative control)."""
+    if "permutations" not in ok or not (ok["permutations"] > 0).any():
+        return ["No negative control ran (grid.permutations: 0): nothing here shows what the protocol gives "
+                "on no signal."]
+    sentences = []
+    for protocol, cells in ok[ok["permutations"] > 0].groupby("protocol"):
+        beating = int((cells["permutation_p"] < 0.05).sum())
+        sentences.append(
+            f"Negative control, {protocol} protocol: on labels permuted between patients "
+            f"({int(cells['permutations'].max())} permutations per cell) it reaches AUC "
+            f"{cells['null_auc_mean'].median():.2f} (median over {len(cells)} cells; 95th percentile up to "
+            f"{cells['null_auc_q95'].max():.2f}); {beating} of {len(cells)} cells beat their own null at "
+            "p < 0.05 (unadjusted).")
+    return sentences
+
+
+def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = None) -> Section:
+    """The extractors compared pairwise on the same images (results/comparisons.parquet)."""
+    section = Section("Extractors compared on the same images")
+    if comparisons is None or comparisons.empty:
+        section.paragraphs.append(problem or "No comparison: it needs leak_free predictions of the compare "
+                                  "pipeline for at least two extractors.")
+        return section
+    first = comparisons.iloc[0]
+    section.paragraphs.append(
+        f"Pipeline {first['selection']}/{first['balancing']}/{first['classifier']} for every extractor (fixed "
+        "in advance: grid.compare). Difference = AUC(a) - AUC(b) on the images both scored; 95% interval "
+        "by a patient-cluster bootstrap; p by the paired DeLong test (which assumes independent images), "
+        "Holm-adjusted over the comparisons listed.")
+    section.tables.append(("Paired comparisons", comparisons))
+    return section
 
 
 def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
@@ -236,6 +272,12 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
         section.figures.append(("CV balanced accuracy per cell: paper protocol against leak-free",
                                 "protocol_gap.png", _png(lambda axes: _protocol_gap(axes, wide))))
     section.tables.append(("CV balanced accuracy, held-out accuracy and AUC per cell", wide))
+    section.paragraphs.extend(control_paragraphs(ok))
+    if "permutations" in ok and (ok["permutations"] > 0).any():
+        control = ok[[*_CELL, "protocol", "evaluation", "auc", "auc_ci_low", "auc_ci_high", "interval",
+                      "null_auc_mean", "null_auc_q95", "permutation_p"]]
+        section.tables.append(("AUC per cell beside its negative control (the protocol on permuted labels)",
+                               control.sort_values(["protocol", *_CELL], kind="stable")))
     if "scale_path" in ok.columns:
         scaled = ok[ok["scale_path"].notna() & (ok["scale_path"] != "exact")]
         if len(scaled):
@@ -274,6 +316,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     expected = current.expected_inputs
     grid, grid_problem = _current(tables.grid_uri(output_uri), expected.get("grid"))
     grid_predictions, _ = _current(tables.grid_predictions_uri(output_uri), expected.get("grid"))
+    comparisons, comparisons_problem = _current(tables.comparisons_uri(output_uri), expected.get("grid"))
     finetune, finetune_problem = _current(tables.finetune_uri(output_uri), expected.get("finetune"))
     predictions, _ = _current(tables.finetune_predictions_uri(output_uri), expected.get("finetune"))
     errors = _current_errors(current.error_uris, manifest)
@@ -286,6 +329,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
         finetune_section(finetune, predictions, published, finetune_problem),
         grid_section(grid, grid_predictions, published, grid_problem),
+        comparisons_section(comparisons, comparisons_problem),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"
     uris = write_report(output_uri, title, banner, sections)

@@ -59,6 +59,7 @@ def test_scores_equal_sklearn_on_random_data_with_ties(seed):
         "balanced_accuracy": balanced_accuracy_score(y, predicted),
         "precision": precision_score(y, predicted, zero_division=0),
         "recall": recall_score(y, predicted, zero_division=0),
+        "specificity": recall_score(1 - y, ~predicted, zero_division=0),
     }
 
 
@@ -101,7 +102,7 @@ def test_bootstrap_interval_is_the_percentiles_of_the_resampled_aucs():
 def test_binary_scores():
     out = binary_scores(np.array([1, 1, 0, 0, 0]), np.array([1, 0, 1, 0, 0]))
     assert out == pytest.approx({"accuracy": 0.6, "balanced_accuracy": (0.5 + 2 / 3) / 2, "precision": 0.5,
-                                 "recall": 0.5})
+                                 "recall": 0.5, "specificity": 2 / 3})
     assert binary_scores(np.array([1, 0]), np.array([0, 0]))["precision"] == 0.0
 
 

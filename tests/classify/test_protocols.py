@@ -13,7 +13,7 @@ from mammo_ray.classify.protocols import leak_free_folds, leak_free_holdout, pap
 from mammo_ray.classify.synthetic import cohort_feature_table, noise_table
 from mammo_ray.config import GridCell, GridConfig
 
-CONFIG = GridConfig(extractors=["noise"], bootstrap=200)
+CONFIG = GridConfig(extractors=["noise"], bootstrap=200, evaluation="holdout", permutations=0)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,14 @@ def test_lasso_on_all_data_leaks_too(noise):
     assert 100 < paper.n_features < 400 and 100 < honest.n_features < 400
 
 
-def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell():
+@pytest.mark.parametrize("evaluation", ["holdout", "oof"])
+def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell(evaluation):
     """The stage's engine (shared scaler/Lasso/SMOTE per fold, one Gram matrix per fold for both SVMs)
-    against the notebook way (a fresh imblearn Pipeline with SVC(kernel=...) per fold and cell)."""
+    against the notebook way (a fresh imblearn Pipeline with SVC(kernel=...) per fold and cell), the
+    permutation control included."""
     data = noise_table(160, 40, 45, seed=4)
-    config = GridConfig(extractors=["noise"], bootstrap=50, cv_folds=5)
+    config = GridConfig(extractors=["noise"], bootstrap=50, cv_folds=5, evaluation=evaluation, permutations=2,
+                        oof={"repeats": 2, "folds": 3, "threshold_folds": 2})
     cells = config.cells(["noise"])
     shared = evaluate_cells(data, cells, config)
     plain = evaluate_cells(data, cells, config, precomputed_kernels=False)
@@ -71,6 +74,8 @@ def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell():
         assert (fast.auc, fast.accuracy, fast.threshold) == pytest.approx(
             (slow.auc, slow.accuracy, slow.threshold), abs=1e-9), cell
         assert fast.n_features == slow.n_features and fast.cell_hash == slow.cell_hash and fast.cell == cell
+        assert fast.null_aucs == pytest.approx(slow.null_aucs, abs=1e-9) and len(fast.null_aucs) == 2
+        assert fast.evaluation == (evaluation if cell.protocol == "leak_free" else "holdout")
 
 
 def test_kernel_cache_matches_libsvm_kernels():
@@ -125,9 +130,10 @@ def test_leak_free_pipeline_steps_and_patient_grouping():
 
 def test_leak_free_threshold_comes_from_training_scores_only():
     data = noise_table(240, 16, 60, seed=2)
-    result = evaluate_cell(data, _cell(classifier="logreg"), GridConfig(bootstrap=0))
+    holdout = GridConfig(bootstrap=0, evaluation="holdout", permutations=0)
+    result = evaluate_cell(data, _cell(classifier="logreg"), holdout)
     assert result.status == "ok" and result.threshold != 0.0
-    paper = evaluate_cell(data, _cell(classifier="logreg", protocol="paper"), GridConfig(bootstrap=0))
+    paper = evaluate_cell(data, _cell(classifier="logreg", protocol="paper"), GridConfig(bootstrap=0, permutations=0))
     assert paper.threshold == 0.0 and np.isnan(paper.auc_ci_low)
 
 
@@ -135,11 +141,14 @@ def test_signal_in_the_synthetic_cohort_is_found_by_the_leak_free_protocol():
     """Hand-made intensity/blob features of 240 synthetic mammograms (60 women): real signal."""
     data = cohort_feature_table(patients=60, seed=3, rows=128)
     assert data.X.shape == (240, 20) and data.n_positive == 60
-    config = GridConfig(bootstrap=300)
+    config = GridConfig(bootstrap=300, permutations=40)  # out-of-fold, 5 x 5, by patient
     cells = [c for c in config.cells([data.extractor]) if c.protocol == "leak_free"]
     results = evaluate_cells(data, cells, config)
-    assert all(r.status == "ok" for r in results)
+    assert all(r.status == "ok" and r.evaluation == "oof" for r in results)
     assert min(r.auc for r in results) > 0.7
+    # The negative control: no permuted labelling reaches the real AUC, the null sits at chance.
+    assert max(r.permutation_p for r in results) < 0.05
+    assert all(abs(r.null_auc_mean - 0.5) < 0.06 and r.null_auc_q95 < r.first_repeat_auc for r in results)
     assert np.median([r.cv_balanced_accuracy_mean for r in results]) > 0.62
     best = max(results, key=lambda r: r.cv_balanced_accuracy_mean)
     assert best.cv_balanced_accuracy_mean > 0.7 and best.auc_ci_low > 0.55
@@ -147,7 +156,7 @@ def test_signal_in_the_synthetic_cohort_is_found_by_the_leak_free_protocol():
 
 def test_a_failing_cell_is_a_row_with_its_error_and_the_others_still_run():
     data = noise_table(120, 10, 30, seed=5)
-    config = GridConfig(bootstrap=0, cv_folds=3, smote={"k_neighbors": 40})  # more neighbours than positives
+    config = GridConfig(bootstrap=0, cv_folds=3, permutations=0, smote={"k_neighbors": 40})  # k > positives
     cells = [_cell(balancing="smote"), _cell(), _cell(balancing="smote", protocol="paper")]
     failed, ok, paper_failed = evaluate_cells(data, cells, config)
     assert failed.status == "failed" and "n_neighbors" in failed.error and failed.auc is None
@@ -167,7 +176,7 @@ def test_lasso_selector_keeps_nonzero_coefficients_or_the_most_correlated_featur
 
 
 def test_scale_path_replaces_kernel_svms_above_the_row_limit_and_can_refuse():
-    config = GridConfig(scale={"max_rows_exact": 100})
+    config = GridConfig(scale={"max_rows_exact": 100}, permutations=0)
     _, exact = make_classifier("svm_rbf", config, 100)
     model, note = make_classifier("svm_rbf", config, 101)
     assert exact == "exact" and isinstance(model, NystroemSVC) and note.startswith("Nystroem(500)+LinearSVC")
@@ -176,11 +185,12 @@ def test_scale_path_replaces_kernel_svms_above_the_row_limit_and_can_refuse():
 
     data = noise_table(240, 12, 60, seed=6)
     data = GridData("noise", data.X + 2.0 * data.y[:, None], data.y, data.groups)  # separable-ish
-    small = GridConfig(bootstrap=0, cv_folds=3, scale={"max_rows_exact": 100, "nystroem_components": 50})
+    small = GridConfig(bootstrap=0, cv_folds=3, permutations=0,
+                       scale={"max_rows_exact": 100, "nystroem_components": 50})
     result = evaluate_cell(data, _cell(classifier="svm_rbf"), small)
     assert result.status == "ok" and result.scale_path.startswith("Nystroem(50)") and result.auc > 0.9
 
-    refuse = GridConfig(bootstrap=0, cv_folds=3, scale={"max_rows_exact": 100, "policy": "refuse"})
+    refuse = GridConfig(bootstrap=0, cv_folds=3, permutations=0, scale={"max_rows_exact": 100, "policy": "refuse"})
     refused = evaluate_cells(data, [_cell(classifier="svm_rbf"), _cell(classifier="logreg")], refuse)
     assert refused[0].status == "failed" and "scale.max_rows_exact=100" in refused[0].error
     assert refused[1].status == "ok"
