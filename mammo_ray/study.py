@@ -137,6 +137,7 @@ def _image_stage(name: str) -> Callable[[CurrentInputs], dict[str, int]]:
 
 
 def _run_grid(current: CurrentInputs) -> dict[str, int]:
+    from mammo_ray.classify.data import GridData
     from mammo_ray.stages.embed import read_embeddings
     from mammo_ray.stages.grid import grid_data, run_grid
 
@@ -144,6 +145,9 @@ def _run_grid(current: CurrentInputs) -> dict[str, int]:
     datasets = {spec.name: grid_data(read_embeddings(config.output, manifest, spec, key=current.embedding_key(spec)),
                                      spec.name)
                 for spec in current.config.grid_extractors}
+    for members in config.grid.combinations(list(datasets)):
+        combined = GridData.combine([datasets[name] for name in members])
+        datasets[combined.extractor] = combined
     result = run_grid(config.output, config.grid, datasets, current.grid_inputs())
     log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
     return {"grid_cells_ok": result.n_ok, "grid_cells_failed": result.n_failed}

@@ -132,8 +132,10 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
         3, images, images)
     markdown = (output / "report" / "report.md").read_text()
-    for heading in ("Provenance", "Figure 3", "Table 1", "Table 2"):
+    for heading in ("Verdict", "Provenance", "Figure 3", "Table 1", "Table 2"):
         assert f"## {heading}" in markdown
+    assert markdown.index("## Verdict") < markdown.index("## Provenance")  # the verdict opens the report
+    assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows
     assert "logreg" in markdown.split("## Table 2")[1] and "figures/protocol_gap.png" in markdown
     for figure in ("grid_roc.png", "finetune_roc.png", "fold_scores.png"):  # ROC of the best grid cells too

@@ -61,6 +61,29 @@ class GridData:
             image_ids=tuple(map(str, labelled["image_id"])),
         )
 
+    @classmethod
+    def combine(cls, parts: list[GridData]) -> GridData:
+        """Several extractors' features of the same images side by side (the paper's third question: do both
+        together help?): the images every part has, features concatenated in the order given; named
+        'a+b'. Labels and patients must agree (they come from one manifest)."""
+        name = "+".join(part.extractor for part in parts)
+        common = sorted(set.intersection(*(set(part.image_ids) for part in parts)))
+        if not common:
+            raise ValueError(f"{name}: the extractors share no image")
+        rows = [pd.Index(part.image_ids).get_indexer(common) for part in parts]
+        first, first_rows = parts[0], rows[0]
+        for part, part_rows in zip(parts[1:], rows[1:], strict=True):
+            if not np.array_equal(part.y[part_rows], first.y[first_rows]):
+                raise ValueError(f"{name}: {part.extractor} and {first.extractor} disagree on labels")
+        return cls(
+            extractor=name, X=np.hstack([part.X[part_rows] for part, part_rows in zip(parts, rows, strict=True)]),
+            y=first.y[first_rows], groups=pd.factorize(first.groups[first_rows])[0].astype(np.int64),
+            n_dropped=max(part.n_dropped for part in parts),
+            weights_ids=tuple(sorted({w for part in parts for w in part.weights_ids})),
+            preprocess_ids=tuple(sorted({p for part in parts for p in part.preprocess_ids})),
+            image_ids=tuple(common),
+        )
+
     def content_hash(self) -> str:
         """Names exactly the rows the classifiers see: features, labels, patient groups and images."""
         digest = hashlib.sha256()

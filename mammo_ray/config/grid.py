@@ -143,6 +143,10 @@ class GridConfig(StrictModel):
         description="label permutations between patients per cell, the protocol rerun on each: the AUC it "
         "reaches on no signal and a p-value (0 = no control)",
     )
+    combined: list[list[str]] | None = Field(
+        None, description="extractor combinations run as extractors of their own (features concatenated, "
+        "named 'a+b'); null = the paper's nyu_avg + imagenet_resnet50 when both are in the grid",
+    )
     comparisons: list[tuple[str, str]] | None = Field(
         None, description="extractor pairs (a, b) compared on the same images (AUC(a) - AUC(b)); null = every "
         "pair of the grid's extractors, in the order listed",
@@ -193,9 +197,26 @@ class GridConfig(StrictModel):
         for a, b in self.comparisons or []:
             if a == b:
                 raise ValueError(f"comparisons: {a!r} compared with itself")
-            if self.extractors is not None and not {a, b} <= set(self.extractors):
-                raise ValueError(f"comparisons: ({a}, {b}) names an extractor not in grid.extractors")
+            known = set(self.extractors or []) | {"+".join(m) for m in self.combinations(self.extractors or [])}
+            if self.extractors is not None and not {a, b} <= known:
+                raise ValueError(f"comparisons: ({a}, {b}) names an extractor not in grid.extractors or "
+                                 "grid.combined")
         return self
+
+    @field_validator("combined")
+    @classmethod
+    def _combinations(cls, value: list[list[str]] | None) -> list[list[str]] | None:
+        for members in value or []:
+            if len(members) < 2 or len(set(members)) != len(members):
+                raise ValueError(f"a combination lists two or more different extractors, got {members}")
+        return value
+
+    def combinations(self, extractors: list[str]) -> list[list[str]]:
+        """The combinations to run, given the grid's extractors."""
+        if self.combined is not None:
+            return [list(members) for members in self.combined]
+        paper = ["nyu_avg", "imagenet_resnet50"]
+        return [paper] if set(paper) <= set(extractors) else []
 
     def compare_pipeline(self) -> tuple[str, str, str]:
         """(selection, balancing, classifier) of the extractor comparisons."""

@@ -43,6 +43,11 @@ class StudyConfig(StrictModel):
         if unknown:
             raise ValueError(f"grid.extractors {unknown} are not in embed.extractors ({sorted(configured)}): the "
                              "grid runs on the embeddings this config makes")
+        grid_names = [extractor.name for extractor in self.grid_extractors]
+        for members in self.grid.combined or []:
+            missing = [name for name in members if name not in grid_names]
+            if missing:
+                raise ValueError(f"grid.combined {members}: {missing} not among the grid's extractors {grid_names}")
         return self
 
     @property

@@ -7,6 +7,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from mammo_ray import storage, tables
@@ -22,29 +23,56 @@ class Section:
     figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (caption, file name, PNG bytes)
 
 
-def _format(value: object) -> str:
-    if isinstance(value, float):
-        return "" if pd.isna(value) else f"{value:.3f}"
+def _is_count(column: object) -> bool:
+    """Columns of counts are shown as integers (a float column of counts reads "217", not "217.000")."""
+    name = str(column)
+    return name.startswith("n_") or name in ("permutations", "oof_repeats", "cv_folds", "count")
+
+
+def _format(value: object, count: bool = False) -> str:
     if value is None or value is pd.NA:
         return ""
+    if isinstance(value, float):
+        if pd.isna(value):
+            return ""
+        return f"{value:.0f}" if count and value == round(value) else f"{value:.3f}"
     return str(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(_format(v).replace("|", "/") for v in row) + " |"
-            for row in frame.itertuples(index=False)]
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    counts = [_is_count(c) for c in frame.columns]
+    rows = ["| " + " | ".join(_format(v, count).replace("|", "/") for v, count in zip(row, counts, strict=True))
+            + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 
+#: Columns that name a row (kept in view while a wide table scrolls sideways).
+KEY_COLUMNS = ("extractor", "model", "a")
+
+
 def html_table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    """A table in a container that scrolls sideways at a laptop's width, its first column kept in view
+    when it names the row; numbers right-aligned, text left."""
+    sticky = len(frame.columns) > 0 and str(frame.columns[0]) in KEY_COLUMNS
+    counts = [_is_count(c) for c in frame.columns]
+
+    def cell(tag: str, text: str, index: int, numeric: bool) -> str:
+        classes = " ".join(name for name, on in (("key", sticky and index == 0), ("num", numeric)) if on)
+        return f"<{tag} class='{classes}'>{text}</{tag}>" if classes else f"<{tag}>{text}</{tag}>"
+
+    head = "".join(cell("th", html.escape(str(c)), i, False) for i, c in enumerate(frame.columns))
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(cell("td", html.escape(_format(v, counts[i])), i, _is_number(v))
+                         for i, v in enumerate(row)) + "</tr>"
         for row in frame.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def to_markdown(title: str, banner: str | None, sections: list[Section]) -> str:
@@ -64,8 +92,11 @@ def to_markdown(title: str, banner: str | None, sections: list[Section]) -> str:
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}"
-    "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}"
+    ".wide{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}"
+    "table{border-collapse:collapse;font-size:.9em}"
+    "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;white-space:nowrap}th{background:#f3f3f3}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".key{position:sticky;left:0;background:#fff;z-index:1}th.key{background:#f3f3f3}"
     ".banner{background:#fff3cd;border:1px solid #e0b84c;padding:.75em 1em;font-weight:600}"
     "img{max-width:100%}figcaption{font-style:italic;color:#555}"
 )

@@ -31,9 +31,10 @@ from mammo_ray import __version__, storage, tables
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.report.published import TABLE1_KEYS, beside, read_published
 from mammo_ray.report.render import Section, write_report
+from mammo_ray.report.verdict import verdict_section
 
 RANDOM_INIT_BANNER = (
-    "Some weights are random-init (no pretrained file was used): these numbers show that the pipeline "
+    "{which} weights are random-init (no pretrained file was used): these numbers show that the pipeline "
     "works, not how pretrained models transfer. See weights_id in every table."
 )
 #: What DESIGN.md §3 records of the paper's tables. Its exact values are not in our design notes: they
@@ -175,16 +176,39 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
     columns = [c for c in ("model", "pretrained_on", "task", "stage", "protocol", "image_size", "epochs",
                            "accuracy", "auroc", "precision", "recall", "n_train", "n_val", "weights_id")
                if c in finetune.columns]
-    section.tables.append(("Held-out metrics per model, task and training stage", finetune[columns]))
+    table = finetune[columns]
+    constant = constant_output_runs(predictions)
+    if constant:
+        keys = ["model", "pretrained_on", "task", "stage"]
+        flagged = table[keys].apply(tuple, axis=1).isin(constant)
+        table = table.assign(flag=np.where(flagged, "constant output: its metrics are not a result", ""))
+        section.paragraphs.append(
+            f"{int(flagged.sum())} fine-tuned runs give the same output for every image (flagged): their "
+            "accuracy is the majority class share and their AUROC 0.5 by construction.")
+    section.tables.append(("Held-out metrics per model, task and training stage", table))
     if published is not None and "stage_index" in finetune.columns:
         last = finetune.sort_values("stage_index").groupby(list(TABLE1_KEYS)).tail(1)
         metrics = ["accuracy", "auroc", "precision", "recall"]
         section.tables.append(("Last training stage of each model beside the published values",
                                beside(last[[*TABLE1_KEYS, "stage", *metrics]], published, "1")))
     if predictions is not None and not predictions.empty:
-        section.figures.append(("ROC curves of the fine-tuned models (binary task, last stage)", "finetune_roc.png",
+        section.figures.append(("ROC curves of the fine-tuned models (binary task, every training stage)",
+                                "finetune_roc.png",
                                 _png(lambda axes: _finetune_roc(axes, predictions))))
     return section
+
+
+def constant_output_runs(predictions: pd.DataFrame | None) -> set[tuple]:
+    """(model, pretrained_on, task, stage) of the runs whose predicted probabilities are the same for every
+    validation image (e.g. a random-init SqueezeNet giving [0.5, 0.5])."""
+    if predictions is None or predictions.empty:
+        return set()
+    runs = set()
+    for key, rows in predictions.groupby(["model", "pretrained_on", "task", "stage"]):
+        probabilities = np.stack([np.asarray(p, dtype=np.float64) for p in rows["probabilities"]])
+        if len(rows) > 1 and np.ptp(probabilities, axis=0).max() < 1e-6:
+            runs.add(tuple(key))
+    return runs
 
 
 def _finetune_roc(axes: Axes, predictions: pd.DataFrame) -> None:
@@ -227,6 +251,36 @@ def control_paragraphs(ok: pd.DataFrame) -> list[str]:
             f"{cells['null_auc_mean'].median():.2f} (median over {len(cells)} cells; 95th percentile up to "
             f"{cells['null_auc_q95'].max():.2f}); {beating} of {len(cells)} cells beat their own null at "
             "p < 0.05 (unadjusted).")
+    return sentences
+
+
+def cell_flag(row: pd.Series) -> str:
+    """What makes a cell's numbers degenerate, in words ('' when nothing does)."""
+    if row.get("specificity") == 0.0:
+        return "calls every image positive"
+    if row.get("recall") == 0.0:
+        return "calls every image negative"
+    return ""
+
+
+def degenerate_paragraphs(ok: pd.DataFrame) -> list[str]:
+    """Sentences that flag degenerate results instead of letting them pass as numbers."""
+    sentences = []
+    flags = ok.apply(cell_flag, axis=1) if len(ok) else pd.Series(dtype=str)
+    if (flags != "").any():
+        sentences.append(f"{int((flags != '').sum())} cells call every image one class at their threshold "
+                         "(flagged below): their accuracy is the class share, not a result.")
+    metrics = ["auc", "accuracy", "cv_balanced_accuracy_mean"]
+    if {"none", "smote"} <= set(ok["balancing"]):
+        keys = [c for c in _CELL if c != "balancing"] + ["protocol"]
+        paired = ok[ok["balancing"] == "none"].merge(ok[ok["balancing"] == "smote"], on=keys, suffixes=("", "_s"))
+        same = paired[np.logical_and.reduce([np.isclose(paired[m], paired[f"{m}_s"], rtol=0, atol=1e-12)
+                                             for m in metrics])]
+        if len(same):
+            sentences.append(
+                f"{len(same)} cells give the same numbers with and without SMOTE: their training folds are "
+                "linearly separable (more features than images), so the synthetic positives, which lie "
+                "between real ones, do not move the decision boundary.")
     return sentences
 
 
@@ -273,9 +327,10 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
                                 "protocol_gap.png", _png(lambda axes: _protocol_gap(axes, wide))))
     section.tables.append(("CV balanced accuracy, held-out accuracy and AUC per cell", wide))
     section.paragraphs.extend(control_paragraphs(ok))
+    section.paragraphs.extend(degenerate_paragraphs(ok))
     if "permutations" in ok and (ok["permutations"] > 0).any():
         control = ok[[*_CELL, "protocol", "evaluation", "auc", "auc_ci_low", "auc_ci_high", "interval",
-                      "null_auc_mean", "null_auc_q95", "permutation_p"]]
+                      "null_auc_mean", "null_auc_q95", "permutation_p"]].assign(flag=ok.apply(cell_flag, axis=1))
         section.tables.append(("AUC per cell beside its negative control (the protocol on permuted labels)",
                                control.sort_values(["protocol", *_CELL], kind="stable")))
     if "scale_path" in ok.columns:
@@ -323,8 +378,10 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     weights = sorted(set(current.weights_ids))
     published_uri = (config.get("report") or {}).get("published")
     published = read_published(published_uri) if published_uri else None
-    banner = RANDOM_INIT_BANNER if any(w.startswith("random-init") for w in weights) else None
+    random_init = [w.startswith("random-init") for w in weights]
+    banner = RANDOM_INIT_BANNER.format(which="All" if all(random_init) else "Some") if any(random_init) else None
     sections = [
+        verdict_section(grid, comparisons),
         provenance_section(output_uri, config, manifest, weights, errors),
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
         finetune_section(finetune, predictions, published, finetune_problem),

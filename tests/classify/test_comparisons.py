@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mammo_ray.classify import GridData, evaluate_cells
 from mammo_ray.classify.comparisons import paired_comparisons
@@ -50,3 +51,23 @@ def test_the_better_extractor_is_found_and_holm_adjusts():
     groups = {name: pd.Series(data.groups, index=list(data.image_ids)) for name, data in datasets.items()}
     partial = paired_comparisons(fewer, [("strong", "weak"), ("strong", "absent")], "none", "none", "logreg", groups)
     assert list(partial["n_images"]) == [200]
+
+
+def test_combined_extractor_concatenates_the_images_both_have():
+    datasets = _extractors({"a": 1.0, "b": 0.5})
+    b = datasets["b"]
+    keep = np.arange(b.n_rows) >= 8  # b lacks the first two patients' images
+    shorter = GridData("b", b.X[keep], b.y[keep], b.groups[keep], image_ids=tuple(np.array(b.image_ids)[keep]))
+    both = GridData.combine([datasets["a"], shorter])
+    assert both.extractor == "a+b" and both.X.shape == (232, 60)
+    assert both.image_ids == shorter.image_ids
+    assert np.array_equal(both.X[:, :30], datasets["a"].X[8:]) and np.array_equal(both.X[:, 30:], shorter.X)
+    assert len(np.unique(both.groups)) == 58
+    relabelled = replace(shorter, y=1 - shorter.y)
+    with pytest.raises(ValueError, match="disagree on labels"):
+        GridData.combine([datasets["a"], relabelled])
+    config = GridConfig()
+    assert config.combinations(["imagenet_resnet50", "nyu_lcc", "nyu_avg"]) == [["nyu_avg", "imagenet_resnet50"]]
+    assert config.combinations(["imagenet_resnet18"]) == []
+    pairs = config.comparison_pairs(["imagenet_resnet50", "nyu_lcc", "nyu_avg", "nyu_avg+imagenet_resnet50"])
+    assert len(pairs) == 6 and ("nyu_avg", "nyu_avg+imagenet_resnet50") in pairs
