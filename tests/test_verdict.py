@@ -30,18 +30,32 @@ def _study(weights: str) -> tuple:
     return grid, comparisons
 
 
+def _answers(paragraphs: list[str]) -> dict[str, list[str]]:
+    """Question number -> [the question with its answer, one line per comparison]."""
+    answers: dict[str, list[str]] = {}
+    for paragraph in paragraphs:
+        if paragraph[:2] in ("1.", "2.", "3."):
+            answers[paragraph[0]] = [paragraph]
+        else:
+            answers[list(answers)[-1]].append(paragraph)
+    return answers
+
+
 def test_the_verdict_names_the_better_extractor_when_the_weights_are_real():
     grid, comparisons = _study("sha256:0123abcd")
-    question_1, question_2, question_3 = verdict_section(grid, comparisons).paragraphs
-    assert question_1.startswith("1. ") and "nyu_avg is better on these images" in question_1
-    assert "Holm-adjusted DeLong p" in question_1 and "on permuted labels the same pipeline reaches AUC" in question_1
-    assert question_2.startswith("2. ") and "Not answered" in question_2
-    # The combination against each part: better than the weak part, no conclusion against the strong one.
-    assert question_3.count("AUC") >= 2 and "nyu_avg+imagenet_resnet50 is better" in question_3
+    answers = _answers(verdict_section(grid, comparisons).paragraphs)
+    (question_1, line), (question_2,) = answers["1"], answers["2"]
+    assert question_1.endswith("The numbers conclude: nyu_avg beats imagenet_resnet50.")
+    assert line.startswith("- nyu_avg AUC") and "Holm-adjusted DeLong p" in line
+    assert "on permuted labels the same pipeline reaches AUC" in line and line.endswith("is better on these images.")
+    assert "Not answered" in question_2
+    # The combination against each part: better than the weak part, worse than the strong one.
+    question_3, *lines = answers["3"]
+    assert len(lines) == 2 and "nyu_avg+imagenet_resnet50 beats imagenet_resnet50" in question_3
 
 
 def test_random_init_weights_give_no_conclusion():
     grid, comparisons = _study("random-init:0")
-    question_1 = verdict_section(grid, comparisons).paragraphs[0]
-    assert "No conclusion: the weights are random-init" in question_1 and "is better" not in question_1
+    question_1, line = _answers(verdict_section(grid, comparisons).paragraphs)["1"]
+    assert "No conclusion: the weights are random-init" in question_1 and "is better" not in question_1 + line
     assert verdict_section(None, None).paragraphs[0].startswith("No verdict")

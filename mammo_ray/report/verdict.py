@@ -40,21 +40,39 @@ def _null(grid: pd.DataFrame, row: pd.Series, extractor: str) -> str:
     return f"on permuted labels the same pipeline reaches AUC {first['null_auc_mean']:.2f}"
 
 
-def comparison_sentence(row: pd.Series, grid: pd.DataFrame) -> str:
-    """One comparison in words: estimate, interval, adjusted p, the control; and whether it concludes."""
+def comparison_numbers(row: pd.Series, grid: pd.DataFrame) -> str:
+    """One comparison's numbers in words: the estimates, the interval, the adjusted p, the control."""
     a, b = row["a"], row["b"]
-    numbers = (f"{a} AUC {row['auc_a']:.3f} vs {b} {row['auc_b']:.3f} on {int(row['n_images'])} images: "
-               f"difference {row['difference']:+.3f} (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
-               f"Holm-adjusted DeLong p = {row['holm_p']:.3g}; {_null(grid, row, a)})")
-    if _random_init(grid, [a, b]):
-        return (f"{numbers}. No conclusion: the weights are random-init, so these numbers say nothing about "
-                "what pretraining transfers.")
+    return (f"{a} AUC {row['auc_a']:.3f} vs {b} {row['auc_b']:.3f} on {int(row['n_images'])} images: "
+            f"difference {row['difference']:+.3f} (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
+            f"Holm-adjusted DeLong p = {row['holm_p']:.3g}; {_null(grid, row, a)})")
+
+
+def comparison_conclusion(row: pd.Series) -> str:
+    """What one comparison allows to say (the weights aside)."""
     crosses = row["ci_low"] <= 0.0 <= row["ci_high"]
     if crosses or not row["holm_p"] < ALPHA:
-        why = "the interval crosses zero" if crosses else f"the adjusted p is not below {ALPHA}"
-        return f"{numbers}. No conclusion: {why}."
-    better = a if row["difference"] > 0 else b
-    return f"{numbers}. {better} is better on these images."
+        return "no conclusion: " + ("the interval crosses zero" if crosses else f"the adjusted p is not below {ALPHA}")
+    return f"{row['a'] if row['difference'] > 0 else row['b']} is better on these images"
+
+
+def question_paragraphs(question: str, rows: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
+    """The question with its answer, then one line per comparison."""
+    extractors = sorted(set(rows["a"]) | set(rows["b"]))
+    if _random_init(grid, extractors):
+        answer = ("No conclusion: the weights are random-init, so the numbers below say nothing about what "
+                  "pretraining transfers.")
+        lines = [f"- {comparison_numbers(row, grid)}." for _, row in rows.iterrows()]
+    else:
+        found = [comparison_conclusion(row) for _, row in rows.iterrows()]
+        wins = [(row["a"], row["b"]) if row["difference"] > 0 else (row["b"], row["a"])
+                for (_, row), conclusion in zip(rows.iterrows(), found, strict=True)
+                if not conclusion.startswith("no conclusion")]
+        answer = ("The numbers conclude: " + "; ".join(f"{winner} beats {loser}" for winner, loser in wins) + "."
+                  if wins else "No conclusion: no comparison's interval excludes zero at an adjusted p below 0.05.")
+        lines = [f"- {comparison_numbers(row, grid)}: {conclusion}." for (_, row), conclusion
+                 in zip(rows.iterrows(), found, strict=True)]
+    return [f"{question} {answer}", *lines]
 
 
 def _questions(comparisons: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -86,9 +104,8 @@ def verdict_section(grid: pd.DataFrame | None, comparisons: pd.DataFrame | None)
         if rows.empty:
             section.paragraphs.append(f"{question} Not answered: this study has no such pair of extractors.")
             continue
-        sentences = " ".join(comparison_sentence(row, grid) for _, row in rows.iterrows())
-        section.paragraphs.append(f"{question} {sentences}")
+        section.paragraphs.extend(question_paragraphs(question, rows, grid))
     return section
 
 
-__all__ = ["comparison_sentence", "verdict_section"]
+__all__ = ["comparison_conclusion", "comparison_numbers", "question_paragraphs", "verdict_section"]
