@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -216,3 +217,23 @@ def test_published_values_sit_beside_ours_and_a_bad_file_fails_before_work(tmp_p
     with pytest.raises(ConfigError, match=r"report\.published: .*row 2: metric 'acuracy'.*value 'high'"):
         run_study(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_paper_tables_read_and_sit_beside_a_random_init_run():
+    """jobs/configs/paper_tables.csv (every value of the paper's Tables 1 and 2): the view-head variants and the
+    CV std rows read; a random-init run of a model shows the paper's value beside it, both weights named."""
+    import pandas as pd
+
+    from mammo_ray.report.published import beside, read_published
+
+    published = read_published(str(Path(__file__).resolve().parent.parent / "jobs" / "configs" / "paper_tables.csv"))
+    assert set(published["table"]) == {"1", "2"} and {"l_mlo", "r_cc"} <= set(published["variant"])
+    assert "cv_balanced_accuracy_std" in set(published["metric"])
+    ours = pd.DataFrame([{"model": "resnet50", "pretrained_on": "none", "task": "binary", "stage": "all",
+                          "weights_id": "random-init:0", "accuracy": 0.7},
+                         {"model": "nyu", "pretrained_on": "nyu", "task": "binary", "stage": "all",
+                          "weights_id": "sha256:ab", "accuracy": 0.8}])
+    table1 = beside(ours, published, "1").set_index("model")
+    assert table1.loc["resnet50", "accuracy (published)"] == 0.866
+    assert table1.loc["resnet50", "pretrained_on (published)"] == "imagenet"
+    assert {"accuracy (published, l_mlo)", "accuracy (published, r_cc)"} <= set(table1.columns)

@@ -1,6 +1,7 @@
 """The classifier study's grid as data: every axis and setting is a YAML key (DESIGN §3).
 
-A grid is the product extractor x selection x balancing x classifier x protocol. Standardisation is
+A grid is the product extractor x selection x balancing x classifier x protocol (a combined extractor,
+features of several side by side, is an extractor too). Standardisation is
 not an axis: every cell standardises its features (fit where the protocol says: on all rows for
 `paper`, inside each training fold for `leak_free`).
 
@@ -11,6 +12,11 @@ Example (a `grid:` section of a study config, or a file of its own)::
     balancing: [none, smote]
     classifiers: [svm_linear, svm_rbf, logreg]
     protocols: [leak_free, paper]
+    evaluation: oof                      # leak_free: every image scored out of fold (holdout: one split)
+    oof: {folds: 5, repeats: 5, threshold_folds: 3}
+    permutations: 100                    # the negative control: the protocol on permuted labels
+    combined: [[nyu_avg, imagenet_resnet50]]
+    compare: {selection: lasso, balancing: smote, classifier: svm_linear}
     cv_folds: 10
     lasso: {alpha: 0.01}
     scale: {max_rows_exact: 2000, policy: approximate}

@@ -25,10 +25,16 @@ from mammo_ray.errors import ConfigError, StorageError
 
 KEY = "report.published"
 TABLE1_KEYS: tuple[str, ...] = ("model", "pretrained_on", "task")
+#: What a Table 1 row is matched on: the model and the task. Our run's weights may differ from the paper's
+#: (random-init here, ImageNet there): the published value still sits beside it, with both weights named.
+TABLE1_MATCH: tuple[str, ...] = ("model", "task")
 TABLE2_KEYS: tuple[str, ...] = ("extractor", "selection", "balancing", "classifier")
 TABLE1_METRICS: tuple[str, ...] = ("accuracy", "auroc", "precision", "recall")
-TABLE2_METRICS: tuple[str, ...] = ("accuracy", "cv_balanced_accuracy_mean", "auc", "n_features")
+TABLE2_METRICS: tuple[str, ...] = ("accuracy", "cv_balanced_accuracy_mean", "cv_balanced_accuracy_std", "auc",
+                                   "n_features")
 COLUMNS: tuple[str, ...] = ("table", *TABLE2_KEYS, *TABLE1_KEYS, "metric", "value")
+#: Optional: the NYU model's fine-tuned view head (l_cc, r_cc, l_mlo, r_mlo) of a Table 1 row; empty elsewhere.
+VARIANT = "variant"
 
 
 def read_published(uri: str) -> pd.DataFrame:
@@ -64,17 +70,28 @@ def read_published(uri: str) -> pd.DataFrame:
         raise ConfigError(KEY, "; ".join(problems[:10]) + more)
     frame["value"] = frame["value"].astype(float)
     frame["table"] = frame["table"].str.strip()
+    if VARIANT not in frame.columns:
+        frame[VARIANT] = ""
     return frame
 
 
 def beside(ours: pd.DataFrame, published: pd.DataFrame | None, table: str) -> pd.DataFrame:
-    """`ours` with a `<metric> (published)` column per published metric of `table`, matched on its keys."""
+    """`ours` with a `<metric> (published)` column per published metric of `table`, matched on its keys.
+
+    Table 1 matches on (model, task) and adds `pretrained_on (published)`, so a run with other weights
+    than the paper's still shows the paper's number and says what each used; a published view head
+    (`variant`) gets columns of its own, `<metric> (published, <variant>)`.
+    """
     if published is None:
         return ours
-    keys = list(TABLE1_KEYS if table == "1" else TABLE2_KEYS)
-    rows = published[published["table"] == table]
+    keys = list(TABLE1_MATCH if table == "1" else TABLE2_KEYS)
+    rows = published[published["table"] == table].copy()
     if rows.empty:
         return ours
-    wide = rows.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
-    wide.columns = [f"{metric} (published)" for metric in wide.columns]
+    rows["column"] = [f"{metric} (published{', ' + variant if variant else ''})"
+                      for metric, variant in zip(rows["metric"], rows[VARIANT], strict=True)]
+    wide = rows.pivot_table(index=keys, columns="column", values="value", aggfunc="first")
+    if table == "1":
+        weights = rows.groupby(keys)["pretrained_on"].agg(lambda values: ", ".join(sorted(set(values))))
+        wide.insert(0, "pretrained_on (published)", weights)
     return ours.merge(wide.reset_index(), on=keys, how="left")

@@ -189,8 +189,10 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
     if published is not None and "stage_index" in finetune.columns:
         last = finetune.sort_values("stage_index").groupby(list(TABLE1_KEYS)).tail(1)
         metrics = ["accuracy", "auroc", "precision", "recall"]
-        section.tables.append(("Last training stage of each model beside the published values",
-                               beside(last[[*TABLE1_KEYS, "stage", *metrics]], published, "1")))
+        ours = [c for c in ("weights_id",) if c in last.columns]  # what our run's weights were
+        section.tables.append(("Last training stage of each model beside the published values (matched on "
+                               "model and task; both runs' weights named)",
+                               beside(last[[*TABLE1_KEYS, "stage", *ours, *metrics]], published, "1")))
     if predictions is not None and not predictions.empty:
         section.figures.append(("ROC curves of the fine-tuned models (binary task, every training stage)",
                                 "finetune_roc.png",
@@ -316,7 +318,8 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
         section.paragraphs.append("No grid cell succeeded: see the failed cells above.")
         return section
     wide = ok.pivot_table(index=_CELL, columns="protocol",
-                          values=["cv_balanced_accuracy_mean", "accuracy", "auc", "n_features"], aggfunc="first")
+                          values=[c for c in ("cv_balanced_accuracy_mean", "cv_balanced_accuracy_std", "accuracy",
+                                              "auc", "n_features") if c in ok], aggfunc="first")
     wide.columns = [f"{metric} ({protocol})" for metric, protocol in wide.columns]
     wide = beside(wide.reset_index(), published, "2")  # the paper's own numbers, beside its protocol
     if {"cv_balanced_accuracy_mean (paper)", "cv_balanced_accuracy_mean (leak_free)"} <= set(wide.columns):
