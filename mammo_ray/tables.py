@@ -246,6 +246,7 @@ GRID_SCHEMA = pa.schema(
         pa.field("precision", pa.float64()),
         pa.field("recall", pa.float64()),
         pa.field("specificity", pa.float64()),
+        pa.field("brier", pa.float64()),
         pa.field("evaluation", pa.string(), nullable=False),
         pa.field("oof_repeats", pa.int64()),
         pa.field("interval", pa.string()),
@@ -288,6 +289,8 @@ GRID_COLUMNS_DOC = {
     "label permutations between patients; the null AUCs, their mean and 95th percentile, and the one-sided "
     "p of first_repeat_auc (the AUC the reruns' procedure gives on the real labels)",
     "control_seconds": "time of this cell's share of the permutation control",
+    "brier": "oof: Brier score of probabilities from Platt scaling fitted on each outer fold's inner scores "
+    "(never on the images it maps), mean over repeats",
     "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
     "weights_ids": "weights of the extractor that made the embeddings",
     "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
@@ -307,6 +310,7 @@ GRID_PREDICTIONS_SCHEMA = pa.schema(
         pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
         pa.field("target", pa.int8(), nullable=False),
         pa.field("score", pa.float64(), nullable=False),
+        pa.field("probability", pa.float64()),  # oof: Platt-calibrated inside the training folds
         pa.field("cell_hash", pa.string(), nullable=False),
     ]
 )

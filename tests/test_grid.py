@@ -39,8 +39,11 @@ def test_grid_writes_every_cell_with_its_settings_and_provenance(tmp_path):
     inputs = {"manifest": "digest-of-the-manifest", "embeddings": {"signal": {"index": "i1"}}}
     result = run_grid(output, config, {"signal": signal, "noise": noise}, inputs)
 
-    frame, provenance = _check_table(output, 2 * 24)
-    assert result.n_ok == 48 and result.n_failed == 0
+    frame, provenance = _check_table(output, 2 * 24 + 2)  # + each extractor's best, chosen inside the folds
+    assert result.n_ok == 50 and result.n_failed == 0
+    selected = frame[frame["selection"] == "selected"]
+    assert sorted(selected["extractor"]) == ["noise", "signal"] and (selected["evaluation"] == "oof").all()
+    frame = frame[frame["selection"] != "selected"]
     assert result.dropped_unlabelled == {"signal": 7, "noise": 0}
     ok = frame[frame["status"] == "ok"]
     assert ok["error"].isna().all() and (ok["scale_path"] == "exact").all()
@@ -138,7 +141,8 @@ def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):
     data = grid_data(read_embeddings(output, manifest, spec), spec.name)
     result = run_grid(output, GridConfig(bootstrap=200, permutations=20), {spec.name: data})
     assert result.uri == output + "/results/grid.parquet" and storage.exists(result.uri)
-    frame, _ = _check_table(output, 24)
+    frame, _ = _check_table(output, 24 + 1)
+    frame = frame[frame["selection"] != "selected"]
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", "error"].tolist()
     assert (frame["n_rows"] == 96).all() and (frame["n_positive"] == int(manifest["label"].sum())).all()
     assert set(frame["weights_ids"].map(tuple)) == {("random-init:0",)}

@@ -125,6 +125,7 @@ class CellResult:
     precision: float | None = None
     recall: float | None = None
     specificity: float | None = None
+    brier: float | None = None  # oof: of the in-fold Platt-calibrated probabilities
     evaluation: str = "holdout"  # 'holdout' (one held-out split) or 'oof' (every image, per repeat)
     oof_repeats: int | None = None
     interval: str | None = None  # what the AUC interval resamples: 'patient bootstrap' or 'image bootstrap'
@@ -144,6 +145,11 @@ class CellResult:
     # every row once per repeat (`test_repeats`).
     test_rows: list[int] = field(default_factory=list)
     test_repeats: list[int] = field(default_factory=list)
+    test_probabilities: list[float] = field(default_factory=list)  # oof: in-fold Platt calibration
+    # oof, per outer fold (repeat-major): its threshold and the AUC of its inner folds' pooled scores (what
+    # nested selection chooses by, never looking at the outer fold).
+    fold_thresholds: list[float] = field(default_factory=list)
+    inner_aucs: list[float] = field(default_factory=list)
     test_targets: list[int] = field(default_factory=list)
     test_scores: list[float] = field(default_factory=list)
 

@@ -22,9 +22,11 @@ purpose so that the published numbers can be reproduced and the gap measured):
      other folds and scores the fold's images, so every image gets one out-of-fold score per repeat;
   2. threshold: per outer fold, the best balanced accuracy on the pooled scores of ``oof.threshold_folds``
      inner folds of its training rows (nothing of the outer fold's images);
-  3. metrics per repeat over all images (AUC of the pooled scores; accuracy, balanced accuracy,
-     sensitivity, specificity, precision at each fold's threshold), averaged over repeats; the AUC
-     interval resamples patients (a patient-cluster bootstrap, `classify.stats`).
+  3. calibration: per outer fold, Platt scaling fitted on the same inner scores maps the fold's scores
+     to probabilities (the Brier score is computed on them);
+  4. metrics per repeat over all images (AUC of the pooled scores; accuracy, balanced accuracy,
+     sensitivity, specificity, precision at each fold's threshold; Brier), averaged over repeats; the
+     AUC interval resamples patients (a patient-cluster bootstrap, `classify.stats`).
 
 With ``evaluation: holdout``:
 
@@ -74,6 +76,8 @@ import numpy as np
 from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -528,7 +532,8 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
         produced = iter(zip(scores[cell], kept[cell], strict=True))
         oof = np.zeros((len(splits), data.n_rows))
         called = np.zeros((len(splits), data.n_rows), dtype=bool)
-        fold_scores, cuts, n_kept = [], [], []
+        probability = np.full((len(splits), data.n_rows), np.nan)
+        fold_scores, cuts, n_kept, inner_aucs = [], [], [], []
         for repeat, (folds, inners) in enumerate(zip(splits, inner, strict=True)):
             for (fit_rows, check_rows), threshold_rounds in zip(folds, inners, strict=True):
                 pooled = np.zeros(data.n_rows)
@@ -538,18 +543,34 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
                 cut = best_threshold(y[fit_rows], pooled[fit_rows]) if complete else 0.0
                 oof[repeat, check_rows] = outer_scores
                 called[repeat, check_rows] = outer_scores >= cut
+                if complete:
+                    probability[repeat, check_rows] = platt(y[fit_rows], pooled[fit_rows], outer_scores)
                 fold_scores.append(balanced_accuracy(y[check_rows], outer_scores > 0))
                 cuts.append(cut)
                 n_kept.append(outer_kept)
+                inner_aucs.append(auc(y[fit_rows], pooled[fit_rows]) if complete else float("nan"))
+        result.fold_thresholds, result.inner_aucs = [float(c) for c in cuts], [float(a) for a in inner_aucs]
         try:
-            _finish_oof(result, oof, called, fold_scores, cuts, n_kept, data, config)
+            _finish_oof(result, oof, called, probability, fold_scores, cuts, n_kept, data, config)
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
     return list(book.results.values())
 
 
-def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, fold_scores: list[float],
-                cuts: list[float], n_kept: list[int], data: GridData, config: GridConfig) -> None:
+def platt(y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Probabilities for `scores` from Platt scaling (a logistic regression of the label on the score) fitted
+    on (scores_fit, y_fit): the training folds' own out-of-fold scores, so the calibration never sees the
+    images it maps. One class only: its share."""
+    y_fit = np.asarray(y_fit).astype(int)
+    if y_fit.min() == y_fit.max():
+        return np.full(len(scores), float(y_fit[0]))
+    model = LogisticRegression(C=1e4).fit(np.asarray(scores_fit).reshape(-1, 1), y_fit)
+    return model.predict_proba(np.asarray(scores).reshape(-1, 1))[:, 1]
+
+
+def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probability: np.ndarray,
+                fold_scores: list[float], cuts: list[float], n_kept: list[int], data: GridData,
+                config: GridConfig) -> None:
     """The numbers of an out-of-fold cell: per repeat over all images, then the mean over repeats; the AUC
     interval resamples patients (each resample averages the repeats)."""
     y = data.y
@@ -572,6 +593,9 @@ def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, fold_sc
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
+    if np.isfinite(probability).all():
+        result.brier = float(np.mean([brier_score_loss(y, p) for p in probability]))
+        result.test_probabilities = [float(p) for p in probability.ravel()]
     result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
     result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
     result.test_targets = [int(target) for target in np.tile(y, repeats)]

@@ -51,6 +51,7 @@ from mammo_ray import storage, tables
 from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.protocols import evaluate_cells
+from mammo_ray.classify.selection import select_inside
 from mammo_ray.config.base import stable_hash
 from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.faults import crash_point
@@ -337,6 +338,7 @@ def predictions_table(results: Sequence[CellResult], datasets: dict[str, GridDat
         columns["image_id"] += [image_ids[row] if row < len(image_ids) else None for row in result.test_rows]
         columns["target"] += result.test_targets
         columns["score"] += result.test_scores
+        columns["probability"] += result.test_probabilities or [None] * n
     return pa.table(columns, schema=GRID_PREDICTIONS_SCHEMA)
 
 
@@ -388,6 +390,7 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    results = [*results, *select_inside(results, datasets, config)]  # the best cell, chosen inside the folds
     tune_done = time.perf_counter()
     weights = {name: data.weights_ids for name, data in datasets.items()}
     table = results_table(results, config, weights, dropped, inputs)

@@ -256,6 +256,21 @@ def control_paragraphs(ok: pd.DataFrame) -> list[str]:
     return sentences
 
 
+def selected_paragraphs(ok: pd.DataFrame) -> list[str]:
+    """The grid's best chosen inside each training fold (rows with selection 'selected'), in words."""
+    sentences = []
+    for row in ok[ok["selection"] == "selected"].itertuples():
+        chosen = json.loads(row.cell_config).get("chosen", {})
+        naive = ok[(ok["extractor"] == row.extractor) & (ok["protocol"] == "leak_free")
+                   & (ok["selection"] != "selected")]["auc"].max()
+        sentences.append(
+            f"Best of the grid for {row.extractor}, chosen inside each training fold (nested): out-of-fold AUC "
+            f"{row.auc:.3f} (95% CI {row.auc_ci_low:.3f} to {row.auc_ci_high:.3f}); the best cell picked after "
+            f"the fact shows {naive:.3f}, which is optimistic. Chosen per outer fold: "
+            + ", ".join(f"{cell} x{count}" for cell, count in chosen.items()) + ".")
+    return sentences
+
+
 def cell_flag(row: pd.Series) -> str:
     """What makes a cell's numbers degenerate, in words ('' when nothing does)."""
     if row.get("specificity") == 0.0:
@@ -304,7 +319,9 @@ def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = 
 
 
 def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
-                 published: pd.DataFrame | None = None, problem: str | None = None) -> Section:
+                 published: pd.DataFrame | None = None, problem: str | None = None,
+                 pipeline: tuple[str, str, str] | None = None) -> Section:
+    """Table 2 and what stands beside it; `pipeline`: the one the extractors are compared on."""
     section = Section("Table 2: features + classifiers, paper protocol vs leak-free protocol",
                       paragraphs=list(PAPER_FACTS))
     if grid is None or grid.empty:
@@ -329,6 +346,7 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
         section.figures.append(("CV balanced accuracy per cell: paper protocol against leak-free",
                                 "protocol_gap.png", _png(lambda axes: _protocol_gap(axes, wide))))
     section.tables.append(("CV balanced accuracy, held-out accuracy and AUC per cell", wide))
+    section.paragraphs.extend(selected_paragraphs(ok))
     section.paragraphs.extend(control_paragraphs(ok))
     section.paragraphs.extend(degenerate_paragraphs(ok))
     if "permutations" in ok and (ok["permutations"] > 0).any():
@@ -345,12 +363,34 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
     best = ranked.groupby("protocol").head(6)
     section.figures.append(("Per-fold balanced accuracy of the best cells of each protocol", "fold_scores.png",
                             _png(lambda axes: _fold_scores(axes, best), size=(8.0, 0.45 * len(best) + 1.5))))
+    if predictions is not None and "probability" in predictions and predictions["probability"].notna().any():
+        section.figures.append(("Reliability of the out-of-fold probabilities (Platt scaling fitted inside the "
+                                "training folds; first repeat), one curve per extractor, the comparison pipeline",
+                                "calibration.png", _png(lambda axes: _reliability(axes, predictions, pipeline))))
     if predictions is not None and not predictions.empty:
         top = ranked.groupby("protocol").head(BEST_CELLS_PER_PROTOCOL)
         caption = (f"Held-out ROC curves of the {BEST_CELLS_PER_PROTOCOL} best cells of each protocol (by CV "
                    "balanced accuracy; paper + SMOTE test splits hold synthetic rows)")
         section.figures.append((caption, "grid_roc.png", _png(lambda axes: _grid_roc(axes, top, predictions))))
     return section
+
+
+def _reliability(axes: Axes, predictions: pd.DataFrame, pipeline: tuple[str, str, str] | None) -> None:
+    """Reliability curves of `pipeline` (selection, balancing, classifier; None: the first calibrated)."""
+    from sklearn.calibration import calibration_curve
+
+    calibrated = predictions[predictions["probability"].notna() & (predictions["repeat"] == 0)]
+    first = calibrated.iloc[0]
+    selection, balancing, classifier = pipeline or (first["selection"], first["balancing"], first["classifier"])
+    chosen = calibrated[(calibrated["selection"] == selection) & (calibrated["balancing"] == balancing)
+                        & (calibrated["classifier"] == classifier)]
+    for extractor, rows in chosen.groupby("extractor"):
+        observed, predicted = calibration_curve(rows["target"], rows["probability"], n_bins=8, strategy="quantile")
+        axes.plot(predicted, observed, marker="o", label=extractor)
+    axes.plot([0, 1], [0, 1], color="#999", linestyle=":")
+    axes.set_xlabel(f"predicted probability ({selection}/{balancing}/{classifier})")
+    axes.set_ylabel("observed share of positives")
+    axes.legend(fontsize=7)
 
 
 def _protocol_gap(axes: Axes, wide: pd.DataFrame) -> None:
@@ -366,6 +406,13 @@ def _fold_scores(axes: Axes, best: pd.DataFrame) -> None:
     labels = [f"{r.protocol}: {r.extractor}/{r.selection}/{r.balancing}/{r.classifier}" for r in best.itertuples()]
     axes.boxplot([list(s) for s in best["cv_fold_scores"]], orientation="horizontal", tick_labels=labels)
     axes.set_xlabel("balanced accuracy per fold")
+
+
+def _compared_pipeline(comparisons: pd.DataFrame | None) -> tuple[str, str, str] | None:
+    if comparisons is None or comparisons.empty:
+        return None
+    first = comparisons.iloc[0]
+    return str(first["selection"]), str(first["balancing"]), str(first["classifier"])
 
 
 def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[str, str]:
@@ -388,7 +435,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
         provenance_section(output_uri, config, manifest, weights, errors),
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
         finetune_section(finetune, predictions, published, finetune_problem),
-        grid_section(grid, grid_predictions, published, grid_problem),
+        grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"

@@ -149,6 +149,9 @@ def test_signal_in_the_synthetic_cohort_is_found_by_the_leak_free_protocol():
     # The negative control: no permuted labelling reaches the real AUC, the null sits at chance.
     assert max(r.permutation_p for r in results) < 0.05
     assert all(abs(r.null_auc_mean - 0.5) < 0.06 and r.null_auc_q95 < r.first_repeat_auc for r in results)
+    # In-fold Platt calibration: better than the constant prior (Brier 0.25 * 0.75), probabilities in [0, 1].
+    assert all(r.brier < 0.1875 and 0 <= min(r.test_probabilities) <= max(r.test_probabilities) <= 1
+               for r in results)
     assert np.median([r.cv_balanced_accuracy_mean for r in results]) > 0.62
     best = max(results, key=lambda r: r.cv_balanced_accuracy_mean)
     assert best.cv_balanced_accuracy_mean > 0.7 and best.auc_ci_low > 0.55

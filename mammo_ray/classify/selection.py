@@ -1,0 +1,89 @@
+"""Honest selection: the grid's best pipeline chosen inside each training fold, reported by its outer folds.
+
+Picking the best of 36 cells by their out-of-fold AUC and reporting that AUC inflates it (the maximum of
+many noisy estimates). Here, for every outer fold of every repeat, the cell chosen is the one whose inner
+folds (the threshold folds, fitted on the outer fold's training images only) pooled the best AUC; the
+chosen cell's scores of that outer fold's images make the selected row's out-of-fold scores. So the
+choice never sees the images it is scored on, and the row estimates what "choose the best cell, then
+apply it" gives on new patients (nested cross-validation, with the inner folds the cells already ran).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.metrics import auc, binary_scores
+from mammo_ray.classify.stats import patient_bootstrap_auc
+from mammo_ray.config.base import stable_hash
+from mammo_ray.config.grid import GridConfig
+
+SELECTED = "selected"
+
+
+def _candidates(results: Sequence[CellResult], extractor: str) -> list[CellResult]:
+    return [r for r in results if r.extractor == extractor and r.protocol == "leak_free" and r.status == "ok"
+            and r.evaluation == "oof" and r.inner_aucs and np.isfinite(r.inner_aucs).all()]
+
+
+def select_inside(results: Sequence[CellResult], datasets: Mapping[str, GridData],
+                  config: GridConfig) -> list[CellResult]:
+    """One 'selected' row per extractor with leak_free out-of-fold cells (none otherwise)."""
+    from mammo_ray.classify.protocols import oof_splits
+
+    rows = []
+    for extractor, data in datasets.items():
+        candidates = _candidates(results, extractor)
+        if len(candidates) < 2:
+            continue
+        n = data.n_rows
+        splits = oof_splits(data.y, data.groups, config)
+        scores = np.zeros((len(splits), n))
+        called = np.zeros((len(splits), n), dtype=bool)
+        chosen: Counter[str] = Counter()
+        fold = 0
+        for repeat, folds in enumerate(splits):
+            for _, check_rows in folds:
+                best = max(candidates, key=lambda r, f=fold: r.inner_aucs[f])  # first of equals: stable order
+                outer = np.asarray(best.test_scores[repeat * n:(repeat + 1) * n])[check_rows]
+                scores[repeat, check_rows] = outer
+                called[repeat, check_rows] = outer >= best.fold_thresholds[fold]
+                chosen[best.cell.label.split("/", 2)[2]] += 1
+                fold += 1
+        rows.append(_selected_row(extractor, data, config, scores, called, chosen, len(candidates)))
+    return rows
+
+
+def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np.ndarray, called: np.ndarray,
+                  chosen: Counter[str], n_candidates: int) -> CellResult:
+    settings = {"extractor": extractor, "protocol": "leak_free", "selection": SELECTED, "balancing": SELECTED,
+                "classifier": SELECTED, "candidates": n_candidates, "oof": config.oof.model_dump(mode="json"),
+                "seed": config.seed}
+    result = CellResult(extractor=extractor, protocol="leak_free", selection=SELECTED, balancing=SELECTED,
+                        classifier=SELECTED, n_rows=data.n_rows, n_positive=data.n_positive,
+                        n_dropped_unlabelled=data.n_dropped, n_features_in=int(data.X.shape[1]),
+                        cell_config=json.dumps({**settings, "chosen": dict(chosen.most_common())}, sort_keys=True),
+                        cell_hash=stable_hash(settings))
+    repeats, n = scores.shape
+    result.evaluation, result.oof_repeats, result.n_test = "oof", repeats, n
+    result.n_train = int(round(n * (1.0 - 1.0 / config.oof.folds)))
+    per_repeat = [binary_scores(data.y, predicted) for predicted in called]
+    for name in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity"):
+        setattr(result, name, float(np.nanmean([values[name] for values in per_repeat])))
+    aucs = [auc(data.y, row) for row in scores]
+    result.auc, result.first_repeat_auc = float(np.mean(aucs)), float(aucs[0])
+    result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
+        data.y, scores, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
+    result.interval = "patient bootstrap"
+    result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
+    result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
+    result.test_targets = [int(t) for t in np.tile(data.y, repeats)]
+    result.test_scores = [float(s) for s in scores.ravel()]
+    return result
+
+
+__all__ = ["SELECTED", "select_inside"]
