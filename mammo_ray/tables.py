@@ -247,6 +247,12 @@ GRID_SCHEMA = pa.schema(
         pa.field("recall", pa.float64()),
         pa.field("specificity", pa.float64()),
         pa.field("brier", pa.float64()),
+        pa.field("n_breasts", pa.int64()),
+        pa.field("auc_breast", pa.float64()),
+        pa.field("auc_breast_ci_low", pa.float64()),
+        pa.field("auc_breast_ci_high", pa.float64()),
+        pa.field("n_exams", pa.int64()),
+        pa.field("auc_exam", pa.float64()),
         pa.field("evaluation", pa.string(), nullable=False),
         pa.field("oof_repeats", pa.int64()),
         pa.field("interval", pa.string()),
@@ -289,6 +295,8 @@ GRID_COLUMNS_DOC = {
     "label permutations between patients; the null AUCs, their mean and 95th percentile, and the one-sided "
     "p of first_repeat_auc (the AUC the reruns' procedure gives on the real labels)",
     "control_seconds": "time of this cell's share of the permutation control",
+    "n_breasts, auc_breast*, n_exams, auc_exam": "oof: AUC over breasts (mean of a breast's views' scores, the "
+    "highest label) with its patient-bootstrap interval, and over exams (the highest of an exam's breasts)",
     "brier": "oof: Brier score of probabilities from Platt scaling fitted on each outer fold's inner scores "
     "(never on the images it maps), mean over repeats",
     "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammo_ray.classify.levels import breast_and_exam_keys
 from mammo_ray.config.grid import GridCell
 
 
@@ -29,6 +30,8 @@ class GridData:
     weights_ids: tuple[str, ...] = ()
     preprocess_ids: tuple[str, ...] = ()
     image_ids: tuple[str, ...] = ()
+    breasts: tuple[str, ...] = ()  # per row: its breast (patient, exam, side); empty when not known
+    exams: tuple[str, ...] = ()  # per row: its exam (patient, exam)
 
     @property
     def n_rows(self) -> int:
@@ -59,6 +62,7 @@ class GridData:
             preprocess_ids=tuple(sorted(map(str, labelled["preprocess_id"].dropna().unique())))
             if "preprocess_id" in labelled else (),
             image_ids=tuple(map(str, labelled["image_id"])),
+            **dict(zip(("breasts", "exams"), breast_and_exam_keys(labelled), strict=True)),
         )
 
     @classmethod
@@ -82,6 +86,8 @@ class GridData:
             weights_ids=tuple(sorted({w for part in parts for w in part.weights_ids})),
             preprocess_ids=tuple(sorted({p for part in parts for p in part.preprocess_ids})),
             image_ids=tuple(common),
+            breasts=tuple(np.asarray(first.breasts)[first_rows]) if first.breasts else (),
+            exams=tuple(np.asarray(first.exams)[first_rows]) if first.exams else (),
         )
 
     def content_hash(self) -> str:
@@ -126,6 +132,12 @@ class CellResult:
     recall: float | None = None
     specificity: float | None = None
     brier: float | None = None  # oof: of the in-fold Platt-calibrated probabilities
+    n_breasts: int | None = None  # breast level (mean of a breast's views) and exam level (max of its breasts)
+    auc_breast: float | None = None
+    auc_breast_ci_low: float | None = None
+    auc_breast_ci_high: float | None = None
+    n_exams: int | None = None
+    auc_exam: float | None = None
     evaluation: str = "holdout"  # 'holdout' (one held-out split) or 'oof' (every image, per repeat)
     oof_repeats: int | None = None
     interval: str | None = None  # what the AUC interval resamples: 'patient bootstrap' or 'image bootstrap'

@@ -85,6 +85,7 @@ from threadpoolctl import threadpool_limits
 
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.estimators import LassoSelector, make_classifier, svc_gamma
+from mammo_ray.classify.levels import level_auc
 from mammo_ray.classify.metrics import (
     auc,
     balanced_accuracy,
@@ -557,6 +558,19 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
     return list(book.results.values())
 
 
+def fill_levels(result: CellResult, data: GridData, scores: np.ndarray, config: GridConfig) -> None:
+    """Breast- and exam-level AUCs of out-of-fold `scores` (R, n), when the data names breasts and exams."""
+    if not data.breasts:
+        return
+    breast = level_auc(data.breasts, data.y, scores, data.groups, "mean", config.bootstrap, config.ci_level,
+                       config.seed)
+    exam = level_auc(data.exams, data.y, scores, data.groups, "max", 0, config.ci_level, config.seed,
+                     from_breasts=data.breasts)
+    result.n_breasts, result.auc_breast = breast.units, breast.auc
+    result.auc_breast_ci_low, result.auc_breast_ci_high = breast.ci_low, breast.ci_high
+    result.n_exams, result.auc_exam = exam.units, exam.auc
+
+
 def platt(y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Probabilities for `scores` from Platt scaling (a logistic regression of the label on the score) fitted
     on (scores_fit, y_fit): the training folds' own out-of-fold scores, so the calibration never sees the
@@ -593,6 +607,7 @@ def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probabi
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
+    fill_levels(result, data, oof, config)
     if np.isfinite(probability).all():
         result.brier = float(np.mean([brier_score_loss(y, p) for p in probability]))
         result.test_probabilities = [float(p) for p in probability.ravel()]

@@ -63,6 +63,8 @@ def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np
     settings = {"extractor": extractor, "protocol": "leak_free", "selection": SELECTED, "balancing": SELECTED,
                 "classifier": SELECTED, "candidates": n_candidates, "oof": config.oof.model_dump(mode="json"),
                 "seed": config.seed}
+    from mammo_ray.classify.protocols import fill_levels
+
     result = CellResult(extractor=extractor, protocol="leak_free", selection=SELECTED, balancing=SELECTED,
                         classifier=SELECTED, n_rows=data.n_rows, n_positive=data.n_positive,
                         n_dropped_unlabelled=data.n_dropped, n_features_in=int(data.X.shape[1]),
@@ -79,6 +81,7 @@ def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         data.y, scores, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
+    fill_levels(result, data, scores, config)
     result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
     result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
     result.test_targets = [int(t) for t in np.tile(data.y, repeats)]

@@ -350,9 +350,13 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
     section.paragraphs.extend(control_paragraphs(ok))
     section.paragraphs.extend(degenerate_paragraphs(ok))
     if "permutations" in ok and (ok["permutations"] > 0).any():
+        levels = [c for c in ("auc_breast", "auc_exam", "brier") if c in ok]
         control = ok[[*_CELL, "protocol", "evaluation", "auc", "auc_ci_low", "auc_ci_high", "interval",
-                      "null_auc_mean", "null_auc_q95", "permutation_p"]].assign(flag=ok.apply(cell_flag, axis=1))
-        section.tables.append(("AUC per cell beside its negative control (the protocol on permuted labels)",
+                      "null_auc_mean", "null_auc_q95", "permutation_p", *levels]].assign(
+                          flag=ok.apply(cell_flag, axis=1))
+        section.tables.append(("AUC per cell beside its negative control (the protocol on permuted labels); "
+                               "breast level (mean of a breast's views), exam level (max of its breasts) and the "
+                               "Brier score of the in-fold calibrated probabilities for out-of-fold cells",
                                control.sort_values(["protocol", *_CELL], kind="stable")))
     if "scale_path" in ok.columns:
         scaled = ok[ok["scale_path"].notna() & (ok["scale_path"] != "exact")]
