@@ -78,6 +78,52 @@ def _differences(results: Sequence[CellResult], frame: pd.DataFrame) -> tuple[fl
     return worst, mismatched
 
 
+def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
+    """The paper's study shape: three 410-row extractor tables of the same images (2048, 2048 and 256
+    features, like ResNet-50, NYU L-CC 4x4 and NYU Avg) and their combination, the whole grid with the new
+    evaluation, through run_grid (Ray Tune, all CPUs) against the same cells in one process (our engine
+    with shared fits, no Ray)."""
+    from dataclasses import replace
+
+    from mammo_ray.classify import GridData, evaluate_cells
+    from mammo_ray.classify.synthetic import embedding_table, read_synthetic, write_embeddings
+    from mammo_ray.config import GridConfig
+    from mammo_ray.stages.grid import run_grid
+
+    shapes = {"imagenet_resnet50": 2048, "nyu_lcc": 2048, "nyu_avg": 256}
+    base = embedding_table(args.study_rows, 2048, seed=0, extractor="imagenet_resnet50")
+    tables = {name: replace(embedding_table(args.study_rows, width, seed=index, extractor=name), y=base.y,
+                            groups=base.groups) for index, (name, width) in enumerate(shapes.items())}
+    config = GridConfig(extractors=list(shapes), bootstrap=args.bootstrap, evaluation=args.evaluation,
+                        permutations=args.permutations, oof={"repeats": args.oof_repeats},
+                        trial_grouping=args.grouping)
+    output = str(workdir / "study")
+    datasets = {}
+    for name, data in tables.items():
+        manifest, key = write_embeddings(output, data, extractor=name, image_prefix="study")
+        datasets[name] = read_synthetic(output, name, manifest, key)
+    for members in config.combinations(list(datasets)):
+        combined = GridData.combine([datasets[name] for name in members])
+        datasets[combined.extractor] = combined
+    cells = config.cells(list(datasets))
+    print(f"\nthe study's grid: {len(datasets)} extractors ({', '.join(datasets)}), {args.study_rows} rows, "
+          f"{len(cells)} cells, leak_free {args.evaluation} (5 folds x {args.oof_repeats} repeats), "
+          f"{args.permutations} permutations per cell")
+    started = time.perf_counter()
+    result = run_grid(output, config, datasets)
+    stage_s = time.perf_counter() - started
+    control = result.frame["control_seconds"].sum()
+    print(f"  stage (Ray Tune, {args.num_cpus or os.cpu_count()} CPUs): {stage_s:.0f} s ({stage_s / 60:.1f} min); "
+          f"{result.n_ok} rows ok; the permutation control is {control:.0f} CPU-s of it", flush=True)
+    if args.in_process:
+        started = time.perf_counter()
+        for name, data in datasets.items():
+            evaluate_cells(data, config.cells([name]), config)
+        sequential_s = time.perf_counter() - started
+        print(f"  in-process, one process and thread (our engine, no Ray): {sequential_s:.0f} s "
+              f"({sequential_s / 60:.1f} min); sequential / stage {sequential_s / stage_s:.2f}x", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -128,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                 agree = f"{worst:.1e}" if not mismatched else f"{mismatched} differ"
                 print(f"{n_rows:>7}{len(cells):>7}{seq_s:>14.1f}{inproc}{stage_s:>10.1f}{seq_s / stage_s:>7.2f}x"
                       f"{agree:>11}  {'; '.join(paths)}  ({load_average()})", flush=True)
+        if args.study_rows:
+            _study_grid(args, Path(workdir))
         if args.big_rows:
             sizes = sorted({*args.growth_rows, args.big_rows})
             print(f"\nper classifier, one leak_free cell (no selection, no balancing: {args.features} features, "
@@ -172,6 +220,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--big-rows", type=int, default=40000, help="per-classifier growth up to this size (0: skip)")
     parser.add_argument("--big-classifiers", nargs="+", default=["logreg", "svm_linear", "svm_rbf"],
                         help="classifiers timed up to --big-rows (kernel SVMs take their scale path there)")
+    parser.add_argument("--study-rows", type=int, default=410,
+                        help="rows of the study-shaped grid (3 extractors + combined; 0: skip)")
     parser.add_argument("--grouping", default="selection", choices=["cell", "preprocessing", "selection", "protocol"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-in-process", dest="in_process", action="store_false",

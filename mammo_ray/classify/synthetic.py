@@ -117,12 +117,13 @@ def cohort_feature_table(patients: int = 60, seed: int = 3, rows: int = 128,
 
 def write_embeddings(output_uri: str, data: GridData, extractor: str | None = None,
                      weights_id: str | None = None, unlabelled: int = 0,
-                     rows_per_file: int = 5000) -> tuple[pd.DataFrame, ModelKey]:
+                     rows_per_file: int = 5000, image_prefix: str | None = None) -> tuple[pd.DataFrame, ModelKey]:
     """Store `data` as the feature store and index of embeddings/<extractor>/, exactly as the embedding stage
     does; returns the manifest of its images and the model key to read them back with
     (`feature_store.read_view`).
 
-    `unlabelled` extra images with a null label are added (they must be dropped by the grid).
+    `unlabelled` extra images with a null label are added (they must be dropped by the grid). Image ids are
+    `<image_prefix or extractor>/img<row>`: one prefix for several tables makes them tables of the same images.
     """
     from mammo_ray import feature_store, tables
     from mammo_ray.datasets.manifest import validate_manifest
@@ -135,7 +136,7 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
         y = np.concatenate([y, np.array([None] * unlabelled, dtype=object)])
         groups = np.concatenate([groups, np.arange(unlabelled) + int(groups.max()) + 1])
     n = X.shape[0]
-    ids = [f"{name}/img{i:06d}" for i in range(n)]
+    ids = [f"{image_prefix or name}/img{i:06d}" for i in range(n)]
     manifest = validate_manifest(pd.DataFrame({
         "image_id": ids,
         "uri": [f"s3://synthetic/{i}.dcm" for i in ids],
