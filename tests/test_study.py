@@ -137,6 +137,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
         assert f"## {heading}" in markdown
     assert markdown.index("## Verdict") < markdown.index("## Provenance")  # the verdict opens the report
     assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown
+    appendix = markdown.split("## Appendix: reporting checklist")[1]
+    assert "| Class counts |" in appendix and "| Ethics approval and data access |  | left to the author |" in appendix
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows
     assert "logreg" in markdown.split("## Table 2")[1] and "figures/protocol_gap.png" in markdown
     for figure in ("grid_roc.png", "finetune_roc.png", "fold_scores.png"):  # ROC of the best grid cells too

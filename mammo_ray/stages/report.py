@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mammo_ray import __version__, storage, tables
+from mammo_ray.report.checklist import checklist_section
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.report.published import TABLE1_KEYS, beside, read_published
 from mammo_ray.report.render import Section, write_report
@@ -441,6 +442,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
         finetune_section(finetune, predictions, published, finetune_problem),
         grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
+        checklist_section(manifest, grid, weights, errors),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"
     uris = write_report(output_uri, title, banner, sections)
