@@ -137,6 +137,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
         assert f"## {heading}" in markdown
     assert markdown.index("## Verdict") < markdown.index("## Provenance")  # the verdict opens the report
     assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown
+    figure_3 = markdown.split("## Figure 3")[1].split("## Table 1")[0]
+    assert "Caveat: the paper's Figure 3 is a bar chart" in figure_3 and "The weights are random-init" in figure_3
     appendix = markdown.split("## Appendix: reporting checklist")[1]
     assert "| Class counts |" in appendix and "| Ethics approval and data access |  | left to the author |" in appendix
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows

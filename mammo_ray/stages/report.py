@@ -144,6 +144,13 @@ def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None
         section.paragraphs.append(missing)
         return section
     section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper.")
+    weights = sorted(map(str, zero_shot["weights_id"].dropna().unique())) if "weights_id" in zero_shot else []
+    caveat = ("Caveat: the paper's Figure 3 is a bar chart without printed numbers, so nothing published sits "
+              "beside these counts; they are image-level, with no interval.")
+    if any(w.startswith("random-init") for w in weights):
+        caveat += (f" The weights are random-init ({', '.join(weights)}): these predictions say nothing about the "
+                   "published model.")
+    section.paragraphs.append(caveat)
     section.tables.append(("Images predicted benign / malignant per BI-RADS", zero_shot_counts(zero_shot)))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "zero_shot.png"
