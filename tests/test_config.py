@@ -52,6 +52,23 @@ def test_bad_values_name_their_key_path(raw, key_path):
     assert "study.yaml" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"combined": [["nyu_avg", "imagenet_resnet18"]]}, "grid.combined .*imagenet_resnet18.* not among"),
+        ({"combined": [["nyu_avg"]]}, "two or more different extractors"),
+        ({"comparisons": [["nyu_avg", "nyu_x"]]}, r"grid.comparisons \(nyu_avg, nyu_x\): not among"),
+        ({"comparisons": [["nyu_avg", "nyu_avg"]]}, "compared with itself"),
+        ({"classifiers": ["logreg"], "compare": {"classifier": "svm_rbf"}}, "compare.classifier: 'svm_rbf'"),
+    ],
+)
+def test_grid_combinations_and_comparisons_fail_before_work_naming_what_is_wrong(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"grid": grid}, source="study.yaml")
+    # The combined extractor is a valid comparison name, and the defaults need no extractor named.
+    parse_config({"grid": {"comparisons": [["nyu_lcc", "nyu_avg+imagenet_resnet50"]]}})
+
+
 def test_yaml_file_errors(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")

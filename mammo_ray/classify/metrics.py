@@ -15,6 +15,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_score, recall_score, roc_curve
 
+from mammo_ray.classify.stats import percentile_interval
 from mammo_ray.training.metrics import binary_auroc as auc  # the one AUC: roc_auc_score, NaN if undefined
 
 __all__ = ["auc", "auc_rows", "balanced_accuracy", "best_threshold", "binary_scores", "bootstrap_auc_interval"]
@@ -80,13 +81,7 @@ def bootstrap_auc_interval(
         count = min(chunk, n_resamples - start)
         index = rng.integers(0, len(y_true), size=(count, len(y_true)))
         values.append(auc_rows(y_true[index], scores[index]))
-    aucs = np.concatenate(values)
-    aucs = aucs[np.isfinite(aucs)]
-    if aucs.size == 0:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(aucs, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(np.concatenate(values), level)
 
 
 def best_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:

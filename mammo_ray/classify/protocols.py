@@ -552,7 +552,7 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
                 inner_aucs.append(auc(y[fit_rows], pooled[fit_rows]) if complete else float("nan"))
         result.fold_thresholds, result.inner_aucs = [float(c) for c in cuts], [float(a) for a in inner_aucs]
         try:
-            _finish_oof(result, oof, called, probability, fold_scores, cuts, n_kept, data, config)
+            _finish_oof(result, oof, called, probability, fold_scores, cuts, n_kept, data, config, complete)
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
     return list(book.results.values())
@@ -584,9 +584,10 @@ def platt(y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.n
 
 def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probability: np.ndarray,
                 fold_scores: list[float], cuts: list[float], n_kept: list[int], data: GridData,
-                config: GridConfig) -> None:
+                config: GridConfig, complete: bool = True) -> None:
     """The numbers of an out-of-fold cell: per repeat over all images, then the mean over repeats; the AUC
-    interval resamples patients (each resample averages the repeats)."""
+    interval resamples patients (each resample averages the repeats). complete=False (the control's reruns):
+    no breast/exam level, calibration or per-image rows, which nothing of a rerun reads."""
     y = data.y
     repeats, n = oof.shape
     result.evaluation = "oof"
@@ -607,6 +608,8 @@ def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probabi
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
+    if not complete:
+        return
     fill_levels(result, data, oof, config)
     if np.isfinite(probability).all():
         result.brier = float(np.mean([brier_score_loss(y, p) for p in probability]))

@@ -22,7 +22,8 @@ from scipy.stats import norm, rankdata
 
 __all__ = [
     "DeLongResult", "delong_test", "holm", "patient_bootstrap_auc", "patient_bootstrap_auc_difference",
-    "patient_bootstrap_weights", "permutation_p_value", "permute_labels_by_patient", "weighted_auc_rows",
+    "patient_bootstrap_weights", "percentile_interval", "permutation_p_value", "permute_labels_by_patient",
+    "weighted_auc_rows",
 ]
 
 
@@ -58,7 +59,8 @@ def patient_bootstrap_weights(groups: np.ndarray, n_resamples: int, seed: int) -
     return counts[:, codes]
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of the finite `values`; (NaN, NaN) when there are none."""
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
@@ -83,7 +85,7 @@ def patient_bootstrap_auc(labels: np.ndarray, scores: np.ndarray, groups: np.nda
     weights = patient_bootstrap_weights(groups, n_resamples, seed)
     values = np.concatenate([_mean_auc(labels, score_sets, weights[start:start + chunk])
                              for start in range(0, n_resamples, chunk)])
-    return _percentile_interval(values, level)
+    return percentile_interval(values, level)
 
 
 def patient_bootstrap_auc_difference(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
@@ -99,7 +101,7 @@ def patient_bootstrap_auc_difference(labels: np.ndarray, scores_a: np.ndarray, s
     values = np.concatenate([
         _mean_auc(labels, a, weights[start:start + chunk]) - _mean_auc(labels, b, weights[start:start + chunk])
         for start in range(0, n_resamples, chunk)])
-    return _percentile_interval(values, level)
+    return percentile_interval(values, level)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ class StudyConfig(StrictModel):
             missing = [name for name in members if name not in grid_names]
             if missing:
                 raise ValueError(f"grid.combined {members}: {missing} not among the grid's extractors {grid_names}")
+        known = grid_names + ["+".join(members) for members in self.grid.combinations(grid_names)]
+        for a, b in self.grid.comparisons or []:
+            if not {a, b} <= set(known):
+                raise ValueError(f"grid.comparisons ({a}, {b}): not among the grid's extractors and combinations "
+                                 f"{known}")
         return self
 
     @property

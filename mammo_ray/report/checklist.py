@@ -20,7 +20,7 @@ def _grid_facts(grid: pd.DataFrame | None) -> tuple[str | None, str | None, str 
     if grid is None or grid.empty:
         return None, None, None
     ok = grid[grid["status"] == "ok"]
-    oof = ok[ok.get("evaluation", pd.Series(dtype=str)) == "oof"] if "evaluation" in ok else ok.iloc[0:0]
+    oof = ok[ok["evaluation"] == "oof"] if "evaluation" in ok else ok.iloc[0:0]
     if len(oof):
         first = oof.iloc[0]
         split = (f"patient-grouped, stratified {int(first['oof_repeats'])}-times repeated K-fold (every image scored "

@@ -66,6 +66,9 @@ def test_combined_extractor_concatenates_the_images_both_have():
     relabelled = replace(shorter, y=1 - shorter.y)
     with pytest.raises(ValueError, match="disagree on labels"):
         GridData.combine([datasets["a"], relabelled])
+    elsewhere = replace(shorter, image_ids=tuple(f"other{i}" for i in range(shorter.n_rows)))
+    with pytest.raises(ValueError, match="a\\+b: the extractors share no image"):
+        GridData.combine([datasets["a"], elsewhere])
     config = GridConfig()
     assert config.combinations(["imagenet_resnet50", "nyu_lcc", "nyu_avg"]) == [["nyu_avg", "imagenet_resnet50"]]
     assert config.combinations(["imagenet_resnet18"]) == []
