@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mammo_ray.classify.stats import delong_test, holm, patient_bootstrap_auc_difference, weighted_auc_rows
+from mammo_ray.classify.metrics import auc
+from mammo_ray.classify.stats import delong_test, holm, patient_bootstrap_auc_difference
 
 COMPARISON_COLUMNS = [
     "a", "b", "selection", "balancing", "classifier", "n_images", "n_positive", "auc_a", "auc_b", "difference",
@@ -47,9 +48,8 @@ def compare_pair(a: pd.DataFrame, b: pd.DataFrame, groups: pd.Series, n_resample
     scores_a = a.loc[images, repeats].to_numpy(dtype=np.float64).T
     scores_b = b.loc[images, repeats].to_numpy(dtype=np.float64).T
     patients = groups.loc[images].to_numpy()
-    unit = np.ones((1, images.size))
-    auc_a = float(np.mean([weighted_auc_rows(labels, s, unit)[0] for s in scores_a]))
-    auc_b = float(np.mean([weighted_auc_rows(labels, s, unit)[0] for s in scores_b]))
+    auc_a = float(np.mean([auc(labels, s) for s in scores_a]))
+    auc_b = float(np.mean([auc(labels, s) for s in scores_b]))
     low, high = patient_bootstrap_auc_difference(labels, scores_a, scores_b, patients, n_resamples, level, seed)
     delong = delong_test(labels, scores_a.mean(axis=0), scores_b.mean(axis=0))
     return {"n_images": int(images.size), "n_positive": int(labels.sum()), "auc_a": auc_a, "auc_b": auc_b,

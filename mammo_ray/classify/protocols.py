@@ -588,32 +588,37 @@ def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probabi
     """The numbers of an out-of-fold cell: per repeat over all images, then the mean over repeats; the AUC
     interval resamples patients (each resample averages the repeats). complete=False (the control's reruns):
     no breast/exam level, calibration or per-image rows, which nothing of a rerun reads."""
-    y = data.y
-    repeats, n = oof.shape
-    result.evaluation = "oof"
-    result.oof_repeats = repeats
-    result.n_train = int(round(n * (1.0 - 1.0 / config.oof.folds)))
-    result.n_test = n
     result.n_features = int(np.median(n_kept))
     result.threshold = float(np.median(cuts))
     result.cv_fold_scores = [float(s) for s in fold_scores]
     result.cv_balanced_accuracy_mean = float(np.mean(fold_scores))
     result.cv_balanced_accuracy_std = float(np.std(fold_scores))
+    fill_out_of_fold(result, data, oof, called, config, complete)
+    if complete and np.isfinite(probability).all():
+        result.brier = float(np.mean([brier_score_loss(data.y, p) for p in probability]))
+        result.test_probabilities = [float(p) for p in probability.ravel()]
+
+
+def fill_out_of_fold(result: CellResult, data: GridData, oof: np.ndarray, called: np.ndarray, config: GridConfig,
+                     complete: bool = True) -> None:
+    """The numbers every out-of-fold row has, from its scores (R, n) and calls (R, n): metrics per repeat over
+    all images, then their mean; the AUC interval resamples patients (each resample averages the repeats);
+    with `complete`, breast/exam level and the per-image rows too."""
+    y = data.y
+    repeats, n = oof.shape
+    result.evaluation, result.oof_repeats, result.n_test = "oof", repeats, n
+    result.n_train = int(round(n * (1.0 - 1.0 / config.oof.folds)))
     per_repeat = [binary_scores(y, predicted) for predicted in called]
     for name in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity"):
         setattr(result, name, float(np.nanmean([scores[name] for scores in per_repeat])))
     aucs = [auc(y, scores) for scores in oof]
-    result.auc = float(np.mean(aucs))
-    result.first_repeat_auc = float(aucs[0])
+    result.auc, result.first_repeat_auc = float(np.mean(aucs)), float(aucs[0])
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
     if not complete:
         return
     fill_levels(result, data, oof, config)
-    if np.isfinite(probability).all():
-        result.brier = float(np.mean([brier_score_loss(y, p) for p in probability]))
-        result.test_probabilities = [float(p) for p in probability.ravel()]
     result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
     result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
     result.test_targets = [int(target) for target in np.tile(y, repeats)]

@@ -17,8 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mammo_ray.classify.data import CellResult, GridData
-from mammo_ray.classify.metrics import auc, binary_scores
-from mammo_ray.classify.stats import patient_bootstrap_auc
+from mammo_ray.classify.protocols import fill_out_of_fold, oof_splits
 from mammo_ray.config.base import stable_hash
 from mammo_ray.config.grid import GridConfig
 
@@ -33,8 +32,6 @@ def _candidates(results: Sequence[CellResult], extractor: str) -> list[CellResul
 def select_inside(results: Sequence[CellResult], datasets: Mapping[str, GridData],
                   config: GridConfig) -> list[CellResult]:
     """One 'selected' row per extractor with leak_free out-of-fold cells (none otherwise)."""
-    from mammo_ray.classify.protocols import oof_splits
-
     rows = []
     for extractor, data in datasets.items():
         candidates = _candidates(results, extractor)
@@ -63,29 +60,12 @@ def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np
     settings = {"extractor": extractor, "protocol": "leak_free", "selection": SELECTED, "balancing": SELECTED,
                 "classifier": SELECTED, "candidates": n_candidates, "oof": config.oof.model_dump(mode="json"),
                 "seed": config.seed}
-    from mammo_ray.classify.protocols import fill_levels
-
     result = CellResult(extractor=extractor, protocol="leak_free", selection=SELECTED, balancing=SELECTED,
                         classifier=SELECTED, n_rows=data.n_rows, n_positive=data.n_positive,
                         n_dropped_unlabelled=data.n_dropped, n_features_in=int(data.X.shape[1]),
                         cell_config=json.dumps({**settings, "chosen": dict(chosen.most_common())}, sort_keys=True),
                         cell_hash=stable_hash(settings))
-    repeats, n = scores.shape
-    result.evaluation, result.oof_repeats, result.n_test = "oof", repeats, n
-    result.n_train = int(round(n * (1.0 - 1.0 / config.oof.folds)))
-    per_repeat = [binary_scores(data.y, predicted) for predicted in called]
-    for name in ("accuracy", "balanced_accuracy", "precision", "recall", "specificity"):
-        setattr(result, name, float(np.nanmean([values[name] for values in per_repeat])))
-    aucs = [auc(data.y, row) for row in scores]
-    result.auc, result.first_repeat_auc = float(np.mean(aucs)), float(aucs[0])
-    result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
-        data.y, scores, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
-    result.interval = "patient bootstrap"
-    fill_levels(result, data, scores, config)
-    result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
-    result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
-    result.test_targets = [int(t) for t in np.tile(data.y, repeats)]
-    result.test_scores = [float(s) for s in scores.ravel()]
+    fill_out_of_fold(result, data, scores, called, config)
     return result
 
 
