@@ -11,7 +11,7 @@ from mammo_ray import storage, tables
 from mammo_ray.classify import GridData
 from mammo_ray.classify.synthetic import embedding_table, noise_table, read_synthetic, write_embeddings
 from mammo_ray.config import EmbedConfig, ExtractorConfig, GridConfig
-from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, plan_units, run_grid, tune_grid
+from mammo_ray.stages.grid import GRID_SCHEMA, _cells_of, grid_uri, plan_units, run_grid, tune_grid
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -102,6 +102,21 @@ def test_trials_group_cells_that_share_fits():
     assert sorted(c for u in units for c in map(tuple, u["cells"])) == sorted(
         tuple(c.as_dict().values()) for c in cells)
     assert [u["cost"] for u in units] == sorted((u["cost"] for u in units), reverse=True)
+
+
+def test_trial_cost_counts_the_control_and_the_width():
+    """The longest trials start first: the permutation control's reruns and wide tables are counted."""
+    data = {"wide": noise_table(100, 512, 25, extractor="wide"), "narrow": noise_table(100, 16, 25, extractor="narrow")}
+    cells = GridConfig(selection=["none"]).cells(["wide", "narrow"])
+
+    def costs(config: GridConfig) -> dict[tuple[str, str], float]:
+        return {(u["extractor"], _cells_of(u)[0].protocol): u["cost"] for u in plan_units(cells, data, config)}
+
+    quiet, controlled = costs(GridConfig(permutations=0)), costs(GridConfig(permutations=200))
+    assert all(controlled[key] > quiet[key] for key in quiet)
+    assert controlled[("wide", "leak_free")] > controlled[("narrow", "leak_free")]
+    # oof reruns five outer folds per permutation, the paper protocol one held-out fit
+    assert controlled[("wide", "leak_free")] > controlled[("wide", "paper")]
 
 
 def test_mini_mias_grid_from_moto_s3(mini_mias_dir, s3_bucket):

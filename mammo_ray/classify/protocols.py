@@ -461,8 +461,8 @@ def _with_control(run: Callable[..., list[CellResult]], data: GridData, cells: S
 def _holdout_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, precomputed_kernels: bool = True,
                    complete: bool = True, scorer: Callable[..., Any] = _score_rounds) -> list[CellResult]:
     """leak_free, evaluation holdout: CV folds on the training split (the threshold from their pooled scores),
-    then the pipeline refit on the training split scores the patient-grouped test split. complete=False
-    skips the CV (the permutation control needs only the AUC)."""
+    then the pipeline refit on the training split scores the patient-grouped test split. complete=False: no CV,
+    the held-out AUC only (what the permutation control reads)."""
     book = _Cells(data, cells, config, precomputed_kernels)
     X, y, groups = data.X, data.y, data.groups
     try:
@@ -477,6 +477,9 @@ def _holdout_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig
     y_train = y[train]
     for cell in book.live():
         result = book.results[cell]
+        if not complete:  # the control's rerun: only its AUC is read
+            result.auc = auc(y[test], scores[cell][-1])
+            continue
         result.n_train, result.n_test = len(train), len(test)
         result.n_features = kept[cell][-1]
         out_of_fold = np.zeros(len(train))
@@ -485,7 +488,7 @@ def _holdout_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig
             out_of_fold[check] = fold
             fold_scores.append(balanced_accuracy(y_train[check], fold > 0))
         try:
-            threshold = best_threshold(y_train, out_of_fold) if complete else 0.0
+            threshold = best_threshold(y_train, out_of_fold)
             _finish(result, fold_scores, test, y[test], scores[cell][-1], threshold, config, groups[test])
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
@@ -514,7 +517,8 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
                complete: bool = True, scorer: Callable[..., Any] = _score_rounds) -> list[CellResult]:
     """leak_free, evaluation oof: every image scored once per repeat by the pipeline fitted on the other
     folds, positive at the threshold its training folds chose (the best balanced accuracy on the pooled
-    scores of `oof.threshold_folds` inner folds). complete=False: outer folds only (for the control)."""
+    scores of `oof.threshold_folds` inner folds). complete=False: one repeat's outer folds and its AUC only
+    (what the permutation control reads)."""
     book = _Cells(data, cells, config, precomputed_kernels)
     X, y, groups = data.X, data.y, data.groups
     try:
@@ -528,6 +532,13 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
     rounds = [pair for folds, inners in zip(splits, inner, strict=True)
               for outer, threshold_rounds in zip(folds, inners, strict=True) for pair in [*threshold_rounds, outer]]
     scores, kept = scorer(book, X, y, rounds, config)
+    if not complete:  # the control's rerun: one repeat, outer folds only, and only its AUC is read
+        for cell in book.live():
+            pooled = np.zeros(data.n_rows)
+            for (_, check_rows), outer_scores in zip(splits[0], scores[cell], strict=True):
+                pooled[check_rows] = outer_scores
+            book.results[cell].auc = auc(y, pooled)
+        return list(book.results.values())
     for cell in book.live():
         result = book.results[cell]
         produced = iter(zip(scores[cell], kept[cell], strict=True))
@@ -541,18 +552,17 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
                 for _, inner_check in threshold_rounds:
                     pooled[inner_check] = next(produced)[0]
                 outer_scores, outer_kept = next(produced)
-                cut = best_threshold(y[fit_rows], pooled[fit_rows]) if complete else 0.0
+                cut = best_threshold(y[fit_rows], pooled[fit_rows])
                 oof[repeat, check_rows] = outer_scores
                 called[repeat, check_rows] = outer_scores >= cut
-                if complete:
-                    probability[repeat, check_rows] = platt(y[fit_rows], pooled[fit_rows], outer_scores)
+                probability[repeat, check_rows] = platt(y[fit_rows], pooled[fit_rows], outer_scores)
                 fold_scores.append(balanced_accuracy(y[check_rows], outer_scores > 0))
                 cuts.append(cut)
                 n_kept.append(outer_kept)
-                inner_aucs.append(auc(y[fit_rows], pooled[fit_rows]) if complete else float("nan"))
+                inner_aucs.append(auc(y[fit_rows], pooled[fit_rows]))
         result.fold_thresholds, result.inner_aucs = [float(c) for c in cuts], [float(a) for a in inner_aucs]
         try:
-            _finish_oof(result, oof, called, probability, fold_scores, cuts, n_kept, data, config, complete)
+            _finish_oof(result, oof, called, probability, fold_scores, cuts, n_kept, data, config)
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             result.fail(error)
     return list(book.results.values())
@@ -584,26 +594,25 @@ def platt(y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.n
 
 def _finish_oof(result: CellResult, oof: np.ndarray, called: np.ndarray, probability: np.ndarray,
                 fold_scores: list[float], cuts: list[float], n_kept: list[int], data: GridData,
-                config: GridConfig, complete: bool = True) -> None:
+                config: GridConfig) -> None:
     """The numbers of an out-of-fold cell: per repeat over all images, then the mean over repeats; the AUC
-    interval resamples patients (each resample averages the repeats). complete=False (the control's reruns):
-    no breast/exam level, calibration or per-image rows, which nothing of a rerun reads."""
+    interval resamples patients (each resample averages the repeats)."""
     result.n_features = int(np.median(n_kept))
     result.threshold = float(np.median(cuts))
     result.cv_fold_scores = [float(s) for s in fold_scores]
     result.cv_balanced_accuracy_mean = float(np.mean(fold_scores))
     result.cv_balanced_accuracy_std = float(np.std(fold_scores))
-    fill_out_of_fold(result, data, oof, called, config, complete)
-    if complete and np.isfinite(probability).all():
+    fill_out_of_fold(result, data, oof, called, config)
+    if np.isfinite(probability).all():
         result.brier = float(np.mean([brier_score_loss(data.y, p) for p in probability]))
         result.test_probabilities = [float(p) for p in probability.ravel()]
 
 
-def fill_out_of_fold(result: CellResult, data: GridData, oof: np.ndarray, called: np.ndarray, config: GridConfig,
-                     complete: bool = True) -> None:
+def fill_out_of_fold(result: CellResult, data: GridData, oof: np.ndarray, called: np.ndarray,
+                     config: GridConfig) -> None:
     """The numbers every out-of-fold row has, from its scores (R, n) and calls (R, n): metrics per repeat over
     all images, then their mean; the AUC interval resamples patients (each resample averages the repeats);
-    with `complete`, breast/exam level and the per-image rows too."""
+    breast/exam level and the per-image rows."""
     y = data.y
     repeats, n = oof.shape
     result.evaluation, result.oof_repeats, result.n_test = "oof", repeats, n
@@ -616,8 +625,6 @@ def fill_out_of_fold(result: CellResult, data: GridData, oof: np.ndarray, called
     result.auc_ci_low, result.auc_ci_high = patient_bootstrap_auc(
         y, oof, data.groups, config.bootstrap, config.ci_level, seed=config.seed)
     result.interval = "patient bootstrap"
-    if not complete:
-        return
     fill_levels(result, data, oof, config)
     result.test_rows = [int(row) for row in np.tile(np.arange(n), repeats)]
     result.test_repeats = [int(r) for r in np.repeat(np.arange(repeats), n)]
@@ -627,7 +634,7 @@ def fill_out_of_fold(result: CellResult, data: GridData, oof: np.ndarray, called
 
 def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                  precomputed_kernels: bool = True, complete: bool = True) -> list[CellResult]:
-    """The paper's steps 1-6; complete=False skips the CV folds (the permutation control needs the AUC only)."""
+    """The paper's steps 1-6; complete=False: the held-out AUC only (what the permutation control reads)."""
     book = _Cells(data, cells, config, precomputed_kernels)
     # Step 1: standardise on all rows.
     Z = StandardScaler().fit_transform(data.X)
@@ -672,6 +679,9 @@ def _paper_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                         continue
                     if check_rows is not None:
                         fold_scores[cell].append(balanced_accuracy(y_b[check_rows], scores > 0))
+                        continue
+                    if not complete:  # the control's rerun: only its AUC is read
+                        book.results[cell].auc = auc(y_b[test], scores)
                         continue
                     try:
                         _finish(book.results[cell], fold_scores[cell], test, y_b[test], scores, None, config)

@@ -110,19 +110,29 @@ def _unit_key(cell: GridCell, grouping: str) -> tuple[str, ...]:
     return (cell.extractor, cell.protocol)
 
 
+def _fits_per_cell(protocol: str, config: GridConfig) -> int:
+    """Classifier fits one cell makes: its evaluation, then `permutations` control reruns (outer folds only)."""
+    if protocol == "leak_free" and config.evaluation == "oof":
+        evaluation = config.oof.repeats * config.oof.folds * (config.oof.threshold_folds + 1)
+        return evaluation + config.permutations * config.oof.folds
+    return config.cv_folds + 1 + config.permutations  # a CV, the held-out fit; one fit per control rerun
+
+
 def _cost(cells: Sequence[GridCell], data: GridData, config: GridConfig) -> float:
-    """A rough cost for ordering trials (largest first): rows each fold fits on, squared for exact
-    kernel SVMs, linear otherwise; Lasso-selected cells are narrower."""
-    n = data.n_rows
+    """A rough cost for ordering trials (largest first): per fit, the rows it fits on squared for exact
+    kernel SVMs (linear otherwise) plus rows x features (Lasso-selected cells are narrower), times the
+    fits of the evaluation and of the permutation control."""
+    n, width = data.n_rows, int(data.X.shape[1])
     extra = max(0, (n - data.n_positive) - data.n_positive)  # rows SMOTE adds
     total = 0.0
     for cell in cells:
         rows = float(n + extra if cell.balancing == "smote" else n)
         if cell.protocol == "leak_free":  # folds fit on the training split only
             rows *= 1.0 - config.test_fraction
-        width = 0.2 if cell.selection == "lasso" else 1.0
+        features = min(width, 300) if cell.selection == "lasso" else width
         quadratic = cell.classifier.startswith("svm") and n <= config.scale.max_rows_exact
-        total += (rows * rows if quadratic else rows * 100.0) * width
+        per_fit = (rows * rows if quadratic else rows * 100.0) + rows * features
+        total += per_fit * _fits_per_cell(cell.protocol, config)
     return total
 
 
