@@ -129,11 +129,12 @@ def index_digest(table_uri: str) -> str | None:
     return None if provenance is None else provenance.get("inputs", {}).get("content")
 
 
-def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str) -> pd.DataFrame:
+def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str,
+              columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The outputs of every image of `manifest` under `key`, one row per image with an output, sorted by
-    image_id: manifest columns + the output columns + the key columns. Images that were errors rows of
-    the stage are left out (see the errors table). Raises StaleTableError when the folder does not
-    describe this manifest and key: run `stage` first."""
+    image_id: manifest columns + the output columns (`columns` only, when given) + the key columns. Images
+    that were errors rows of the stage are left out (see the errors table). Raises StaleTableError when the
+    folder does not describe this manifest and key: run `stage` first."""
     problem = index_problem(table_uri, manifest, key)
     if problem is not None:
         raise StaleTableError(table_uri, f"{problem}: run the {stage} stage for the current manifest and config")
@@ -141,7 +142,7 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str)
     ok = index[index["status"] == "ok"][["image_id", "content_sha256"]]
     # Image ids are unique in a manifest and in an index (both checked where they are written).
     images = manifest.merge(ok, on="image_id", how="inner")
-    features = _read_folder(key_uri(table_uri, key))
+    features = _read_folder(key_uri(table_uri, key), [*tables.CONTENT_KEY_COLUMNS, *columns] if columns else None)
     if features is None:
         features = pd.DataFrame(columns=list(tables.FEATURE_KEY_COLUMNS))
     stored = _stored_keys(features, key)

@@ -163,6 +163,17 @@ def _run_finetune(current: CurrentInputs) -> dict[str, int]:
     return {"finetune_rows": len(trained.rows)}
 
 
+def _transfer_inputs(current: CurrentInputs) -> dict[str, Any]:
+    return {"grid": current.grid_inputs(), "finetune": current.finetune_inputs()}
+
+
+def _run_transfer(current: CurrentInputs) -> dict[str, int]:
+    from mammo_ray.stages.transfer import run_transfer
+
+    table = run_transfer(current.config.output, current.config.grid, _transfer_inputs(current))
+    return {"finetune_vs_frozen_rows": table.num_rows}
+
+
 def _run_report(current: CurrentInputs) -> dict[str, int]:
     from mammo_ray.errors import StaleTableError
     from mammo_ray.stages.report import ReportInputs, build_report
@@ -191,12 +202,35 @@ def _run_report(current: CurrentInputs) -> dict[str, int]:
     report_inputs = ReportInputs(
         manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem,
         error_uris=[tables.errors_uri(config.output, stage) for stage in stages],
-        weights_ids=weights, expected_inputs=expected,
+        weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
     )
     uris = build_report(config.output, {**config.model_dump(mode="json"), "config_hash": config.config_hash()},
                         report_inputs)
     log.info("report: %s and %s", uris["markdown"], uris["html"])
     return {"report_files": len(uris)}
+
+
+def _breast_shares(current: CurrentInputs, zero_shot: pd.DataFrame | None) -> dict[str, tuple[str, pd.Series]]:
+    """Per current image output: its family and the breast's share of each image's input (outputs not current
+    for this manifest and config are left out: the report shows only what describes the current inputs)."""
+    from mammo_ray.errors import StaleTableError
+    from mammo_ray.stages.embed import read_embeddings
+
+    config, manifest = current.config, current.manifest()
+    shares: dict[str, tuple[str, pd.Series]] = {}
+    for spec in config.embed.extractors:
+        try:
+            key = current.embedding_key(spec)
+        except MammoRayError:  # its weights are not here: nothing of it can be current
+            continue
+        try:
+            view = read_embeddings(config.output, manifest, spec, key=key, columns=["breast_share"])
+        except StaleTableError:  # not run for these inputs (a store failure is not caught: the report fails)
+            continue
+        shares[spec.name] = (spec.family, view["breast_share"])
+    if zero_shot is not None and "breast_share" in zero_shot:
+        shares["zero_shot"] = ("nyu", zero_shot["breast_share"])
+    return shares
 
 
 @dataclass(frozen=True)
@@ -257,10 +291,14 @@ STAGES: tuple[Stage, ...] = (
           writes=("results/finetune", "results/finetune_predictions", "checkpoints",
                   "errors/finetune-<family>-<size>")),
     # Cheap, and its inputs are every other table: always rebuilt.
+    # The paper's second question: fine-tuned networks against their frozen features, on the same images.
+    Stage("transfer", _run_transfer, _transfer_inputs, sections=("grid", "finetune"),
+          reads=("results/grid_predictions", "results/finetune", "results/finetune_predictions"),
+          writes=("results/finetune_vs_frozen",)),
     Stage("report", _run_report, None, check=preflight.published_values,
           reads=("manifest", "errors/ingest", "zero_shot", "results/grid", "results/grid_predictions",
-                 "results/comparisons",
-                 "results/finetune", "results/finetune_predictions"), writes=("report",)),
+                 "results/comparisons", "results/finetune", "results/finetune_predictions",
+                 "results/finetune_vs_frozen"), writes=("report",)),
 )
 
 

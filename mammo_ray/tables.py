@@ -89,6 +89,10 @@ def comparisons_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "comparisons.parquet")
 
 
+def finetune_vs_frozen_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "finetune_vs_frozen.parquet")
+
+
 def grid_units_uri(output_uri: str) -> str:
     """The grid's journal: one file per finished Tune trial unit, removed once grid.parquet is written."""
     return storage.join(output_uri, "results", "grid_units")
@@ -195,9 +199,16 @@ def orientation_hint(value: object) -> str:
 _FEATURE_KEY_FIELDS = [pa.field(name, pa.string(), nullable=False) for name in FEATURE_KEY_COLUMNS]
 
 
+#: Every image output records what its preprocessing left of the breast: the share of the model input (the NYU
+#: window, the ImageNet square) the breast covers (mean over test-time windows; null for tables not made from
+#: images). The report summarises it.
+BREAST_SHARE_FIELD = pa.field("breast_share", pa.float32(), nullable=True)
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
-    """embeddings/<extractor>/features/: the key and the vector."""
-    return pa.schema([*_FEATURE_KEY_FIELDS, pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
+    """embeddings/<extractor>/features/: the key, the vector and the breast's share of the input."""
+    return pa.schema([*_FEATURE_KEY_FIELDS, pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+                      BREAST_SHARE_FIELD])
 
 
 ZERO_SHOT_SCHEMA = pa.schema(
@@ -205,6 +216,7 @@ ZERO_SHOT_SCHEMA = pa.schema(
         *_FEATURE_KEY_FIELDS,
         pa.field("p_benign", pa.float32(), nullable=False),
         pa.field("p_malignant", pa.float32(), nullable=False),
+        BREAST_SHARE_FIELD,
     ]
 )
 
@@ -266,6 +278,7 @@ GRID_SCHEMA = pa.schema(
         pa.field("scale_path", pa.string()),
         pa.field("weights_ids", pa.list_(pa.string())),
         pa.field("classifier_seconds", pa.float64()),
+        pa.field("unconverged_fits", pa.int64()),
         pa.field("cell_config", pa.string(), nullable=False),
         pa.field("cell_hash", pa.string(), nullable=False),
         pa.field("config_hash", pa.string(), nullable=False),
@@ -297,11 +310,13 @@ GRID_COLUMNS_DOC = {
     "control_seconds": "time of this cell's share of the permutation control",
     "n_breasts, auc_breast*, n_exams, auc_exam": "oof: AUC over breasts (mean of a breast's views' scores, the "
     "highest label) with its patient-bootstrap interval, and over exams (the highest of an exam's breasts)",
-    "brier": "oof: Brier score of probabilities from Platt scaling fitted on each outer fold's inner scores "
-    "(never on the images it maps), mean over repeats",
+    "brier": "oof: Brier score of probabilities from the calibration (cell_config oof.calibration: Platt or "
+    "isotonic) fitted on each outer fold's inner scores (never on the images it maps), mean over repeats",
     "scale_path": "'exact', or the scalable estimator that replaced an exact kernel SVM",
     "weights_ids": "weights of the extractor that made the embeddings",
     "classifier_seconds": "time in this cell's own fits (fits shared with other cells not counted)",
+    "unconverged_fits": "classifier fits (evaluation and permutation control) stopped at their max_iter "
+    "(grid.classifier_params.<classifier>.max_iter) with a ConvergenceWarning",
     "cell_config, cell_hash": "every setting of the cell (JSON) and its hash",
     "config_hash": "hash of the whole grid config",
 }
@@ -318,7 +333,7 @@ GRID_PREDICTIONS_SCHEMA = pa.schema(
         pa.field("image_id", pa.string()),  # null: a synthetic SMOTE row (paper protocol)
         pa.field("target", pa.int8(), nullable=False),
         pa.field("score", pa.float64(), nullable=False),
-        pa.field("probability", pa.float64()),  # oof: Platt-calibrated inside the training folds
+        pa.field("probability", pa.float64()),  # oof: calibrated inside the training folds
         pa.field("cell_hash", pa.string(), nullable=False),
     ]
 )

@@ -56,6 +56,9 @@ def test_every_extractor_embeds_the_cohort_from_s3(name, s3_manifest, s3_bucket)
     frame = read_embeddings(s3_bucket + "/out", manifest, spec)
     vectors = np.stack(frame["embedding"])
     assert vectors.shape == (len(manifest), spec.dim) and np.isfinite(vectors).all()
+    assert frame["breast_share"].between(0.05, 1.0).all()  # every image records its breast's share of the input
+    assert read_embeddings(s3_bucket + "/out", manifest, spec, columns=["breast_share"]).columns.isin(
+        ["embedding"]).sum() == 0  # a report reads the share without the vectors
     assert set(frame["weights_id"]) == {"random-init:3"}
     assert set(frame["preprocess_id"]) == {key.preprocess_id} and spec.preprocess_id in key.preprocess_id
     assert frame["image_id"].tolist() == sorted(manifest["image_id"])

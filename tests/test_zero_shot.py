@@ -107,7 +107,7 @@ def test_every_good_image_is_scored_with_the_schema_and_the_checkpoint_id(scored
         values = frame[column].to_numpy()
         assert values.dtype == np.float32 and ((values >= 0) & (values <= 1)).all()
     assert set(frame["weights_id"]) == {checkpoint[1]}
-    assert set(frame["preprocess_id"]) == {"nyu:v1:window=image-view:scale=0.125:tta=0:source=auto|voi_lut=1"}
+    assert set(frame["preprocess_id"]) == {"nyu:v2:window=image-view:scale=0.125:tta=0:source=auto|voi_lut=1"}
     labels = manifest.set_index("image_id")
     for row in frame[frame["image_id"].isin(manifest["image_id"])].itertuples():
         expected = tuple(labels.loc[row.image_id, ["birads", "laterality", "view"]])

@@ -114,9 +114,11 @@ def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
     stage_s = time.perf_counter() - started
     control = result.frame["control_seconds"].sum()
     fits = result.frame["classifier_seconds"].sum()
+    unconverged = int(result.frame["unconverged_fits"].fillna(0).sum())
     print(f"  stage (Ray Tune, {args.num_cpus or os.cpu_count()} CPUs): {stage_s:.0f} s ({stage_s / 60:.1f} min); "
           f"{result.n_ok} rows ok; inside the trials {fits:.0f} CPU-s of classifier fits (shared scaler, Lasso "
-          f"and SMOTE fits not counted) and {control:.0f} CPU-s of permutation control", flush=True)
+          f"and SMOTE fits not counted) and {control:.0f} CPU-s of permutation control; {unconverged} classifier "
+          f"fits stopped at max_iter", flush=True)
     if args.in_process:
         started = time.perf_counter()
         for name, data in datasets.items():

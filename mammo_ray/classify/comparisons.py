@@ -79,4 +79,88 @@ def paired_comparisons(predictions: pd.DataFrame, pairs: Sequence[tuple[str, str
     return frame[COMPARISON_COLUMNS]
 
 
-__all__ = ["COMPARISON_COLUMNS", "compare_pair", "paired_comparisons", "score_matrix"]
+#: The frozen extractor of each fine-tuned network: the same network's features under a classifier (a NYU
+#: model fine-tuned from an MLO head has no MLO-only extractor: nyu_avg holds its trunk).
+FROZEN_FEATURES_OF = {"resnet50": "imagenet_resnet50", "resnet18": "imagenet_resnet18",
+                      "squeezenet1_1": "imagenet_squeezenet", "nyu": "nyu_lcc", "nyu/mlo": "nyu_avg"}
+
+
+def finetuned_label(model: str, variant: str | None) -> str:
+    return f"finetuned:{model}" + (f"/{variant}" if variant else "")
+
+
+def _frozen_of(model: str, variant: str | None) -> str | None:
+    if model == "nyu" and variant and variant.endswith("mlo"):
+        return FROZEN_FEATURES_OF["nyu/mlo"]
+    return FROZEN_FEATURES_OF.get(model)
+
+
+def finetuned_matrices(rows: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, tuple[str, float, pd.DataFrame]]:
+    """Per fine-tuned binary run (model, variant): its frozen counterpart's name, its validation AUROC and the
+    score matrix (`score_matrix`, one column) of its last stage's validation predictions (P(malignant))."""
+    variant = "variant" if "variant" in rows else None
+    binary = rows[rows["task"] == "binary"]
+    out: dict[str, tuple[str, float, pd.DataFrame]] = {}
+    runs = binary.sort_values("stage_index").groupby(["model", *([variant] if variant else [])])
+    for _, last in runs.tail(1).iterrows():
+        which = last.get(variant) if variant else None
+        chosen = predictions[(predictions["model"] == last["model"]) & (predictions["task"] == "binary")
+                             & (predictions["stage"] == last["stage"])]
+        if variant and variant in predictions:
+            chosen = chosen[chosen[variant] == which]
+        if chosen.empty:
+            continue
+        frame = pd.DataFrame({"image_id": chosen["image_id"].astype(str), "target": chosen["target"].astype(int),
+                              "score": [float(p[1]) for p in chosen["probabilities"]], "repeat": 0})
+        out[finetuned_label(last["model"], which)] = (_frozen_of(last["model"], which) or "", float(last["auroc"]),
+                                                       score_matrix(frame))
+    return out
+
+
+def finetuned_vs_frozen(finetune_rows: pd.DataFrame, finetune_predictions: pd.DataFrame,
+                        grid_predictions: pd.DataFrame, pipeline: tuple[str, str, str], n_resamples: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The paper's second question on the same images: each fine-tuned network (binary, last stage) against
+    its own frozen features under the pre-specified `pipeline` (leak_free, out of fold), on the fine-tuning
+    validation images; then the best fine-tuned run (by its validation AUROC) against the best honestly
+    selected frozen row (`selected`, nested choice) on those images. Both "best" are picked after the fact on
+    these images, which the report says. Patients from the fine-tuning predictions; Holm over all rows."""
+    runs = finetuned_matrices(finetune_rows, finetune_predictions)
+    leak_free = grid_predictions[grid_predictions["image_id"].notna() & (grid_predictions["protocol"] == "leak_free")]
+    images = finetune_predictions.drop_duplicates("image_id")
+    patients = pd.Series(images["patient_id"].to_numpy(), index=images["image_id"].astype(str).to_numpy())
+    rows = []
+
+    def compare(label: str, tuned: pd.DataFrame, frozen: pd.DataFrame, keys: tuple[str, str, str], name: str) -> None:
+        frozen_matrix = score_matrix(frozen)
+        # The fine-tuned run scored each image once: the same score stands for it in every out-of-fold repeat.
+        tiled = pd.DataFrame({r: tuned[0] for r in frozen_matrix.columns if r != "target"}, index=tuned.index)
+        tiled["target"] = tuned["target"]
+        numbers = compare_pair(tiled, frozen_matrix, patients, n_resamples, level, seed)
+        if numbers is not None:
+            rows.append({"a": label, "b": name, "selection": keys[0], "balancing": keys[1], "classifier": keys[2],
+                         **numbers})
+
+    for label, (frozen_name, _, tuned) in runs.items():
+        frozen = leak_free[(leak_free["extractor"] == frozen_name) & (leak_free["selection"] == pipeline[0])
+                           & (leak_free["balancing"] == pipeline[1]) & (leak_free["classifier"] == pipeline[2])]
+        if not frozen.empty:
+            compare(label, tuned, frozen, pipeline, frozen_name)
+    selected = leak_free[leak_free["selection"] == "selected"]
+    if runs and not selected.empty:
+        best_label = max(runs, key=lambda label: runs[label][1])
+        tuned = runs[best_label][2]
+        on_images = selected[selected["image_id"].astype(str).isin(tuned.index)]
+        by_extractor = {name: score_matrix(group) for name, group in on_images.groupby("extractor")}
+        aucs = {name: float(np.mean([auc(m["target"].to_numpy().astype(bool), m[c].to_numpy())
+                                     for c in m.columns if c != "target"])) for name, m in by_extractor.items()}
+        best_frozen = max(aucs, key=lambda name: (np.nan_to_num(aucs[name], nan=-1.0), name))
+        compare(best_label + " (best)", tuned, selected[selected["extractor"] == best_frozen],
+                ("selected", "selected", "selected"), best_frozen + " (best)")
+    frame = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c != "holm_p"])
+    frame["holm_p"] = holm(frame["delong_p"].to_numpy()) if len(frame) else []
+    return frame[COMPARISON_COLUMNS]
+
+
+__all__ = ["COMPARISON_COLUMNS", "FROZEN_FEATURES_OF", "compare_pair", "finetuned_label", "finetuned_matrices",
+           "finetuned_vs_frozen", "paired_comparisons", "score_matrix"]

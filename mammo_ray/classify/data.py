@@ -131,7 +131,7 @@ class CellResult:
     precision: float | None = None
     recall: float | None = None
     specificity: float | None = None
-    brier: float | None = None  # oof: of the in-fold Platt-calibrated probabilities
+    brier: float | None = None  # oof: of the in-fold calibrated probabilities (oof.calibration)
     n_breasts: int | None = None  # breast level (mean of a breast's views) and exam level (max of its breasts)
     auc_breast: float | None = None
     auc_breast_ci_low: float | None = None
@@ -150,6 +150,7 @@ class CellResult:
     control_seconds: float = 0.0
     scale_path: str | None = None
     classifier_seconds: float = 0.0
+    unconverged_fits: int = 0  # classifier fits stopped at their max_iter (evaluation and control together)
     cell_config: str = "{}"
     cell_hash: str = ""
     # The held-out rows behind the metrics (for ROC curves): row indices into the data the split was
@@ -157,7 +158,7 @@ class CellResult:
     # every row once per repeat (`test_repeats`).
     test_rows: list[int] = field(default_factory=list)
     test_repeats: list[int] = field(default_factory=list)
-    test_probabilities: list[float] = field(default_factory=list)  # oof: in-fold Platt calibration
+    test_probabilities: list[float] = field(default_factory=list)  # oof: in-fold calibration
     # oof, per outer fold (repeat-major): its threshold and the AUC of its inner folds' pooled scores (what
     # nested selection chooses by, never looking at the outer fold).
     fold_thresholds: list[float] = field(default_factory=list)

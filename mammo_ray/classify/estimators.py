@@ -150,8 +150,8 @@ def make_classifier(name: str, config: GridConfig, n_rows: int) -> tuple[BaseEst
     params = getattr(config.classifier_params, name)
     if not big:
         if name == "svm_linear":
-            return SVC(kernel="linear", C=params.C, random_state=seed), "exact"
-        return SVC(kernel="rbf", C=params.C, gamma=params.gamma, random_state=seed), "exact"
+            return SVC(kernel="linear", C=params.C, max_iter=params.max_iter, random_state=seed), "exact"
+        return SVC(kernel="rbf", C=params.C, gamma=params.gamma, max_iter=params.max_iter, random_state=seed), "exact"
     if scale.policy == "refuse":
         raise ScalePathRefused(
             f"{name}: {n_rows} labelled rows > scale.max_rows_exact={scale.max_rows_exact}; libsvm's SVC "

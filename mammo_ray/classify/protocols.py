@@ -22,8 +22,8 @@ purpose so that the published numbers can be reproduced and the gap measured):
      other folds and scores the fold's images, so every image gets one out-of-fold score per repeat;
   2. threshold: per outer fold, the best balanced accuracy on the pooled scores of ``oof.threshold_folds``
      inner folds of its training rows (nothing of the outer fold's images);
-  3. calibration: per outer fold, Platt scaling fitted on the same inner scores maps the fold's scores
-     to probabilities (the Brier score is computed on them);
+  3. calibration: per outer fold, Platt scaling (or isotonic, `oof.calibration`) fitted on the same inner
+     scores maps the fold's scores to probabilities (the Brier score is computed on them);
   4. metrics per repeat over all images (AUC of the pooled scores; accuracy, balanced accuracy,
      sensitivity, specificity, precision at each fold's threshold; Brier), averaged over repeats; the
      AUC interval resamples patients (a patient-cluster bootstrap, `classify.stats`).
@@ -66,16 +66,21 @@ tests/classify/test_protocols.py checks it against the plain pipelines.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import numpy as np
+import sklearn
 from imblearn.over_sampling import SMOTE
 from imblearn.pipeline import Pipeline
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -231,7 +236,8 @@ def _pipeline_rounds(book: _Cells, X: np.ndarray, y: np.ndarray, rounds: Sequenc
         try:
             template, _ = build_pipeline(cell, config, book.results[cell].n_rows)
             for fit_rows, check_rows in rounds:
-                pipeline = clone(template).fit(X[fit_rows], y[fit_rows])
+                with _counting_unconverged(book.results[cell]):
+                    pipeline = clone(template).fit(X[fit_rows], y[fit_rows])
                 scores[cell].append(_scores(pipeline, X[check_rows]))
                 kept[cell].append(_n_kept(pipeline.named_steps.get("select"), X.shape[1]))
         except Exception as error:  # noqa: BLE001 - a failed cell is a row, not a crashed grid
@@ -239,6 +245,18 @@ def _pipeline_rounds(book: _Cells, X: np.ndarray, y: np.ndarray, rounds: Sequenc
         finally:
             book.results[cell].classifier_seconds += time.perf_counter() - started
     return scores, kept
+
+
+@contextlib.contextmanager
+def _counting_unconverged(result: CellResult) -> Iterator[None]:
+    """Count the ConvergenceWarnings of the classifier fits inside (libsvm or lbfgs stopped at max_iter) in the
+    cell's `unconverged_fits` instead of printing them (Lasso's are handled by LassoSelector)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    result.unconverged_fits += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    for other in (w for w in caught if not issubclass(w.category, ConvergenceWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
 
 
 def _n_kept(selector: LassoSelector | None, n_in: int) -> int:
@@ -318,9 +336,10 @@ class _Cells:
         started = time.perf_counter()
         try:
             template = self.templates[cell]
-            if kernels is not None and isinstance(template, SVC) and template.kernel in ("linear", "rbf"):
-                return kernels.svc_scores(template, y_fit)
-            model = clone(template).fit(X_fit, y_fit)
+            with _counting_unconverged(self.results[cell]):
+                if kernels is not None and isinstance(template, SVC) and template.kernel in ("linear", "rbf"):
+                    return kernels.svc_scores(template, y_fit)
+                model = clone(template).fit(X_fit, y_fit)
             return _scores(model, X_check)
         except Exception as error:  # noqa: BLE001 - a failed fit is its cells' error row, not a crashed grid
             self.results[cell].fail(error)
@@ -438,12 +457,17 @@ def _with_control(run: Callable[..., list[CellResult]], data: GridData, cells: S
     quick = config.model_copy(update={"bootstrap": 0, "permutations": 0})
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x9E4]))
     null: dict[GridCell, list[float]] = {cell: [] for cell in live}
+    unconverged: dict[GridCell, int] = dict.fromkeys(live, 0)
     started = time.perf_counter()
-    for _ in range(config.permutations):
-        permuted = replace(data, y=permute_labels_by_patient(data.y, data.groups, rng))
-        for rerun in run(permuted, live, quick, precomputed_kernels, complete=False):
+    # The reruns fit the same, already validated matrices: sklearn's input checks are skipped (~10% of a rerun).
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        null_runs = [run(replace(data, y=permute_labels_by_patient(data.y, data.groups, rng)), live, quick,
+                         precomputed_kernels, complete=False) for _ in range(config.permutations)]
+    for reruns in null_runs:
+        for rerun in reruns:
             ok = rerun.status == "ok" and rerun.auc is not None
             null[rerun.cell].append(float(rerun.auc) if ok else float("nan"))
+            unconverged[rerun.cell] += rerun.unconverged_fits
     seconds = (time.perf_counter() - started) / len(live)
     for result in results:
         if result.cell in null:
@@ -455,6 +479,7 @@ def _with_control(run: Callable[..., list[CellResult]], data: GridData, cells: S
             result.null_auc_q95 = float(np.percentile(finite, 95)) if finite.size else None
             result.permutation_p = permutation_p_value(result.first_repeat_auc, finite)
             result.control_seconds = seconds
+            result.unconverged_fits += unconverged[result.cell]
     return results
 
 
@@ -555,7 +580,8 @@ def _oof_cells(data: GridData, cells: Sequence[GridCell], config: GridConfig, pr
                 cut = best_threshold(y[fit_rows], pooled[fit_rows])
                 oof[repeat, check_rows] = outer_scores
                 called[repeat, check_rows] = outer_scores >= cut
-                probability[repeat, check_rows] = platt(y[fit_rows], pooled[fit_rows], outer_scores)
+                probability[repeat, check_rows] = calibrate(config.oof.calibration, y[fit_rows], pooled[fit_rows],
+                                                            outer_scores)
                 fold_scores.append(balanced_accuracy(y[check_rows], outer_scores > 0))
                 cuts.append(cut)
                 n_kept.append(outer_kept)
@@ -581,13 +607,17 @@ def fill_levels(result: CellResult, data: GridData, scores: np.ndarray, config: 
     result.n_exams, result.auc_exam = exam.units, exam.auc
 
 
-def platt(y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Probabilities for `scores` from Platt scaling (a logistic regression of the label on the score) fitted
-    on (scores_fit, y_fit): the training folds' own out-of-fold scores, so the calibration never sees the
-    images it maps. One class only: its share."""
+def calibrate(method: str, y_fit: np.ndarray, scores_fit: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Probabilities for `scores` from a map fitted on (scores_fit, y_fit): the training folds' own
+    out-of-fold scores, so the calibration never sees the images it maps. `platt`: a logistic regression of
+    the label on the score; `isotonic`: sklearn's monotone step fit, clipped outside the fitted range. One
+    class only: its share."""
     y_fit = np.asarray(y_fit).astype(int)
     if y_fit.min() == y_fit.max():
         return np.full(len(scores), float(y_fit[0]))
+    if method == "isotonic":
+        steps = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores_fit, y_fit)
+        return np.asarray(steps.predict(np.asarray(scores, dtype=np.float64)), dtype=np.float64)
     model = LogisticRegression(C=1e4).fit(np.asarray(scores_fit).reshape(-1, 1), y_fit)
     return model.predict_proba(np.asarray(scores).reshape(-1, 1))[:, 1]
 

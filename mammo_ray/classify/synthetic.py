@@ -151,7 +151,7 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
                    else "synthetic"), preprocess_id="synthetic", orientation=False)
     contents = [hashlib.sha256(i.encode()).hexdigest() for i in ids]
     features = pd.DataFrame({"content_sha256": contents, "manifest_laterality": None, "manifest_view": None,
-                             "embedding": list(X.astype(np.float32))})
+                             "embedding": list(X.astype(np.float32)), "breast_share": None})  # no images
     table_uri = tables.embeddings_uri(output_uri, name)
     schema = tables.embeddings_schema(X.shape[1])
     for start in range(0, n, rows_per_file):

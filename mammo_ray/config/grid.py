@@ -13,7 +13,7 @@ Example (a `grid:` section of a study config, or a file of its own)::
     classifiers: [svm_linear, svm_rbf, logreg]
     protocols: [leak_free, paper]
     evaluation: oof                      # leak_free: every image scored out of fold (holdout: one split)
-    oof: {folds: 5, repeats: 5, threshold_folds: 3}
+    oof: {folds: 5, repeats: 5, threshold_folds: 3, calibration: platt}
     permutations: 100                    # the negative control: the protocol on permuted labels
     combined: [[nyu_avg, imagenet_resnet50]]
     compare: {selection: lasso, balancing: smote, classifier: svm_linear}
@@ -72,8 +72,14 @@ class SmoteConfig(StrictModel):
 
 
 class SvmConfig(StrictModel):
+    """libsvm's SVC. `max_iter` bounds its SMO iterations: on some label permutations of a few Lasso-selected,
+    SMOTE-interpolated features the linear kernel's solver crawls for many minutes (seen: 9+ min for one fit
+    of ~500 rows, where fits normally take milliseconds); a fit stopped there is counted in the cell's
+    `unconverged_fits`."""
+
     C: float = Field(1.0, gt=0.0)
     gamma: float | Literal["scale", "auto"] = "scale"
+    max_iter: int = Field(1_000_000, ge=1000)
 
 
 class LogregConfig(StrictModel):
@@ -109,11 +115,15 @@ class ScalePathConfig(StrictModel):
 class OofConfig(StrictModel):
     """Out-of-fold evaluation of leak_free cells (`evaluation: oof`): `repeats` x `folds` patient-grouped,
     stratified K-fold over all images; every image is scored once per repeat by a pipeline fitted on the
-    other folds, at a threshold chosen by `threshold_folds` inner folds of those training folds."""
+    other folds, at a threshold chosen by `threshold_folds` inner folds of those training folds. `calibration`
+    maps the fold's scores to probabilities (Brier score, reliability figure) with a map fitted on the same
+    inner scores: `platt` (a logistic curve, 2 parameters) or `isotonic` (monotone steps; needs more
+    positives per fold to be stable)."""
 
     folds: int = Field(5, ge=2, le=50)
     repeats: int = Field(5, ge=1, le=100)
     threshold_folds: int = Field(3, ge=2, le=20)
+    calibration: Literal["platt", "isotonic"] = "platt"
 
 
 class ComparePipeline(StrictModel):

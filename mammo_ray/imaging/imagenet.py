@@ -25,7 +25,7 @@ from mammo_ray.imaging.crop import NoBreastFoundError, breast_box, scaled_crop_p
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 ROBUST_MAX_PERCENTILE = 99.9
-_VERSION = "v1"  # bump whenever the output for a given configuration changes
+_VERSION = "v2"  # bump whenever the output for a given configuration changes (v2: records breast_share)
 
 
 def resize_grey(pixels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -94,6 +94,10 @@ class ImageNetPreprocess:
         )
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.prepare(pixels)[0]
+
+    def prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """The input as __call__ gives it, and the share of the square the breast (non-zero pixels) covers."""
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
         image = np.asarray(pixels, dtype=np.float32)
@@ -103,4 +107,5 @@ class ImageNetPreprocess:
         # Scale after resizing: the percentile is then taken over ~size^2 pixels, not millions.
         grey = scale_to_unit(fit_square(image, self.size))
         rgb = np.repeat(grey[None], 3, axis=0)
-        return ((rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+        normalised = ((rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+        return normalised, float(np.count_nonzero(grey > 0)) / grey.size

@@ -32,7 +32,7 @@ from mammo_ray.imaging.imagenet import resize_grey
 
 NYU_WINDOWS: dict[str, tuple[int, int]] = {"CC": (2677, 1942), "MLO": (2974, 1748)}
 DEFAULT_MAX_SHIFT = 100  # native pixels, for test-time augmentation
-_VERSION = "v1"  # bump whenever the output for a given configuration changes
+_VERSION = "v2"  # bump whenever the output for a given configuration changes (v2: records breast_share)
 _STD_FLOOR = 1e-5
 _AMBIGUOUS = 0.05  # chest-wall test: sides within 5% of each other defer to laterality
 _BREAST_COLUMN = 0.1  # chest-wall test: columns below 10% of the fullest column are not breast
@@ -158,6 +158,17 @@ class _Placed:
     left: int
     window_hw: tuple[int, int]
 
+    def window(self, dy: int = 0, dx: int = 0) -> np.ndarray:
+        """The standardised window, shifted by (dy, dx) pixels."""
+        return standardise(extract_window(self.crop, self.top + dy, self.left + dx, self.window_hw))
+
+    def breast_share(self, dy: int = 0, dx: int = 0) -> float:
+        """The share of the (shifted) window's pixels that are breast (> 0 in the crop): ~0.6-0.7 on full-field
+        mammograms at the right source resolution, far less when the input's resolution is misstated."""
+        (win_h, win_w), top, left = self.window_hw, self.top + dy, self.left + dx
+        inside = self.crop[max(top, 0):max(top + win_h, 0), max(left, 0):max(left + win_w, 0)]
+        return float(np.count_nonzero(inside > 0)) / (win_h * win_w)
+
 
 def _place(
     pixels: np.ndarray, view: str | None, laterality: str | None, scale: float, source_resolution: float
@@ -197,8 +208,7 @@ def nyu_window(
     laterality ('L'/'R'/None) only breaks orientation near-ties; the image content decides.
     Raises NoBreastFoundError (from the crop) for an image without breast pixels.
     """
-    placed = _place(pixels, view, laterality, scale, source_resolution)
-    return standardise(extract_window(placed.crop, placed.top, placed.left, placed.window_hw))
+    return _place(pixels, view, laterality, scale, source_resolution).window()
 
 
 def nyu_augmented_windows(
@@ -218,19 +228,20 @@ def nyu_augmented_windows(
     (max_shift in native pixels), from numpy's default generator seeded with `seed`, so the same seed
     gives the same windows. Each window is standardised on its own.
     """
+    placed = _place(pixels, view, laterality, scale, source_resolution)
+    return np.stack([placed.window(dy, dx) for dy, dx in augment_shifts(n, seed, max_shift, scale)])
+
+
+def augment_shifts(n: int, seed: int, max_shift: int, scale: float) -> list[tuple[int, int]]:
+    """The n distinct (dy, dx) shifts of test-time augmentation (see nyu_augmented_windows)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    placed = _place(pixels, view, laterality, scale, source_resolution)
     reach = max(0, round(max_shift * scale))
     side = 2 * reach + 1
     if n > side * side:
         raise ValueError(f"cannot draw {n} distinct shifts within +-{reach} px ({side * side} positions)")
     picks = np.random.default_rng(seed).choice(side * side, size=n, replace=False)
-    windows = [
-        standardise(extract_window(placed.crop, placed.top + dy, placed.left + dx, placed.window_hw))
-        for dy, dx in zip(picks // side - reach, picks % side - reach, strict=True)
-    ]
-    return np.stack(windows)
+    return [(int(dy), int(dx)) for dy, dx in zip(picks // side - reach, picks % side - reach, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -276,25 +287,18 @@ class NYUPreprocess:
     def __call__(
         self, pixels: np.ndarray, view: str | None = None, laterality: str | None = None
     ) -> np.ndarray:
-        chosen = self.view or view
+        return self.prepare(pixels, view, laterality)[0]
+
+    def prepare(
+        self, pixels: np.ndarray, view: str | None = None, laterality: str | None = None
+    ) -> tuple[np.ndarray, float]:
+        """The window(s) as __call__ gives them, and the share of them the breast covers (mean over windows)."""
+        placed = _place(pixels, self.view or view, laterality, self.scale, self.source_resolution)
         if self.n_augment == 0:
-            return nyu_window(
-                pixels,
-                chosen,
-                laterality=laterality,
-                scale=self.scale,
-                source_resolution=self.source_resolution,
-            )
-        return nyu_augmented_windows(
-            pixels,
-            chosen,
-            n=self.n_augment,
-            seed=self.seed,
-            max_shift=self.max_shift,
-            laterality=laterality,
-            scale=self.scale,
-            source_resolution=self.source_resolution,
-        )
+            return placed.window(), placed.breast_share()
+        shifts = augment_shifts(self.n_augment, self.seed, self.max_shift, self.scale)
+        windows = np.stack([placed.window(dy, dx) for dy, dx in shifts])
+        return windows, float(np.mean([placed.breast_share(dy, dx) for dy, dx in shifts]))
 
 
 def _check_scale(value: float, name: str = "scale") -> None:

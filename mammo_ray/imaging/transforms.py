@@ -1,8 +1,9 @@
 """One preprocessing transform per image family, used by embedding, zero-shot and fine-tuning alike.
 
 A transform takes the decoded pixels (H, W) and the image's view and laterality, returns the model's
-inputs (n, C, h, w) (n > 1 for test-time augmented NYU windows) and carries its versioned `id`, which
-every stored output records. It is plain picklable data, built from a config section
+inputs (n, C, h, w) (n > 1 for test-time augmented NYU windows; `prepare` also gives the share of them the
+breast covers, which every image output records) and carries its versioned `id`, which every stored output
+records. It is plain picklable data, built from a config section
 (`ExtractorConfig.transform`, `ZeroShotConfig.transform`, `FinetuneConfig.transform`), and estimates each
 image's resolution from its height unless the section fixes it.
 """
@@ -60,7 +61,12 @@ class ImageNetTransform:
         return 3, self.size, self.size
 
     def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
-        return self.preprocess(pixels.shape[0])(pixels)[None]
+        return self.prepare(pixels, view, laterality)[0]
+
+    def prepare(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> tuple[np.ndarray, float]:
+        """The inputs and the share of the square the breast covers."""
+        square, share = self.preprocess(pixels.shape[0]).prepare(pixels)
+        return square[None], share
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,13 @@ class NYUTransform:
         return (1, *window_size(self.view, self.scale))
 
     def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
-        windows = self.preprocess(pixels.shape[0])(pixels, view, laterality)  # (h, w) or (n, h, w)
-        return windows[:, None] if windows.ndim == 3 else windows[None, None]
+        return self.prepare(pixels, view, laterality)[0]
+
+    def prepare(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> tuple[np.ndarray, float]:
+        """The inputs and the share of the window(s) the breast covers (~0.66 on a well-resolved full-field
+        mammogram; a misstated source_resolution shrinks the breast inside the window)."""
+        windows, share = self.preprocess(pixels.shape[0]).prepare(pixels, view, laterality)  # (h, w) or (n, h, w)
+        return (windows[:, None] if windows.ndim == 3 else windows[None, None]), share
 
 
 ImageTransform = ImageNetTransform | NYUTransform

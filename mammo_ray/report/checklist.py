@@ -8,11 +8,25 @@ author's to cite against the version they submit with.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from mammo_ray.report.render import Section
 
 FILLED, LEFT = "filled", "left to the author"
+
+
+def calibration_method(grid: pd.DataFrame | None) -> str | None:
+    """'Platt' or 'isotonic': the in-fold calibration of the grid's out-of-fold rows (None without any)."""
+    if grid is None or grid.empty or "evaluation" not in grid:
+        return None
+    oof = grid[(grid["status"] == "ok") & (grid["evaluation"] == "oof")]
+    settings = [json.loads(text)["oof"] for text in oof["cell_config"] if "oof" in json.loads(text)]
+    if not settings:
+        return None
+    method = settings[0].get("calibration", "platt")
+    return "Platt" if method == "platt" else str(method)
 
 
 def _grid_facts(grid: pd.DataFrame | None) -> tuple[str | None, str | None, str | None]:
@@ -31,7 +45,8 @@ def _grid_facts(grid: pd.DataFrame | None) -> tuple[str | None, str | None, str 
                "thresholds chosen inside the training folds; a label-permutation control per cell")
     calibration = None
     if "brier" in ok and ok["brier"].notna().any():
-        calibration = (f"Brier score of in-fold Platt-calibrated probabilities (median {ok['brier'].median():.3f} "
+        calibration = (f"Brier score of in-fold {calibration_method(grid)}-calibrated probabilities (median "
+                       f"{ok['brier'].median():.3f} "
                        "over cells) and a reliability figure")
     return split, metrics, calibration
 

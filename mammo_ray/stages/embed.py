@@ -106,11 +106,13 @@ def embedding_key(spec: ExtractorConfig, read: IngestConfig = IngestConfig()) ->
 
 
 def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorConfig,
-                    read: IngestConfig = IngestConfig(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+                    read: IngestConfig = IngestConfig(), key: feature_store.ModelKey | None = None,
+                    columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The vectors of `manifest`'s images under `spec` (settings and weights), one row per embedded image,
-    with the manifest's labels, patients and ids; StaleTableError when the stage has not run for them."""
+    with the manifest's labels, patients and ids (`columns`: only these stored columns, e.g. breast_share);
+    StaleTableError when the stage has not run for them."""
     return feature_store.read_view(embeddings_uri(output_uri, spec.name), manifest, key or embedding_key(spec, read),
-                                   "embed")
+                                   "embed", columns)
 
 
 def run_embed(

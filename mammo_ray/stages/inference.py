@@ -68,6 +68,7 @@ log = logging.getLogger("mammo_ray.inference")
 
 _INPUTS = "inputs"
 _GROUP = "inference_group"
+_SHARE = "breast_share"  # the share of the model input the breast covers (tables: every image output's column)
 INGEST_STAGE = "ingest"
 _EMPTY_INPUTS = np.zeros((0, 0, 0, 0), dtype=np.float32)
 
@@ -208,10 +209,10 @@ def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: S
     if ingest:
         out["intensity_max"] = [float(p.max()) if p.size else 0.0 for p in pixels_of]
         out["breast_fraction"] = [float(np.count_nonzero(p)) / p.size if p.size else 0.0 for p in pixels_of]
-    prepared_once: dict[tuple[int, str], np.ndarray | Exception] = {}  # (image, transform id) -> inputs
+    prepared_once: dict[tuple[int, str], tuple[np.ndarray, float] | Exception] = {}  # (image, transform id) ->
     for output, (task, stored) in enumerate(zip(tasks, cached, strict=True)):
         transform = task.transform
-        inputs, groups, skip = [], [], []
+        inputs, groups, skip, shares = [], [], [], []
         error_types = [None if pd.isna(v) else v for v in batch["error_type"]]  # pd.NA would defeat Arrow
         messages = [None if pd.isna(v) else v for v in batch["error_message"]]
         for index, row in enumerate(rows.itertuples(index=False)):
@@ -220,6 +221,7 @@ def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: S
             if decode_failed[index] or done:
                 inputs.append(_EMPTY_INPUTS)
                 groups.append("")
+                shares.append(float("nan"))
                 continue
             try:
                 group = str(task.group(row))  # first: a row no head fits fails before the work
@@ -229,28 +231,32 @@ def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: S
                 prepared = prepared_once[once]
                 if isinstance(prepared, Exception):
                     raise prepared
-                inputs.append(prepared)
+                inputs.append(prepared[0])
+                shares.append(prepared[1])
                 groups.append(group)
             except Exception as error:  # noqa: BLE001 - e.g. no breast found: an errors row, not a crash
                 inputs.append(_EMPTY_INPUTS)
+                shares.append(float("nan"))
                 groups.append("")
                 error_types[index] = type(error).__name__
                 messages[index] = describe(error, row.uri)
         out[_column(_INPUTS, output)] = inputs
         out[_column(_GROUP, output)] = groups
+        out[_column(_SHARE, output)] = shares
         out[_column("cached", output)] = skip
         out[_column("error_type", output)] = error_types
         out[_column("error_message", output)] = messages
     return out
 
 
-def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> np.ndarray | Exception:
-    """The transform's inputs for one image, or the error it raised (shared by the outputs that use it)."""
+def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, float] | Exception:
+    """The transform's inputs for one image and the share of them the breast covers, or the error it raised
+    (shared by the outputs that use it)."""
     try:
-        prepared = transform(pixels, row.view, row.laterality)
+        prepared, share = transform.prepare(pixels, row.view, row.laterality)
         if prepared.ndim != 4 or prepared.shape[0] < 1:
             raise ValueError(f"prepared inputs must be (n>=1, C, h, w), got shape {prepared.shape}")
-        return np.ascontiguousarray(prepared, dtype=np.float32)
+        return np.ascontiguousarray(prepared, dtype=np.float32), float(share)
     except Exception as error:  # noqa: BLE001 - re-raised by each output that uses it, as its errors row
         return error
 
@@ -356,7 +362,8 @@ def write_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], keys: Seque
         if computed.any():
             rows = batch[computed]
             values = [None if len(o) == 0 else o for o in rows[_column("output", output)]]
-            rows = rows.assign(**task.output_columns(values))
+            rows = rows.assign(**task.output_columns(values),
+                               breast_share=rows[_column(_SHARE, output)].astype(np.float32))
             keyed = feature_store.feature_rows(rows, key)
             table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
             table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())

@@ -28,8 +28,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mammo_ray import __version__, storage, tables
-from mammo_ray.report.checklist import checklist_section
+from mammo_ray.report.checklist import calibration_method, checklist_section
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
+from mammo_ray.report.preprocessing import preprocessing_section
 from mammo_ray.report.published import TABLE1_KEYS, beside, read_published
 from mammo_ray.report.render import Section, write_report
 from mammo_ray.report.verdict import verdict_section
@@ -63,6 +64,8 @@ class ReportInputs:
     error_uris: list[str] = field(default_factory=list)
     weights_ids: list[str] = field(default_factory=list)
     expected_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: per current image output: (family, the breast's share of each image's input)
+    breast_shares: Mapping[str, tuple[str, pd.Series]] = field(default_factory=dict)
 
 
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame | None:
@@ -376,8 +379,9 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
     section.figures.append(("Per-fold balanced accuracy of the best cells of each protocol", "fold_scores.png",
                             _png(lambda axes: _fold_scores(axes, best), size=(8.0, 0.45 * len(best) + 1.5))))
     if predictions is not None and "probability" in predictions and predictions["probability"].notna().any():
-        section.figures.append(("Reliability of the out-of-fold probabilities (Platt scaling fitted inside the "
-                                "training folds; first repeat), one curve per extractor, the comparison pipeline",
+        section.figures.append((f"Reliability of the out-of-fold probabilities ({calibration_method(grid)} "
+                                "calibration fitted inside the training folds; first repeat), one curve per "
+                                "extractor, the comparison pipeline",
                                 "calibration.png", _png(lambda axes: _reliability(axes, predictions, pipeline))))
     if predictions is not None and not predictions.empty:
         top = ranked.groupby("protocol").head(BEST_CELLS_PER_PROTOCOL)
@@ -445,6 +449,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     sections = [
         verdict_section(grid, comparisons),
         provenance_section(output_uri, config, manifest, weights, errors),
+        preprocessing_section(current.breast_shares),
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
         finetune_section(finetune, predictions, published, finetune_problem),
         grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from imblearn.pipeline import Pipeline
@@ -206,3 +208,20 @@ def test_estimators_are_reproducible():
     assert first.cv_fold_scores == second.cv_fold_scores and first.auc_ci_low == second.auc_ci_low
     pipeline, _ = build_pipeline(cell, CONFIG, 150)
     assert clone(pipeline).get_params()["balance__random_state"] == CONFIG.seed
+
+
+def test_isotonic_calibration_is_fitted_in_fold_and_recorded():
+    """oof.calibration: isotonic steps instead of Platt's curve, the same scores and AUC, other probabilities."""
+    data = cohort_feature_table(patients=60, seed=3, rows=128)
+    cell = _cell(classifier="logreg")
+    platt, isotonic = (evaluate_cell(data, cell, GridConfig(bootstrap=0, permutations=0, oof={"repeats": 2,
+                                                                                           "calibration": method}))
+                       for method in ("platt", "isotonic"))
+    assert platt.test_scores == isotonic.test_scores and platt.auc == isotonic.auc
+    assert platt.test_probabilities != isotonic.test_probabilities
+    assert 0 <= min(isotonic.test_probabilities) <= max(isotonic.test_probabilities) <= 1
+    assert isotonic.brier < 0.1875  # better than the prior here too
+    assert json.loads(isotonic.cell_config)["oof"]["calibration"] == "isotonic"
+    assert isotonic.cell_hash != platt.cell_hash
+    with pytest.raises(ValueError, match="calibration"):
+        GridConfig(oof={"calibration": "beta"})

