@@ -127,13 +127,14 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
         }
     )
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "report"]
+    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "transfer", "report"]
     # ingest, the extractor and zero-shot in one pass: each image decoded once for the three.
     images = result.counts["manifest_rows"]
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
         3, images, images)
     markdown = (output / "report" / "report.md").read_text()
-    for heading in ("Verdict", "Provenance", "Figure 3", "Table 1", "Table 2"):
+    for heading in ("Verdict", "Provenance", "Preprocessing", "Figure 3", "Table 1", "Table 2",
+                    "Fine-tuned networks against their frozen features"):
         assert f"## {heading}" in markdown
     assert markdown.index("## Verdict") < markdown.index("## Provenance")  # the verdict opens the report
     assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown
@@ -146,6 +147,10 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     for figure in ("grid_roc.png", "finetune_roc.png", "fold_scores.png"):  # ROC of the best grid cells too
         assert f"figures/{figure}" in markdown and (output / "report" / "figures" / figure).exists()
     assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
+    preprocessing = markdown.split("## Preprocessing")[1].split("\n## ")[0]
+    assert "| imagenet_resnet18 | ImageNet square |" in preprocessing
+    transfer = markdown.split("## Fine-tuned networks against their frozen features")[1].split("\n## ")[0]
+    assert "finetuned:small_cnn (best)" in transfer  # small_cnn has no frozen twin: only the best-vs-best row
     assert "figures/zero_shot_by_birads.png" in markdown
     assert (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     page = (output / "report" / "report.html").read_text()
@@ -164,7 +169,10 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
     markdown = (output / "report" / "report.md").read_text()
     table1, table2 = markdown.split("## Table 1")[1].split("## Table 2")
     assert "out of date" in table1 and "small_cnn" not in table1
+    table2 = table2.split("\n## ")[0]
     assert "logreg" in table2 and "out of date" not in table2
+    transfer = markdown.split("## Fine-tuned networks against their frozen features")[1].split("\n## ")[0]
+    assert "out of date" in transfer  # computed with the old labels' grid and fine-tuning
     provenance = json.loads((output / "report" / "provenance.json").read_text())
     from mammo_ray import tables
 

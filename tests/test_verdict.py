@@ -48,7 +48,7 @@ def test_the_verdict_names_the_better_extractor_when_the_weights_are_real():
     assert question_1.endswith("The numbers conclude: nyu_avg beats imagenet_resnet50.")
     assert line.startswith("- nyu_avg AUC") and "Holm-adjusted DeLong p" in line
     assert "on permuted labels the same pipeline reaches AUC" in line and line.endswith("is better on these images.")
-    assert "Not answered" in question_2
+    assert "Not answered" in question_2  # no transfer table given
     # The combination against each part: better than the weak part, worse than the strong one.
     question_3, *lines = answers["3"]
     assert len(lines) == 2 and "nyu_avg+imagenet_resnet50 beats imagenet_resnet50" in question_3
@@ -59,3 +59,58 @@ def test_random_init_weights_give_no_conclusion():
     question_1, line = _answers(verdict_section(grid, comparisons).paragraphs)["1"]
     assert "No conclusion: the weights are random-init" in question_1 and "is better" not in question_1 + line
     assert verdict_section(None, None).paragraphs[0].startswith("No verdict")
+
+
+def _transfer(weights: str, tuned_signal: float) -> tuple:
+    """The grid of _study plus a fine-tuned resnet50 scored on a patient-grouped validation split of 80 images
+    (20 patients): its P(malignant) carries `tuned_signal`; the frozen imagenet_resnet50 features carry little."""
+    import pandas as pd
+
+    from mammo_ray.classify.comparisons import finetuned_vs_frozen
+    from mammo_ray.classify.selection import select_inside
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(60), 4)
+    y = (np.random.default_rng(0).random(60) < 0.3).repeat(4).astype(np.int8)
+    images = tuple(f"img{i:03d}" for i in range(240))
+    datasets = {}
+    for name, signal in (("nyu_avg", 1.2), ("imagenet_resnet50", 0.1)):
+        X = rng.standard_normal((240, 30)).astype(np.float32)
+        X[:, :3] += signal * y[:, None]
+        datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
+    config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"],
+                        classifiers=["logreg", "svm_linear"], permutations=5, bootstrap=300, oof={"repeats": 2})
+    results = [r for data in datasets.values() for r in evaluate_cells(data, config.cells([data.extractor]), config)]
+    results += select_inside(results, datasets, config)
+    grid = results_table(results, config, {name: data.weights_ids for name, data in datasets.items()}).to_pandas()
+    predictions = predictions_table(results, datasets).to_pandas()
+    comparisons = comparisons_table(predictions, datasets, config).to_pandas()
+    val = np.arange(160, 240)  # the last 20 patients
+    p = 1.0 / (1.0 + np.exp(-(tuned_signal * (2 * y[val] - 1) + rng.standard_normal(val.size))))
+    tuned = pd.DataFrame({"model": "resnet50", "pretrained_on": "imagenet", "task": "binary", "protocol": "patient",
+                          "stage": "all", "image_id": [images[i] for i in val],
+                          "patient_id": [f"p{groups[i]}" for i in val], "target": y[val].astype(int),
+                          "prediction": (p > 0.5).astype(int), "probabilities": [[1 - q, q] for q in p]})
+    rows = pd.DataFrame({"model": ["resnet50", "resnet50"], "task": "binary", "stage": ["head", "all"],
+                         "stage_index": [0, 1], "auroc": [0.6, 0.9], "weights_id": weights})
+    transfer = finetuned_vs_frozen(rows, tuned, predictions, config.compare_pipeline(), 500, 0.95, 0)
+    return grid, comparisons, transfer, rows
+
+
+def test_fine_tuning_is_compared_with_its_own_frozen_features_on_the_same_images():
+    grid, comparisons, transfer, rows = _transfer("sha256:0123abcd", tuned_signal=3.0)
+    own = transfer.set_index("a").loc["finetuned:resnet50"]
+    assert own["b"] == "imagenet_resnet50" and own["n_images"] == 80  # the validation images only
+    assert (own["selection"], own["balancing"], own["classifier"]) == ("none", "none", "svm_linear")  # grid.compare
+    assert own["difference"] > 0.2 and own["ci_low"] > 0 and own["holm_p"] < 0.05
+    best = transfer.set_index("a").loc["finetuned:resnet50 (best)"]
+    assert best["b"] == "nyu_avg (best)" and best["selection"] == "selected"  # the strongest frozen row
+    assert (transfer["holm_p"] >= transfer["delong_p"]).all()
+    question, *lines = _answers(verdict_section(grid, comparisons, transfer, rows).paragraphs)["2"]
+    assert "finetuned:resnet50 beats imagenet_resnet50" in question
+    assert any(line.startswith("- finetuned:resnet50 AUC") and "permuted labels" in line for line in lines)
+    assert "optimistic" in lines[-1]
+    # Random-init fine-tuning weights: no conclusion, whatever the numbers.
+    rows = rows.assign(weights_id="random-init:0")
+    question, *_ = _answers(verdict_section(grid, comparisons, transfer, rows).paragraphs)["2"]
+    assert "No conclusion: the weights are random-init" in question

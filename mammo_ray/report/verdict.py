@@ -13,6 +13,7 @@ import pandas as pd
 from mammo_ray.report.render import Section
 
 NYU = ("nyu_avg", "nyu_lcc")
+BEST = " (best)"  # the suffix of a side chosen as the best after the fact (classify.comparisons)
 IMAGENET_PREFIX = "imagenet_"
 ALPHA = 0.05
 
@@ -40,12 +41,14 @@ def _null(grid: pd.DataFrame, row: pd.Series, extractor: str) -> str:
     return f"on permuted labels the same pipeline reaches AUC {first['null_auc_mean']:.2f}"
 
 
-def comparison_numbers(row: pd.Series, grid: pd.DataFrame) -> str:
-    """One comparison's numbers in words: the estimates, the interval, the adjusted p, the control."""
+def comparison_numbers(row: pd.Series, grid: pd.DataFrame, control_of: str = "a") -> str:
+    """One comparison's numbers in words: the estimates, the interval, the adjusted p, the control (of the
+    pipeline of side `control_of`)."""
     a, b = row["a"], row["b"]
+    controlled = str(row[control_of]).removesuffix(BEST)
     return (f"{a} AUC {row['auc_a']:.3f} vs {b} {row['auc_b']:.3f} on {int(row['n_images'])} images: "
             f"difference {row['difference']:+.3f} (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
-            f"Holm-adjusted DeLong p = {row['holm_p']:.3g}; {_null(grid, row, a)})")
+            f"Holm-adjusted DeLong p = {row['holm_p']:.3g}; {_null(grid, row, controlled)})")
 
 
 def comparison_conclusion(row: pd.Series) -> str:
@@ -56,13 +59,15 @@ def comparison_conclusion(row: pd.Series) -> str:
     return f"{row['a'] if row['difference'] > 0 else row['b']} is better on these images"
 
 
-def question_paragraphs(question: str, rows: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
-    """The question with its answer, then one line per comparison."""
-    extractors = sorted(set(rows["a"]) | set(rows["b"]))
-    if _random_init(grid, extractors):
+def question_paragraphs(question: str, rows: pd.DataFrame, grid: pd.DataFrame, random_init: bool = False,
+                        control_of: str = "a") -> list[str]:
+    """The question with its answer, then one line per comparison. `random_init`: weights outside the grid's
+    (the fine-tuned models') are random-init."""
+    extractors = sorted({str(name).removesuffix(BEST) for name in set(rows["a"]) | set(rows["b"])})
+    if random_init or _random_init(grid, extractors):
         answer = ("No conclusion: the weights are random-init, so the numbers below say nothing about what "
                   "pretraining transfers.")
-        lines = [f"- {comparison_numbers(row, grid)}." for _, row in rows.iterrows()]
+        lines = [f"- {comparison_numbers(row, grid, control_of)}." for _, row in rows.iterrows()]
     else:
         found = [comparison_conclusion(row) for _, row in rows.iterrows()]
         wins = [(row["a"], row["b"]) if row["difference"] > 0 else (row["b"], row["a"])
@@ -70,7 +75,7 @@ def question_paragraphs(question: str, rows: pd.DataFrame, grid: pd.DataFrame) -
                 if not conclusion.startswith("no conclusion")]
         answer = ("The numbers conclude: " + "; ".join(f"{winner} beats {loser}" for winner, loser in wins) + "."
                   if wins else "No conclusion: no comparison's interval excludes zero at an adjusted p below 0.05.")
-        lines = [f"- {comparison_numbers(row, grid)}: {conclusion}." for (_, row), conclusion
+        lines = [f"- {comparison_numbers(row, grid, control_of)}: {conclusion}." for (_, row), conclusion
                  in zip(rows.iterrows(), found, strict=True)]
     return [f"{question} {answer}", *lines]
 
@@ -88,8 +93,25 @@ def _questions(comparisons: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     ]
 
 
-def verdict_section(grid: pd.DataFrame | None, comparisons: pd.DataFrame | None) -> Section:
-    """The verdict: one paragraph per question of the paper, each sentence from the numbers."""
+def _transfer_paragraphs(question: str, transfer: pd.DataFrame | None, finetune: pd.DataFrame | None,
+                         grid: pd.DataFrame) -> list[str]:
+    if transfer is None or transfer.empty:
+        return [f"{question} Not answered: it needs results/finetune_vs_frozen.parquet (the transfer stage, after "
+                "the grid and fine-tuning, on the current inputs)."]
+    weights = [] if finetune is None or "weights_id" not in finetune else list(finetune["weights_id"].astype(str))
+    paragraphs = question_paragraphs(question, transfer, grid, any(w.startswith("random-init") for w in weights),
+                                     control_of="b")
+    paragraphs.append(
+        f"Each fine-tuned network is scored on its validation images ({int(transfer['n_images'].max())} at most) "
+        "against its own frozen features under the compare pipeline, scored out of fold on the same images; the "
+        f"rows marked{BEST} pick the best of each side after the fact on these images, so they are optimistic.")
+    return paragraphs
+
+
+def verdict_section(grid: pd.DataFrame | None, comparisons: pd.DataFrame | None,
+                    transfer: pd.DataFrame | None = None, finetune: pd.DataFrame | None = None) -> Section:
+    """The verdict: one paragraph per question of the paper, each sentence from the numbers. `transfer`:
+    results/finetune_vs_frozen.parquet; `finetune`: results/finetune.parquet (its weights ids)."""
     section = Section("Verdict: the paper's three questions")
     if grid is None or comparisons is None or comparisons.empty:
         section.paragraphs.append("No verdict: it needs the grid's paired extractor comparisons "
@@ -97,9 +119,7 @@ def verdict_section(grid: pd.DataFrame | None, comparisons: pd.DataFrame | None)
         return section
     for question, rows in _questions(comparisons):
         if question.startswith("2."):
-            section.paragraphs.append(
-                f"{question} Not answered: fine-tuned models are scored on one held-out split and frozen "
-                "features out of fold, so they are not yet compared on the same images.")
+            section.paragraphs.extend(_transfer_paragraphs(question, transfer, finetune, grid))
             continue
         if rows.empty:
             section.paragraphs.append(f"{question} Not answered: this study has no such pair of extractors.")

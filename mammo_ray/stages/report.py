@@ -312,19 +312,34 @@ def degenerate_paragraphs(ok: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = None) -> Section:
-    """The extractors compared pairwise on the same images (results/comparisons.parquet)."""
-    section = Section("Extractors compared on the same images")
+TRANSFER_TITLE = "Fine-tuned networks against their frozen features, on the same images"
+
+
+def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = None,
+                        title: str = "Extractors compared on the same images") -> Section:
+    """Pairs compared on the same images: the extractors (results/comparisons.parquet) or, with
+    TRANSFER_TITLE, the fine-tuned networks against frozen features (results/finetune_vs_frozen.parquet)."""
+    transfer = title == TRANSFER_TITLE
+    section = Section(title)
     if comparisons is None or comparisons.empty:
-        section.paragraphs.append(problem or "No comparison: it needs leak_free predictions of the compare "
-                                  "pipeline for at least two extractors.")
+        section.paragraphs.append(problem or (
+            "No comparison: it needs the transfer stage's table (fine-tuned binary runs and the grid's leak_free "
+            "predictions of the same networks' features)." if transfer else
+            "No comparison: it needs leak_free predictions of the compare pipeline for at least two extractors."))
         return section
     first = comparisons.iloc[0]
-    section.paragraphs.append(
-        f"Pipeline {first['selection']}/{first['balancing']}/{first['classifier']} for every extractor (fixed "
-        "in advance: grid.compare). Difference = AUC(a) - AUC(b) on the images both scored; 95% interval "
-        "by a patient-cluster bootstrap; p by the paired DeLong test (which assumes independent images), "
-        "Holm-adjusted over the comparisons listed.")
+    method = ("95% interval by a patient-cluster bootstrap; p by the paired DeLong test (which assumes "
+              "independent images), Holm-adjusted over the comparisons listed.")
+    if transfer:
+        section.paragraphs.append(
+            "a: a fine-tuned network's last stage on its validation images (P(malignant)); b: the same network's "
+            f"frozen features under {first['selection']}/{first['balancing']}/{first['classifier']} (grid.compare), "
+            "scored out of fold, on the same images; rows marked (best) pick each side's best after the fact. "
+            f"Difference = AUC(a) - AUC(b); {method}")
+    else:
+        section.paragraphs.append(
+            f"Pipeline {first['selection']}/{first['balancing']}/{first['classifier']} for every extractor (fixed "
+            "in advance: grid.compare). Difference = AUC(a) - AUC(b) on the images both scored; " + method)
     section.tables.append(("Paired comparisons", comparisons))
     return section
 
@@ -438,6 +453,10 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     grid, grid_problem = _current(tables.grid_uri(output_uri), expected.get("grid"))
     grid_predictions, _ = _current(tables.grid_predictions_uri(output_uri), expected.get("grid"))
     comparisons, comparisons_problem = _current(tables.comparisons_uri(output_uri), expected.get("grid"))
+    transfer, transfer_problem = None, None
+    if "grid" in expected and "finetune" in expected:
+        transfer, transfer_problem = _current(tables.finetune_vs_frozen_uri(output_uri),
+                                              {"grid": expected["grid"], "finetune": expected["finetune"]})
     finetune, finetune_problem = _current(tables.finetune_uri(output_uri), expected.get("finetune"))
     predictions, _ = _current(tables.finetune_predictions_uri(output_uri), expected.get("finetune"))
     errors = _current_errors(current.error_uris, manifest)
@@ -447,13 +466,14 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     random_init = [w.startswith("random-init") for w in weights]
     banner = RANDOM_INIT_BANNER.format(which="All" if all(random_init) else "Some") if any(random_init) else None
     sections = [
-        verdict_section(grid, comparisons),
+        verdict_section(grid, comparisons, transfer, finetune),
         provenance_section(output_uri, config, manifest, weights, errors),
         preprocessing_section(current.breast_shares),
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
         finetune_section(finetune, predictions, published, finetune_problem),
         grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
+        comparisons_section(transfer, transfer_problem, TRANSFER_TITLE),
         checklist_section(manifest, grid, weights, errors),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"

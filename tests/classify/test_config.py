@@ -55,4 +55,5 @@ def test_hashes_change_with_settings_and_cell_settings_name_what_matters():
     cell = GridCell("x", "none", "smote", "svm_rbf", "leak_free")
     settings = base.cell_settings(cell)
     assert settings["smote"] == {"k_neighbors": 5} and "lasso" not in settings
-    assert settings["classifier_params"] == {"C": 1.0, "gamma": "scale"} and settings["standardise"] is True
+    assert settings["classifier_params"] == {"C": 1.0, "gamma": "scale", "max_iter": 1_000_000}
+    assert settings["standardise"] is True
