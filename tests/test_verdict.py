@@ -10,17 +10,24 @@ from mammo_ray.report.verdict import verdict_section
 from mammo_ray.stages.grid import comparisons_table, predictions_table, results_table
 
 
+def _two_extractors(rng: np.random.Generator, y: np.ndarray, groups: np.ndarray, images: tuple,
+                    weights: str) -> dict[str, GridData]:
+    """nyu_avg carries signal (three features shifted 1.2 SD by the label), imagenet_resnet50 little (0.1)."""
+    datasets = {}
+    for name, signal in (("nyu_avg", 1.2), ("imagenet_resnet50", 0.1)):
+        X = rng.standard_normal((240, 30)).astype(np.float32)
+        X[:, :3] += signal * y[:, None]
+        datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
+    return datasets
+
+
 def _study(weights: str) -> tuple:
     """Two extractors of the same 240 images (60 patients): nyu_avg carries signal, imagenet_resnet50 little."""
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(60), 4)
     y = (rng.random(60) < 0.3).repeat(4).astype(np.int8)
     images = tuple(f"img{i:03d}" for i in range(240))
-    datasets = {}
-    for name, signal in (("nyu_avg", 1.2), ("imagenet_resnet50", 0.1)):
-        X = rng.standard_normal((240, 30)).astype(np.float32)
-        X[:, :3] += signal * y[:, None]
-        datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
+    datasets = _two_extractors(rng, y, groups, images, weights)
     datasets["nyu_avg+imagenet_resnet50"] = GridData.combine(list(datasets.values()))
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
                         permutations=10, bootstrap=300, oof={"repeats": 2})
@@ -73,11 +80,7 @@ def _transfer(weights: str, tuned_signal: float) -> tuple:
     groups = np.repeat(np.arange(60), 4)
     y = (np.random.default_rng(0).random(60) < 0.3).repeat(4).astype(np.int8)
     images = tuple(f"img{i:03d}" for i in range(240))
-    datasets = {}
-    for name, signal in (("nyu_avg", 1.2), ("imagenet_resnet50", 0.1)):
-        X = rng.standard_normal((240, 30)).astype(np.float32)
-        X[:, :3] += signal * y[:, None]
-        datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
+    datasets = _two_extractors(rng, y, groups, images, weights)
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"],
                         classifiers=["logreg", "svm_linear"], permutations=5, bootstrap=300, oof={"repeats": 2})
     results = [r for data in datasets.values() for r in evaluate_cells(data, config.cells([data.extractor]), config)]
