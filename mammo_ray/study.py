@@ -290,11 +290,11 @@ STAGES: tuple[Stage, ...] = (
           check=preflight.finetune_weights, reads=("manifest",),
           writes=("results/finetune", "results/finetune_predictions", "checkpoints",
                   "errors/finetune-<family>-<size>")),
-    # Cheap, and its inputs are every other table: always rebuilt.
     # The paper's second question: fine-tuned networks against their frozen features, on the same images.
     Stage("transfer", _run_transfer, _transfer_inputs, sections=("grid", "finetune"),
           reads=("results/grid_predictions", "results/finetune", "results/finetune_predictions"),
           writes=("results/finetune_vs_frozen",)),
+    # Cheap, and its inputs are every other table: always rebuilt.
     Stage("report", _run_report, None, check=preflight.published_values,
           reads=("manifest", "errors/ingest", "zero_shot", "results/grid", "results/grid_predictions",
                  "results/comparisons", "results/finetune", "results/finetune_predictions",

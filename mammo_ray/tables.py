@@ -464,6 +464,15 @@ def provenance_of(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def describes(uri: str, expected: Mapping[str, Any] | None) -> bool | None:
+    """Whether the table at `uri` was computed on the `expected` inputs (its provenance names them; None
+    expects nothing); None when there is no such table. A store failure is raised, never read as 'not there'."""
+    provenance = read_provenance(uri)
+    if provenance is None:
+        return None
+    return expected is None or provenance.get("inputs") == dict(expected)
+
+
 def read_provenance(uri: str) -> dict[str, Any] | None:
     """The provenance of the Parquet file at `uri` (one footer read); None when there is no such file."""
     if not storage.exists(uri):

@@ -77,13 +77,14 @@ def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame | None:
 
 def _current(uri: str, expected: Mapping[str, Any] | None) -> tuple[pd.DataFrame | None, str | None]:
     """The table at `uri` when its provenance names the `expected` inputs; else (None, why not)."""
-    provenance = tables.read_provenance(uri)
-    if provenance is None:
+    current = tables.describes(uri, expected)
+    if current is None:
         return None, None
-    if expected is not None and provenance.get("inputs") != dict(expected):
+    if not current:
+        stage = (tables.read_provenance(uri) or {}).get("stage", "its")
         return None, (f"{uri} was computed on other inputs than the current manifest and config (an earlier "
                       "manifest, other labels, embeddings or weights): it is out of date and not shown; rerun "
-                      f"the {provenance.get('stage', 'its')} stage")
+                      f"the {stage} stage")
     return _read(uri), None
 
 

@@ -26,10 +26,10 @@ STAGE = "transfer"
 
 
 def _current_table(uri: str, expected: Mapping[str, Any], stage: str) -> pa.Table:
-    provenance = tables.read_provenance(uri)
-    if provenance is None:
+    current = tables.describes(uri, expected)
+    if current is None:
         raise StaleTableError(uri, f"not there: run the {stage} stage first")
-    if provenance.get("inputs") != dict(expected):
+    if not current:
         raise StaleTableError(uri, f"computed on other inputs than the current manifest and config: rerun the "
                                    f"{stage} stage")
     return storage.read_table(uri)
