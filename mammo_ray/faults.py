@@ -4,9 +4,13 @@ Inert in production: `crash_point` returns at once unless the environment variab
 names a folder. Every process of a local Ray inherits the variable from the process that started it,
 so a test sets it before Ray starts and arms a point later by writing `<folder>/<point>.json`:
 
-    {"after": 3}                      the 3rd time one process passes the point, it dies (SIGKILL)
-    {"after": 1, "kill_group": 4242}  ... and takes the whole process group 4242 with it (a study run
-                                      started in its own session: the driver and the Ray it started)
+    {"after": 3}                        the 3rd time one process passes the point, it dies (SIGKILL)
+    {"after": 1, "take_session": 4242}  ... and takes every process of session 4242 with it (a study run
+                                        started in its own session: the driver and the Ray it started)
+
+A session, not a process group: Ray starts each worker in a process group of its own, so killing the
+driver's group leaves the other Tune trials or inference actors alive long enough to write more results,
+which is not what a machine that loses power does.
 
 A point fires once across every process (an O_EXCL marker file `<point>.fired` decides which one), so a
 restarted worker passing the same point again lives on: that is what a real transient fault looks like.
@@ -19,6 +23,7 @@ import json
 import os
 import signal
 import uuid
+from pathlib import Path
 
 FAULTS_ENV = "MAMMO_RAY_FAULTS"
 
@@ -52,19 +57,45 @@ def crash_point(name: str) -> None:
         return
     os.write(marker, str(os.getpid()).encode())
     os.close(marker)
-    group = plan.get("kill_group")
-    if group:
-        os.killpg(int(group), signal.SIGKILL)
+    session = plan.get("take_session")
+    if session:
+        kill_session(int(session))
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def arm(folder: str, name: str, after: int = 1, kill_group: int | None = None) -> None:
+def session_processes(session: int) -> list[int]:
+    """The pids of every live process whose session id is `session` (Linux /proc); zombies are dead."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if len(fields) > 3 and int(fields[3]) == session and fields[0] not in ("Z", "X"):
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL every process of `session`, the calling process last (if it belongs to it)."""
+    me = os.getpid()
+    for _ in range(3):  # again for any process forked while we scanned (a raylet starting a worker)
+        for pid in session_processes(session):
+            if pid != me:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    if os.getsid(0) == session:
+        os.kill(me, signal.SIGKILL)
+
+
+def arm(folder: str, name: str, after: int = 1, take_session: int | None = None) -> None:
     """Arm point `name` (see the module doc). For tests and drills; `disarm` undoes it."""
     if name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}; choose from {sorted(POINTS)}")
     plan: dict[str, int | str] = {"after": after, "token": uuid.uuid4().hex}
-    if kill_group is not None:
-        plan["kill_group"] = kill_group
+    if take_session is not None:
+        plan["take_session"] = take_session
     path = os.path.join(folder, f"{name}.json")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(plan, handle)

@@ -1,4 +1,4 @@
-"""The whole study process killed (SIGKILL of its process group: the driver and the local Ray it started)
+"""The whole study process killed (SIGKILL of its session: the driver and the local Ray it started)
 during embedding, the grid or fine-tuning: a rerun finishes, redoes only unfinished work, and no table
 has duplicate rows or a half-written file a reader could see."""
 
@@ -19,7 +19,7 @@ import yaml
 from mammo_ray import storage, tables
 from mammo_ray.config import ExtractorConfig
 from mammo_ray.datasets.manifest import read_manifest
-from mammo_ray.faults import arm, fired
+from mammo_ray.faults import arm, fired, kill_session, session_processes
 from mammo_ray.stages.embed import read_embeddings
 from tests.ray_train_state import checkpoint_committed
 
@@ -46,8 +46,9 @@ def _env() -> dict[str, str]:
 
 
 def _killed_run(command: list[str], until: Callable[[subprocess.Popen], bool]) -> None:
-    """Start the study in its own process group; `until(process)` is polled and returns True once the
-    group has been (or may now be) killed. Fails if the study ends on its own first."""
+    """Start the study in its own session; `until(process)` is polled and returns True once the session
+    has been (or may now be) killed. Fails if the study ends on its own first. Returns once no process of
+    the session is left, so nothing writes to the output after the caller looks at it."""
     study = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 600
@@ -58,20 +59,23 @@ def _killed_run(command: list[str], until: Callable[[subprocess.Popen], bool]) -
             time.sleep(0.05)
     finally:
         if study.poll() is None:
-            os.killpg(study.pid, signal.SIGKILL)
+            kill_session(study.pid)
         study.wait()
+        while session_processes(study.pid):  # killed, but the kernel may not have reaped them yet
+            assert time.monotonic() < deadline + 60, f"session {study.pid} outlived its kill"
+            time.sleep(0.05)
     assert study.returncode == -signal.SIGKILL
 
 
 def _armed_then_dead(folder: str, point: str, when: Callable[[], bool] = lambda: True):
-    """An `until` for _killed_run: arms crash point `point` to kill the study's whole process group once
+    """An `until` for _killed_run: arms crash point `point` to kill the study's whole session once
     `when()` holds, then waits for the study to be dead."""
     armed = False
 
     def until(study: subprocess.Popen) -> bool:
         nonlocal armed
         if not armed and when():
-            arm(folder, point, kill_group=study.pid)
+            arm(folder, point, take_session=study.pid)
             armed = True
         return study.poll() is not None
 
@@ -102,7 +106,7 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
 
     def some_embeddings_written(study: subprocess.Popen) -> bool:
         if store.exists() and any(p.suffix == ".parquet" for p in store.rglob("*")):
-            os.killpg(study.pid, signal.SIGKILL)  # mid-stage: later batches are still being embedded
+            kill_session(study.pid)  # mid-stage: later batches are still being embedded
             return True
         return False
 
