@@ -64,8 +64,8 @@ class CurrentInputs:
 
     def finetune_inputs(self) -> dict[str, Any]:
         from mammo_ray.models.weights import weights_id
-        from mammo_ray.stages.finetune import resolve_models
+        from mammo_ray.stages.finetune import resolve_models, weights_key
 
-        weights = {f"{m.name}:{m.pretrained_on}": weights_id(m.spec) for m in resolve_models(self.config.finetune)}
+        weights = {weights_key(m): weights_id(m.spec) for m in resolve_models(self.config.finetune)}
         return {"manifest": self.digest("manifest"), "weights": weights}
 

@@ -358,20 +358,33 @@ COMPARISONS_SCHEMA = pa.schema(
     ]
 )
 
+#: What names one fine-tuned network on one task in the finetune tables (a row per training stage of it).
+FINETUNE_RUN_KEYS: tuple[str, ...] = ("model", "variant", "pretrained_on", "task")
+
 FINETUNE_SCHEMA = pa.schema(
     [
         pa.field("model", pa.string(), nullable=False),
         pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),  # the NYU view head (l_cc ... r_mlo); '' elsewhere
         pa.field("task", pa.string(), nullable=False),
         pa.field("stage", pa.string(), nullable=False),
         pa.field("stage_index", pa.int32(), nullable=False),
         pa.field("train", pa.string(), nullable=False),
         pa.field("image_size", pa.int32(), nullable=False),
         pa.field("epochs", pa.int32(), nullable=False),
+        # Each metric, then its interval under a patient-cluster bootstrap (finetune.bootstrap, .ci_level).
         pa.field("accuracy", pa.float64()),
+        pa.field("accuracy_ci_low", pa.float64()),
+        pa.field("accuracy_ci_high", pa.float64()),
         pa.field("auroc", pa.float64()),
+        pa.field("auroc_ci_low", pa.float64()),
+        pa.field("auroc_ci_high", pa.float64()),
         pa.field("precision", pa.float64()),
+        pa.field("precision_ci_low", pa.float64()),
+        pa.field("precision_ci_high", pa.float64()),
         pa.field("recall", pa.float64()),
+        pa.field("recall_ci_low", pa.float64()),
+        pa.field("recall_ci_high", pa.float64()),
         pa.field("n_train", pa.int64(), nullable=False),
         pa.field("n_val", pa.int64(), nullable=False),
         pa.field("protocol", pa.string(), nullable=False),
@@ -387,6 +400,7 @@ FINETUNE_PREDICTIONS_SCHEMA = pa.schema(
     [
         pa.field("model", pa.string(), nullable=False),
         pa.field("pretrained_on", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("protocol", pa.string(), nullable=False),
         pa.field("stage", pa.string(), nullable=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -179,9 +180,12 @@ def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path):
     predictions = _predictions(output)
     assert storage.read_table(predictions_uri(output)).schema.equals(FINETUNE_PREDICTIONS_SCHEMA, check_metadata=False)
     (row,) = table.to_pylist()
-    assert (row["model"], row["pretrained_on"], row["weights_id"]) == ("small_cnn", "none", "random-init:0")
+    assert (row["model"], row["variant"], row["pretrained_on"], row["weights_id"]) == (
+        "small_cnn", "", "none", "random-init:0")
     for metric in ("accuracy", "auroc", "precision", "recall"):
         assert row[metric] is not None and 0.0 <= row[metric] <= 1.0 and math.isfinite(row[metric]), metric
+        assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"], metric  # patients resampled
+    assert row["auroc_ci_high"] - row["auroc_ci_low"] > 0
     frame, _ = task_frame(subset, "binary")
     split = make_split(frame, "patient", seed=config.seed)
     assert row["n_train"] == len(split.train) and row["n_val"] == len(predictions) and row["epochs"] == 1
@@ -195,6 +199,56 @@ def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path):
     errors = storage.read_table(storage.join(output, "errors", "finetune-imagenet-48")).to_pandas()
     assert set(errors["image_id"]) == {"mias/mdb999"} and set(errors["stage"]) == {"finetune:imagenet:48"}
     assert str(broken) in errors["message"].iloc[0]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_nyu_model_fine_tunes_from_the_view_head_it_is_given(tmp_path):
+    """The published NYU file fine-tuned from its L-MLO head: the run starts from that head's trunk and fc1 (a
+    head-only stage leaves them as published), sees every image in the MLO window, and its rows say so."""
+    from mammo_ray.models.nyu import build_nyu_model, published_state_dict
+
+    published = build_nyu_model(seed=21)
+    weights = tmp_path / "ImageOnly__ModeImage_weights.p"
+    torch.save({"model": published_state_dict(published)}, str(weights))
+    cohort = generate_cohort(str(tmp_path / "cohort"), COHORT)
+    config = _config(models=[{"name": "nyu", "weights": str(weights), "view": "l_mlo"}],
+                     stages=[{"name": "head", "train": "head", "size": 64, "epochs": 1, "lr": 1e-3}],
+                     bootstrap=200)
+    output = str(tmp_path / "out")
+    result = run_finetune(cohort, output, config)
+
+    (row,) = storage.read_table(finetune_uri(output)).to_pylist()
+    assert (row["model"], row["variant"], row["run_name"]) == ("nyu", "l_mlo", "t-nyu-l_mlo-nyu-binary-patient-head")
+    assert row["auroc_ci_low"] <= row["auroc"] <= row["auroc_ci_high"]
+    state = _load_state(row["checkpoint_uri"])
+    assert torch.equal(state["fc1.weight"], published.fc1_lmlo.weight)  # not fc1_lcc, the default head
+    assert torch.equal(state["trunk.first_conv.weight"], published.mlo.first_conv.weight)
+    recorded = json.loads(storage.read_bytes(row["checkpoint_uri"] + "/state.json"))
+    assert recorded["preprocess_id"] == config.transform("nyu", 64, "l_mlo").id != config.transform("nyu", 64).id
+    assert [run.variant for run in result.runs] == ["l_mlo"]
+    assert set(_predictions(output)["variant"]) == {"l_mlo"}
+
+
+def test_each_nyu_view_head_is_a_run_of_its_own_with_its_window():
+    from mammo_ray.imaging.nyu import window_size
+    from mammo_ray.stages.finetune import resolve_models, run_name
+
+    config = _config(models=[{"name": "nyu", "weights": "random-init:0", "view": view} for view in ("l_mlo", "r_cc")]
+                     + [{"name": "nyu", "weights": "random-init:0"}, {"name": "small_cnn"}],
+                     stages=[{"name": "all", "size": 64}])
+    models = resolve_models(config)
+    assert [m.variant for m in models] == ["l_mlo", "r_cc", "l_cc", ""]  # the default head: l_cc
+    assert [run_name(config, m, "binary", config.stages[0]) for m in models] == [
+        "t-nyu-l_mlo-none-binary-patient-all", "t-nyu-r_cc-none-binary-patient-all",
+        "t-nyu-l_cc-none-binary-patient-all", "t-small_cnn-none-binary-patient-all"]
+    windows = {view: config.transform("nyu", 64, view).shape for view in ("l_mlo", "r_mlo", "l_cc", "r_cc")}
+    assert windows["l_mlo"] == windows["r_mlo"] == (1, *window_size("MLO", 64 / 2974))
+    assert windows["l_cc"] == windows["r_cc"] == (1, *window_size("CC", 64 / 2677))
+    twice = [{"name": "nyu", "weights": "random-init:0", "view": "r_cc"}] * 2
+    with pytest.raises(ConfigError, match=r"finetune\.models.*share \(model, view, pretrained_on\)"):
+        resolve_models(_config(models=twice))
+    with pytest.raises(ValueError, match="view 'l_cc' is a NYU view head; resnet18 has none"):
+        _config(models=[{"name": "resnet18", "view": "l_cc"}])
 
 
 def test_missing_pretrained_weights_fail_at_start_with_the_weights_error(tmp_path):

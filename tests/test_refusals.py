@@ -333,11 +333,12 @@ def test_one_refusal_names_every_missing_weight_file_of_a_study(tmp_path, monkey
         "finetune.models.0.weights": "resnet50-0676ba61.pth",
         "finetune.models.1.weights": "resnet18-f37072fd.pth",
         "finetune.models.2.weights": "squeezenet1_1-b8a52dc0.pth",
-        "finetune.models.3.weights": "ImageOnly__ModeImage_weights.p",
+        "finetune.models.3.weights": "ImageOnly__ModeImage_weights.p",  # the NYU model from its L-MLO head
+        "finetune.models.4.weights": "ImageOnly__ModeImage_weights.p",  # ... and from its R-CC head
     }
     for key_path, file_name in expected.items():
         assert f"{key_path}: weights/{file_name}: weight file not found" in message
-    assert "finetune.models.4" not in message  # small_cnn: random-init, nothing to find
+    assert "finetune.models.5" not in message  # small_cnn: random-init, nothing to find
     fetched = _fetched_files(message)
     assert set(fetched.values()) == set(expected.values())  # one command gets every missing file
     assert "ImageOnly__ModeImage_weights.p" not in fetched and "nyu-image-wise" in fetched

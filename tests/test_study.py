@@ -241,11 +241,16 @@ def test_the_shipped_paper_tables_read_and_sit_beside_a_random_init_run():
     published = read_published(str(Path(__file__).resolve().parent.parent / "jobs" / "configs" / "paper_tables.csv"))
     assert set(published["table"]) == {"1", "2"} and {"l_mlo", "r_cc"} <= set(published["variant"])
     assert "cv_balanced_accuracy_std" in set(published["metric"])
-    ours = pd.DataFrame([{"model": "resnet50", "pretrained_on": "none", "task": "binary", "stage": "all",
-                          "weights_id": "random-init:0", "accuracy": 0.7},
-                         {"model": "nyu", "pretrained_on": "nyu", "task": "binary", "stage": "all",
-                          "weights_id": "sha256:ab", "accuracy": 0.8}])
-    table1 = beside(ours, published, "1").set_index("model")
-    assert table1.loc["resnet50", "accuracy (published)"] == 0.866
-    assert table1.loc["resnet50", "pretrained_on (published)"] == "imagenet"
-    assert {"accuracy (published, l_mlo)", "accuracy (published, r_cc)"} <= set(table1.columns)
+    run = {"task": "binary", "stage": "all", "accuracy": 0.7}
+    ours = pd.DataFrame([{**run, "model": "resnet50", "variant": "", "pretrained_on": "none",
+                          "weights_id": "random-init:0"},
+                         *({**run, "model": "nyu", "variant": view, "pretrained_on": "nyu", "weights_id": "sha256:ab"}
+                           for view in ("l_mlo", "r_cc", "l_cc"))])
+    table1 = beside(ours, published, "1").set_index(["model", "variant"])
+    assert table1.loc[("resnet50", ""), "accuracy (published)"] == 0.866
+    assert table1.loc[("resnet50", ""), "pretrained_on (published)"] == "imagenet"
+    # Each NYU run sits beside the published row of its own view head; the paper has no L-CC run.
+    assert table1.loc[("nyu", "l_mlo"), "accuracy (published)"] == 0.78
+    assert table1.loc[("nyu", "r_cc"), "auroc (published)"] == 0.581
+    assert pd.isna(table1.loc[("nyu", "l_cc"), "accuracy (published)"])
+    assert len(table1) == 4  # matching adds no row

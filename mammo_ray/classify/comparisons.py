@@ -96,24 +96,25 @@ def _frozen_of(model: str, variant: str | None) -> str | None:
 
 
 def finetuned_matrices(rows: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, tuple[str, float, pd.DataFrame]]:
-    """Per fine-tuned binary run (model, variant): its frozen counterpart's name, its validation AUROC and the
-    score matrix (`score_matrix`, one column) of its last stage's validation predictions (P(malignant))."""
-    variant = "variant" if "variant" in rows else None
+    """Per fine-tuned binary run (model, variant, pretrained_on): its frozen counterpart's name, its validation
+    AUROC and the score matrix (`score_matrix`, one column) of its last stage's validation predictions
+    (P(malignant)). A model fine-tuned from several starting weights is labelled with them too."""
+    keys = [k for k in ("model", "variant", "pretrained_on") if k in rows and k in predictions]
     binary = rows[rows["task"] == "binary"]
+    last_stages = binary.sort_values("stage_index").groupby(keys).tail(1)
+    starts = last_stages.groupby([k for k in keys if k != "pretrained_on"])["stage"].transform("size")
     out: dict[str, tuple[str, float, pd.DataFrame]] = {}
-    runs = binary.sort_values("stage_index").groupby(["model", *([variant] if variant else [])])
-    for _, last in runs.tail(1).iterrows():
-        which = last.get(variant) if variant else None
-        chosen = predictions[(predictions["model"] == last["model"]) & (predictions["task"] == "binary")
-                             & (predictions["stage"] == last["stage"])]
-        if variant and variant in predictions:
-            chosen = chosen[chosen[variant] == which]
+    for (_, last), several in zip(last_stages.iterrows(), starts, strict=True):
+        chosen = predictions[(predictions["task"] == "binary") & (predictions["stage"] == last["stage"])]
+        for key in keys:
+            chosen = chosen[chosen[key] == last[key]]
         if chosen.empty:
             continue
+        variant = last.get("variant") or None
+        label = finetuned_label(last["model"], variant) + (f" ({last['pretrained_on']})" if several > 1 else "")
         frame = pd.DataFrame({"image_id": chosen["image_id"].astype(str), "target": chosen["target"].astype(int),
                               "score": [float(p[1]) for p in chosen["probabilities"]], "repeat": 0})
-        out[finetuned_label(last["model"], which)] = (_frozen_of(last["model"], which) or "", float(last["auroc"]),
-                                                       score_matrix(frame))
+        out[label] = (_frozen_of(last["model"], variant) or "", float(last["auroc"]), score_matrix(frame))
     return out
 
 

@@ -24,19 +24,34 @@ DEFAULT_WEIGHTS: dict[str, str | None] = {
 _NAME_PATTERN = r"^[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*$"
 
 
+NYUView = Literal["l_cc", "r_cc", "l_mlo", "r_mlo"]
+
+
 class FinetuneModelConfig(StrictModel):
-    """One network to fine-tune and the weights it starts from (`random-init:<seed>` = from scratch)."""
+    """One network to fine-tune and the weights it starts from (`random-init:<seed>` = from scratch).
+
+    `view` (NYU only): which of the NYU model's four view heads fine-tuning starts from: its trunk (CC or
+    MLO) and its fc1, with every image shown in that view's input window (the paper fine-tunes from the
+    L-MLO and the R-CC head). Two entries of one NYU model with different views are two runs."""
 
     name: ModelName
     weights: str | None = Field(None, description="None: the default (ImageNet for torchvision models)")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    view: NYUView | None = Field(None, description="NYU only; None: l_cc")
 
     @model_validator(mode="after")
     def _small_cnn_from_scratch(self) -> FinetuneModelConfig:
         scratch = self.weights is None or self.weights.startswith("random-init")
         if self.name == "small_cnn" and not scratch:
             raise ValueError("small_cnn is the from-scratch baseline: its weights must be random-init:<seed>")
+        if self.view is not None and self.name != "nyu":
+            raise ValueError(f"view {self.view!r} is a NYU view head; {self.name} has none")
         return self
+
+    @property
+    def variant(self) -> str:
+        """What tells two runs of one model apart in every output row: the NYU view head, else ''."""
+        return (self.view or "l_cc") if self.name == "nyu" else ""
 
 
 class FinetuneStageConfig(StrictModel):
@@ -99,11 +114,12 @@ class FinetuneConfig(StrictModel):
     torch_threads: int | None = Field(None, ge=1, description="None: the node's CPUs / the workers on it")
     mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
     class_weighted: bool = True
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="patient resamples of each AUROC interval")
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     crop_to_breast: bool = True
     source_resolution: float | None = Field(None, gt=0.0, le=4.0)
-    nyu_trunk: Literal["cc", "mlo"] = "cc"
     checkpoint_path: str | None = Field(None, description="None: <output>/checkpoints")
     keep_checkpoints: int | None = Field(2, ge=1, description="per run; None keeps every epoch's")
     max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the latest checkpoint")
@@ -118,15 +134,18 @@ class FinetuneConfig(StrictModel):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
         return self
 
-    def transform(self, family: str, size: int) -> ImageTransform:
-        """The inputs of one stage: ImageNet's at size x size, or the NYU CC window scaled to `size` rows."""
+    def transform(self, family: str, size: int, variant: str = "") -> ImageTransform:
+        """The inputs of one stage: ImageNet's at size x size, or the window of the NYU view head `variant`
+        (CC for l_cc / r_cc, MLO for l_mlo / r_mlo) scaled to `size` rows."""
         from mammo_ray.imaging.nyu import NYU_WINDOWS
         from mammo_ray.imaging.transforms import ImageNetTransform, NYUTransform
 
         if family == "imagenet":
             return ImageNetTransform(size=size, crop_to_breast=self.crop_to_breast,
                                      source_resolution=self.source_resolution)
-        return NYUTransform(scale=size / NYU_WINDOWS["CC"][0], source_resolution=self.source_resolution, view="CC")
+        window = "MLO" if variant.endswith("mlo") else "CC"
+        return NYUTransform(scale=size / NYU_WINDOWS[window][0], source_resolution=self.source_resolution,
+                            view=window)
 
 
 

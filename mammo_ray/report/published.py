@@ -9,9 +9,9 @@ not the numbers): `report.published` points at a CSV in long format, one value p
 
 Table 2 rows name a grid cell (extractor, selection, balancing, classifier: our names) and one of
 TABLE2_METRICS; the paper's numbers come from its own (leaky) procedure, so the report sets them beside
-our `paper` protocol. Table 1 rows name a fine-tuned (model, pretrained_on, task) and one of
-TABLE1_METRICS; they sit beside our last training stage of that model. Every problem is a ConfigError
-naming `report.published`, raised before the study starts.
+our `paper` protocol. Table 1 rows name a fine-tuned (model, pretrained_on, task), for the NYU model its
+view head (`variant`), and one of TABLE1_METRICS; they sit beside our last training stage of that model.
+Every problem is a ConfigError naming `report.published`, raised before the study starts.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from mammo_ray.errors import ConfigError, StorageError
 
 KEY = "report.published"
 TABLE1_KEYS: tuple[str, ...] = ("model", "pretrained_on", "task")
-#: What a Table 1 row is matched on: the model and the task. Our run's weights may differ from the paper's
-#: (random-init here, ImageNet there): the published value still sits beside it, with both weights named.
-TABLE1_MATCH: tuple[str, ...] = ("model", "task")
+#: Optional: the NYU model's fine-tuned view head (l_cc, r_cc, l_mlo, r_mlo) of a Table 1 row; empty elsewhere.
+VARIANT = "variant"
+#: What a Table 1 row is matched on: the model, its view head and the task. Our run's weights may differ from
+#: the paper's (random-init here, ImageNet there): the published value still sits beside it, both weights named.
+TABLE1_MATCH: tuple[str, ...] = ("model", VARIANT, "task")
 TABLE2_KEYS: tuple[str, ...] = ("extractor", "selection", "balancing", "classifier")
 TABLE1_METRICS: tuple[str, ...] = ("accuracy", "auroc", "precision", "recall")
 TABLE2_METRICS: tuple[str, ...] = ("accuracy", "cv_balanced_accuracy_mean", "cv_balanced_accuracy_std", "auc",
                                    "n_features")
 COLUMNS: tuple[str, ...] = ("table", *TABLE2_KEYS, *TABLE1_KEYS, "metric", "value")
-#: Optional: the NYU model's fine-tuned view head (l_cc, r_cc, l_mlo, r_mlo) of a Table 1 row; empty elsewhere.
-VARIANT = "variant"
 
 
 def read_published(uri: str) -> pd.DataFrame:
@@ -78,9 +78,9 @@ def read_published(uri: str) -> pd.DataFrame:
 def beside(ours: pd.DataFrame, published: pd.DataFrame | None, table: str) -> pd.DataFrame:
     """`ours` with a `<metric> (published)` column per published metric of `table`, matched on its keys.
 
-    Table 1 matches on (model, task) and adds `pretrained_on (published)`, so a run with other weights
-    than the paper's still shows the paper's number and says what each used; a published view head
-    (`variant`) gets columns of its own, `<metric> (published, <variant>)`.
+    Table 1 matches on (model, variant, task) and adds `pretrained_on (published)`, so a run with other
+    weights than the paper's still shows the paper's number and says what each used; a NYU run sits beside
+    the published row of its own view head.
     """
     if published is None:
         return ours
@@ -88,8 +88,7 @@ def beside(ours: pd.DataFrame, published: pd.DataFrame | None, table: str) -> pd
     rows = published[published["table"] == table].copy()
     if rows.empty:
         return ours
-    rows["column"] = [f"{metric} (published{', ' + variant if variant else ''})"
-                      for metric, variant in zip(rows["metric"], rows[VARIANT], strict=True)]
+    rows["column"] = [f"{metric} (published)" for metric in rows["metric"]]
     wide = rows.pivot_table(index=keys, columns="column", values="value", aggfunc="first")
     if table == "1":
         weights = rows.groupby(keys)["pretrained_on"].agg(lambda values: ", ".join(sorted(set(values))))

@@ -11,16 +11,18 @@ Inputs are decoded and preprocessed to the stage's size in Ray Data CPU tasks an
 workers (`mammo_ray.training.data`); augmentation runs on the workers for the training split only.
 Checkpoints go every epoch to ``RunConfig(storage_path=<checkpoint_path>, name=<run name>)``, a local
 folder or s3:// (through `storage.arrow_filesystem`). Run names are
-``<config.name>-<model>-<pretrained_on>-<task>-<protocol>-<stage>``: rerunning with the same name
+``<config.name>-<model>[-<variant>]-<pretrained_on>-<task>-<protocol>-<stage>`` (variant: the NYU view
+head a NYU run starts from, l_cc ... r_mlo): rerunning with the same name
 resumes every stage from its latest checkpoint (a finished stage trains no epoch again, a stage
 given more epochs continues where it stopped). See `mammo_ray.training.loop` for the mechanism.
 
 The held-out split is grouped by patient (protocol ``patient``, default) or the paper's image-level
 20% (protocol ``paper``), the same for every model of a task. Metrics (`training.metrics`) are
-computed from the validation predictions of each stage's final checkpoint.
+computed from the validation predictions of each stage's final checkpoint, each with an interval that
+resamples the validation patients (`finetune.bootstrap`, `finetune.ci_level`).
 
 Outputs under `output_uri`:
-  results/finetune.parquet              one row per (model, pretrained_on, task, protocol, stage),
+  results/finetune.parquet              one row per (model, variant, pretrained_on, task, protocol, stage),
                                         schema tables.FINETUNE_SCHEMA; the rows of this run only
                                         (its provenance names the manifest they were computed on).
                                         n_train: images in the training split; n_val: validation images
@@ -61,7 +63,7 @@ from mammo_ray.models.weights import (
 )
 from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.training.data import class_weights, input_dataset, task_frame
-from mammo_ray.training.metrics import classification_metrics
+from mammo_ray.training.metrics import classification_metrics, metric_intervals
 from mammo_ray.training.models import input_family
 from mammo_ray.training.splits import make_split
 
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("mammo_ray.finetune")
 
+
 @dataclass(frozen=True)
 class StageRun:
     """What one stage's `fit()` did in this call.
@@ -86,6 +89,7 @@ class StageRun:
     """
 
     model: str
+    variant: str
     pretrained_on: str
     task: str
     stage: str
@@ -120,6 +124,7 @@ class _Model:
     name: str
     spec: WeightsSpec
     pretrained_on: str
+    variant: str  # FinetuneModelConfig.variant: the NYU view head, '' for other models
 
 
 def resolve_models(config: FinetuneConfig) -> list[_Model]:
@@ -138,15 +143,21 @@ def resolve_models(config: FinetuneConfig) -> list[_Model]:
         spec = WeightsSpec(source, entry.sha256)
         check_weights_available(spec)
         pretrained = "none" if spec.kind == "random-init" else ("nyu" if entry.name == "nyu" else "imagenet")
-        models.append(_Model(entry.name, spec, pretrained))
-    keys = [(m.name, m.pretrained_on) for m in models]
+        models.append(_Model(entry.name, spec, pretrained, entry.variant))
+    keys = [(m.name, m.variant, m.pretrained_on) for m in models]
     if len(set(keys)) != len(keys):
-        raise ConfigError("finetune.models", f"two entries share (model, pretrained_on): {keys}")
+        raise ConfigError("finetune.models", f"two entries share (model, view, pretrained_on): {keys}")
     return models
 
 
+def weights_key(model: _Model) -> str:
+    """The key of a model's weights in the tables' provenance (`weights_by_model`)."""
+    return ":".join(part for part in (model.name, model.variant, model.pretrained_on) if part)
+
+
 def run_name(config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig) -> str:
-    return f"{config.name}-{model.name}-{model.pretrained_on}-{task}-{config.protocol}-{stage.name}"
+    network = f"{model.name}-{model.variant}" if model.variant else model.name
+    return f"{config.name}-{network}-{model.pretrained_on}-{task}-{config.protocol}-{stage.name}"
 
 
 def _stages_for(config: FinetuneConfig, model: str) -> list[tuple[int, FinetuneStageConfig]]:
@@ -194,7 +205,7 @@ def _fit_stage(
 
     from mammo_ray.training.loop import LoopSpec, train_loop
 
-    transform = config.transform(input_family(model.name), stage.size)
+    transform = config.transform(input_family(model.name), stage.size, model.variant)
     errors = storage.join(tables.errors_root(output_uri), f"finetune-{transform.family}-{stage.size}")
     tag = f"finetune:{transform.family}:{stage.size}"
     datasets = {
@@ -285,12 +296,12 @@ def _initial_state(model: _Model, resolved: ResolvedWeights, num_classes: int,
 
     seed = resolved.seed if resolved.seed is not None else config.seed
     initial = build_model(model.name, num_classes, resolved.state_dict, seed=seed, source=resolved.source,
-                          nyu_trunk=config.nyu_trunk)
+                          nyu_view=model.variant or "l_cc")
     return ray.put({key: value.detach().cpu() for key, value in initial.state_dict().items()})
 
 
 def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_train: int,
-             stage_index: int) -> tuple[dict[str, Any], pd.DataFrame, StageRun]:
+             stage_index: int, config: FinetuneConfig) -> tuple[dict[str, Any], pd.DataFrame, StageRun]:
     """(finetune row, predictions frame, StageRun) of one finished stage, from its final checkpoint."""
     from mammo_ray.training.checkpoint import check_identity, checkpoint_uri, read_predictions, read_state
 
@@ -300,14 +311,20 @@ def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_
     predicted = read_predictions(checkpoint)
     k = len(info["classes"])
     probabilities = np.stack(predicted["probabilities"].to_numpy()) if len(predicted) else np.zeros((0, k))
+    images = frame.set_index("row").loc[predicted["row"].to_numpy()]
     scores = classification_metrics(predicted["target"].to_numpy(), probabilities)
+    intervals = metric_intervals(predicted["target"].to_numpy(), probabilities,
+                                 images["patient_id"].astype(str).to_numpy(), config.bootstrap, config.ci_level,
+                                 config.seed)
+    for metric, (low, high) in intervals.items():
+        scores[f"{metric}_ci_low"], scores[f"{metric}_ci_high"] = low, high
     uri = checkpoint_uri(checkpoint)
     epoch = int(state["epoch"])
     # result.metrics is this call's last report, or (nothing trained now) the restored checkpoint's.
     fresh = bool(result.metrics) and result.metrics.get("run_token") == spec.run_token
     start = int(result.metrics["start_epoch"]) if fresh else epoch
     rate = float(result.metrics["train_images_per_s"]) if fresh else math.nan
-    keys = {key: info[key] for key in ("model", "pretrained_on", "task", "stage")}
+    keys = {key: info[key] for key in (*tables.FINETUNE_RUN_KEYS, "stage")}
     run = StageRun(**keys, run_name=info["run_name"], start_epoch=start, epoch=epoch, trained=epoch - start,
                    images_per_s=rate, checkpoint_uri=uri,
                    world_size=int(state["metrics"].get("world_size", 0)),
@@ -318,7 +335,6 @@ def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_
         "classes": info["classes"], "checkpoint_uri": uri, "weights_id": info["weights_id"],
         "run_name": info["run_name"], "config_hash": info["config_hash"],
     }
-    images = frame.set_index("row").loc[predicted["row"].to_numpy()]
     predictions = pd.DataFrame({
         **keys, "protocol": info["protocol"],
         "image_id": images["image_id"].astype(str).to_numpy(),
@@ -350,13 +366,14 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
     weights_ids: dict[str, str] = {}
     for model in models:
         resolved = resolve_weights(model.spec)
-        weights_ids[f"{model.name}:{model.pretrained_on}"] = resolved.weights_id
+        weights_ids[weights_key(model)] = resolved.weights_id
         for task, (frame, classes, split) in tasks.items():
             init_state, previous = _initial_state(model, resolved, len(classes), config), None
             train_frame, val_frame = frame.iloc[split.train], frame.iloc[split.val]
             for stage_index, stage in _stages_for(config, model.name):
                 info = {
-                    "model": model.name, "pretrained_on": model.pretrained_on, "task": task,
+                    "model": model.name, "variant": model.variant, "pretrained_on": model.pretrained_on,
+                    "task": task,
                     "stage": stage.name, "classes": classes, "weights_id": resolved.weights_id,
                     "protocol": config.protocol, "config_hash": config_hash,
                     "run_name": run_name(config, model, task, stage),
@@ -366,7 +383,7 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
                     train_frame=train_frame, val_frame=val_frame, output_uri=output_uri, info=info,
                     init_state=init_state if previous is None else None, init_checkpoint=previous, read=read,
                 )
-                row, predicted, run = _outcome(result, spec, info, frame, len(train_frame), stage_index)
+                row, predicted, run = _outcome(result, spec, info, frame, len(train_frame), stage_index, config)
                 rows.append(row)
                 predictions.append(predicted)
                 runs.append(run)

@@ -31,9 +31,10 @@ from mammo_ray import __version__, storage, tables
 from mammo_ray.report.checklist import calibration_method, checklist_section
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.report.preprocessing import preprocessing_section
-from mammo_ray.report.published import TABLE1_KEYS, beside, read_published
+from mammo_ray.report.published import beside, read_published
 from mammo_ray.report.render import Section, write_report
 from mammo_ray.report.verdict import verdict_section
+from mammo_ray.training.metrics import METRIC_NAMES
 
 RANDOM_INIT_BANNER = (
     "{which} weights are random-init (no pretrained file was used): these numbers show that the pipeline "
@@ -185,26 +186,27 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
     if finetune is None or finetune.empty:
         section.paragraphs.append(problem or "The finetune stage has not run for this study.")
         return section
-    columns = [c for c in ("model", "pretrained_on", "task", "stage", "protocol", "image_size", "epochs",
-                           "accuracy", "auroc", "precision", "recall", "n_train", "n_val", "weights_id")
+    metrics = list(METRIC_NAMES)
+    columns = [c for c in ("model", "variant", "pretrained_on", "task", "stage", "protocol", "image_size",
+                           "epochs", *metrics, "n_train", "n_val", "weights_id")
                if c in finetune.columns]
-    table = finetune[columns]
+    table = _with_intervals(finetune, columns, metrics)
     constant = constant_output_runs(predictions)
     if constant:
-        keys = ["model", "pretrained_on", "task", "stage"]
+        keys = [*tables.FINETUNE_RUN_KEYS, "stage"]
         flagged = table[keys].apply(tuple, axis=1).isin(constant)
         table = table.assign(flag=np.where(flagged, "constant output: its metrics are not a result", ""))
         section.paragraphs.append(
             f"{int(flagged.sum())} fine-tuned runs give the same output for every image (flagged): their "
             "accuracy is the majority class share and their AUROC 0.5 by construction.")
-    section.tables.append(("Held-out metrics per model, task and training stage", table))
+    section.tables.append(("Held-out metrics per model, task and training stage (intervals: validation "
+                           "patients resampled)", table))
     if published is not None and "stage_index" in finetune.columns:
-        last = finetune.sort_values("stage_index").groupby(list(TABLE1_KEYS)).tail(1)
-        metrics = ["accuracy", "auroc", "precision", "recall"]
+        last = finetune.sort_values("stage_index").groupby(list(tables.FINETUNE_RUN_KEYS)).tail(1)
         ours = [c for c in ("weights_id",) if c in last.columns]  # what our run's weights were
         section.tables.append(("Last training stage of each model beside the published values (matched on "
-                               "model and task; both runs' weights named)",
-                               beside(last[[*TABLE1_KEYS, "stage", *ours, *metrics]], published, "1")))
+                               "model, NYU view head and task; both runs' weights named)",
+                               beside(last[[*tables.FINETUNE_RUN_KEYS, "stage", *ours, *metrics]], published, "1")))
     if predictions is not None and not predictions.empty:
         section.figures.append(("ROC curves of the fine-tuned models (binary task, every training stage)",
                                 "finetune_roc.png",
@@ -212,13 +214,25 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
     return section
 
 
+def _with_intervals(frame: pd.DataFrame, columns: list[str], metrics: list[str]) -> pd.DataFrame:
+    """`frame[columns]` with a `<metric> CI` text column ("low-high") after each metric that has an interval."""
+    out = frame[columns].copy()
+    for metric in metrics:
+        low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+        if metric in out and low in frame:
+            text = [f"{a:.3f}-{b:.3f}" if np.isfinite(a) and np.isfinite(b) else ""
+                    for a, b in zip(frame[low], frame[high], strict=True)]
+            out.insert(out.columns.get_loc(metric) + 1, f"{metric} CI", text)
+    return out
+
+
 def constant_output_runs(predictions: pd.DataFrame | None) -> set[tuple]:
-    """(model, pretrained_on, task, stage) of the runs whose predicted probabilities are the same for every
-    validation image (e.g. a random-init SqueezeNet giving [0.5, 0.5])."""
+    """(model, variant, pretrained_on, task, stage) of the runs whose predicted probabilities are the same
+    for every validation image (e.g. a random-init SqueezeNet giving [0.5, 0.5])."""
     if predictions is None or predictions.empty:
         return set()
     runs = set()
-    for key, rows in predictions.groupby(["model", "pretrained_on", "task", "stage"]):
+    for key, rows in predictions.groupby([*tables.FINETUNE_RUN_KEYS, "stage"]):
         probabilities = np.stack([np.asarray(p, dtype=np.float64) for p in rows["probabilities"]])
         if len(rows) > 1 and np.ptp(probabilities, axis=0).max() < 1e-6:
             runs.add(tuple(key))
@@ -227,9 +241,10 @@ def constant_output_runs(predictions: pd.DataFrame | None) -> set[tuple]:
 
 def _finetune_roc(axes: Axes, predictions: pd.DataFrame) -> None:
     binary = predictions[predictions["task"] == "binary"]
-    _roc(axes, [(f"{model} ({pretrained}, {stage})", rows["target"].to_numpy(),
+    _roc(axes, [(f"{model}{'/' + variant if variant else ''} ({pretrained}, {stage})", rows["target"].to_numpy(),
            np.asarray([p[1] for p in rows["probabilities"]]))
-          for (model, pretrained, stage), rows in binary.groupby(["model", "pretrained_on", "stage"])])
+          for (model, variant, pretrained, stage), rows
+          in binary.groupby(["model", "variant", "pretrained_on", "stage"])])
 
 
 _CELL = ["extractor", "selection", "balancing", "classifier"]

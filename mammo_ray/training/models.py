@@ -85,11 +85,14 @@ class NYUClassifier(nn.Module):
         return self.head(F.relu(self.fc1(features)))
 
     @classmethod
-    def from_image_model(cls, image_model: nn.Module, num_classes: int, trunk: str = "cc") -> NYUClassifier:
-        """Take `trunk` and the matching left view's fc1 (fc1_lcc / fc1_lmlo) of a NYUImageModel."""
+    def from_image_model(cls, image_model: nn.Module, num_classes: int, view: str = "l_cc") -> NYUClassifier:
+        """Take view head `view` of a NYUImageModel: its trunk (CC or MLO) and its fc1 (fc1_lcc ... fc1_rmlo)."""
+        from mammo_ray.models.nyu import VIEW_TRUNK, normalise_view
+
+        key = normalise_view(view)
         model = cls(num_classes)
-        model.trunk.load_state_dict(image_model.trunk(trunk).state_dict())
-        model.fc1.load_state_dict(getattr(image_model, f"fc1_l{trunk}").state_dict())
+        model.trunk.load_state_dict(image_model.trunk(VIEW_TRUNK[key]).state_dict())
+        model.fc1.load_state_dict(getattr(image_model, f"fc1_{key}").state_dict())
         return model
 
 
@@ -100,13 +103,14 @@ def build_model(
     *,
     seed: int | None = 0,
     source: str = "<state dict>",
-    nyu_trunk: str = "cc",
+    nyu_view: str = "l_cc",
 ) -> nn.Module:
     """A model with a `num_classes` head: seeded random init, then the body from `state_dict`.
 
     `state_dict` is pretrained weights in their published format (torchvision, NYU), or a state dict
     of this very model (a fine-tuning checkpoint), which is loaded whole. A mismatch raises
-    WeightsError naming the keys.
+    WeightsError naming the keys. `nyu_view`: the NYU view head a published NYU file gives its trunk and
+    fc1 from (l_cc, r_cc, l_mlo, r_mlo).
     """
     check_model_name(name)
     if num_classes < 2:
@@ -127,7 +131,7 @@ def build_model(
         has_heads = any(str(key).startswith("fc1_") for key in state_dict)
         image_model = build_nyu_model(state_dict, seed=seed, source=source, trunks_only=not has_heads)
         with seeded_init(seed):
-            model = NYUClassifier.from_image_model(image_model, num_classes, nyu_trunk)
+            model = NYUClassifier.from_image_model(image_model, num_classes, nyu_view)
         return model
     load_state_dict_strict(model, state_dict, source, f"state dict does not match the {type(model).__name__}")
     return model

@@ -94,3 +94,49 @@ def test_nan_probabilities_give_nan_auroc_not_an_error():
     assert math.isnan(out["auroc"]) and out["accuracy"] == pytest.approx(1 / 3)
     binary = classification_metrics(np.array([0, 1, 1]), np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.8]]))
     assert math.isnan(binary["auroc"])
+
+
+def test_each_resample_is_the_metric_of_its_patients_images_repeated():
+    """The vectorised resample metrics against sklearn (classification_metrics) on the drawn rows themselves."""
+    from mammo_ray.classify.stats import patient_bootstrap_weights
+    from mammo_ray.training.metrics import _weighted_metrics
+
+    rng = np.random.default_rng(5)
+    patients = np.repeat(np.arange(12), 3)
+    for k in (2, 4):
+        y = rng.integers(0, k, patients.size)
+        proba = rng.dirichlet(np.ones(k), patients.size)
+        weights = patient_bootstrap_weights(patients, 20, seed=1)
+        vectorised = _weighted_metrics(y, proba, weights)
+        for b, row in enumerate(weights):
+            drawn = np.repeat(np.arange(y.size), row.astype(int))
+            expected = classification_metrics(y[drawn], proba[drawn])
+            for name, value in expected.items():
+                assert vectorised[name][b] == pytest.approx(value, nan_ok=True), (k, b, name)
+
+
+def test_metric_intervals_resample_patients_and_match_the_binary_patient_bootstrap():
+    from mammo_ray.classify.stats import patient_bootstrap_auc
+    from mammo_ray.training.metrics import metric_intervals
+
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(30), 4)  # 4 images a patient, all of one label: clustered
+    y = np.repeat(rng.integers(0, 2, 30), 4)
+    p1 = 1 / (1 + np.exp(-(y - 0.5 + np.repeat(rng.standard_normal(30), 4))))
+    proba = np.column_stack([1 - p1, p1])
+    intervals = metric_intervals(y, proba, patients, 500, 0.95, 0)
+    assert intervals["auroc"] == patient_bootstrap_auc(y, p1, patients, 500, 0.95, 0)
+    point = classification_metrics(y, proba)
+    for name, (low, high) in intervals.items():
+        assert low < point[name] < high, name
+    per_image = metric_intervals(y, proba, np.arange(y.size), 500, 0.95, 0)
+    width = {name: high - low for name, (low, high) in intervals.items()}
+    assert all(width[name] > per_image[name][1] - per_image[name][0] for name in width)  # clustered evidence
+    # More classes: the macro definitions of the point estimates; undefined -> NaN.
+    y3 = np.repeat(rng.integers(0, 3, 30), 4)
+    proba3 = rng.dirichlet(np.ones(3), y3.size) + 0.3 * np.eye(3)[y3]
+    proba3 /= proba3.sum(axis=1, keepdims=True)
+    low3, high3 = metric_intervals(y3, proba3, patients, 300, 0.9, 0)["auroc"]
+    assert low3 < classification_metrics(y3, proba3)["auroc"] < high3
+    assert all(np.isnan(metric_intervals(np.zeros(8, int), np.full((8, 2), 0.5), np.arange(8), 100)["auroc"]))
+    assert all(np.isnan(v) for pair in metric_intervals(y, proba, patients, 0).values() for v in pair)

@@ -67,8 +67,11 @@ def test_nyu_weights_in_the_published_format_give_trunk_and_fc1():
     model = build_model("nyu", 3, state, seed=0)
     assert torch.equal(model.trunk.first_conv.weight, published.cc.first_conv.weight)
     assert torch.equal(model.fc1.weight, published.fc1_lcc.weight)
-    mlo = build_model("nyu", 3, state, seed=0, nyu_trunk="mlo")
-    assert torch.equal(mlo.trunk.first_conv.weight, published.mlo.first_conv.weight)
+    for view, trunk, fc1 in (("l_mlo", published.mlo, published.fc1_lmlo), ("r_mlo", published.mlo, published.fc1_rmlo),
+                             ("r_cc", published.cc, published.fc1_rcc)):
+        head = build_model("nyu", 3, state, seed=0, nyu_view=view)
+        assert torch.equal(head.trunk.first_conv.weight, trunk.first_conv.weight), view
+        assert torch.equal(head.fc1.weight, fc1.weight), view
     with pytest.raises(WeightsError):
         build_model("small_cnn", 3, {"conv.weight": torch.zeros(1)})
 
