@@ -190,11 +190,13 @@ def finetune_section(finetune: pd.DataFrame | None, predictions: pd.DataFrame | 
     columns = [c for c in ("model", "variant", "pretrained_on", "task", "stage", "protocol", "image_size",
                            "epochs", *metrics, "n_train", "n_val", "weights_id")
                if c in finetune.columns]
+    if "variant" in finetune and not finetune["variant"].astype(bool).any():
+        columns.remove("variant")  # no NYU view head among the runs: an empty column says nothing
     table = _with_intervals(finetune, columns, metrics)
     constant = constant_output_runs(predictions)
     if constant:
         keys = [*tables.FINETUNE_RUN_KEYS, "stage"]
-        flagged = table[keys].apply(tuple, axis=1).isin(constant)
+        flagged = finetune[keys].apply(tuple, axis=1).isin(constant).to_numpy()
         table = table.assign(flag=np.where(flagged, "constant output: its metrics are not a result", ""))
         section.paragraphs.append(
             f"{int(flagged.sum())} fine-tuned runs give the same output for every image (flagged): their "
