@@ -114,7 +114,7 @@ class FinetuneConfig(StrictModel):
     torch_threads: int | None = Field(None, ge=1, description="None: the node's CPUs / the workers on it")
     mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
     class_weighted: bool = True
-    bootstrap: int = Field(1000, ge=0, le=100_000, description="patient resamples of each AUROC interval")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="patient resamples of each metric's interval; 0 = none")
     ci_level: float = Field(0.95, gt=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -296,7 +296,7 @@ def _initial_state(model: _Model, resolved: ResolvedWeights, num_classes: int,
 
     seed = resolved.seed if resolved.seed is not None else config.seed
     initial = build_model(model.name, num_classes, resolved.state_dict, seed=seed, source=resolved.source,
-                          nyu_view=model.variant or "l_cc")
+                          nyu_view=model.variant)  # the NYU view head; unused by other models
     return ray.put({key: value.detach().cpu() for key, value in initial.state_dict().items()})
 
 
