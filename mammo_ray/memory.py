@@ -32,6 +32,31 @@ def tree_pss(root: psutil.Process) -> int:
     return total
 
 
+class PeakPSS:
+    """Samples the PSS of `root`'s process tree every `interval` s while the `with` block runs; `bytes`
+    is the highest sample."""
+
+    def __init__(self, root: psutil.Process, interval: float = 0.1) -> None:
+        self.root, self.interval = root, interval
+        self.bytes, self.samples = 0, 0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.bytes = max(self.bytes, tree_pss(self.root))
+            self.samples += 1
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> PeakPSS:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._sampler.join()
+
+
 @dataclass(frozen=True)
 class MeasuredRun:
     returncode: int
@@ -47,24 +72,10 @@ def run_measured(command: Sequence[str], interval: float = 0.1, timeout: float =
     started = time.perf_counter()
     process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                **popen)  # type: ignore[arg-type]
-    root = psutil.Process(process.pid)
-    peak, samples = 0, 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak, samples
-        while not done.is_set():
-            peak = max(peak, tree_pss(root))
-            samples += 1
-            done.wait(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     try:
-        output, _ = process.communicate(timeout=timeout)
+        with PeakPSS(psutil.Process(process.pid), interval) as peak:
+            output, _ = process.communicate(timeout=timeout)
     finally:
-        done.set()
-        sampler.join()
         if process.poll() is None:
             process.kill()
-    return MeasuredRun(process.returncode, peak, samples, time.perf_counter() - started, output)
+    return MeasuredRun(process.returncode, peak.bytes, peak.samples, time.perf_counter() - started, output)

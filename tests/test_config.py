@@ -133,16 +133,20 @@ def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_cpu_inference_actor_gets_the_nodes_cpus_shared_between_the_actors():
+def test_the_cpu_inference_pool_has_one_single_thread_actor_per_cpu_and_one_actor_per_gpu():
     from mammo_ray.config import EmbedConfig
 
-    assert EmbedConfig().actor_torch_threads(node_cpus=16) == 16  # one actor: every core for the network
-    assert EmbedConfig().actor_torch_threads(node_cpus=16, actors_per_node=3) == 5
-    assert EmbedConfig().actor_torch_threads(node_cpus=2, actors_per_node=4) == 1
-    assert EmbedConfig(torch_threads=3).actor_torch_threads(node_cpus=2, actors_per_node=4) == 3
-    # The pool: one actor per GPU where there are GPUs (fractional GPUs per actor: more), else one per node.
-    assert EmbedConfig().actor_count(cluster_gpus=4, nodes=5) == 4
-    assert EmbedConfig(num_gpus=0.5).actor_count(cluster_gpus=4, nodes=5) == 8
-    assert EmbedConfig().actor_count(cluster_gpus=0, nodes=3) == 3
-    assert EmbedConfig(num_gpus=0).actor_count(cluster_gpus=4, nodes=3) == 3
-    assert EmbedConfig(max_actors=2).actor_count(cluster_gpus=4, nodes=3) == 2
+    assert EmbedConfig().actor_torch_threads() == 1
+    assert EmbedConfig(torch_threads=3).actor_torch_threads() == 3
+    # CPU only: one actor per torch_threads CPUs of each node (a node's remainder gives none).
+    assert EmbedConfig().actor_count(cluster_gpus=0, node_cpus=[2.0, 16.0], batches=100) == 18
+    assert EmbedConfig(torch_threads=3).actor_count(cluster_gpus=0, node_cpus=[2.0, 16.0], batches=100) == 5
+    assert EmbedConfig(torch_threads=4).actor_count(cluster_gpus=0, node_cpus=[2.0], batches=100) == 1
+    # GPUs: one actor per GPU (fractional GPUs per actor: more); num_gpus=0 keeps to the CPUs.
+    assert EmbedConfig().actor_count(cluster_gpus=4, node_cpus=[16.0] * 5, batches=100) == 4
+    assert EmbedConfig(num_gpus=0.5).actor_count(cluster_gpus=4, node_cpus=[16.0], batches=100) == 8
+    assert EmbedConfig(num_gpus=0).actor_count(cluster_gpus=4, node_cpus=[2.0, 2.0], batches=100) == 4
+    assert EmbedConfig(max_actors=2).actor_count(cluster_gpus=4, node_cpus=[16.0], batches=100) == 2
+    # Never more actors than batches: each would load every network for nothing.
+    assert EmbedConfig().actor_count(cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
+    assert EmbedConfig(max_actors=8).actor_count(cluster_gpus=0, node_cpus=[16.0], batches=0) == 1

@@ -7,6 +7,7 @@ place (here) and never mirrored by a second class.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
@@ -213,30 +214,32 @@ def _default_extractors() -> list[ExtractorConfig]:
 class EmbedConfig(StrictModel):
     extractors: list[ExtractorConfig] = Field(default_factory=_default_extractors, min_length=1)
     batch_size: int = Field(8, ge=1, le=4096)
-    max_actors: int | None = Field(None, ge=1, description="None: one per GPU, else one per node")
+    max_actors: int | None = Field(
+        None, ge=1, description="None: one per GPU, else one per torch_threads CPUs; never more than batches")
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
-    torch_threads: int | None = Field(
-        None, ge=1, le=1024, description="per CPU actor; None: the node's CPUs shared by the actors on it")
+    torch_threads: int | None = Field(None, ge=1, le=1024, description="per CPU actor; None: 1")
 
-    def actor_count(self, cluster_gpus: float, nodes: int) -> int:
+    def actor_count(self, cluster_gpus: float, node_cpus: Sequence[float], batches: int) -> int:
         """The inference pool's size: `max_actors`, else one actor per GPU the actors can have (each holds
-        every network of the pass, so no GPU waits for another pool), else one per node (each with its
-        node's cores: `actor_torch_threads`)."""
+        every network of the pass, so no GPU waits for another pool), else one actor per
+        `actor_torch_threads` CPUs of each alive node; never more actors than the pass has batches.
+        Each actor holds a copy of every network of the pass: memory grows with the count."""
         if self.max_actors is not None:
-            return self.max_actors
-        per_actor = 1.0 if self.num_gpus is None else self.num_gpus
-        if cluster_gpus > 0 and per_actor > 0:
-            return max(1, int(cluster_gpus // per_actor))
-        return max(1, nodes)
+            wanted = self.max_actors
+        else:
+            per_actor = 1.0 if self.num_gpus is None else self.num_gpus
+            if cluster_gpus > 0 and per_actor > 0:
+                wanted = int(cluster_gpus // per_actor)
+            else:
+                wanted = sum(int(cpus // self.actor_torch_threads()) for cpus in node_cpus)
+        return max(1, min(wanted, batches))
 
-    def actor_torch_threads(self, node_cpus: int, actors_per_node: int = 1) -> int:
-        """Torch threads of a CPU inference actor on a node with `node_cpus` CPUs. An actor holds one CPU
-        for scheduling, and Ray would give it one thread; but decoding needs a small share of a core per
-        image (measured: `jobs/benchmark.py embed`), so the network gets the node's CPUs, split between
-        the actors that may run there."""
-        if self.torch_threads is not None:
-            return self.torch_threads
-        return max(1, node_cpus // max(1, actors_per_node))
+    def actor_torch_threads(self) -> int:
+        """Torch threads of a CPU inference actor. Several one-thread actors beat one actor with the
+        node's threads: a small batch's forward scales poorly over threads, and each actor decodes
+        its own batches meanwhile (measured: `jobs/benchmark.py embed`, ResNet-50 at 224 on 2 cores:
+        1 thread x 2 processes 1.44x 2 threads x 1 process)."""
+        return self.torch_threads or 1
 
     @model_validator(mode="after")
     def _unique_names(self) -> EmbedConfig:

@@ -262,21 +262,26 @@ def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> tuple[n
 
 
 class InferenceActor:
-    """Holds every output's model on its device; runs each batch through each of them in inference mode."""
+    """Holds every output's model on its device; runs each batch through each of them in inference mode.
+
+    Given `output_uri`, it also writes each batch's rows (`write_batch`) and returns its results: a CPU
+    actor then runs read, decode, prepare, forward and write as one fused operator, with no task that
+    would wait for a CPU the actors hold. A GPU actor leaves writing to CPU tasks, so no GPU waits on
+    the store.
+    """
 
     def __init__(self, tasks: Sequence[InferenceTask], keys: Sequence[ModelKey], use_gpu: bool,
-                 options: EmbedConfig, actors_per_node: int) -> None:
+                 options: EmbedConfig, output_uri: str | None = None, ingest: bool = False) -> None:
         import torch
 
-        from mammo_ray.ray_setup import this_node_cpus
-
         self.torch = torch
-        self.tasks = list(tasks)
+        self.tasks, self.keys = list(tasks), list(keys)
+        self.output_uri, self.ingest = output_uri, ingest
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
-            torch.set_num_threads(options.actor_torch_threads(this_node_cpus(), actors_per_node))
+            torch.set_num_threads(options.actor_torch_threads())
         self.models = []
-        for task, key in zip(self.tasks, keys, strict=True):
+        for task, key in zip(self.tasks, self.keys, strict=True):
             model = task.load()
             if model.weights_id != key.weights_id:
                 raise WeightsChangedError(f"{task.stage}: the weights loaded are {model.weights_id}, the run was "
@@ -286,7 +291,14 @@ class InferenceActor:
                 model.module.to(memory_format=torch.channels_last)
             self.models.append(model)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame | pa.Table:
+        out = self.embed(batch)
+        if self.output_uri is None:
+            return out
+        return write_batch(out, self.tasks, self.keys, self.output_uri, self.ingest)
+
+    def embed(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """The batch with each output's vectors (`output_<i>`) and the forwards run per image."""
         crash_point("inference.actor_batch")
         # Trunk feature maps of this batch, shared by outputs with the same weights and preprocessing:
         # (weights_id, transform id, trunk, row) -> the row's (n, C, h, w) maps.
@@ -446,15 +458,18 @@ def run_pass(
     stream = read_images(manifest, read, skip_decode).map_batches(
         prepare_batch, batch_format="pandas", batch_size=read.batch_size,
         fn_kwargs={"tasks": list(tasks), "cached": cached, "ingest": ingest})
+    num_gpus = gpus_per_actor(options) if tasks else 0.0
+    # A CPU actor writes its own batches (see InferenceActor); a GPU actor's, and ingest's alone, go to tasks.
+    actor_writes = bool(tasks) and num_gpus == 0
     if tasks:
-        num_gpus = gpus_per_actor(options)
-        nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU", 0)))
-        actors = options.actor_count(ray.cluster_resources().get("GPU", 0.0), nodes)
+        node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+        actors = options.actor_count(ray.cluster_resources().get("GPU", 0.0), node_cpus,
+                                     batches=-(-len(manifest) // options.batch_size))
         stream = stream.map_batches(
             InferenceActor,
             fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0, "options": options,
-                                   "actors_per_node": -(-actors // nodes)},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                                   "output_uri": output_uri if actor_writes else None, "ingest": ingest},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_gpus=num_gpus,
             # Ray Data replaces a dead actor and retries the batches it held (its default for actor pools; an
             # actor that dies while starting counts against DataContext.max_consecutive_actor_init_deaths).
@@ -462,9 +477,10 @@ def run_pass(
             batch_size=options.batch_size,
             batch_format="pandas",
         )
-    stream = stream.map_batches(write_batch, batch_format="pandas", batch_size=None,
-                                fn_kwargs={"tasks": list(tasks), "keys": keys, "output_uri": output_uri,
-                                           "ingest": ingest})
+    if not actor_writes:
+        stream = stream.map_batches(write_batch, batch_format="pandas", batch_size=None,
+                                    fn_kwargs={"tasks": list(tasks), "keys": keys, "output_uri": output_uri,
+                                               "ingest": ingest})
     parts = [batch for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None) if batch.num_rows]
     schema = _result_schema(len(tasks), ingest)
     results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
