@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     marginal_s = (stage_s - start_s) * n / max(1, n - len(few))
     rows = [("(a)  naive loop, one process", loop_s), ("(a1) the same loop, one torch thread", loop1_s),
             ("(b)  embed stage (Ray Data pipeline)", stage_s),
-            ("(b1) the stage past its fixed cost", marginal_s),
+            *([("(b1) the stage past its fixed cost", marginal_s)] if n > len(few) else []),
             ("(c)  the network alone", model_s),
             (f"(c1) the network alone, {args.cpus} x 1 thread", layout_s),
             ("(d)  decode + preprocess alone", prepare_s)]
@@ -222,11 +222,19 @@ def run(args: argparse.Namespace) -> int:
     print("  the loop per image: " + ", ".join(f"{phase} {seconds / n * 1e3:.1f} ms ({seconds / total:.0%})"
                                              for phase, seconds in phases.items()))
     print(f"  fixed cost of a pass: {start_s:.1f} s for {len(few)} images")
-    print(f"  b/c = {ceiling_s / stage_s:.2f} (c: the faster of c and c1), b/a = {loop_s / stage_s:.2f}; past the "
-          f"fixed cost b1/c = {ceiling_s / marginal_s:.2f}, b1/a = {loop_s / marginal_s:.2f}")
+    past = (f"; past the fixed cost b1/c = {ceiling_s / marginal_s:.2f}, b1/a = {loop_s / marginal_s:.2f}"
+            if n > len(few) else f" (no b1: --images must exceed {len(few)})")
+    print(f"  b/c = {ceiling_s / stage_s:.2f} (c: the faster of c and c1), b/a = {loop_s / stage_s:.2f}{past}")
     print(f"  a1/a = {loop_s / loop1_s:.2f}; peak memory of (b) {peak.bytes / 2**20:.0f} MiB (PSS, driver and "
           f"local Ray); {result.embedded} embedded, {result.errors} errors; largest |stage - loop| {difference:.1e}")
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -237,7 +245,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=224, help="ImageNet input size")
     parser.add_argument("--nyu-scale", type=float, default=0.25, help="NYU window scale")
     parser.add_argument("--images", type=int, default=322, help="how many images (322 mini-MIAS, 8 CBIS-DDSM)")
-    parser.add_argument("--repeat", type=int, default=1, help="list each image this many times")
+    parser.add_argument("--repeat", type=_at_least_one, default=1, help="list each image this many times")
     parser.add_argument("--rows", type=int, default=4096, help="height of the JPEG 2000 images")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
