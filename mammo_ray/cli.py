@@ -17,6 +17,8 @@ EXIT_STORE_UNAVAILABLE = 3
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from mammo_ray.datasets.adapters import ADAPTERS
+
     parser = argparse.ArgumentParser(prog="mammo-ray", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mammo-ray {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,7 +30,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     synth.add_argument("--rows", type=int, default=512, help="image height in pixels")
 
     manifest = commands.add_parser("manifest", help="build a manifest with a dataset adapter")
-    manifest.add_argument("adapter", choices=["inbreast", "mias", "cbis_ddsm", "csv"])
+    manifest.add_argument("adapter", choices=sorted(ADAPTERS))
     manifest.add_argument("--out", required=True, help="manifest URI to write (.parquet)")
     manifest.add_argument(
         "--arg", action="append", default=[], metavar="KEY=VALUE",

@@ -311,15 +311,22 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config |
     """Every file under `uri` (recursively), as full URIs in sorted order.
 
     `extensions` filters case-insensitively ('.dcm', 'png'); hidden files and our own temporary
-    files are never listed.
+    files are never listed. On S3 one paginated listing, nothing per file (`_list_s3`).
     """
     suffixes = tuple("." + e.lower().lstrip(".") for e in extensions) if extensions else None
     scheme, _ = split_uri(uri)
     fs, path = filesystem(uri, s3)
     try:
-        if not fs.exists(path):
+        if scheme == "s3":
+            found = _list_s3(fs, path)
+            if not found:  # S3 has no empty folders: nothing under the prefix is nothing there
+                raise StorageError(uri, "not found")
+        elif not fs.exists(path):
             raise StorageError(uri, "not found")
-        found = fs.find(path) if fs.isdir(path) else [path]
+        else:
+            found = fs.find(path) if fs.isdir(path) else [path]
+    except StorageError:
+        raise
     except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "list", error) from error
     result = []
@@ -331,6 +338,17 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config |
             continue
         result.append(item if scheme == "file" else "s3://" + item)
     return sorted(result)
+
+
+def _list_s3(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """'bucket/key' of every object under `path` (or `path` itself when it is one object): one paginated
+    listing (1,000 keys a page), without the existence and folder checks that would each list the prefix
+    again. A sharded, parallel listing was measured slower here (jobs/benchmark.py manifest: against moto
+    each page costs the server CPU in proportion to the bucket, so parallel pages only compete for it)."""
+    found = fs.find(path)
+    if not found and fs.isfile(path):
+        return [path]
+    return found
 
 
 def remove_empty_folder(uri: str) -> None:

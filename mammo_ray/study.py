@@ -203,6 +203,7 @@ def _run_report(current: CurrentInputs) -> dict[str, int]:
         manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem,
         error_uris=[tables.errors_uri(config.output, stage) for stage in stages],
         weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
+        compare_pipeline=config.grid.compare_pipeline(),
     )
     uris = build_report(config.output, {**config.model_dump(mode="json"), "config_hash": config.config_hash()},
                         report_inputs)

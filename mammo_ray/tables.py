@@ -89,6 +89,10 @@ def comparisons_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "comparisons.parquet")
 
 
+def subgroups_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "subgroups.parquet")
+
+
 def finetune_vs_frozen_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "finetune_vs_frozen.parquet")
 
@@ -133,6 +137,11 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("birads", pa.string()),
         pa.field("label", pa.int8()),
         pa.field("pathology", pa.string()),
+        # Subgroup columns (null where the collection does not say): breast density A-D, acquisition
+        # site, and the device ("Manufacturer ModelName" from the header, or the collection's machine id).
+        pa.field("density", pa.string()),
+        pa.field("site", pa.string()),
+        pa.field("device", pa.string()),
     ]
 )
 MANIFEST_COLUMNS: list[str] = MANIFEST_SCHEMA.names

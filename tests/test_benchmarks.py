@@ -20,7 +20,7 @@ from mammo_ray.imaging.crop import _unpack, reference_breast_box
 from tests.random_data import blob_mask
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["crop", "grid", "train", "memory", "join", "morphology", "engine", "embed", "study-images"]
+COMMANDS = ["crop", "grid", "train", "memory", "join", "manifest", "morphology", "engine", "embed", "study-images"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:

@@ -106,3 +106,16 @@ def test_s3_reader_never_sees_a_partial_object(s3_bucket):
     assert not storage.exists(uri)
     storage.write_bytes(uri, b"x" * 6_000_000)
     assert len(storage.read_bytes(uri)) == 6_000_000
+
+
+
+def test_s3_listing_of_a_prefix_an_object_and_nothing(s3_bucket):
+    """Folder markers are no files, one object lists as itself, and an empty prefix is not found."""
+    for key in ("tree/a/1.dcm", "tree/a/deeper/2.dcm", "tree/0.dcm"):
+        storage.write_bytes(f"{s3_bucket}/{key}", b"x")
+    storage.write_bytes(f"{s3_bucket}/tree/b/", b"")  # a console-made folder marker
+    assert storage.list_files(f"{s3_bucket}/tree", [".dcm"]) == [
+        f"{s3_bucket}/tree/0.dcm", f"{s3_bucket}/tree/a/1.dcm", f"{s3_bucket}/tree/a/deeper/2.dcm"]
+    assert storage.list_files(f"{s3_bucket}/tree/0.dcm") == [f"{s3_bucket}/tree/0.dcm"]
+    with pytest.raises(StorageError, match="not found"):
+        storage.list_files(f"{s3_bucket}/nothing-here")

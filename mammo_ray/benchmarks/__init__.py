@@ -24,6 +24,11 @@
          vectors alone, on a --rows (100,000) image manifest; and the manifest digests every rerun's
          fingerprints compute.
 
+  manifest
+         building the manifest of a large collection (a synthetic RSNA download: train.csv + one empty file
+         per image) from its table and one listing of its tree, on the local disk (--rows 100,000) and in
+         a moto S3 bucket (--s3-rows 10,000): the listing, the CSV and the whole build, s and us/image.
+
   morphology
          the breast crop's opening (erosion then dilation, 100 iterations) three ways on the real images:
          the crop's bit-packed diamond decomposition, scipy.ndimage's taxicab distance transform, and

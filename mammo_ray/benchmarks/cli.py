@@ -6,10 +6,21 @@ import argparse
 from types import ModuleType
 
 from mammo_ray import benchmarks
-from mammo_ray.benchmarks import crop, embed, engine, grid, join, memory, morphology, study_images, train
+from mammo_ray.benchmarks import (
+    crop,
+    embed,
+    engine,
+    grid,
+    join,
+    manifest,
+    memory,
+    morphology,
+    study_images,
+    train,
+)
 
 #: One module per subcommand, in the order `--help` lists them.
-BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, morphology, engine, embed, study_images]
+BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,9 +57,9 @@ class SyntheticSource(StrictModel):
 
 
 class AdapterSource(StrictModel):
-    """Build the manifest with a dataset adapter (inbreast, mias, cbis_ddsm, csv)."""
+    """Build the manifest with a dataset adapter (mammo_ray.datasets.adapters.ADAPTERS names them all)."""
 
-    name: Literal["inbreast", "mias", "cbis_ddsm", "csv"]
+    name: Literal["inbreast", "mias", "cbis_ddsm", "csv", "rsna", "vindr", "cmmd", "dicom_folder"]
     args: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from mammo_ray.datasets import cbis_ddsm, generic_csv, inbreast, mias
+from mammo_ray.datasets import cbis_ddsm, cmmd, dicom_folder, generic_csv, inbreast, mias, rsna, vindr
 from mammo_ray.errors import ConfigError
 
 ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -21,6 +21,10 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "mias": mias.build_manifest,
     "cbis_ddsm": cbis_ddsm.build_manifest,
     "csv": generic_csv.build_manifest,
+    "rsna": rsna.build_manifest,
+    "vindr": vindr.build_manifest,
+    "cmmd": cmmd.build_manifest,
+    "dicom_folder": dicom_folder.build_manifest,
 }
 
 

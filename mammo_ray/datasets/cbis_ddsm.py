@@ -131,7 +131,7 @@ def image_table(case_csv_uris: Sequence[str]) -> pd.DataFrame:
 
     Columns: case_folder, patient_id, laterality (L/R), view, abnormality_type, split, n_abnormalities,
     pathology (malignant if any abnormality is, else benign), birads (highest assessment), label,
-    image_file_path, sources.
+    density (A-D, None where rows disagree), image_file_path, sources.
     """
     if isinstance(case_csv_uris, str):
         case_csv_uris = [case_csv_uris]
@@ -171,6 +171,7 @@ def image_table(case_csv_uris: Sequence[str]) -> pd.DataFrame:
                 "pathology": "malignant" if malignant else "benign",
                 "birads": max(assessments, key=_birads_rank),
                 "label": int(malignant),
+                "density": _density(group["breast_density"]),
                 "image_file_path": paths[0],
                 "sources": ";".join(sorted(set(group["source"]))),
             }
@@ -224,6 +225,7 @@ def build_manifest(
                 "birads": row["birads"],
                 "label": row["label"],
                 "pathology": row["pathology"],
+                "density": row["density"],
             }
         )
     if problems:
@@ -283,6 +285,13 @@ def _case_folder_from_header(uri: str) -> tuple[str | None, str | None]:
         f"image file {uri}: neither a case folder in its path nor a CBIS-DDSM PatientID "
         f"(like 'Mass-Test_P_00173_LEFT_CC') in its header (PatientID {patient_id!r})"
     )
+
+
+def _density(values: pd.Series) -> str | None:
+    """The image's density (1-4 -> A-D): its rows' one value; None where they disagree or say 0 (calc test
+    has two rows of density 0, which is no BI-RADS density category)."""
+    found = {value for value in values if value in {"1", "2", "3", "4"}}
+    return "ABCD"[int(found.pop()) - 1] if len(found) == 1 else None
 
 
 def _birads_rank(value: str | None) -> tuple[int, str]:

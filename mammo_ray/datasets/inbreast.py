@@ -5,7 +5,8 @@ Metadata quirks handled here (DESIGN.md §6):
   word 'removed', so the metadata carries no patient key at all;
 - INbreast.xls: only Sheet1 is read (same rows as the csv plus two trailer rows: a blank row and a
   row of column totals, which are dropped). Sheet2 is an unrelated table and is never read;
-- BI-RADS values include 4a/4b/4c; one view is 'FB' (-> view 'other'); one ACR is blank (ACR unused).
+- BI-RADS values include 4a/4b/4c; one view is 'FB' (-> view 'other'); one ACR is blank (ACR 1-4 is the
+  manifest's density A-D).
 
 Images are named as in the distribution: `<File Name>_<patient hash>_MG_<L|R>_<view>_ANON.dcm` (or the
 same stem with .png). The hash in the file name is the only patient key, so patient_id and exam_id come
@@ -177,6 +178,7 @@ def build_manifest(
                 "birads": birads,
                 "label": label_from_birads(birads),
                 "pathology": None,
+                "density": row.get("ACR"),  # ACR 1-4 = density A-D; one row is blank
             }
         )
     if problems:

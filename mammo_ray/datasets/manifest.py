@@ -1,7 +1,8 @@
 """The manifest: one row per image, the only thing stages downstream of the adapters read.
 
 Contract (DESIGN.md §2): image_id, uri, dataset, patient_id, exam_id, laterality (L/R),
-view (CC/MLO/other), birads (normalised string or null), label (0/1 or null), pathology.
+view (CC/MLO/other), birads (normalised string or null), label (0/1 or null), pathology; and the
+subgroup columns density (A-D or null), site and device (free text or null).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _BIRADS_POSITIVE = {"4", "4a", "4b", "4c", "5", "6"}
 PATHOLOGY_VALUES: tuple[str, ...] = ("normal", "benign", "malignant")
 LATERALITY_VALUES: tuple[str, ...] = ("L", "R")
 VIEW_VALUES: tuple[str, ...] = ("CC", "MLO", "other")
+DENSITY_VALUES: tuple[str, ...] = ("A", "B", "C", "D")
 
 _BIRADS_PATTERN = re.compile(r"^(?:bi-?rads\s*)?([0-6])\s*([abc]?)$")
 
@@ -112,6 +114,37 @@ def normalise_view(value: object) -> str | None:
     return "other"
 
 
+_DENSITY_PATTERN = re.compile(r"^(?:(?:breast\s+)?density\s*|acr\s*)?([abcd1-4])$")
+
+
+def normalise_density(value: object) -> str | None:
+    """Breast density as the BI-RADS category A-D: 'A', 'DENSITY C', 'acr 2', 3, '4.0' -> A-D; null-like -> None.
+
+    Collections write the same four categories as letters (RSNA, VinDr-Mammo's 'DENSITY A') or as 1-4
+    (CBIS-DDSM, INbreast's ACR); 1-4 map to A-D. Anything else (CBIS's two rows of 0) -> ValueError.
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return None
+    text = str(value).strip().lower()
+    if text in {"", "nan", "none", "null"}:
+        return None
+    if text.endswith(".0"):
+        text = text[:-2]
+    match = _DENSITY_PATTERN.match(text)
+    if not match:
+        raise ValueError(f"unknown breast density {value!r} (expected A-D or 1-4)")
+    found = match.group(1)
+    return DENSITY_VALUES[int(found) - 1] if found.isdigit() else found.upper()
+
+
+def _normalise_text(value: object) -> str | None:
+    """Free text (site, device) stripped; null-like -> None."""
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 _LABEL_TEXT: dict[str, int | None] = {
     "0": 0, "0.0": 0, "false": 0, "1": 1, "1.0": 1, "true": 1,
     "": None, "nan": None, "none": None, "null": None, "<na>": None,
@@ -170,6 +203,9 @@ def validate_manifest(frame: pd.DataFrame, source: str, check_files: bool = Fals
     _normalise_column(frame, "laterality", normalise_laterality, problems)
     _normalise_column(frame, "view", normalise_view, problems)
     _normalise_column(frame, "pathology", normalise_pathology, problems)
+    _normalise_column(frame, "density", normalise_density, problems)
+    _normalise_column(frame, "site", _normalise_text, problems)
+    _normalise_column(frame, "device", _normalise_text, problems)
     labels = []
     for index, value in frame["label"].items():
         try:

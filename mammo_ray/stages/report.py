@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mammo_ray import __version__, storage, tables
+from mammo_ray.classify.subgroups import SMALL_CLASS, SMALL_IMAGES, subgroup_metrics
 from mammo_ray.report.checklist import calibration_method, checklist_section
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.report.preprocessing import preprocessing_section
@@ -67,6 +69,8 @@ class ReportInputs:
     expected_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: per current image output: (family, the breast's share of each image's input)
     breast_shares: Mapping[str, tuple[str, pd.Series]] = field(default_factory=dict)
+    #: the grid's pre-specified pipeline (selection, balancing, classifier): the one subgroups are shown for
+    compare_pipeline: tuple[str, str, str] | None = None
 
 
 def _read(uri: str, columns: list[str] | None = None) -> pd.DataFrame | None:
@@ -362,6 +366,49 @@ def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = 
     return section
 
 
+def subgroups_section(subgroups: pd.DataFrame | None, level: float) -> Section:
+    """results/subgroups.parquet as a table: every subgroup shown, the small ones marked."""
+    section = Section("Subgroups: view, side, density, BI-RADS group, site, device")
+    if subgroups is None or subgroups.empty:
+        section.paragraphs.append("No subgroup metrics: they need the grid's leak_free predictions of the compare "
+                                  "pipeline (grid.compare) or of its nested choice.")
+        return section
+    section.paragraphs.append(
+        f"Leak_free out-of-fold scores of the pipelines fixed before scoring (grid.compare, and 'selected': the "
+        f"choice made by CV inside each training fold); AUC per subgroup with a {level:.0%} patient-cluster "
+        f"bootstrap interval. Subgroups with fewer than {SMALL_IMAGES} images or fewer than {SMALL_CLASS} of "
+        "either class are marked small: shown, not to be read as a difference. A subgroup of one class has no AUC.")
+    shown = subgroups.assign(pipeline=subgroups["selection"] + "/" + subgroups["balancing"] + "/"
+                             + subgroups["classifier"], small=subgroups["small"].map({True: "small", False: ""}))
+    columns = ["extractor", "pipeline", *(c for c in subgroups.columns if c not in
+                                         ("extractor", "selection", "balancing", "classifier"))]
+    section.tables.append(("AUC per subgroup", shown[columns]))
+    return section
+
+
+#: The grid's nested choice (selection, balancing and classifier picked by CV inside each training fold): like
+#: grid.compare, fixed before the outer folds are scored, so its subgroups are shown too.
+SELECTED_PIPELINE = ("selected", "selected", "selected")
+
+
+def write_subgroups(output_uri: str, predictions: pd.DataFrame | None, manifest: pd.DataFrame,
+                    pipeline: tuple[str, str, str] | None, config: Mapping[str, Any],
+                    grid_inputs: Mapping[str, Any] | None) -> pd.DataFrame | None:
+    """results/subgroups.parquet from the current grid predictions and manifest, for the compare pipeline and
+    the nested choice (None when there are no predictions)."""
+    if predictions is None:
+        return None
+    grid = config.get("grid") or {}
+    pipelines = [p for p in (pipeline, SELECTED_PIPELINE) if p is not None]
+    frame = pd.concat([subgroup_metrics(predictions, manifest, chosen, n_resamples=int(grid.get("bootstrap", 1000)),
+                                        level=float(grid.get("ci_level", 0.95)), seed=int(grid.get("seed") or 0))
+                       for chosen in dict.fromkeys(pipelines)], ignore_index=True)
+    inputs = {"manifest": tables.manifest_digest(manifest), "grid": dict(grid_inputs or {})}
+    storage.write_table(tables.with_provenance(pa.Table.from_pandas(frame, preserve_index=False), "report",
+                                               inputs=inputs), tables.subgroups_uri(output_uri))
+    return frame
+
+
 def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = None,
                  published: pd.DataFrame | None = None, problem: str | None = None,
                  pipeline: tuple[str, str, str] | None = None) -> Section:
@@ -483,6 +530,8 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     published = read_published(published_uri) if published_uri else None
     random_init = [w.startswith("random-init") for w in weights]
     banner = RANDOM_INIT_BANNER.format(which="All" if all(random_init) else "Some") if any(random_init) else None
+    pipeline = current.compare_pipeline or _compared_pipeline(comparisons)
+    subgroups = write_subgroups(output_uri, grid_predictions, manifest, pipeline, config, expected.get("grid"))
     sections = [
         verdict_section(grid, comparisons, transfer, finetune),
         provenance_section(output_uri, config, manifest, weights, errors),
@@ -492,6 +541,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
         grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
         comparisons_section(transfer, transfer_problem, TRANSFER_TITLE),
+        subgroups_section(subgroups, float((config.get("grid") or {}).get("ci_level", 0.95))),
         checklist_section(manifest, grid, weights, errors),
     ]
     title = f"mammo-ray study report: {config.get('name', 'study')}"

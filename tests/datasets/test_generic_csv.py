@@ -148,7 +148,7 @@ def test_duplicate_stems_are_reported(tmp_path: Path) -> None:
 
 
 def test_adapter_registry() -> None:
-    from mammo_ray.datasets import adapters, cbis_ddsm, inbreast, mias
+    from mammo_ray.datasets import adapters, cbis_ddsm, cmmd, dicom_folder, inbreast, mias, rsna, vindr
     from mammo_ray.errors import ConfigError
 
     assert {
@@ -156,6 +156,10 @@ def test_adapter_registry() -> None:
         "mias": mias.build_manifest,
         "cbis_ddsm": cbis_ddsm.build_manifest,
         "csv": generic_csv.build_manifest,
+        "rsna": rsna.build_manifest,
+        "vindr": vindr.build_manifest,
+        "cmmd": cmmd.build_manifest,
+        "dicom_folder": dicom_folder.build_manifest,
     } == adapters.ADAPTERS
     assert adapters.get_adapter("csv") is generic_csv.build_manifest
     with pytest.raises(ConfigError, match="unknown adapter 'ddsm'.*cbis_ddsm"):

@@ -48,6 +48,16 @@ class Breast:
     exposure: float  # overall gain of the presentation curve
 
 
+#: Upper bounds of the glandular fraction of BI-RADS density A, B and C (above the last: D); the patient-level
+#: draws 0.12 / 0.30 / 0.50 / 0.72 fall one in each band.
+DENSITY_BOUNDS: tuple[float, float, float] = (0.21, 0.40, 0.61)
+
+
+def density_category(breast: Breast) -> str:
+    """The breast's BI-RADS density A-D, from its glandular fraction."""
+    return "ABCD"[sum(breast.glandular_fraction > bound for bound in DENSITY_BOUNDS)]
+
+
 def draw_breast(seed: int, patient_index: int, laterality: str) -> Breast:
     patient = keyed_rng(seed, RNG_ANATOMY, patient_index)
     depth = patient.uniform(0.58, 0.80)

@@ -10,7 +10,8 @@ import pandas as pd
 from mammo_ray import storage
 from mammo_ray.config.sections import SyntheticSource
 from mammo_ray.datasets.manifest import label_from_birads, write_manifest
-from mammo_ray.datasets.synthetic.dicom import synthetic_dicom_bytes
+from mammo_ray.datasets.synthetic.anatomy import density_category, draw_breast
+from mammo_ray.datasets.synthetic.dicom import SYNTHETIC_DEVICE, synthetic_dicom_bytes
 from mammo_ray.datasets.synthetic.phantom import generate_image
 from mammo_ray.datasets.synthetic.plan import DATASET_NAME, ID_PREFIX, cohort_plan, image_name, patient_code
 from mammo_ray.datasets.synthetic.spec import VIEWS
@@ -42,6 +43,9 @@ def _write_image(out_images: str, spec: SyntheticSource, plan: dict[tuple[int, s
         "birads": birads,
         "label": label_from_birads(birads),
         "pathology": None,
+        "density": density_category(draw_breast(spec.seed, patient_index, laterality)),
+        "site": DATASET_NAME,
+        "device": SYNTHETIC_DEVICE,
     }
 
 

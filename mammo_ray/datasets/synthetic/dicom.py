@@ -22,6 +22,8 @@ from mammo_ray.datasets.synthetic.spec import (
 )
 
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+#: The Manufacturer tag of every synthetic file, and so the manifest's device.
+SYNTHETIC_DEVICE = "mammo-ray synthetic"
 # SNOMED CT view codes (DICOM CID 4014).
 _VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
 
@@ -130,7 +132,7 @@ def synthetic_dicom_bytes(
     ds.SOPInstanceUID = sop_uid
     ds.Modality = "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "mammo-ray synthetic"
+    ds.Manufacturer = SYNTHETIC_DEVICE
     ds.BurnedInAnnotation = "NO"
     ds.PatientName = f"SYNTHETIC^{patient_id}"
     ds.PatientID = patient_id

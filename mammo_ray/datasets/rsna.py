@@ -1,0 +1,152 @@
+"""RSNA Screening Mammography (Kaggle 2022) adapter: train.csv (or test.csv) + `<split>_images/` -> manifest.
+
+As downloaded (FORMATS.md §1): `train.csv` with the header
+`site_id,patient_id,image_id,laterality,view,age,cancer,biopsy,invasive,BIRADS,implant,density,machine_id,
+difficult_negative_case`, images at `<images_uri>/<patient_id>/<image_id>.dcm` (JPEG 2000 or JPEG lossless
+DICOMs, some MONOCHROME1; the decoder handles both). `test.csv` has no label columns; its rows get no label.
+
+Labels. `label` = `cancer` (0/1), a per-breast label written on every image of the breast: a breast whose
+images disagree is refused by name. `pathology`: malignant where cancer = 1, benign where a biopsy found no
+cancer (biopsy = 1, cancer = 0), normal otherwise (screened, not biopsied). `birads` stays null: RSNA's
+BIRADS 0/1/2 is a recall field ("0 if the breast required follow-up, 1 ... negative, 2 ... normal"), not
+BI-RADS, so it must not feed the BI-RADS label of the paper's protocol. density A-D (empty at site 2), site
+= site_id, device = 'machine <machine_id>'.
+
+Keys. patient_id is the only grouping (no study or date column): exam_id = patient_id. image_id =
+`rsna/<image_id>`.
+
+Views. CC and MLO as written; AT, LM, ML and LMO (57 of 54,706 images) are 'other' by default;
+`extra_views="grouped"` maps them as one published pipeline does (ML, LM, LMO -> MLO; AT -> CC). A view
+outside these is refused by name.
+
+Unconfirmed facts (FORMATS.md), checked here: the original files' number formatting (age and BIRADS as
+'61' or '61.0': both parsed; anything else refused by row), the column order (columns are found by name; a
+missing one is named), value sets (laterality L/R, cancer/biopsy 0/1, the six views: any other value is
+refused by row). The transfer syntaxes beyond the two confirmed ones and the MONOCHROME1 share are pixel
+facts: a file the decoder cannot read is an errors row of ingest, not a manifest failure.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pandas as pd
+
+from mammo_ray.datasets import sources
+from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, normalise_density, validate_manifest
+from mammo_ray.errors import ManifestError
+
+DATASET = "rsna"
+KEY_COLUMNS: tuple[str, ...] = ("site_id", "patient_id", "image_id", "laterality", "view", "machine_id")
+LABEL_COLUMNS: tuple[str, ...] = ("cancer", "biopsy")
+VIEWS: dict[str, str] = {"CC": "CC", "MLO": "MLO", "AT": "other", "LM": "other", "ML": "other", "LMO": "other"}
+GROUPED_VIEWS: dict[str, str] = {"CC": "CC", "MLO": "MLO", "AT": "CC", "LM": "MLO", "ML": "MLO", "LMO": "MLO"}
+_BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+
+
+def build_manifest(
+    csv_uri: str,
+    images_uri: str,
+    *,
+    extra_views: Literal["other", "grouped"] = "other",
+    missing: Literal["error", "skip"] = "skip",
+) -> pd.DataFrame:
+    """A validated manifest of the rows of `csv_uri` (train.csv or test.csv) whose image file is under
+    `images_uri` (`<patient_id>/<image_id>.dcm`, found by one listing). `missing="error"` names every row
+    without a file instead of dropping it (a local copy is often a subset)."""
+    if extra_views not in ("other", "grouped"):
+        raise ValueError(f"extra_views must be 'other' or 'grouped', not {extra_views!r}")
+    if missing not in ("error", "skip"):
+        raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
+    table = sources.read_text_table(csv_uri, KEY_COLUMNS)
+    labelled = "cancer" in table.columns
+    if labelled and "biopsy" not in table.columns:
+        raise ManifestError(csv_uri, ["column 'cancer' without 'biopsy': not train.csv as published"])
+    views = VIEWS if extra_views == "other" else GROUPED_VIEWS
+    files = sources.index_tree(images_uri, [".dcm"])
+
+    problems: list[str] = []
+    records: list[dict] = []
+    for row in table.to_dict("records"):
+        where = f"row {row['row']} (image_id {row['image_id']})"
+        row_problems = _check_row(row, labelled)
+        if row_problems:
+            problems.extend(f"{where}: {problem}" for problem in row_problems)
+            continue
+        uri = files.get(f"{row['patient_id']}/{row['image_id']}.dcm")
+        if uri is None:
+            if missing == "error":
+                problems.append(f"{where}: no file {row['patient_id']}/{row['image_id']}.dcm under {images_uri}")
+            continue
+        patient = f"{DATASET}/{row['patient_id']}"
+        cancer = _BINARY[row["cancer"]] if labelled else None
+        records.append({
+            "image_id": f"{DATASET}/{row['image_id']}",
+            "uri": uri,
+            "dataset": DATASET,
+            "patient_id": patient,
+            "exam_id": patient,
+            "laterality": row["laterality"],
+            "view": views[row["view"]],
+            "birads": None,
+            "label": cancer,
+            "pathology": None if cancer is None else _pathology(cancer, _BINARY[row["biopsy"]]),
+            "density": row.get("density") or None,
+            "site": row["site_id"],
+            "device": f"machine {row['machine_id']}" if row["machine_id"] else None,
+        })
+    if labelled:
+        problems.extend(_breast_conflicts(table))
+    if problems:
+        raise ManifestError(csv_uri, problems)
+    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=csv_uri)
+
+
+def _check_row(row: dict, labelled: bool) -> list[str]:
+    problems = []
+    for column in ("patient_id", "image_id"):
+        if not row[column].isdigit():
+            problems.append(f"{column} {row[column]!r} is not a number")
+    if row["laterality"] not in ("L", "R"):
+        problems.append(f"laterality {row['laterality']!r} is not L or R")
+    if row["view"] not in VIEWS:
+        problems.append(f"view {row['view']!r} is none of {', '.join(VIEWS)}")
+    if labelled:
+        for column in LABEL_COLUMNS:
+            if row[column] not in _BINARY:
+                problems.append(f"{column} {row[column]!r} is not 0 or 1")
+    for column in ("age", "BIRADS"):
+        value = row.get(column, "")
+        if value and not _is_number(value):
+            problems.append(f"{column} {value!r} is not a number")
+    try:
+        normalise_density(row.get("density"))
+    except ValueError as error:
+        problems.append(str(error))
+    return problems
+
+
+def _breast_conflicts(table: pd.DataFrame) -> list[str]:
+    """The breasts whose images carry different cancer labels (the label is per breast: 0 in the real file)."""
+    problems = []
+    valid = table[table["cancer"].isin(list(_BINARY))]
+    labels = valid["cancer"].map(_BINARY)
+    for (patient, side), group in labels.groupby([valid["patient_id"], valid["laterality"]]):
+        if group.nunique() > 1:
+            rows = ", ".join(str(r) for r in valid.loc[group.index, "row"])
+            problems.append(f"breast {patient}_{side}: cancer differs between its images (rows {rows})")
+    return problems
+
+
+def _pathology(cancer: int, biopsy: int) -> str:
+    if cancer:
+        return "malignant"
+    return "benign" if biopsy else "normal"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
