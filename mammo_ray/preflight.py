@@ -15,14 +15,18 @@ _RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 def _paths(config: StudyConfig) -> list[tuple[str, str]]:
     """(key path, value) of every path or URI the config names."""
-    paths = [("output", config.output), ("data.manifest", config.data.manifest), ("report.published",
-             config.report.published), ("finetune.checkpoint_path", config.finetune.checkpoint_path),
+    paths = [("output", config.output), ("report.published", config.report.published),
+             ("finetune.checkpoint_path", config.finetune.checkpoint_path),
              ("zero_shot.weights", config.zero_shot.weights)]
-    if config.data.adapter is not None:
-        for name, value in config.data.adapter.args.items():
-            if name.endswith(("_uri", "_root", "_uris")):
-                for item in value if isinstance(value, list) else [value]:
-                    paths.append((f"data.adapter.args.{name}", item))
+    sources = {"data": config.data} if config.data.sources is None else {
+        f"data.sources.{name}": source for name, source in config.data.sources.items()}
+    for key, source in sources.items():
+        paths.append((f"{key}.manifest", source.manifest))
+        if source.adapter is not None:
+            for name, value in source.adapter.args.items():
+                if name.endswith(("_uri", "_root", "_uris")):
+                    for item in value if isinstance(value, list) else [value]:
+                        paths.append((f"{key}.adapter.args.{name}", item))
     paths += [(f"embed.extractors.{i}.weights", e.weights) for i, e in enumerate(config.embed.extractors)]
     paths += [(f"finetune.models.{i}.weights", m.weights) for i, m in enumerate(config.finetune.models)]
     return [(key, value) for key, value in paths if isinstance(value, str) and value]

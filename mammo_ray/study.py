@@ -18,6 +18,7 @@ import pandas as pd
 
 from mammo_ray import feature_store, preflight, storage, tables
 from mammo_ray.config import StudyConfig
+from mammo_ray.config.sections import DataSource
 from mammo_ray.current import CurrentInputs
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.errors import ConfigError, MammoRayError
@@ -53,20 +54,41 @@ def check_stages(stages: Sequence[str] | None) -> list[str]:
 
 
 def build_manifest(config: StudyConfig) -> pd.DataFrame:
-    """The study's manifest from the configured source (synthetic cohort, manifest file or adapter)."""
+    """The study's manifest from the configured source (synthetic cohort, manifest file or adapter), or from
+    every one of data.sources, ids prefixed with their source's name."""
     data = config.data
-    if data.synthetic is not None:
+    if data.sources is None:
+        return _source_manifest(data, storage.join(config.output, "cohort"))
+    frames = [_from_source(name, _source_manifest(source, storage.join(config.output, "cohort", name),
+                                                  f"data.sources.{name}.adapter.args"))
+              for name, source in data.sources.items()]
+    return pd.concat(frames, ignore_index=True)  # validated as it is written (ids unique across sources)
+
+
+def _source_manifest(source: DataSource, cohort_uri: str, key_path: str = "data.adapter.args") -> pd.DataFrame:
+    if source.synthetic is not None:
         from mammo_ray.datasets.synthetic import generate_cohort
 
-        return generate_cohort(storage.join(config.output, "cohort"), data.synthetic)
-    if data.manifest is not None:
+        return generate_cohort(cohort_uri, source.synthetic)
+    if source.manifest is not None:
         # Files are not checked here (one request per image on S3): a missing one is an errors row
         # of the ingest stage, and every other image is processed.
-        return read_manifest(data.manifest)
+        return read_manifest(source.manifest)
     from mammo_ray.datasets.adapters import build_with_adapter
 
-    assert data.adapter is not None  # the config guarantees exactly one source
-    return build_with_adapter(data.adapter.name, data.adapter.args, "data.adapter.args")
+    assert source.adapter is not None  # the config guarantees exactly one source
+    return build_with_adapter(source.adapter.name, source.adapter.args, key_path)
+
+
+def _from_source(name: str, manifest: pd.DataFrame) -> pd.DataFrame:
+    """One source's rows as the study's: `dataset` = the source, ids `<source>/...` (unique across sources; a
+    patient seen at two sites is two patients, which no id can tell apart), site the source's where unset."""
+    frame = manifest.copy()
+    for column in ("image_id", "patient_id", "exam_id"):
+        frame[column] = frame[column].map(lambda value: None if pd.isna(value) else f"{name}/{value}")
+    frame["dataset"] = name
+    frame["site"] = frame["site"].where(frame["site"].notna(), name)
+    return frame
 
 
 def _digest(*parts: object) -> str:
@@ -148,7 +170,8 @@ def _run_grid(current: CurrentInputs) -> dict[str, int]:
     for members in config.grid.combinations(list(datasets)):
         combined = GridData.combine([datasets[name] for name in members])
         datasets[combined.extractor] = combined
-    result = run_grid(config.output, config.grid, datasets, current.grid_inputs())
+    sources = manifest.set_index("image_id")["dataset"] if config.grid.external else None
+    result = run_grid(config.output, config.grid, datasets, current.grid_inputs(), sources)
     log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
     return {"grid_cells_ok": result.n_ok, "grid_cells_failed": result.n_failed}
 
@@ -267,7 +290,9 @@ class Stage:
 def _synthetic_only(current: CurrentInputs) -> object:
     # The manifest is rebuilt from its source every run (a corrected label file must be seen), except the
     # synthetic cohort, which its settings fix.
-    return "synthetic cohort" if current.config.data.synthetic is not None else None
+    data = current.config.data
+    synthetic = [data] if data.sources is None else list(data.sources.values())
+    return "synthetic cohort" if all(source.synthetic is not None for source in synthetic) else None
 
 
 STAGES: tuple[Stage, ...] = (

@@ -89,6 +89,10 @@ def comparisons_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "comparisons.parquet")
 
 
+def external_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "external.parquet")
+
+
 def subgroups_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "subgroups.parquet")
 

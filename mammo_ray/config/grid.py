@@ -135,6 +135,19 @@ class ComparePipeline(StrictModel):
     classifier: ClassifierName | None = None
 
 
+class ExternalPair(StrictModel):
+    """Fit on every image of source `train`, evaluate once on source `test`."""
+
+    train: str = Field(min_length=1)
+    test: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _two_sources(self) -> ExternalPair:
+        if self.train == self.test:
+            raise ValueError(f"external: train and test are both {self.train!r}: use two sources")
+        return self
+
+
 _PAPER_PIPELINE = {"selection": "lasso", "balancing": "smote", "classifier": "svm_linear"}
 
 
@@ -168,6 +181,10 @@ class GridConfig(StrictModel):
         "pair of the grid's extractors, in the order listed",
     )
     compare: ComparePipeline = Field(default_factory=ComparePipeline)
+    external: list[ExternalPair] = Field(
+        default_factory=list, description="external validation: each pipeline fitted on all of source `train` "
+        "(its choices by CV inside it) and scored once on source `test` (data.sources names both)",
+    )
     cv_folds: int = Field(10, ge=2, le=100)
     test_fraction: float = Field(
         0.33, gt=0.0, lt=1.0,

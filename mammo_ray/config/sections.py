@@ -39,6 +39,9 @@ class SyntheticSource(StrictModel):
     positive_fraction: float = Field(0.25, ge=0.0, le=1.0)
     bits_stored: int = Field(14, ge=8, le=16)
     transfer_syntax: Literal["explicit", "rle", "jpeg2000"] = "explicit"
+    # Another site's images: its vendor's presentation curve and its detector's noise (defaults: none).
+    contrast: float = Field(1.0, ge=0.25, le=4.0, description="tissue values v -> max * (v / max) ** contrast")
+    noise: float = Field(0.0, ge=0.0, le=0.2, description="added noise, sd as a share of the value range")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,7 +66,7 @@ class AdapterSource(StrictModel):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class DataConfig(StrictModel):
+class DataSource(StrictModel):
     """Exactly one of: a synthetic cohort, an existing manifest (Parquet/CSV URI), a dataset adapter."""
 
     synthetic: SyntheticSource | None = None
@@ -71,10 +74,38 @@ class DataConfig(StrictModel):
     adapter: AdapterSource | None = None
 
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> DataConfig:
-        chosen = [name for name in ("synthetic", "manifest", "adapter") if getattr(self, name) is not None]
+    def _exactly_one_source(self) -> DataSource:
+        chosen = [name for name in ("synthetic", "manifest", "adapter", "sources") if getattr(self, name, None)
+                  is not None]
         if len(chosen) != 1:
-            raise ValueError(f"set exactly one of synthetic, manifest, adapter (got {chosen or 'none'})")
+            raise ValueError(f"set exactly one of {', '.join(self._choices())} (got {chosen or 'none'})")
+        return self
+
+    @staticmethod
+    def _choices() -> tuple[str, ...]:
+        return ("synthetic", "manifest", "adapter")
+
+
+class DataConfig(DataSource):
+    """One source (synthetic, manifest or adapter), or `sources`: several named ones (sites, collections),
+    each a source of its own. With sources, the manifest holds them all: `dataset` is the source's name and
+    image, patient and exam ids are prefixed with it (`<source>/...`), so two sources never share an id; a
+    source that names no site gets its name as `site`. grid.external evaluates across them."""
+
+    sources: dict[str, DataSource] | None = None
+
+    @staticmethod
+    def _choices() -> tuple[str, ...]:
+        return ("synthetic", "manifest", "adapter", "sources")
+
+    @model_validator(mode="after")
+    def _source_names(self) -> DataConfig:
+        for name in self.sources or {}:
+            if not name or "/" in name or name.startswith(".") or name != name.strip():
+                raise ValueError(f"data.sources: {name!r} is not a source name (no '/', no leading '.')")
+        if self.sources is not None and len(self.sources) < 2:
+            raise ValueError("data.sources lists two or more sources (one source: use synthetic, manifest or "
+                             "adapter)")
         return self
 
 

@@ -55,6 +55,16 @@ class StudyConfig(StrictModel):
                                  f"{known}")
         return self
 
+    @model_validator(mode="after")
+    def _external_sources_exist(self) -> StudyConfig:
+        names = sorted(self.data.sources or {})
+        for pair in self.grid.external:
+            unknown = [name for name in (pair.train, pair.test) if name not in names]
+            if unknown:
+                raise ValueError(f"grid.external ({pair.train} -> {pair.test}): {unknown} not in data.sources "
+                                 f"({names or 'none: external validation needs data.sources'})")
+        return self
+
     @property
     def grid_extractors(self) -> list[sections.ExtractorConfig]:
         """The extractors the grid runs on: grid.extractors by name, else every configured one."""

@@ -31,6 +31,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray import storage
+from mammo_ray.datasets import sources
 from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     normalise_birads,
@@ -186,6 +187,7 @@ def build_manifest(
     images_uri: str,
     *,
     missing: Literal["error", "skip"] = "skip",
+    nbia_metadata_uri: str | None = None,
 ) -> pd.DataFrame:
     """A validated manifest of the CBIS-DDSM images described by `case_csv_uris` that have a file.
 
@@ -195,6 +197,13 @@ def build_manifest(
     `missing="error"` lists them all in one ManifestError. DICOM files that cannot be attributed to a
     case folder, and two files for one case folder, are always errors; files of case folders not in the
     CSVs (and cropped/ROI files) are ignored.
+
+    `nbia_metadata_uri`: the NBIA download's metadata.csv. Each CSV path `<Subject ID>/<Study UID>/<Series
+    UID>/000000.dcm` is then resolved through it: the row of that (Subject ID, Study UID, Series UID) gives
+    the `File Location` (relative to the folder of metadata.csv, e.g. `./CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/
+    07-20-2016-DDSM-74994/1.000000-full mammogram images-24515`), whose one .dcm is the image, whatever it is
+    named on disk (`1-1.dcm` where the CSV says `000000.dcm`). So a full image is known by the series UIDs of
+    its own CSV row, never by a series description (those lie: FORMATS.md §4); crops and masks are not read.
     """
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
@@ -203,7 +212,10 @@ def build_manifest(
     source = ", ".join(case_csv_uris)
     images = image_table(case_csv_uris)
     wanted = {row["case_folder"]: row["image_file_path"] for row in images.to_dict("records")}
-    files, problems = _index_images(images_uri, wanted)
+    if nbia_metadata_uri is None:
+        files, problems = _index_images(images_uri, wanted)
+    else:
+        files, problems = _resolve_through_nbia(nbia_metadata_uri, wanted)
 
     records = []
     for row in images.to_dict("records"):
@@ -266,6 +278,41 @@ def _index_images(images_uri: str, wanted: dict[str, str]) -> tuple[dict[str, st
         else:
             problems.append(f"{key}: several image files: {', '.join(uri for uri, _ in found)}")
     return files, problems
+
+
+#: The NBIA metadata.csv columns the resolution needs (the rest vary by NBIA version: FORMATS.md §4).
+NBIA_COLUMNS: tuple[str, ...] = ("Subject ID", "Study UID", "Series UID", "File Location")
+
+
+def _resolve_through_nbia(metadata_uri: str, wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """case folder -> file URI through the NBIA metadata.csv, plus the problems found on the way."""
+    table = sources.read_text_table(metadata_uri, NBIA_COLUMNS)
+    base = posixpath.dirname(metadata_uri) or "."  # File Location is relative to metadata.csv's folder
+    locations: dict[tuple[str, str, str], str] = {}
+    for row in table.to_dict("records"):
+        key = (row["Subject ID"], row["Study UID"], row["Series UID"])
+        locations[key] = row["File Location"].replace("\\", "/").removeprefix("./").strip("/")
+    by_folder: dict[str, list[str]] = {}
+    for relative, uri in sources.index_tree(base, [".dcm"]).items():
+        by_folder.setdefault(posixpath.dirname(relative), []).append(uri)
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for case_folder, path in sorted(wanted.items()):
+        parts = path.split("/")
+        if len(parts) != 4:
+            problems.append(f"{case_folder}: image file path {path!r} is not "
+                            "<Subject ID>/<Study UID>/<Series UID>/<file>")
+            continue
+        location = locations.get((parts[0], parts[1], parts[2]))
+        if location is None:
+            continue  # not downloaded (not in metadata.csv): like a file absent from a local copy
+        candidates = sorted(by_folder.get(location, []))
+        if len(candidates) == 1:
+            found[case_folder] = candidates[0]
+        else:
+            problems.append(f"{case_folder}: metadata.csv File Location {location!r} holds {len(candidates)} "
+                            f".dcm files, not one: {', '.join(candidates) or 'none'}")
+    return found, problems
 
 
 def _case_folder_from_header(uri: str) -> tuple[str | None, str | None]:

@@ -8,7 +8,7 @@ header is read once (its first bytes, one ranged request, several at a time):
   per study and required; keep it secret and the same across runs (the ids, and so every cache, depend on it);
 - device: Manufacturer + ManufacturerModelName; site: InstitutionName is NOT read (identifying).
 
-Labels come from `labels_csv` keyed by `key="sop_instance_uid"` (a `SOPInstanceUID` column) or
+Labels come from `labels_uri` keyed by `key="sop_instance_uid"` (a `SOPInstanceUID` column) or
 `key="file_name"` (a `file_name` column holding each file's name, e.g. `IMG0001.dcm`), with any of the
 columns label, birads, pathology, density, site. An image without a row gets no label; a row matching no
 image, or two rows for one key, is refused. A file without PatientID, StudyInstanceUID or SOPInstanceUID is
@@ -50,7 +50,7 @@ def build_manifest(
     *,
     dataset: str,
     salt: str,
-    labels_csv: str | None = None,
+    labels_uri: str | None = None,
     key: Literal["sop_instance_uid", "file_name"] = "sop_instance_uid",
 ) -> pd.DataFrame:
     """A validated, pseudonymised manifest of every .dcm / .dicom file under `images_uri`."""
@@ -61,7 +61,7 @@ def build_manifest(
                          "pseudonyms of patient, exam and image ids are keyed by it)")
     if key not in KEY_COLUMNS:
         raise ValueError(f"key must be one of {', '.join(KEY_COLUMNS)}, not {key!r}")
-    labels = _labels(labels_csv, KEY_COLUMNS[key]) if labels_csv else {}
+    labels = _labels(labels_uri, KEY_COLUMNS[key]) if labels_uri else {}
     uris = sorted(sources.index_tree(images_uri, EXTENSIONS).values())
     problems: list[str] = []
     if key == "file_name":
@@ -98,7 +98,7 @@ def build_manifest(
             "device": device.strip() or None,
             **{column: row.get(column) or None for column in LABEL_COLUMNS},
         })
-    problems.extend(f"{labels_csv}: {KEY_COLUMNS[key]} {value!r} matches no image under {images_uri}"
+    problems.extend(f"{labels_uri}: {KEY_COLUMNS[key]} {value!r} matches no image under {images_uri}"
                     for value in sorted(set(labels) - matched))
     if problems:
         raise ManifestError(images_uri, problems)

@@ -50,6 +50,7 @@ import pyarrow as pa
 from mammo_ray import storage, tables
 from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.external import EXTERNAL_COLUMNS, EXTERNAL_METRICS, external_validation
 from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.selection import select_inside
 from mammo_ray.config.base import stable_hash
@@ -369,12 +370,24 @@ def read_grid_predictions(output_uri: str) -> pd.DataFrame:
     return storage.read_table(tables.grid_predictions_uri(output_uri)).to_pandas()
 
 
+def external_table(datasets: Mapping[str, GridData], sources: pd.Series | None, config: GridConfig,
+                   metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
+    """results/external.parquet: every (train, test) pair of grid.external, for every extractor and leak_free
+    pipeline (classify.external); empty without pairs."""
+    frames = [external_validation(data, sources, pair.train, pair.test, config.cells([name]), config)
+              for pair in config.external if sources is not None for name, data in datasets.items()]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXTERNAL_COLUMNS)
+    table = pa.Table.from_pandas(frame.astype(dict.fromkeys(EXTERNAL_METRICS, "float64")), preserve_index=False)
+    return table.replace_schema_metadata(metadata)
+
+
 def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridData],
-             inputs: dict[str, Any] | None = None) -> GridResult:
+             inputs: dict[str, Any] | None = None, sources: pd.Series | None = None) -> GridResult:
     """The classifier grid on each extractor's data; writes <output>/results/grid.parquet and its predictions.
 
     `datasets`: extractor name -> its labelled embeddings of the current manifest (`grid_data`).
     `inputs`: the digests of what the data describes (manifest, embeddings), recorded as provenance.
+    `sources`: image_id -> data source, for grid.external (results/external.parquet).
     """
     started = time.perf_counter()
     datasets = dict(datasets)
@@ -408,8 +421,10 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     predictions = predictions.replace_schema_metadata(table.schema.metadata)
     uri = grid_uri(output_uri)
     comparisons = comparisons_table(predictions.to_pandas(), datasets, config, table.schema.metadata)
+    external = external_table(datasets, sources, config, table.schema.metadata)
     storage.write_table(predictions, tables.grid_predictions_uri(output_uri))
     storage.write_table(comparisons, tables.comparisons_uri(output_uri))
+    storage.write_table(external, tables.external_uri(output_uri))
     storage.write_table(table, uri)  # last: its presence means the grid is complete
     storage.remove(units_uri, recursive=True)
     frame = table.to_pandas()

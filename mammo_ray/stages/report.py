@@ -366,6 +366,27 @@ def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = 
     return section
 
 
+def external_section(external: pd.DataFrame | None, problem: str | None = None) -> Section:
+    """results/external.parquet: internal (CV inside the training source) beside external (train -> test)."""
+    section = Section("External validation: internal against external")
+    if external is None or external.empty:
+        section.paragraphs.append(problem or "No external validation: set data.sources and grid.external "
+                                  "(pairs of sources: fit on one, evaluate on the other).")
+        return section
+    section.paragraphs.append(
+        "Each leak_free pipeline: internal = its leak_free cross-validation inside the training source alone "
+        "(every fit and choice inside its folds); external = the same pipeline fitted once on every image of the "
+        "training source and scored once on every image of the test source. Intervals resample patients "
+        "(the test source's, for the external AUC); drop = internal AUC - external AUC.")
+    shown = external.assign(pipeline=external["selection"] + "/" + external["balancing"] + "/"
+                            + external["classifier"], direction=external["train"] + " -> " + external["test"])
+    columns = ["extractor", "pipeline", "direction", "n_train", "n_test", "n_test_positive", "internal_auc",
+               "internal_ci_low", "internal_ci_high", "external_auc", "external_ci_low", "external_ci_high",
+               "drop", "status"]
+    section.tables.append(("Internal and external AUC", shown[columns]))
+    return section
+
+
 def subgroups_section(subgroups: pd.DataFrame | None, level: float) -> Section:
     """results/subgroups.parquet as a table: every subgroup shown, the small ones marked."""
     section = Section("Subgroups: view, side, density, BI-RADS group, site, device")
@@ -518,6 +539,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
     grid, grid_problem = _current(tables.grid_uri(output_uri), expected.get("grid"))
     grid_predictions, _ = _current(tables.grid_predictions_uri(output_uri), expected.get("grid"))
     comparisons, comparisons_problem = _current(tables.comparisons_uri(output_uri), expected.get("grid"))
+    external, external_problem = _current(tables.external_uri(output_uri), expected.get("grid"))
     transfer, transfer_problem = None, None
     if "grid" in expected and "finetune" in expected:
         transfer, transfer_problem = _current(tables.finetune_vs_frozen_uri(output_uri),
@@ -541,6 +563,7 @@ def build_report(output_uri: str, config: dict, current: ReportInputs) -> dict[s
         grid_section(grid, grid_predictions, published, grid_problem, _compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
         comparisons_section(transfer, transfer_problem, TRANSFER_TITLE),
+        external_section(external, external_problem),
         subgroups_section(subgroups, float((config.get("grid") or {}).get("ci_level", 0.95))),
         checklist_section(manifest, grid, weights, errors),
     ]

@@ -220,3 +220,46 @@ def test_tree_and_flat_dicoms_on_s3(s3_bucket: str, csvs: dict[str, str], mammog
         "cbis_ddsm/Mass-Test_P_00820_RIGHT_CC": f"{root}/flat/anything.dcm",
     }
     assert manifest["label"].tolist() == [1, 0]
+
+
+NBIA_HEADER = ("Series UID,Collection,3rd Party Analysis,Data Description URI,Subject ID,Study UID,Study Description,"
+               "Study Date,Series Description,Manufacturer,Modality,SOP Class Name,SOP Class UID,Number of Images,"
+               "File Size,File Location,Download Timestamp")
+
+
+def test_the_nbia_download_tree_resolved_through_its_metadata_csv(csvs: dict[str, str], tmp_path: Path) -> None:
+    """The first 12 images of mass test as NBIA downloads them: `1-1.dcm` where the CSV says `000000.dcm`,
+    crop and mask series beside them, and one full-image series whose description lies ('cropped images')."""
+    rows = pd.read_csv(csvs["mass_test"], dtype=str)
+    rows = rows.drop_duplicates("image file path").head(12)
+    root = tmp_path / "download"
+    lines = [NBIA_HEADER]
+    for index, row in enumerate(rows.to_dict("records")):
+        subject, study, series, _ = row["image file path"].strip().split("/")
+        description = "cropped images" if index == 3 else "full mammogram images"  # a description that lies
+        location = f"CBIS-DDSM/{subject}/07-20-2016-DDSM-{study[-5:]}/1.000000-{description}-{series[-5:]}"
+        (root / location).mkdir(parents=True)
+        (root / location / "1-1.dcm").write_bytes(b"")
+        lines.append(f"{series},CBIS-DDSM,NO,,{subject},{study},,,{description},,MG,,,1,1,./{location},")
+        crop_subject, crop_study, crop_series, _ = row["cropped image file path"].strip().split("/")
+        crop = f"CBIS-DDSM/{crop_subject}/07-21-2016-DDSM-{crop_study[-5:]}/1.000000-ROI mask images-{crop_series[-5:]}"
+        (root / crop).mkdir(parents=True)
+        for name in ("1-1.dcm", "1-2.dcm"):
+            (root / crop / name).write_bytes(b"")
+        lines.append(f"{crop_series},CBIS-DDSM,NO,,{crop_subject},{crop_study},,,ROI mask images,,MG,,,2,1,./{crop},")
+    (root / "metadata.csv").write_text("\r\n".join(lines) + "\r\n")
+    manifest = cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=str(root / "metadata.csv"))
+    assert len(manifest) == 12
+    assert manifest["uri"].str.endswith("/1-1.dcm").all()
+    assert not manifest["uri"].str.contains("ROI mask").any()
+    expected = {f"cbis_ddsm/{p.strip().split('/')[0]}" for p in rows["image file path"]}
+    assert set(manifest["image_id"]) == expected
+    # Images the download lacks are skipped, or named with missing="error".
+    with pytest.raises(ManifestError, match="no image file"):
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), missing="error",
+                                 nbia_metadata_uri=str(root / "metadata.csv"))
+    # A File Location holding two files is refused, naming them.
+    first = root / lines[1].split(",./")[1].rstrip(",")
+    (first / "1-2.dcm").write_bytes(b"")
+    with pytest.raises(ManifestError, match="holds 2 .dcm files, not one"):
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=str(root / "metadata.csv"))

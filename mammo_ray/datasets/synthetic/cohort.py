@@ -44,7 +44,7 @@ def _write_image(out_images: str, spec: SyntheticSource, plan: dict[tuple[int, s
         "label": label_from_birads(birads),
         "pathology": None,
         "density": density_category(draw_breast(spec.seed, patient_index, laterality)),
-        "site": DATASET_NAME,
+        "site": None,  # one cohort is no site; data.sources names each source's
         "device": SYNTHETIC_DEVICE,
     }
 

@@ -327,6 +327,21 @@ def generate_image(patient_index: int, laterality: Laterality, view: View, birad
     finding = draw_finding(spec.seed, patient_index, laterality, category)
     rng = keyed_rng(spec.seed, RNG_TEXTURE, patient_index, LATERALITY_CODE[laterality], VIEW_CODE[view])
     pixels = _render_left(breast, finding, view, spec, rng)
+    if spec.contrast != 1.0 or spec.noise > 0.0:
+        site = keyed_rng(spec.seed, RNG_TEXTURE, patient_index, LATERALITY_CODE[laterality], VIEW_CODE[view], 1)
+        pixels = _as_another_site(pixels, spec, site)
     if laterality == "R":
         pixels = np.ascontiguousarray(pixels[:, ::-1])
     return pixels
+
+
+def _as_another_site(pixels: np.ndarray, spec: SyntheticSource, rng: np.random.Generator) -> np.ndarray:
+    """The breast as another vendor's system shows it: its presentation curve (a power of the value) and its
+    detector's noise; the background stays 0 and tissue stays within [1, max - 1]."""
+    top = float(spec.max_value)
+    inside = pixels > 0
+    values = top * (pixels[inside] / top) ** spec.contrast
+    values += rng.normal(0.0, spec.noise * top, size=values.shape)
+    out = np.zeros_like(pixels)
+    out[inside] = np.clip(np.rint(values), 1, top - 1).astype(pixels.dtype)
+    return out
