@@ -69,33 +69,15 @@ def read_case_csv(csv_uri: str) -> pd.DataFrame:
     unknown pathology or assessment is listed in one ManifestError.
     """
     name = posixpath.basename(storage.split_uri(csv_uri)[1])
-    with storage.open_input(csv_uri) as handle:
-        try:
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
-        except Exception as error:  # noqa: BLE001 - any parser failure is a bad metadata file
-            raise ManifestError(csv_uri, [f"cannot parse CSV: {type(error).__name__}: {error}"]) from error
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = sources.read_text_table(csv_uri, REQUIRED_COLUMNS, one_of=[DENSITY_COLUMNS])
     density = [c for c in DENSITY_COLUMNS if c in frame.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if not density:
-        missing.append(" or ".join(repr(c) for c in DENSITY_COLUMNS))
-    if missing:
-        raise ManifestError(
-            csv_uri,
-            [
-                f"missing column(s) {', '.join(missing)}; "
-                f"found columns: {', '.join(repr(c) for c in frame.columns)}"
-            ],
-        )
     if len(density) > 1:
         raise ManifestError(
             csv_uri, [f"both density columns {DENSITY_COLUMNS[0]!r} and {DENSITY_COLUMNS[1]!r}"]
         )
     frame = frame.rename(columns={density[0]: "breast_density"})
-    frame = frame.map(lambda v: v.strip() if isinstance(v, str) else v)
     frame["case_folder"] = frame["image file path"].str.split("/", n=1).str[0]
     frame["source"] = name
-    frame["row"] = range(1, len(frame) + 1)
 
     problems: list[str] = []
     for row in frame.to_dict("records"):

@@ -30,9 +30,10 @@ HEADER_PREFIX_BYTES = 64 * 1024
 HEADER_THREADS = 16
 
 
-def read_text_table(uri: str, required: Sequence[str]) -> pd.DataFrame:
+def read_text_table(uri: str, required: Sequence[str], one_of: Sequence[Sequence[str]] = ()) -> pd.DataFrame:
     """A CSV as text (no value converted, '' for empty), column names and values stripped, plus `row`
-    (1-based data row number). A missing required column is one ManifestError naming the columns found."""
+    (1-based data row number). Every missing required column, and every group of `one_of` with none of its
+    columns present, is named in one ManifestError with the columns found."""
     with storage.open_input(uri) as handle:
         try:
             frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
@@ -40,8 +41,9 @@ def read_text_table(uri: str, required: Sequence[str]) -> pd.DataFrame:
             raise ManifestError(uri, [f"cannot parse CSV: {type(error).__name__}: {error}"]) from error
     frame.columns = [str(column).strip() for column in frame.columns]
     missing = [column for column in required if column not in frame.columns]
+    missing += [" or ".join(repr(c) for c in group) for group in one_of if not set(group) & set(frame.columns)]
     if missing:
-        raise ManifestError(uri, [f"missing column(s) {', '.join(repr(c) for c in missing)}; "
+        raise ManifestError(uri, [f"missing column(s) {', '.join(missing)}; "
                                   f"found columns: {', '.join(repr(c) for c in frame.columns)}"])
     frame = frame.map(lambda value: value.strip() if isinstance(value, str) else value)
     frame["row"] = range(1, len(frame) + 1)
