@@ -268,7 +268,9 @@ def test_the_study_on_a_flaky_store_writes_what_a_clean_run_writes(s3_endpoint, 
             assert not actual.duplicated(subset=key).any(), f"{relative}: a retried write left duplicate rows"
         elif relative.startswith(("manifest", "ingest/", "embeddings/", "zero_shot")):
             assert actual["image_id"].is_unique, f"{relative}: a retried write left duplicate rows"
-        # Empty only where nothing went wrong (errors) or nothing is to compare (one extractor: no pair).
-        may_be_empty = relative.startswith("errors/") or relative == "results/comparisons.parquet"
+        # Empty only where nothing went wrong (errors), nothing is to compare (one extractor: no pair) or no
+        # external validation was asked for (one data source).
+        may_be_empty = relative.startswith("errors/") or relative in ("results/comparisons.parquet",
+                                                                       "results/external.parquet")
         assert len(expected) or may_be_empty, f"{relative} is empty: nothing was compared"
         pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-5, atol=1e-6, obj=relative)
