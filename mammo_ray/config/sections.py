@@ -75,8 +75,7 @@ class DataSource(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DataSource:
-        chosen = [name for name in ("synthetic", "manifest", "adapter", "sources") if getattr(self, name, None)
-                  is not None]
+        chosen = [name for name in self._choices() if getattr(self, name) is not None]
         if len(chosen) != 1:
             raise ValueError(f"set exactly one of {', '.join(self._choices())} (got {chosen or 'none'})")
         return self

@@ -26,6 +26,8 @@ from mammo_ray.errors import ManifestError, StorageError, StoreUnavailableError
 #: Bytes read for a header: enough for the header of every mammogram we have seen (a few KB, the
 #: pixels follow); a longer header is read whole.
 HEADER_PREFIX_BYTES = 64 * 1024
+#: The Pixel Data tag as it is written in little-endian files (every syntax the adapters meet).
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 #: Header reads in flight at once: they wait on the store, not on a CPU.
 HEADER_THREADS = 16
 
@@ -58,7 +60,7 @@ def relative_path(root_uri: str, uri: str) -> str:
 
 
 def index_tree(root_uri: str, extensions: Iterable[str]) -> dict[str, str]:
-    """relative path (lower-cased extension kept as is) -> URI of every file under `root_uri` with one of
+    """relative path -> URI of every file under `root_uri` with one of
     `extensions`: one listing of the tree, no request per file."""
     return {relative_path(root_uri, uri): uri for uri in storage.list_files(root_uri, list(extensions))}
 
@@ -67,12 +69,16 @@ def read_dicom_header(uri: str) -> Dataset:
     """The DICOM header of `uri` (no pixel data), from its first HEADER_PREFIX_BYTES where that holds
     the whole header; a StorageError names the file when it cannot be read or parsed."""
     prefix = _read_prefix(uri, HEADER_PREFIX_BYTES)
+    # A prefix cut between two header elements parses without error but lacks the later tags: trust it only
+    # when it is the whole file or reaches the pixel data element (7FE0,0010), else read the whole file.
+    if len(prefix) < HEADER_PREFIX_BYTES or _PIXEL_DATA_TAG in prefix:
+        try:
+            return pydicom.dcmread(io.BytesIO(prefix), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - a header longer than the prefix: read the whole file below
+            pass
+    whole = storage.read_bytes(uri)  # outside the guard below: a store outage is raised as it is
     try:
-        return pydicom.dcmread(io.BytesIO(prefix), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - a header longer than the prefix: read the whole file below
-        pass
-    try:
-        return pydicom.dcmread(io.BytesIO(storage.read_bytes(uri)), stop_before_pixels=True)
+        return pydicom.dcmread(io.BytesIO(whole), stop_before_pixels=True)
     except Exception as error:  # noqa: BLE001 - a file we cannot parse is named, whatever the parser says
         raise StorageError(uri, f"not a readable DICOM ({type(error).__name__}: {error})") from None
 

@@ -416,14 +416,18 @@ def write_subgroups(output_uri: str, predictions: pd.DataFrame | None, manifest:
                     pipeline: tuple[str, str, str] | None, config: Mapping[str, Any],
                     grid_inputs: Mapping[str, Any] | None) -> pd.DataFrame | None:
     """results/subgroups.parquet from the current grid predictions and manifest, for the compare pipeline and
-    the nested choice (None when there are no predictions)."""
+    the nested choice. Without current predictions there is none, and an earlier one is removed: it described
+    other inputs."""
     if predictions is None:
+        storage.remove(tables.subgroups_uri(output_uri))
         return None
     grid = config.get("grid") or {}
     pipelines = [p for p in (pipeline, SELECTED_PIPELINE) if p is not None]
-    frame = pd.concat([subgroup_metrics(predictions, manifest, chosen, n_resamples=int(grid.get("bootstrap", 1000)),
-                                        level=float(grid.get("ci_level", 0.95)), seed=int(grid.get("seed") or 0))
-                       for chosen in dict.fromkeys(pipelines)], ignore_index=True)
+    frames = [subgroup_metrics(predictions, manifest, chosen, n_resamples=int(grid.get("bootstrap", 1000)),
+                               level=float(grid.get("ci_level", 0.95)), seed=int(grid.get("seed") or 0))
+              for chosen in dict.fromkeys(pipelines)]
+    found = [frame for frame in frames if not frame.empty]
+    frame = pd.concat(found, ignore_index=True) if found else frames[0]
     inputs = {"manifest": tables.manifest_digest(manifest), "grid": dict(grid_inputs or {})}
     storage.write_table(tables.with_provenance(pa.Table.from_pandas(frame, preserve_index=False), "report",
                                                inputs=inputs), tables.subgroups_uri(output_uri))

@@ -74,3 +74,19 @@ def test_only_the_pre_specified_leak_free_pipeline_counts() -> None:
 def test_birads_groups() -> None:
     assert [birads_group(v) for v in ("0", "1", "3", "4a", "5", "6", None)] == [
         "0", "1-3", "1-3", "4-6", "4-6", "4-6", None]
+
+
+def test_without_current_predictions_an_earlier_subgroups_table_is_removed(tmp_path) -> None:
+    from mammo_ray import storage, tables
+    from mammo_ray.datasets.manifest import validate_manifest
+    from mammo_ray.stages.report import write_subgroups
+
+    predictions, manifest = _study(n_patients=12)
+    manifest = validate_manifest(manifest.assign(uri=lambda m: "/data/" + m["image_id"] + ".dcm", dataset="d"),
+                                 source="test")
+    output = str(tmp_path)
+    assert write_subgroups(output, predictions, manifest, PIPELINE, {"grid": {"bootstrap": 10}}, {}) is not None
+    assert storage.exists(tables.subgroups_uri(output))
+    # The grid's predictions no longer describe the manifest (labels corrected, grid not rerun): no table.
+    assert write_subgroups(output, None, manifest, PIPELINE, {"grid": {}}, {}) is None
+    assert not storage.exists(tables.subgroups_uri(output))

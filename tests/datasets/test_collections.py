@@ -312,3 +312,55 @@ def test_density_spellings(value: object, expected: str | None) -> None:
 def test_density_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown breast density"):
         normalise_density("0")
+
+
+# --- refusals of the shared readers and the adapters' rarer paths ------------------------------------------
+
+def test_a_prefix_cut_between_header_elements_is_not_taken_for_the_header(tmp_path: Path, monkeypatch) -> None:
+    """Cut just before ImageLaterality the prefix parses cleanly but lacks it: the whole file is read."""
+    from mammo_ray.datasets import sources
+
+    data = cb.make_dicom(cb.gradient(), ImageLaterality="R", PatientID="D1-0001")
+    path = tmp_path / "1-1.dcm"
+    path.write_bytes(data)
+    monkeypatch.setattr(sources, "HEADER_PREFIX_BYTES", data.index(b"\x20\x00\x62\x00"))
+    assert sources.read_dicom_header(str(path)).ImageLaterality == "R"
+
+
+def test_unreadable_dicoms_and_files_outside_the_layout_are_named(tmp_path: Path) -> None:
+    table, tree = cb.write_cmmd(tmp_path / "cmmd", files={"D1-0001": [("1-1", "L", "CC")]},
+                                clinical=(cb.CMMD_CLINICAL[0],))
+    (next(tree.rglob("1-1.dcm")).parent / "1-2.dcm").write_bytes(b"not a dicom at all")
+    (tree / "stray.dcm").write_bytes(b"")
+    with pytest.raises(ManifestError) as raised:
+        cmmd.build_manifest(str(table), str(tree))
+    assert "1-2.dcm: not a readable DICOM" in str(raised.value)
+    assert "stray.dcm: no CMMD ID folder" in str(raised.value)
+
+
+def test_rsna_cancer_without_biopsy_and_vindr_metadata_in_another_order_are_refused(
+        rsna_root: Path, vindr_root: Path) -> None:
+    text = (rsna_root / "train.csv").read_text().replace(",biopsy,", ",biopsied,")
+    (rsna_root / "train.csv").write_text(text)
+    with pytest.raises(ManifestError, match="'cancer' without 'biopsy'"):
+        rsna.build_manifest(str(rsna_root / "train.csv"), str(rsna_root / "train_images"))
+    lines = (vindr_root / "metadata.csv").read_text().splitlines()
+    moved = ["Manufacturer," + lines[0], *(f"x,{line}" for line in lines[1:])]  # another column first
+    (vindr_root / "metadata.csv").write_text("\n".join(moved))
+    with pytest.raises(ManifestError, match="first column is 'Manufacturer', not 'SOP Instance UID'"):
+        vindr.build_manifest(str(vindr_root), label_proxy="none")
+
+
+def test_dicom_folder_labels_need_a_label_column_and_keys(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(cb.make_dicom(cb.gradient(), PatientID="p", StudyInstanceUID="1.2"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file_name,score\na.dcm,0.3\n")
+    with pytest.raises(ManifestError, match="none of the columns label, birads"):
+        dicom_folder.build_manifest(str(folder), dataset="d", salt=SALT, labels_uri=str(labels), key="file_name")
+    labels.write_text("file_name,label\n,1\na.dcm,1\na.dcm,0\n")
+    with pytest.raises(ManifestError) as raised:
+        dicom_folder.build_manifest(str(folder), dataset="d", salt=SALT, labels_uri=str(labels), key="file_name")
+    assert "row 1: empty file_name" in str(raised.value) and "row 3: file_name 'a.dcm' has a second row" in str(
+        raised.value)
