@@ -7,6 +7,8 @@ so a test sets it before Ray starts and arms a point later by writing `<folder>/
     {"after": 3}                        the 3rd time one process passes the point, it dies (SIGKILL)
     {"after": 1, "take_session": 4242}  ... and takes every process of session 4242 with it (a study run
                                         started in its own session: the driver and the Ray it started)
+    {"after": 2, "hold": true}          the 2nd time, it stops there instead of dying: it is caught mid-work
+                                        for as long as it lives (a test then takes its Ray node away)
 
 A session, not a process group: Ray starts each worker in a process group of its own, so killing the
 driver's group leaves the other Tune trials or inference actors alive long enough to write more results,
@@ -22,6 +24,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -57,6 +60,8 @@ def crash_point(name: str) -> None:
         return
     os.write(marker, str(os.getpid()).encode())
     os.close(marker)
+    while plan.get("hold"):  # until the process goes with its node
+        time.sleep(0.1)
     session = plan.get("take_session")
     if session:
         kill_session(int(session))
@@ -89,13 +94,15 @@ def kill_session(session: int) -> None:
         os.kill(me, signal.SIGKILL)
 
 
-def arm(folder: str, name: str, after: int = 1, take_session: int | None = None) -> None:
+def arm(folder: str, name: str, after: int = 1, take_session: int | None = None, hold: bool = False) -> None:
     """Arm point `name` (see the module doc). For tests and drills; `disarm` undoes it."""
     if name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}; choose from {sorted(POINTS)}")
-    plan: dict[str, int | str] = {"after": after, "token": uuid.uuid4().hex}
+    plan: dict[str, int | str | bool] = {"after": after, "token": uuid.uuid4().hex}
     if take_session is not None:
         plan["take_session"] = take_session
+    if hold:
+        plan["hold"] = True
     path = os.path.join(folder, f"{name}.json")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(plan, handle)

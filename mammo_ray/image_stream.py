@@ -26,6 +26,7 @@ from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import decode_image
+from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.tables import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
 
 DECODED_COLUMNS: list[str] = [
@@ -77,18 +78,21 @@ def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.da
 
 
 def read_images(
-    manifest: pd.DataFrame, options: IngestConfig = IngestConfig(), cached: Sequence[CachedContent] = ()
+    manifest: pd.DataFrame, options: IngestConfig = IngestConfig(), cached: Sequence[CachedContent] = (),
+    placement: Placement = ANYWHERE,
 ) -> ray.data.Dataset:
     """Lazily read and decode every image of `manifest`; one output row per manifest row.
 
     Images whose content key is in every one of `cached` (each output's work already done; none given:
     always decode) are read and hashed but not decoded: their row has `cached` set and empty pixels.
+    The decode tasks run where `placement` puts decoding.
     """
     return manifest_dataset(manifest, options.rows_per_block).map_batches(
         decode_batch,
         batch_size=options.batch_size,
         batch_format="pandas",
         fn_kwargs={"options": options, "cached": cached},
+        resources=placement.resources("decode"),
     )
 
 

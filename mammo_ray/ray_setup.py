@@ -9,6 +9,7 @@ import ray
 
 from mammo_ray.config import StudyConfig
 from mammo_ray.errors import ConfigError
+from mammo_ray.placement import Placement, resolve
 
 log = logging.getLogger("mammo_ray.ray_setup")
 
@@ -56,6 +57,13 @@ def ensure_ray(config: StudyConfig) -> None:
         runtime_env={"env_vars": storage_environment(config)},
     )
 
+
+def work_placement(config: StudyConfig) -> Placement:
+    """Where decoding, the networks and Ray Train run on the cluster joined (`ray.node_types`)."""
+    placement = resolve(config.ray.node_types, ray.cluster_resources())
+    log.info("placement (ray.node_types=%s): %s", config.ray.node_types,
+             ", ".join(f"{work} on {dict(asks)}" for work, asks in placement.asks.items()) or "anywhere")
+    return placement
 
 
 def check_ray_before_work(config: StudyConfig) -> None:

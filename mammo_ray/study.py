@@ -22,7 +22,7 @@ from mammo_ray.config.sections import DataSource
 from mammo_ray.current import CurrentInputs
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.errors import ConfigError, MammoRayError
-from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray
+from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray, work_placement
 
 log = logging.getLogger("mammo_ray.study")
 
@@ -129,7 +129,8 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, 
     tasks = [EmbedTask(spec) for spec in extractors]
     if "zero_shot" in stages:
         tasks.append(ZeroShotTask(config.zero_shot))
-    done = run_pass(manifest, config.output, tasks, config.embed, current.read, ingest="ingest" in stages)
+    done = run_pass(manifest, config.output, tasks, config.embed, current.read, ingest="ingest" in stages,
+                    placement=work_placement(config))
     log.info("image pass (%s): %d images, %d decoded, %d network forwards", ", ".join(stages), done.images,
              done.decoded, done.forwards)
     shared = {"pass_images": done.images, "pass_decoded": done.decoded, "pass_forwards": done.forwards,
@@ -181,7 +182,7 @@ def _run_finetune(current: CurrentInputs) -> dict[str, int]:
 
     manifest = current.manifest()
     trained = run_finetune(manifest, current.config.output, current.config.finetune, current.finetune_inputs(),
-                           current.read)
+                           current.read, work_placement(current.config))
     log.info("finetune: %d result rows -> %s", len(trained.rows), trained.uri)
     return {"finetune_rows": len(trained.rows)}
 

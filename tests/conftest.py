@@ -115,16 +115,43 @@ def s3_bucket(s3_endpoint: str) -> str:
     return f"s3://{name}"
 
 
+def _start_session_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3_endpoint: str) -> Iterator[None]:
     """One local Ray for the whole session (2 CPUs), started after the S3 endpoint is exported."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _start_session_ray()
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def multinode_cluster(s3_endpoint: str) -> Iterator[object]:
+    """A multi-node Ray cluster shaped like cluster.yaml's (tests/multinode.py), for one test module; this
+    process joins it only through a study's `ray.address`. The session's local Ray, if up, is stopped for the
+    module and started again afterwards, as it was."""
+    import ray
+
+    from tests.multinode import MultiNodeCluster
+
+    session_was_up = ray.is_initialized()
+    ray.shutdown()
+    cluster = MultiNodeCluster()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if session_was_up:
+            _start_session_ray()
 
 
 @pytest.fixture()

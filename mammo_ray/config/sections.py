@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from mammo_ray.config.base import StrictModel
+from mammo_ray.placement import NodeTypesMode
 
 if TYPE_CHECKING:  # pragma: no cover
     from mammo_ray.imaging.transforms import ImageTransform, NYUTransform
@@ -137,6 +138,9 @@ class StorageConfig(StrictModel):
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: join a running cluster if there is one, else start local Ray")
     num_cpus: int | None = Field(None, ge=1)
+    node_types: NodeTypesMode = Field(
+        "auto", description="auto: place work on its node type (mammo_ray.placement) when such nodes are alive; "
+                            "required: always (worker types that scale from zero); off: anywhere")
 
 
 #: 2 GiB: far above any mammogram (a full-field DICOM is 10-60 MB), far below what would exhaust a worker.

@@ -61,6 +61,7 @@ from mammo_ray.models.weights import (
     check_weights_available,
     resolve_weights,
 )
+from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.training.data import class_weights, input_dataset, task_frame
 from mammo_ray.training.metrics import classification_metrics, metric_intervals
@@ -198,7 +199,7 @@ class TrainEvenValWhole(DataConfig):
 def _fit_stage(
     *, config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig, classes: list[str],
     train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state: ObjectRef[dict[str, torch.Tensor]] | None,
-    init_checkpoint: Checkpoint | None, output_uri: str, info: dict, read: IngestConfig,
+    init_checkpoint: Checkpoint | None, output_uri: str, info: dict, read: IngestConfig, placement: Placement,
 ) -> tuple[Result, LoopSpec]:
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -210,7 +211,7 @@ def _fit_stage(
     tag = f"finetune:{transform.family}:{stage.size}"
     datasets = {
         name: input_dataset(frame, transform, errors_uri=errors, stage=tag, read=read,
-                            num_cpus=config.data_cpus,
+                            num_cpus=config.data_cpus, placement=placement,
                             shuffle_seed=config.seed if name == "train" else None)
         for name, frame in (("train", train_frame), ("val", val_frame))
     }
@@ -228,7 +229,7 @@ def _fit_stage(
         info={**info, "train": stage.train, "image_size": stage.size, "preprocess_id": transform.id},
     )
     _warn_if_no_cpu_left_for_data(config)
-    resources = {"CPU": config.cpus_per_worker}
+    resources = {"CPU": config.cpus_per_worker, **placement.resources("train")}
     if config.use_gpu:
         resources["GPU"] = 1
     checkpoints = config.checkpoint_path or storage.join(output_uri, "checkpoints")
@@ -347,10 +348,12 @@ def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_
 
 
 def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig,
-                 inputs: dict | None = None, read: IngestConfig = IngestConfig()) -> FinetuneResult:
+                 inputs: dict | None = None, read: IngestConfig = IngestConfig(),
+                 placement: Placement = ANYWHERE) -> FinetuneResult:
     """Fine-tune every configured model on every task through the configured stages; see the module doc.
 
-    `read`: how images are read and decoded (the study's ingest section, as for every image stage).
+    `read`: how images are read and decoded (the study's ingest section, as for every image stage);
+    `placement`: where the input decoding and the Ray Train workers run (mammo_ray.placement).
 
     `inputs`: the digests of what the run describes (the manifest), recorded as the tables' provenance.
 
@@ -382,6 +385,7 @@ def run_finetune(manifest: pd.DataFrame, output_uri: str, config: FinetuneConfig
                     config=config, model=model, task=task, stage=stage, classes=classes,
                     train_frame=train_frame, val_frame=val_frame, output_uri=output_uri, info=info,
                     init_state=init_state if previous is None else None, init_checkpoint=previous, read=read,
+                    placement=placement,
                 )
                 row, predicted, run = _outcome(result, spec, info, frame, len(train_frame), stage_index, config)
                 rows.append(row)

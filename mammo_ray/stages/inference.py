@@ -57,6 +57,7 @@ from mammo_ray.faults import crash_point
 from mammo_ray.feature_store import ModelKey
 from mammo_ray.image_stream import CachedContent, error_records, errors_table, read_images
 from mammo_ray.models.weights import WeightsSpec
+from mammo_ray.placement import ANYWHERE, NODE_TYPES, Placement
 from mammo_ray.tables import IMAGES_SCHEMA
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -411,10 +412,21 @@ def _result_schema(outputs: int, ingest: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def gpus_per_actor(options: EmbedConfig) -> float:
+def gpus_per_actor(options: EmbedConfig, placement: Placement = ANYWHERE) -> float:
+    """`embed.num_gpus`, else 1 when the cluster has GPUs now or the networks are placed on a node type
+    that has them (an autoscaling cluster may have no GPU node yet: the demand starts one)."""
     if options.num_gpus is not None:
         return options.num_gpus
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpu_type = any(node_type.gpus for node_type in NODE_TYPES.values()
+                   if node_type.marker and node_type.marker in placement.resources("inference"))
+    return 1.0 if gpu_type or ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _inference_node_cpus(placement: Placement) -> list[float]:
+    """CPUs of each alive node the inference actors may use (those carrying its marker, if placed)."""
+    markers = placement.resources("inference")
+    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes()
+            if node.get("Alive") and all(node["Resources"].get(marker, 0) > 0 for marker in markers)]
 
 
 @dataclass(frozen=True)
@@ -446,6 +458,7 @@ def run_pass(
     options: EmbedConfig = EmbedConfig(),
     read: IngestConfig = IngestConfig(),
     ingest: bool = False,
+    placement: Placement = ANYWHERE,
 ) -> PassResult:
     """One pass over `manifest`'s images for every output in `tasks` (and ingest when asked): each image
     is read and decoded once, and only when some output still needs it; each output computes the content it
@@ -455,15 +468,15 @@ def run_pass(
               for task, key in zip(tasks, keys, strict=True)]
     # Ingest summarises every image; otherwise an image every output already holds is hashed, not decoded.
     skip_decode = () if ingest else tuple(cached)
-    stream = read_images(manifest, read, skip_decode).map_batches(
+    stream = read_images(manifest, read, skip_decode, placement).map_batches(
         prepare_batch, batch_format="pandas", batch_size=read.batch_size,
-        fn_kwargs={"tasks": list(tasks), "cached": cached, "ingest": ingest})
-    num_gpus = gpus_per_actor(options) if tasks else 0.0
+        fn_kwargs={"tasks": list(tasks), "cached": cached, "ingest": ingest},
+        resources=placement.resources("decode"))
+    num_gpus = gpus_per_actor(options, placement) if tasks else 0.0
     # A CPU actor writes its own batches (see InferenceActor); a GPU actor's, and ingest's alone, go to tasks.
     actor_writes = bool(tasks) and num_gpus == 0
     if tasks:
-        node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
-        actors = options.actor_count(ray.cluster_resources().get("GPU", 0.0), node_cpus,
+        actors = options.actor_count(ray.cluster_resources().get("GPU", 0.0), _inference_node_cpus(placement),
                                      batches=-(-len(manifest) // options.batch_size))
         stream = stream.map_batches(
             InferenceActor,
@@ -471,6 +484,7 @@ def run_pass(
                                    "output_uri": output_uri if actor_writes else None, "ingest": ingest},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_gpus=num_gpus,
+            resources=placement.resources("inference"),
             # Ray Data replaces a dead actor and retries the batches it held (its default for actor pools; an
             # actor that dies while starting counts against DataContext.max_consecutive_actor_init_deaths).
             # Part files are named by their content, so a redone batch overwrites instead of duplicating.
@@ -480,7 +494,8 @@ def run_pass(
     if not actor_writes:
         stream = stream.map_batches(write_batch, batch_format="pandas", batch_size=None,
                                     fn_kwargs={"tasks": list(tasks), "keys": keys, "output_uri": output_uri,
-                                               "ingest": ingest})
+                                               "ingest": ingest},
+                                    resources=placement.resources("decode"))
     parts = [batch for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None) if batch.num_rows]
     schema = _result_schema(len(tasks), ingest)
     results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()

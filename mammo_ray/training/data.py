@@ -25,6 +25,7 @@ from mammo_ray.datasets.manifest import BIRADS_VALUES, MANIFEST_COLUMNS, to_tabl
 from mammo_ray.errors import describe
 from mammo_ray.image_stream import blocks_dataset, decode_batch
 from mammo_ray.imaging.transforms import ImageTransform
+from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.tables import ERRORS_SCHEMA
 
 TASKS: tuple[str, ...] = ("binary", "birads")
@@ -112,6 +113,7 @@ def input_dataset(
     read: IngestConfig = IngestConfig(),
     num_cpus: float = 1.0,
     shuffle_seed: int | None = None,
+    placement: Placement = ANYWHERE,
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of model inputs for the rows of a task frame (manifest columns + target + row).
 
@@ -130,6 +132,7 @@ def input_dataset(
         batch_format="pandas",
         batch_size=read.batch_size,
         num_cpus=num_cpus,
+        resources=placement.resources("decode"),
         fn_kwargs={"transform": transform, "read": read, "errors_uri": errors_uri, "stage": stage},
     )
     dataset.context.execution_options.preserve_order = True
