@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mammo_ray import storage, tables
 from mammo_ray.errors import StaleTableError
@@ -100,6 +99,65 @@ def part_name(keys: Sequence[str]) -> str:
     return "part-" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24] + ".parquet"
 
 
+@dataclass(frozen=True)
+class Compaction:
+    """What one compaction did: part files before and after, and the files it merged."""
+
+    files_before: int
+    files_after: int
+    merged: int
+
+
+def compact(table_uri: str, key: ModelKey, target_bytes: int) -> Compaction:
+    """Merge the small part files of `key`'s folder into files of about `target_bytes`, each row once.
+
+    The image pass writes one part file per batch (a retried batch must replace its own file); object
+    stores and readers want few large files. Files under half the target are small; they are merged in
+    name order into groups of about the target, each written (named by its content keys, so a repeated
+    compaction of the same group writes the same file) before the files it replaces are removed. A
+    compaction cut short leaves rows twice, which readers already take once (`read_view`) and the next
+    compaction merges away. Files at least half the target are kept as they are.
+    """
+    folder = key_uri(table_uri, key)
+    if not storage.exists(folder):
+        return Compaction(0, 0, 0)
+    listed = storage.list_file_details(folder, extensions=[".parquet"])
+    small = sorted(uri for uri, details in listed.items() if details["size"] < target_bytes / 2)
+    groups, group, filled = [], [], 0
+    for uri in small:
+        group.append(uri)
+        filled += listed[uri]["size"]
+        if filled >= target_bytes:
+            groups.append(group)
+            group, filled = [], 0
+    if len(group) == 1 and groups:
+        groups[-1].extend(group)  # a lone small file joins the last group rather than stay alone
+    else:
+        groups.append(group)
+    groups = [group for group in groups if len(group) > 1]
+    for group in groups:
+        table = storage.read_files({uri: listed[uri] for uri in group})
+        first = ~_stored_keys(table.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key).duplicated()
+        table = table.filter(pa.array(first.to_numpy()))
+        written = _write_parts(table, folder, key, rows_per_part=len(table))  # first the merged file ...
+        storage.remove_files([uri for uri in group if uri not in written])  # ... then the small ones go
+    merged = sum(len(group) for group in groups)
+    return Compaction(len(listed), len(listed) - merged + len(groups), merged)
+
+
+def _write_parts(table: pa.Table, folder: str, key: ModelKey, rows_per_part: int) -> set[str]:
+    """Write `table`'s rows as part files of `rows_per_part` rows under `folder`, each named by its content
+    keys; returns their URIs."""
+    written = set()
+    for start in range(0, len(table), max(1, rows_per_part)):
+        part = table.slice(start, rows_per_part)
+        keys = _stored_keys(part.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key)
+        uri = storage.join(folder, part_name(keys.tolist()))
+        storage.write_table(part, uri)
+        written.add(uri)
+    return written
+
+
 def write_index(table_uri: str, stage: str, index: pd.DataFrame, manifest: pd.DataFrame, key: ModelKey) -> None:
     """The index of this run (one row per manifest image), atomically, naming the manifest and key it describes."""
     frame = index.sort_values("image_id").reset_index(drop=True)
@@ -170,9 +228,11 @@ def subfolders(uri: str) -> list[str]:
     return sorted(names)
 
 
-def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, dry_run: bool = False) -> dict[str, int]:
+def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, dry_run: bool = False,
+          target_bytes: int = 128 * 2**20) -> dict[str, int]:
     """Remove what no reader of the current manifest and key can see: other keys' folders, and rows of the
-    current key whose content the current index does not name (compacted into one file). With `key`
+    current key whose content the current index does not name (the rest rewritten in files of about
+    `target_bytes`). With `key`
     None (the output is no longer configured) the whole folder goes. Returns counts of what was (or,
     with `dry_run`, would be) removed."""
     root = tables.features_uri(table_uri)
@@ -189,26 +249,19 @@ def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, d
             if not dry_run:
                 storage.remove(storage.join(root, folder), recursive=True)
     current = key_uri(table_uri, key)
-    rows = _read_folder(current)
-    if rows is None or manifest is None or index_problem(table_uri, manifest, key) is not None:
+    listed = storage.list_file_details(current, extensions=[".parquet"]) if storage.exists(current) else {}
+    if not listed or manifest is None or index_problem(table_uri, manifest, key) is not None:
         return removed  # nothing current to compact against: keep the rows
+    table = storage.read_files(listed)
     index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
     named = manifest.merge(index[index["status"] == "ok"], on="image_id")
     wanted = set(_image_keys(named, key).tolist())
-    contents = _stored_keys(rows, key)
-    keep = contents.isin(wanted)
-    duplicates = contents.duplicated()
-    removed["rows"] = int((~keep | duplicates).sum())
+    contents = _stored_keys(table.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key)
+    kept = (contents.isin(wanted) & ~contents.duplicated()).to_numpy()
+    removed["rows"] = int((~kept).sum())
     if removed["rows"] and not dry_run:
-        old_files = storage.list_files(current, extensions=[".parquet"])
-        kept = rows[keep & ~duplicates]
-        fs, path = storage.arrow_filesystem(old_files[0])
-        schema = pq.read_schema(path, filesystem=fs)
-        table = pa.Table.from_pandas(kept, schema=schema.remove_metadata(), preserve_index=False)
-        table = table.replace_schema_metadata(schema.metadata)
-        name = part_name(contents[keep & ~duplicates].tolist())
-        storage.write_table(table, storage.join(current, name))  # first the compacted file, then the old ones go
-        for uri in old_files:
-            if not uri.endswith(name):
-                storage.remove(uri)
+        row_bytes = sum(details["size"] for details in listed.values()) / max(1, len(table))
+        written = _write_parts(table.filter(pa.array(kept)), current, key,
+                               rows_per_part=int(target_bytes / max(row_bytes, 1.0)))
+        storage.remove_files([uri for uri in listed if uri not in written])  # first the kept rows, then the old files
     return removed

@@ -25,7 +25,8 @@ import os
 import posixpath
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import IO
 
@@ -299,12 +300,43 @@ def write_table(table: pa.Table, uri: str, s3: S3Config | None = None) -> None:
 
 
 def read_table(uri: str, s3: S3Config | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file, or every Parquet file under a folder, as one Arrow table (optionally some columns)."""
-    fs, path = arrow_filesystem(uri, s3)
+    """Read a Parquet file, or every Parquet file under a folder, as one Arrow table (optionally some columns).
+
+    On S3 one listing names the files, which `read_files` then reads: an output of thousands of part files
+    costs its transfers and nothing more."""
+    scheme, path = split_uri(uri)
+    if scheme == "s3":
+        # As pyarrow reads a folder: files named `_...` (an output's `_index.parquet`) are not its rows.
+        listed = {item: details for item, details in list_file_details(uri, [".parquet"], s3).items()
+                  if split_uri(item)[1] == path or not posixpath.basename(item).startswith("_")}
+        if not listed:
+            raise StorageError(uri, "no Parquet file there")
+        return read_files(listed, s3, columns)
     try:
-        return pq.read_table(path, filesystem=fs, columns=columns)
+        return pq.read_table(path, columns=columns)
     except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "read Parquet", error) from error
+
+
+def read_files(listed: Mapping[str, Mapping], s3: S3Config | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """The Parquet files of one store `listed` by `list_file_details` as one table, in name order: each
+    opened with what the listing said of it (no HEAD request per file), several at once."""
+    items = sorted(listed.items())
+    fs, _ = filesystem(items[0][0], s3)
+
+    def read(item: tuple[str, Mapping]) -> pa.Table:
+        uri, details = item
+        try:
+            with fs.open(split_uri(uri)[1], "rb", size=details["size"]) as handle:
+                if split_uri(uri)[0] == "s3":
+                    handle.details = dict(details)  # what s3fs would otherwise ask a HEAD request for
+                return pq.read_table(handle, columns=columns)
+        except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
+            raise wrap_error(uri, "read Parquet", error) from error
+
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return pa.concat_tables(list(pool.map(read, items)), promote_options="default")
 
 
 def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config | None = None) -> list[str]:
@@ -313,6 +345,13 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config |
     `extensions` filters case-insensitively ('.dcm', 'png'); hidden files and our own temporary
     files are never listed. On S3 one paginated listing, nothing per file (`_list_s3`).
     """
+    return sorted(list_file_details(uri, extensions, s3))
+
+
+def list_file_details(uri: str, extensions: Iterable[str] | None = None,
+                      s3: S3Config | None = None) -> dict[str, dict]:
+    """`list_files` with what the same one listing says of each file (`size`; on S3 its `ETag` too): no
+    request per file."""
     suffixes = tuple("." + e.lower().lstrip(".") for e in extensions) if extensions else None
     scheme, _ = split_uri(uri)
     fs, path = filesystem(uri, s3)
@@ -324,30 +363,30 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config |
         elif not fs.exists(path):
             raise StorageError(uri, "not found")
         else:
-            found = fs.find(path) if fs.isdir(path) else [path]
+            found = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
     except StorageError:
         raise
     except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "list", error) from error
-    result = []
-    for item in found:
+    result = {}
+    for item, info in found.items():
         name = posixpath.basename(item)
         if name.startswith("."):
             continue
         if suffixes and not name.lower().endswith(suffixes):
             continue
-        result.append(item if scheme == "file" else "s3://" + item)
-    return sorted(result)
+        result[item if scheme == "file" else "s3://" + item] = info
+    return result
 
 
-def _list_s3(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """'bucket/key' of every object under `path` (or `path` itself when it is one object): one paginated
+def _list_s3(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
+    """'bucket/key' -> info (size) of every object under `path` (or `path` itself when it is one object): one paginated
     listing (1,000 keys a page), without the existence and folder checks that would each list the prefix
     again. A sharded, parallel listing was measured slower here (jobs/benchmark.py manifest: against moto
     each page costs the server CPU in proportion to the bucket, so parallel pages only compete for it)."""
-    found = fs.find(path)
+    found = fs.find(path, detail=True)
     if not found and fs.isfile(path):
-        return [path]
+        return {path: fs.info(path)}
     return found
 
 
@@ -367,3 +406,20 @@ def remove(uri: str, recursive: bool = False, s3: S3Config | None = None) -> Non
             fs.rm(path, recursive=recursive)
     except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
         raise wrap_error(uri, "remove", error) from error
+
+
+def remove_files(uris: Sequence[str], s3: S3Config | None = None) -> None:
+    """Remove many files of one store at once (on S3, batched DeleteObjects requests: no request per file);
+    files already gone are no error."""
+    if not uris:
+        return
+    fs, _ = filesystem(uris[0], s3)
+    paths = [split_uri(uri)[1] for uri in uris]
+    try:
+        fs.rm(paths)
+    except FileNotFoundError:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path)
+    except Exception as error:  # noqa: BLE001 - every backend failure becomes one declared type (wrap_error)
+        raise wrap_error(uris[0], "remove", error) from error

@@ -438,9 +438,9 @@ def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[s
         for name in sorted(set(present) | set(configured)):
             key = current.embedding_key(configured[name]) if name in configured else None
             removed[f"embeddings/{name}"] = feature_store.prune(tables.embeddings_uri(config.output, name), manifest,
-                                                                key, dry_run)
+                                                                key, dry_run, config.embed.part_bytes)
         removed["zero_shot"] = feature_store.prune(tables.zero_shot_uri(config.output), manifest,
-                                                   current.zero_shot_key(), dry_run)
+                                                   current.zero_shot_key(), dry_run, config.embed.part_bytes)
     return removed
 
 

@@ -20,7 +20,8 @@ from mammo_ray.imaging.crop import _unpack, reference_breast_box
 from tests.random_data import blob_mask
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["crop", "grid", "train", "memory", "join", "manifest", "morphology", "engine", "embed", "study-images"]
+COMMANDS = ["crop", "grid", "train", "memory", "join", "manifest", "morphology", "engine", "embed", "study-images",
+            "scale"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:
@@ -88,3 +89,19 @@ def test_the_engine_benchmark_runs_end_to_end(capsys: pytest.CaptureFixture[str]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "bit for bit: yes" in out and "cached/engine" in out
+
+
+def test_the_scale_collection_is_valid_distinct_and_holds_its_share_of_dicoms(tmp_path) -> None:
+    import hashlib
+
+    from mammo_ray.benchmarks.scale import write_collection
+    from mammo_ray.imaging.decode import decode_image
+
+    manifest = write_collection(tmp_path / "images", images=40, size=64, dicom_every=10, workers=2)
+    assert len(manifest) == 40 and manifest["patient_id"].nunique() == 10
+    contents = [Path(uri).read_bytes() for uri in manifest["uri"]]
+    assert len({hashlib.sha256(data).hexdigest() for data in contents}) == 40  # no two files alike
+    assert sum(uri.endswith(".dcm") for uri in manifest["uri"]) == 4
+    for uri, data in zip(manifest["uri"], contents, strict=True):
+        pixels = decode_image(data, uri).pixels
+        assert pixels.shape == (64, 64) and pixels[:, -1].max() == 0 and pixels[32, :8].min() > 0  # breast left

@@ -47,6 +47,11 @@
          (`run_pass`) against one pass per stage, on the mini-MIAS PNGs: wall times, their ratio, decodes
          and network forwards per image, and whether both wrote the same tables.
 
+  scale  a synthetic collection of 100,000 small images (PNGs and a share of DICOMs) through manifest, ingest
+         and one small extractor, each study in its own process with its own local Ray, beside its first
+         tenth: wall time, the pipeline's per-image overhead beyond its work, peak memory at both sizes,
+         files and bytes written, and the no-op rerun's time.
+
 Layout: `cli` holds the parser and the list of subcommands, `common` what several benchmarks share
 (real images, timers, the machine's load), and every other module one benchmark with
 `add_parser(subparsers)` (which sets `func`) and `run(args) -> int`. Adding a benchmark: write such a

@@ -15,12 +15,14 @@ from mammo_ray.benchmarks import (
     manifest,
     memory,
     morphology,
+    scale,
     study_images,
     train,
 )
 
 #: One module per subcommand, in the order `--help` lists them.
-BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images]
+BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images,
+                                  scale]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,7 +80,7 @@ def repeated(manifest: pd.DataFrame, times: int) -> pd.DataFrame:
     return pd.concat(copies, ignore_index=True)
 
 
-def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, float] | None = None,
+def prepare_images(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, float] | None = None,
              ) -> list[np.ndarray]:
     """Every image read, decoded and preprocessed in this process; seconds per phase added to `phases`."""
     from mammo_ray import storage
@@ -105,7 +105,7 @@ def _prepare(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, fl
     return prepared
 
 
-def _forward(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+def forward_batches(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
     """The network on `inputs` in batches of images, in inference mode: (n, dim), windows averaged."""
     import torch
 
@@ -127,9 +127,9 @@ def _forward(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -
 
 def _loop(manifest: pd.DataFrame, spec: ExtractorConfig, batch_size: int,
           phases: dict[str, float] | None = None) -> np.ndarray:
-    inputs = _prepare(manifest, spec, phases)
+    inputs = prepare_images(manifest, spec, phases)
     started = time.perf_counter()
-    vectors = _forward(spec, inputs, batch_size)
+    vectors = forward_batches(spec, inputs, batch_size)
     if phases is not None:
         phases["forward"] = phases.get("forward", 0.0) + time.perf_counter() - started
     return vectors
@@ -141,8 +141,8 @@ def _timed_forward(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: 
     import torch
 
     torch.set_num_threads(1)
-    _forward(spec, inputs[:batch_size], batch_size)
-    return timed(lambda: _forward(spec, inputs, batch_size))[0]
+    forward_batches(spec, inputs[:batch_size], batch_size)
+    return timed(lambda: forward_batches(spec, inputs, batch_size))[0]
 
 
 def _forward_in_processes(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int,
@@ -188,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
         phases: dict[str, float] = {}
         loop_s, loop_vectors = timed(lambda: _loop(manifest, spec, args.batch_size, phases))
         loop1_s, _ = timed(lambda: _with_torch_threads(1, lambda: _loop(manifest, spec, args.batch_size)))
-        prepare_s, inputs = timed(lambda: _prepare(manifest, spec))
-        model_s, _ = timed(lambda: _forward(spec, inputs, args.batch_size))
+        prepare_s, inputs = timed(lambda: prepare_images(manifest, spec))
+        model_s, _ = timed(lambda: forward_batches(spec, inputs, args.batch_size))
         layout_s = _forward_in_processes(spec, inputs, args.batch_size, args.cpus)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:

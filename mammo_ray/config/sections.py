@@ -252,6 +252,10 @@ class EmbedConfig(StrictModel):
         None, ge=1, description="None: one per GPU, else one per torch_threads CPUs; never more than batches")
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="per CPU actor; None: 1")
+    part_bytes: int = Field(
+        128 * 2**20, ge=2**10,
+        description="target size of a feature store's part files: the pass writes one per batch (a retried "
+                    "batch replaces its own), then merges the small ones into files of about this size")
 
     def actor_count(self, cluster_gpus: float, node_cpus: Sequence[float], batches: int) -> int:
         """The inference pool's size: `max_actors`, else one actor per GPU the actors can have (each holds

@@ -18,6 +18,8 @@ is loaded and called, and how model outputs become columns. Everything else live
   nyu_scale) share one prepared input per image;
 - every part file is written atomically with a name fixed by its content keys, so a retried Ray task
   overwrites its own file instead of adding a duplicate;
+- at the end, each output's small part files are merged into files of about `embed.part_bytes`
+  (`feature_store.compact`): object stores and readers get few large files, not one per batch;
 - at the end, each output's index (each manifest image -> its content, or an error) and errors table
   are each written once, atomically: a reader never sees a half-written errors table, and a run that
   fails half-way leaves the previous index, which readers then refuse as not current;
@@ -84,6 +86,7 @@ class InferenceRun:
     uri: str
     errors_uri: str
     key: ModelKey
+    part_files: int = 0  # the key folder's part files after the run
 
     @property
     def weights_id(self) -> str:
@@ -499,7 +502,7 @@ def run_pass(
     parts = [batch for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None) if batch.num_rows]
     schema = _result_schema(len(tasks), ingest)
     results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
-    runs = [_finish_output(manifest, output_uri, task, key, results, output)
+    runs = [_finish_output(manifest, output_uri, task, key, results, output, options.part_bytes)
             for output, (task, key) in enumerate(zip(tasks, keys, strict=True))]
     ingested = _finish_ingest(manifest, output_uri, read, results) if ingest else None
     return PassResult(runs, ingested, images=len(results), decoded=int(results["decoded"].sum()),
@@ -507,8 +510,9 @@ def run_pass(
 
 
 def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask, key: ModelKey,
-                   results: pd.DataFrame, output: int) -> InferenceRun:
-    """One output's errors table and index (written last: the run of this output is complete)."""
+                   results: pd.DataFrame, output: int, part_bytes: int) -> InferenceRun:
+    """One output's part files merged to about `part_bytes` each, its errors table and its index (written
+    last: the run of this output is complete)."""
     error_type = results[_column("error_type", output)]
     index = pd.DataFrame({
         "image_id": results["image_id"], "uri": results["uri"], "content_sha256": results["content_sha256"],
@@ -519,13 +523,15 @@ def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask,
     errors = tables.with_provenance(errors, task.stage, weights_ids=[key.weights_id], key=key.as_dict(),
                                     inputs={"images": tables.image_digest(manifest)})
     table_uri, errors_uri = task.table_uri(output_uri), task.errors_uri(output_uri)
+    compacted = feature_store.compact(table_uri, key, part_bytes)
     storage.write_table(errors, errors_uri)
     feature_store.write_index(table_uri, task.stage, index, manifest, key)
     written = int(index["computed"].astype(bool).sum())
     failed = int((index["status"] == "error").sum())
     skipped = len(index) - written - failed
-    log.info("%s: %d computed, %d already stored (skipped), %d errors", task.stage, written, skipped, failed)
-    return InferenceRun(written, skipped, failed, table_uri, errors_uri, key)
+    log.info("%s: %d computed, %d already stored (skipped), %d errors; %d part files (%d merged)", task.stage,
+             written, skipped, failed, compacted.files_after, compacted.merged)
+    return InferenceRun(written, skipped, failed, table_uri, errors_uri, key, compacted.files_after)
 
 
 def _finish_ingest(manifest: pd.DataFrame, output_uri: str, read: IngestConfig, results: pd.DataFrame) -> IngestRun:
