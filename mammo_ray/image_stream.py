@@ -63,7 +63,7 @@ def raise_original_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
-def blocks_dataset(table: pa.Table, rows_per_block: int = 16) -> ray.data.Dataset:
+def blocks_dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     """A table as a Ray Dataset of blocks of about `rows_per_block` rows, small enough that decoding spreads
     over every CPU; map functions of the pipelines built on it fail with their own errors."""
     raise_original_errors()
@@ -72,7 +72,7 @@ def blocks_dataset(table: pa.Table, rows_per_block: int = 16) -> ray.data.Datase
     return ray.data.from_arrow([table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)])
 
 
-def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int = 16) -> ray.data.Dataset:
+def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int) -> ray.data.Dataset:
     """The manifest as a Ray Dataset of typed Arrow blocks."""
     return blocks_dataset(to_table(validate_manifest(manifest, source="<manifest>")), rows_per_block)
 
@@ -87,7 +87,8 @@ def read_images(
     always decode) are read and hashed but not decoded: their row has `cached` set and empty pixels.
     The decode tasks run where `placement` puts decoding.
     """
-    return manifest_dataset(manifest, options.rows_per_block).map_batches(
+    rows_per_block = options.block_rows(len(manifest), ray.cluster_resources().get("CPU", 1.0))
+    return manifest_dataset(manifest, rows_per_block).map_batches(
         decode_batch,
         batch_size=options.batch_size,
         batch_format="pandas",

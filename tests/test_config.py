@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mammo_ray.config import StudyConfig, load_config, parse_config
+from mammo_ray.config import IngestConfig, StudyConfig, load_config, parse_config
 from mammo_ray.errors import ConfigError
 from mammo_ray.study import check_stages
 
@@ -150,3 +150,12 @@ def test_the_cpu_inference_pool_has_one_single_thread_actor_per_cpu_and_one_acto
     # Never more actors than batches: each would load every network for nothing.
     assert EmbedConfig().actor_count(cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
     assert EmbedConfig(max_actors=8).actor_count(cluster_gpus=0, node_cpus=[16.0], batches=0) == 1
+
+
+def test_blocks_hold_about_four_per_cpu_between_16_and_256_rows_unless_configured():
+    derived = IngestConfig()
+    assert derived.block_rows(images=410, cpus=2) == 52
+    assert derived.block_rows(images=100_000, cpus=2) == 256   # each block costs Ray Data a call
+    assert derived.block_rows(images=10, cpus=2) == 16
+    assert derived.block_rows(images=100_000, cpus=0) == 256   # a cluster without CPUs yet (scaling from zero)
+    assert IngestConfig(rows_per_block=3).block_rows(images=100_000, cpus=64) == 3

@@ -109,7 +109,8 @@ def _study(folder: Path, manifest: pd.DataFrame, name: str, args: argparse.Names
     config.write_text(yaml.safe_dump({
         "name": f"scale-{name}", "output": str(output), "data": {"manifest": str(manifest_path)},
         "ray": {"num_cpus": args.cpus},
-        "ingest": {"batch_size": args.read_batch, "rows_per_block": args.rows_per_block},
+        "ingest": {"batch_size": args.read_batch,
+                   **({"rows_per_block": args.rows_per_block} if args.rows_per_block else {})},
         "embed": {"extractors": [EXTRACTOR], "batch_size": args.batch_size},
     }))
     command = [sys.executable, str(REPO_ROOT / "jobs" / "full_study.py"), "--config", str(config),
@@ -156,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
                                                              args.dicom_every, args.cpus))
         print(f"scale benchmark: {args.images} images of {args.size} px (every {args.dicom_every}th a DICOM) "
               f"written in {written_s:.0f} s; {EXTRACTOR['name']} at {EXTRACTOR['input_size']} px, embed batch "
-              f"{args.batch_size}, decode batch {args.read_batch}, {args.rows_per_block} rows per block, Ray with "
-              f"{args.cpus} CPUs; {load_average()}", flush=True)
+              f"{args.batch_size}, decode batch {args.read_batch}, {args.rows_per_block or 'derived'} rows per block, "
+              f"Ray with {args.cpus} CPUs; {load_average()}", flush=True)
         sample = manifest.sample(n=min(args.sample, len(manifest)), random_state=0)
         work = _work_per_image(sample, args.batch_size)
         results = {}
@@ -193,7 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dicom-every", type=int, default=10, help="every Nth image a DICOM (0: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="embed.batch_size")
     parser.add_argument("--read-batch", type=int, default=4, help="ingest.batch_size")
-    parser.add_argument("--rows-per-block", type=int, default=16, help="ingest.rows_per_block")
+    parser.add_argument("--rows-per-block", type=int, default=None, help="ingest.rows_per_block (default: derived)")
     parser.add_argument("--sample", type=int, default=512, help="images the work per image is measured on")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--tmp", default=None, help="where the collection and outputs go (default: the system's)")

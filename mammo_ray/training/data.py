@@ -29,6 +29,8 @@ from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.tables import ERRORS_SCHEMA
 
 TASKS: tuple[str, ...] = ("binary", "birads")
+#: Manifest rows per Ray block of the training inputs unless `ingest.rows_per_block` says otherwise.
+TRAINING_BLOCK_ROWS = 16
 
 
 def task_frame(manifest: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[str]]:
@@ -124,7 +126,9 @@ def input_dataset(
     table = to_table(frame[MANIFEST_COLUMNS])
     table = table.append_column("target", pa.array(frame["target"].to_numpy(np.int64)))
     table = table.append_column("row", pa.array(frame["row"].to_numpy(np.int64)))
-    dataset = blocks_dataset(table, read.rows_per_block)
+    # Fixed, not from the cluster: the seeded block order and shuffle make fine-tuning reproducible on any
+    # machine only if the blocks are the same everywhere.
+    dataset = blocks_dataset(table, read.rows_per_block or TRAINING_BLOCK_ROWS)
     if shuffle_seed is not None:
         dataset = dataset.randomize_block_order(seed=shuffle_seed)
     dataset = dataset.map_batches(
