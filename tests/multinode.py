@@ -9,6 +9,7 @@ logical (no CUDA here), so the study's networks run on its CPU (`embed.num_gpus:
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,6 +96,14 @@ class MultiNodeCluster:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def spilled_bytes(cluster: MultiNodeCluster) -> int:
+    """Bytes Ray has spilled from the object stores of the cluster's alive nodes (`ray memory --stats-only`)."""
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(cluster.address, stats_only=True))
+    return int(found.group(1)) * 2**20 if found else 0
 
 
 def run_job_while(config: Path, stages: list[str], log: Path, act: Callable[[], bool]) -> str:
