@@ -61,6 +61,25 @@ def test_nothing_of_the_test_source_is_seen_before_it_is_scored() -> None:
     assert second["external_auc"] == pytest.approx(1.0 - first["external_auc"])  # the same scores on B
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_the_internal_estimate_on_tune_is_the_one_computed_in_process(tmp_path) -> None:
+    """The grid stage runs the internal CV as Ray Tune trials (one fan-out, journaled): the same numbers as
+    evaluating it in this process, and an interrupted grid finds them in the journal."""
+    from mammo_ray.stages.grid import tune_internal
+
+    data, sources = _two_sites(flip_b=False)
+    config = GridConfig(extractors=["e"], protocols=["leak_free"], **{**GRID, "classifiers": ["logreg", "svm_linear"]},
+                        external=[{"train": "a", "test": "b"}, {"train": "a", "test": "c"}])
+    journal = str(tmp_path / "units")
+    internal = tune_internal({"e": data}, sources, config, str(tmp_path / "tune"), "grid", journal)
+    assert list(internal) == [("e", "a")]  # one estimate per train source, however many pairs use it
+    on_tune = external_validation(data, sources, "a", "b", config.cells(["e"]), config, internal[("e", "a")])
+    in_process = external_validation(data, sources, "a", "b", config.cells(["e"]), config)
+    assert len(on_tune) == 2
+    pd.testing.assert_frame_equal(on_tune, in_process)
+    assert len(storage.list_files(journal)) == 1  # one trial unit (the two classifiers share the folds)
+
+
 def test_one_class_source_is_a_failed_row_naming_it() -> None:
     config = _config()
     data, sources = _two_sites(flip_b=False)

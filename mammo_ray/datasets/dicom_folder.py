@@ -86,7 +86,6 @@ def build_manifest(
         row = labels.get(lookup, {})
         if row:
             matched.add(lookup)
-        device = " ".join(str(header.get(k, "") or "").strip() for k in ("Manufacturer", "ManufacturerModelName"))
         records.append({
             "image_id": pseudonym(dataset, "image", values["image"], salt),
             "uri": uri,
@@ -95,7 +94,7 @@ def build_manifest(
             "exam_id": pseudonym(dataset, "exam", values["exam"], salt),
             "laterality": laterality_from_tags(header),
             "view": view_from_tags(header),
-            "device": device.strip() or None,
+            "device": sources.device_from_header(header),
             **{column: row.get(column) or None for column in LABEL_COLUMNS},
         })
     problems.extend(f"{labels_uri}: {KEY_COLUMNS[key]} {value!r} matches no image under {images_uri}"

@@ -3,8 +3,8 @@ reading a DICOM header without its pixels.
 
 An adapter makes no request per file where its metadata table already names the files: one listing of the
 image tree (paginated by the store) tells which named files exist. Only the adapters whose labels or
-orientation live in the headers (CMMD, a plain DICOM folder) read each file, and then only its first
-bytes.
+orientation live in the headers (CMMD, a plain DICOM folder), and CBIS-DDSM, whose full images are told
+from crops and masks by their pixels, read each file, and then only its first bytes.
 """
 
 from __future__ import annotations
@@ -97,6 +97,13 @@ def read_dicom_headers(uris: Sequence[str], threads: int = HEADER_THREADS) -> di
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         return dict(zip(uris, pool.map(read, uris), strict=True))
+
+
+def device_from_header(header: Dataset) -> str | None:
+    """'Manufacturer ManufacturerModelName' from a header (safe tags: no person, no place), None where both are
+    blank."""
+    parts = (str(header.get(keyword, "") or "").strip() for keyword in ("Manufacturer", "ManufacturerModelName"))
+    return " ".join(part for part in parts if part) or None
 
 
 def _read_prefix(uri: str, size: int) -> bytes:

@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,15 @@ import pyarrow as pa
 from mammo_ray import storage, tables
 from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.classify.data import CellResult, GridData
-from mammo_ray.classify.external import EXTERNAL_COLUMNS, EXTERNAL_METRICS, external_validation
+from mammo_ray.classify.external import (
+    EXTERNAL_COLUMNS,
+    EXTERNAL_METRICS,
+    external_cells,
+    external_validation,
+    internal_config,
+    split_sources,
+    unusable,
+)
 from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.selection import select_inside
 from mammo_ray.config.base import stable_hash
@@ -370,11 +378,40 @@ def read_grid_predictions(output_uri: str) -> pd.DataFrame:
     return storage.read_table(tables.grid_predictions_uri(output_uri)).to_pandas()
 
 
+#: How a train source's rows of one extractor are named among the grid's datasets for the internal estimate.
+_INTERNAL = "{extractor} @ {source}"
+
+
+def tune_internal(datasets: Mapping[str, GridData], sources: pd.Series | None, config: GridConfig,
+                  storage_path: str, name: str, units_uri: str | None) -> dict[tuple[str, str], list[CellResult]]:
+    """(extractor, train source) -> the internal estimate of every external pipeline: the grid's leak_free
+    protocol on that source's rows alone, run as Ray Tune trials (one fan-out for every pair, journaled like
+    the grid's units, so an interrupted grid does not run them again)."""
+    parts: dict[str, GridData] = {}
+    cells: list[GridCell] = []
+    for train in dict.fromkeys(pair.train for pair in config.external) if sources is not None else ():
+        for extractor, data in datasets.items():
+            fit_data, _ = split_sources(data, sources, train, train)
+            key = _INTERNAL.format(extractor=extractor, source=train)
+            if unusable(fit_data, train) is None:
+                parts[key] = fit_data
+                cells += [replace(cell, extractor=key) for cell in external_cells(config.cells([extractor]))]
+    results = tune_grid(parts, cells, internal_config(config), storage_path, name=f"{name}-internal",
+                        units_uri=units_uri)
+    internal: dict[tuple[str, str], list[CellResult]] = {}
+    for result in results:
+        extractor, _, train = result.cell.extractor.partition(" @ ")
+        internal.setdefault((extractor, train), []).append(result)
+    return internal
+
+
 def external_table(datasets: Mapping[str, GridData], sources: pd.Series | None, config: GridConfig,
+                   internal: Mapping[tuple[str, str], list[CellResult]],
                    metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
     """results/external.parquet: every (train, test) pair of grid.external, for every extractor and leak_free
-    pipeline (classify.external); empty without pairs."""
-    frames = [external_validation(data, sources, pair.train, pair.test, config.cells([name]), config)
+    pipeline (classify.external), beside its `internal` estimate (tune_internal); empty without pairs."""
+    frames = [external_validation(data, sources, pair.train, pair.test, config.cells([name]), config,
+                                  internal.get((name, pair.train)))
               for pair in config.external if sources is not None for name, data in datasets.items()]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXTERNAL_COLUMNS)
     table = pa.Table.from_pandas(frame.astype(dict.fromkeys(EXTERNAL_METRICS, "float64")), preserve_index=False)
@@ -410,6 +447,7 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     read_done = time.perf_counter()
     try:
         results = tune_grid(datasets, cells, config, storage_path, name=name, units_uri=units_uri)
+        internal = tune_internal(datasets, sources, config, storage_path, name, units_uri)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -421,7 +459,7 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     predictions = predictions.replace_schema_metadata(table.schema.metadata)
     uri = grid_uri(output_uri)
     comparisons = comparisons_table(predictions.to_pandas(), datasets, config, table.schema.metadata)
-    external = external_table(datasets, sources, config, table.schema.metadata)
+    external = external_table(datasets, sources, config, internal, table.schema.metadata)
     storage.write_table(predictions, tables.grid_predictions_uri(output_uri))
     storage.write_table(comparisons, tables.comparisons_uri(output_uri))
     storage.write_table(external, tables.external_uri(output_uri))

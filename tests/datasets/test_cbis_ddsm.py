@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mammo_ray.datasets import cbis_ddsm
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS
 from mammo_ray.errors import ManifestError
+from tests.image_builders import make_dicom
 
 CSV_NAMES = {
     "mass_train": "mass_case_description_train_set.csv",
@@ -227,9 +230,21 @@ NBIA_HEADER = ("Series UID,Collection,3rd Party Analysis,Data Description URI,Su
                "File Size,File Location,Download Timestamp")
 
 
+# Headers that describe the pixels of each kind of CBIS-DDSM file (FORMATS.md §4); the pixel data itself is a
+# stand-in, never decoded by the adapter.
+FULL = {"Rows": 4432, "Columns": 2864}
+CROP = {"Rows": 612, "Columns": 540}
+
+
+def _cbis_file(kind: str, **tags: object) -> bytes:
+    pixels = np.zeros((8, 8), np.uint8 if kind == "mask" else np.uint16)
+    return make_dicom(pixels, **(FULL if kind in ("full", "mask") else CROP), **tags)
+
+
 def test_the_nbia_download_tree_resolved_through_its_metadata_csv(csvs: dict[str, str], tmp_path: Path) -> None:
     """The first 12 images of mass test as NBIA downloads them: `1-1.dcm` where the CSV says `000000.dcm`,
-    crop and mask series beside them, and one full-image series whose description lies ('cropped images')."""
+    crop and mask series beside them (a mask and a crop in one series), and one full-image series whose
+    description lies ('cropped images'). The full image is chosen by its pixels, never by a name."""
     rows = pd.read_csv(csvs["mass_test"], dtype=str)
     rows = rows.drop_duplicates("image file path").head(12)
     root = tmp_path / "download"
@@ -239,27 +254,64 @@ def test_the_nbia_download_tree_resolved_through_its_metadata_csv(csvs: dict[str
         description = "cropped images" if index == 3 else "full mammogram images"  # a description that lies
         location = f"CBIS-DDSM/{subject}/07-20-2016-DDSM-{study[-5:]}/1.000000-{description}-{series[-5:]}"
         (root / location).mkdir(parents=True)
-        (root / location / "1-1.dcm").write_bytes(b"")
+        (root / location / "1-1.dcm").write_bytes(_cbis_file("full", Manufacturer="HOWTEK", ManufacturerModelName="MultiRad850"))
         lines.append(f"{series},CBIS-DDSM,NO,,{subject},{study},,,{description},,MG,,,1,1,./{location},")
         crop_subject, crop_study, crop_series, _ = row["cropped image file path"].strip().split("/")
         crop = f"CBIS-DDSM/{crop_subject}/07-21-2016-DDSM-{crop_study[-5:]}/1.000000-ROI mask images-{crop_series[-5:]}"
         (root / crop).mkdir(parents=True)
-        for name in ("1-1.dcm", "1-2.dcm"):
-            (root / crop / name).write_bytes(b"")
+        (root / crop / "1-1.dcm").write_bytes(_cbis_file("mask"))
+        (root / crop / "1-2.dcm").write_bytes(_cbis_file("crop"))
         lines.append(f"{crop_series},CBIS-DDSM,NO,,{crop_subject},{crop_study},,,ROI mask images,,MG,,,2,1,./{crop},")
+    metadata = str(root / "metadata.csv")
     (root / "metadata.csv").write_text("\r\n".join(lines) + "\r\n")
-    manifest = cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=str(root / "metadata.csv"))
+    first = root / lines[1].split(",./")[1].rstrip(",")
+    (first / "1-0.dcm").write_bytes(_cbis_file("mask"))  # a mask beside a full image: told apart by its pixels
+    manifest = cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=metadata)
     assert len(manifest) == 12
     assert manifest["uri"].str.endswith("/1-1.dcm").all()
     assert not manifest["uri"].str.contains("ROI mask").any()
+    assert set(manifest["device"]) == {"HOWTEK MultiRad850"}
     expected = {f"cbis_ddsm/{p.strip().split('/')[0]}" for p in rows["image file path"]}
     assert set(manifest["image_id"]) == expected
     # Images the download lacks are skipped, or named with missing="error".
     with pytest.raises(ManifestError, match="no image file"):
-        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), missing="error",
-                                 nbia_metadata_uri=str(root / "metadata.csv"))
-    # A File Location holding two files is refused, naming them.
-    first = root / lines[1].split(",./")[1].rstrip(",")
-    (first / "1-2.dcm").write_bytes(b"")
-    with pytest.raises(ManifestError, match="holds 2 .dcm files, not one"):
-        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=str(root / "metadata.csv"))
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), missing="error", nbia_metadata_uri=metadata)
+    # A File Location holding two full mammograms, or only a crop, is refused naming each file's pixels.
+    (first / "1-2.dcm").write_bytes(_cbis_file("full"))
+    second = root / lines[3].split(",./")[1].rstrip(",")
+    (second / "1-1.dcm").write_bytes(_cbis_file("crop"))  # the CSV's full-image series holds a crop
+    with pytest.raises(ManifestError) as caught:
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=metadata)
+    problems = caught.value.problems
+    assert len(problems) == 2
+    assert any("holds 2 full mammograms by their pixels, not one" in p for p in problems)
+    assert any("holds 0 full mammograms" in p and "16-bit 612x540: cropped image" in p for p in problems)
+    assert any("1-0.dcm (8-bit 4432x2864: ROI mask)" in p for p in problems)
+
+
+def test_pixel_kind_by_bit_depth_and_size(mammograms_cases_dir: Path) -> None:
+    from pydicom import dcmread
+
+    def kind(data: bytes) -> str:
+        return cbis_ddsm.pixel_kind(dcmread(io.BytesIO(data), stop_before_pixels=True))
+
+    assert kind(_cbis_file("full")) == "full mammogram"
+    assert kind(_cbis_file("mask")) == "ROI mask"
+    assert kind(_cbis_file("crop")) == "cropped image"
+    real = sorted(mammograms_cases_dir.rglob("*.dcm"))  # 16-bit, short sides 2,576-2,920 px
+    assert len(real) == 8 and {kind(path.read_bytes()) for path in real} == {"full mammogram"}
+
+
+def test_a_flat_file_whose_patient_id_names_a_full_image_but_whose_pixels_do_not(
+    tmp_path: Path, csvs: dict[str, str], mammograms_cases_dir: Path
+) -> None:
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    (folder / "real.dcm").write_bytes((mammograms_cases_dir / "sfm-benign-0" / "1-130.dcm").read_bytes())
+    (folder / "mask.dcm").write_bytes(_cbis_file("mask", PatientID="Mass-Test_P_00173_LEFT_MLO"))
+    with pytest.raises(ManifestError) as caught:
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(folder))
+    assert caught.value.problems == [
+        f"Mass-Test_P_00173_LEFT_MLO: PatientID names a full image but the pixels are not one: {folder / 'mask.dcm'} "
+        "(8-bit 4432x2864: ROI mask)"
+    ]
