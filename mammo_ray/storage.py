@@ -31,10 +31,12 @@ from functools import lru_cache
 from typing import IO
 
 import fsspec
+import fsspec.asyn
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mammo_ray import s3_listing
 from mammo_ray.config.sections import S3Config
 from mammo_ray.errors import StorageError, StoreUnavailableError
 
@@ -343,7 +345,7 @@ def list_files(uri: str, extensions: Iterable[str] | None = None, s3: S3Config |
     """Every file under `uri` (recursively), as full URIs in sorted order.
 
     `extensions` filters case-insensitively ('.dcm', 'png'); hidden files and our own temporary
-    files are never listed. On S3 one paginated listing, nothing per file (`_list_s3`).
+    files are never listed. On S3 listings only (key ranges at once), nothing per file (`_list_s3`).
     """
     return sorted(list_file_details(uri, extensions, s3))
 
@@ -380,12 +382,13 @@ def list_file_details(uri: str, extensions: Iterable[str] | None = None,
 
 
 def _list_s3(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
-    """'bucket/key' -> info (size) of every object under `path` (or `path` itself when it is one object): one paginated
-    listing (1,000 keys a page), without the existence and folder checks that would each list the prefix
-    again. A sharded, parallel listing was measured slower here (jobs/benchmark.py manifest: against moto
-    each page costs the server CPU in proportion to the bucket, so parallel pages only compete for it)."""
-    found = fs.find(path, detail=True)
-    if not found and fs.isfile(path):
+    """'bucket/key' -> info (size, ETag) of every object under `path` (or `path` itself when it is one object):
+    listings of 1,000 keys a page, the key ranges between the tree's folders at once (mammo_ray.s3_listing),
+    without the existence and folder checks that would each list the prefix again."""
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
+    found = fsspec.asyn.sync(fs.loop, s3_listing.list_objects, fs, bucket, prefix)
+    if not found and key and fs.isfile(path):
         return {path: fs.info(path)}
     return found
 

@@ -105,3 +105,21 @@ def test_the_scale_collection_is_valid_distinct_and_holds_its_share_of_dicoms(tm
     for uri, data in zip(manifest["uri"], contents, strict=True):
         pixels = decode_image(data, uri).pixels
         assert pixels.shape == (64, 64) and pixels[:, -1].max() == 0 and pixels[32, :8].min() > 0  # breast left
+
+
+def test_the_fixed_round_trip_store_lists_as_s3_does(monkeypatch) -> None:
+    """The listing benchmark's store pages, delimits and continues as S3 does: the key-range listing and
+    s3fs's one listing both read every key from it, once, over pages of 3 keys (S3's are 1,000)."""
+    from mammo_ray import s3_listing, storage
+    from mammo_ray.benchmarks.listing_store import ListingStore
+    from mammo_ray.benchmarks.manifest import _s3_endpoint, rsna_rows
+
+    monkeypatch.setattr(s3_listing, "PAGE_KEYS", 3)
+    keys = ["rsna/train.csv", *(f"rsna/train_images/{relative}" for _, relative in rsna_rows(200))]
+    with ListingStore("bench", keys, latency=0.0) as store, _s3_endpoint(store.endpoint):
+        listed = storage.list_files("s3://bench/rsna")
+        fs, path = storage.filesystem("s3://bench/rsna")
+        found = fs.find(path)
+        assert store.requests > s3_listing.SHARDS  # the ranges were listed
+    assert listed == [f"s3://bench/{key}" for key in sorted(keys)]
+    assert sorted(found) == [f"bench/{key}" for key in sorted(keys)]

@@ -119,3 +119,28 @@ def test_s3_listing_of_a_prefix_an_object_and_nothing(s3_bucket):
     assert storage.list_files(f"{s3_bucket}/tree/0.dcm") == [f"{s3_bucket}/tree/0.dcm"]
     with pytest.raises(StorageError, match="not found"):
         storage.list_files(f"{s3_bucket}/nothing-here")
+
+
+def test_s3_listing_in_key_ranges_returns_every_object_once(s3_bucket, monkeypatch):
+    """A tree with enough folders is listed as key ranges at once (mammo_ray.s3_listing): every object once,
+    whatever the folder names' order traps ('12' < '123' < '123-a' as folders, not as keys), with files above
+    the folders, deeper folders, a folder marker and pages of 3 keys (S3's are 1,000)."""
+    from mammo_ray import s3_listing
+
+    monkeypatch.setattr(s3_listing, "PAGE_KEYS", 3)
+    names = ["12", "123", "123-a", "123.b", "1230", *[f"p{index:02d}" for index in range(36)]]
+    keys = ["big/top.csv", "big/other/x.dcm"]
+    for index, name in enumerate(names):
+        keys += [f"big/images/{name}/{image}.dcm" for image in range(1 + index % 3)]
+        if index % 7 == 0:
+            keys.append(f"big/images/{name}/deeper/view.dcm")
+    for key in keys:
+        storage.write_bytes(f"{s3_bucket}/{key}", b"x")
+    fs, _ = storage.filesystem(s3_bucket)
+    fs.call_s3("put_object", Bucket=s3_bucket.removeprefix("s3://"), Key="big/images/p01/", Body=b"")  # a marker
+    assert len(names) >= s3_listing.MIN_FOLDERS  # the ranges are used, not one listing
+
+    listed = storage.list_files(f"{s3_bucket}/big")
+    assert listed == sorted(f"{s3_bucket}/{key}" for key in keys)
+    sizes = storage.list_file_details(f"{s3_bucket}/big/images")
+    assert len(sizes) == len(keys) - 2 and {info["size"] for info in sizes.values()} == {1}

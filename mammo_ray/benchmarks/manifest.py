@@ -3,17 +3,21 @@
 A synthetic RSNA download (train.csv + `train_images/<patient_id>/<image_id>.dcm`, four empty files per
 patient: the adapter reads no image) on the local disk (`--rows`, default 100,000) and in a moto S3 bucket on
 127.0.0.1 (`--s3-rows`, default 10,000; 0 skips it). Prints, for each: the tree listed page after page
-(fsspec's find) beside `storage.list_files` (what the adapters call) and their ratio, the CSV read alone, and the
-whole `rsna.build_manifest` (listing + CSV + checks + validation), in seconds and in microseconds per row.
+(fsspec's find) beside `storage.list_files` (what the adapters call: key ranges at once on S3,
+mammo_ray.s3_listing) and their ratio, the CSV read alone, and the whole `rsna.build_manifest` (listing + CSV +
+checks + validation), in seconds and in microseconds per row. Then the two listings alone against a store whose
+pages cost a fixed round trip (`--latency-ms`, default 30; `--latency-rows`, default 100,000), as S3's do:
+moto's pages cost server CPU in proportion to the bucket, which no client-side listing can win against.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +84,23 @@ def _local(rows: int, repeats: int) -> None:
         _print("local disk", rows, _measure(str(root / "train.csv"), str(root / "train_images"), repeats))
 
 
+@contextlib.contextmanager
+def _s3_endpoint(endpoint: str) -> Iterator[None]:
+    """The S3 settings of this process pointed at `endpoint` (with throwaway credentials), restored after."""
+    previous = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                    "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _s3(rows: int, repeats: int) -> None:
     import logging
 
@@ -90,29 +111,46 @@ def _s3(rows: int, repeats: int) -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    previous = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                                    "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
     try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="bench")
-        table = rsna_rows(rows)
-        with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
-            _write_csv(Path(folder) / "train.csv", table)
-            client.upload_file(str(Path(folder) / "train.csv"), "bench", "rsna/train.csv")
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda item: client.put_object(Bucket="bench", Key=f"rsna/train_images/{item[1]}",
-                                                         Body=b""), table))
-        _print("moto S3 on 127.0.0.1", rows, _measure("s3://bench/rsna/train.csv", "s3://bench/rsna/train_images",
-                                                      repeats))
+        with _s3_endpoint(f"http://{host}:{port}"):
+            client = boto3.client("s3")
+            client.create_bucket(Bucket="bench")
+            table = rsna_rows(rows)
+            with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
+                _write_csv(Path(folder) / "train.csv", table)
+                client.upload_file(str(Path(folder) / "train.csv"), "bench", "rsna/train.csv")
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda item: client.put_object(Bucket="bench", Key=f"rsna/train_images/{item[1]}",
+                                                             Body=b""), table))
+            _print("moto S3 on 127.0.0.1", rows,
+                   _measure("s3://bench/rsna/train.csv", "s3://bench/rsna/train_images", repeats))
     finally:
         server.stop()
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+def _fixed_round_trip(rows: int, latency_ms: float, repeats: int) -> None:
+    from mammo_ray import storage
+    from mammo_ray.benchmarks.listing_store import ListingStore
+
+    keys = ["rsna/train.csv", *(f"rsna/train_images/{relative}" for _, relative in rsna_rows(rows))]
+    with ListingStore("bench", keys, latency_ms / 1000) as store, _s3_endpoint(store.endpoint):
+        fs, path = storage.filesystem("s3://bench/rsna")
+        timings: dict[str, list[float]] = {"sequential": [], "ranges": []}
+        requests: dict[str, int] = {}
+        for _ in range(repeats):
+            for name, action in (("sequential", lambda: fs.find(path)),
+                                 ("ranges", lambda: storage.list_files("s3://bench/rsna"))):
+                before = store.requests
+                timings[name].append(seconds(action))
+                requests[name] = store.requests - before
+        medians = {name: statistics.median(values) for name, values in timings.items()}
+    print(f"  a store with a fixed {latency_ms:g} ms round trip per request: {rows} images in "
+          f"{rows // 4} patient folders")
+    print(f"    one listing, page after page (fs.find)     {medians['sequential']:8.2f} s   "
+          f"{requests['sequential']:6d} requests")
+    print(f"    storage.list_files (key ranges at once)    {medians['ranges']:8.2f} s   "
+          f"{requests['ranges']:6d} requests")
+    print(f"    ratio key ranges / page after page          {medians['ranges'] / medians['sequential']:8.2f}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         _local(args.rows, args.repeats)
     if args.s3_rows:
         _s3(args.s3_rows, args.repeats)
+    if args.latency_rows:
+        _fixed_round_trip(args.latency_rows, args.latency_ms, args.repeats)
     return 0
 
 
@@ -128,5 +168,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("manifest", help="a manifest of a large collection: listing, CSV, whole build")
     parser.add_argument("--rows", type=int, default=100_000, help="images on the local disk (0 skips)")
     parser.add_argument("--s3-rows", type=int, default=10_000, help="objects in the moto bucket (0 skips)")
+    parser.add_argument("--latency-rows", type=int, default=100_000,
+                        help="objects in the fixed-round-trip store (0 skips)")
+    parser.add_argument("--latency-ms", type=float, default=30.0, help="its round trip per request")
     parser.add_argument("--repeats", type=int, default=3)
     parser.set_defaults(func=run)
