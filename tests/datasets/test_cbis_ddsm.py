@@ -254,7 +254,8 @@ def test_the_nbia_download_tree_resolved_through_its_metadata_csv(csvs: dict[str
         description = "cropped images" if index == 3 else "full mammogram images"  # a description that lies
         location = f"CBIS-DDSM/{subject}/07-20-2016-DDSM-{study[-5:]}/1.000000-{description}-{series[-5:]}"
         (root / location).mkdir(parents=True)
-        (root / location / "1-1.dcm").write_bytes(_cbis_file("full", Manufacturer="HOWTEK", ManufacturerModelName="MultiRad850"))
+        full = _cbis_file("full", Manufacturer="HOWTEK", ManufacturerModelName="MultiRad850")
+        (root / location / "1-1.dcm").write_bytes(full)
         lines.append(f"{series},CBIS-DDSM,NO,,{subject},{study},,,{description},,MG,,,1,1,./{location},")
         crop_subject, crop_study, crop_series, _ = row["cropped image file path"].strip().split("/")
         crop = f"CBIS-DDSM/{crop_subject}/07-21-2016-DDSM-{crop_study[-5:]}/1.000000-ROI mask images-{crop_series[-5:]}"
