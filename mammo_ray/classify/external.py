@@ -46,10 +46,9 @@ def subset(data: GridData, rows: np.ndarray) -> GridData:
     )
 
 
-def split_sources(data: GridData, sources: pd.Series, train: str, test: str) -> tuple[GridData, GridData]:
-    """(the rows of source `train`, the rows of source `test`) of `data`; `sources`: image id -> source."""
-    of_row = sources.reindex(list(data.image_ids)).to_numpy()
-    return subset(data, np.flatnonzero(of_row == train)), subset(data, np.flatnonzero(of_row == test))
+def source_rows(data: GridData, sources: pd.Series, source: str) -> GridData:
+    """The rows of `data` that come from data source `source`; `sources`: image id -> source."""
+    return subset(data, np.flatnonzero(sources.reindex(list(data.image_ids)).to_numpy() == source))
 
 
 def external_cells(cells: Sequence[GridCell]) -> list[GridCell]:
@@ -64,7 +63,7 @@ def external_validation(data: GridData, sources: pd.Series, train: str, test: st
     `test`). `sources`: the data source of each image id of `data`. `internal`: those cells' results on
     `train` alone where the caller ran them (the grid stage runs them as Ray Tune trials, with the grid's);
     else they are evaluated here, in this process."""
-    fit_data, test_data = split_sources(data, sources, train, test)
+    fit_data, test_data = source_rows(data, sources, train), source_rows(data, sources, test)
     chosen = external_cells(cells)
     base = {"extractor": data.extractor, "train": train, "test": test, "n_train": fit_data.n_rows,
             "n_train_positive": fit_data.n_positive, "n_test": test_data.n_rows,

@@ -56,7 +56,7 @@ from mammo_ray.classify.external import (
     external_cells,
     external_validation,
     internal_config,
-    split_sources,
+    source_rows,
     unusable,
 )
 from mammo_ray.classify.protocols import evaluate_cells
@@ -378,31 +378,32 @@ def read_grid_predictions(output_uri: str) -> pd.DataFrame:
     return storage.read_table(tables.grid_predictions_uri(output_uri)).to_pandas()
 
 
-#: How a train source's rows of one extractor are named among the grid's datasets for the internal estimate.
-_INTERNAL = "{extractor} @ {source}"
-
-
 def tune_internal(datasets: Mapping[str, GridData], sources: pd.Series | None, config: GridConfig,
                   storage_path: str, name: str, units_uri: str | None) -> dict[tuple[str, str], list[CellResult]]:
     """(extractor, train source) -> the internal estimate of every external pipeline: the grid's leak_free
     protocol on that source's rows alone, run as Ray Tune trials (one fan-out for every pair, journaled like
     the grid's units, so an interrupted grid does not run them again)."""
-    parts: dict[str, GridData] = {}
+    parts: dict[str, GridData] = {}  # each (extractor, train source) as a dataset of its own for tune_grid
+    origin: dict[str, tuple[str, str]] = {}
     cells: list[GridCell] = []
     for train in dict.fromkeys(pair.train for pair in config.external) if sources is not None else ():
         for extractor, data in datasets.items():
-            fit_data, _ = split_sources(data, sources, train, train)
-            key = _INTERNAL.format(extractor=extractor, source=train)
+            fit_data = source_rows(data, sources, train)
             if unusable(fit_data, train) is None:
-                parts[key] = fit_data
+                key = f"{extractor} @ {train}"
+                parts[key], origin[key] = fit_data, (extractor, train)
                 cells += [replace(cell, extractor=key) for cell in external_cells(config.cells([extractor]))]
-    results = tune_grid(parts, cells, internal_config(config), storage_path, name=f"{name}-internal",
+    results = tune_grid(parts, cells, internal_config(config), storage_path, name=internal_run_name(name),
                         units_uri=units_uri)
     internal: dict[tuple[str, str], list[CellResult]] = {}
     for result in results:
-        extractor, _, train = result.cell.extractor.partition(" @ ")
-        internal.setdefault((extractor, train), []).append(result)
+        internal.setdefault(origin[result.cell.extractor], []).append(result)
     return internal
+
+
+def internal_run_name(name: str) -> str:
+    """Tune's experiment name for the internal estimates of the grid run `name`."""
+    return f"{name}-internal"
 
 
 def external_table(datasets: Mapping[str, GridData], sources: pd.Series | None, config: GridConfig,
@@ -442,7 +443,8 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
         storage_path = scratch
     else:
         storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
-        shutil.rmtree(os.path.join(storage_path, name), ignore_errors=True)  # scratch of an earlier run
+        for experiment in (name, internal_run_name(name)):  # scratch of an earlier run
+            shutil.rmtree(os.path.join(storage_path, experiment), ignore_errors=True)
     units_uri = tables.grid_units_uri(output_uri)
     read_done = time.perf_counter()
     try:

@@ -288,6 +288,13 @@ def test_the_nbia_download_tree_resolved_through_its_metadata_csv(csvs: dict[str
     assert any("holds 2 full mammograms by their pixels, not one" in p for p in problems)
     assert any("holds 0 full mammograms" in p and "16-bit 612x540: cropped image" in p for p in problems)
     assert any("1-0.dcm (8-bit 4432x2864: ROI mask)" in p for p in problems)
+    # A file of a series that is no DICOM is named: its pixels cannot be told.
+    (first / "1-2.dcm").write_bytes(b"not a dicom")
+    (second / "1-1.dcm").write_bytes(_cbis_file("full"))
+    with pytest.raises(ManifestError) as caught:
+        cbis_ddsm.build_manifest([csvs["mass_test"]], str(root), nbia_metadata_uri=metadata)
+    (problem,) = caught.value.problems
+    assert "1-2.dcm" in problem and "not a readable DICOM" in problem
 
 
 def test_pixel_kind_by_bit_depth_and_size(mammograms_cases_dir: Path) -> None:
