@@ -1,9 +1,11 @@
 """The image pass: one streaming Ray Data pipeline for every image stage of a study (ingest, each
 extractor, zero-shot), each image read, hashed and decoded once.
 
-    manifest -> read + hash + decode (CPU tasks) -> ingest summary; each distinct preprocessing once
-    (CPU tasks) -> every output's network in one actor pool (one GPU per actor where there are GPUs) ->
-    each output's feature store part files -> per output: index + errors table; ingest's tables
+    manifest -> read + hash + decode -> ingest summary; each distinct preprocessing once -> every output's
+    network in one actor pool (one GPU per actor where there are GPUs) -> each output's feature store part
+    files -> per output: index + errors table; ingest's tables
+
+(on GPUs, CPU tasks read, decode and prepare, and write; on CPUs, each actor does the whole chain per batch)
 
 An output describes what differs in a small, picklable `InferenceTask`: its model key (identity,
 weights, preprocessing), the output schema, how one decoded image becomes model inputs, how the model
@@ -260,14 +262,23 @@ def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: S
     return out
 
 
-def decoded_inputs(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: Sequence[CachedContent], ingest: bool,
-                   read: IngestConfig, skip_decode: Sequence[CachedContent]) -> pd.DataFrame:
-    """Manifest rows -> `prepare_batch`'s rows: read and decode (`decode_batch`), then each output's inputs,
-    `read.batch_size` images at a time, so that only that many decoded images are held at once."""
-    chunks = [batch.iloc[start:start + read.batch_size].reset_index(drop=True)
-              for start in range(0, len(batch), read.batch_size)] or [batch]
-    return pd.concat([prepare_batch(decode_batch(chunk, read, skip_decode), tasks, cached, ingest)
-                      for chunk in chunks], ignore_index=True)
+@dataclass(frozen=True)
+class ImageReading:
+    """How manifest rows become `prepare_batch`'s rows where the inference actor reads its own images: the
+    read settings, the content whose decoding no output needs (`skip_decode`) and each output's stored
+    content (`cached`)."""
+
+    read: IngestConfig
+    skip_decode: tuple[CachedContent, ...]
+    cached: tuple[CachedContent, ...]
+
+    def prepared(self, batch: pd.DataFrame, tasks: Sequence[InferenceTask], ingest: bool) -> pd.DataFrame:
+        """Read and decode (`decode_batch`), then each output's inputs, `read.batch_size` images at a time,
+        so that only that many decoded images are held at once."""
+        size = self.read.batch_size
+        chunks = [batch.iloc[start:start + size].reset_index(drop=True) for start in range(0, len(batch), size)]
+        return pd.concat([prepare_batch(decode_batch(chunk, self.read, self.skip_decode), tasks, self.cached, ingest)
+                          for chunk in chunks or [batch]], ignore_index=True)
 
 
 def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> tuple[np.ndarray, float] | Exception:
@@ -286,7 +297,7 @@ class InferenceActor:
     """Holds every output's model on its device; runs each batch through each of them in inference mode.
 
     Given `output_uri`, it also writes each batch's rows (`write_batch`) and returns its results; given
-    `inputs`, it takes manifest rows and reads, decodes and prepares them itself (`decoded_inputs`). A CPU
+    `reading`, it takes manifest rows and reads, decodes and prepares them itself. A CPU
     actor does both: read, decode, prepare, forward and write are one function call per batch, with no task
     that would wait for a CPU the actors hold and no decoded image handed between Ray Data stages (each
     hand-over converts the batch to an Arrow block and back: 8% of a CPU actor's time on PNG mammograms,
@@ -296,13 +307,13 @@ class InferenceActor:
 
     def __init__(self, tasks: Sequence[InferenceTask], keys: Sequence[ModelKey], use_gpu: bool,
                  options: EmbedConfig, output_uri: str | None = None, ingest: bool = False,
-                 inputs: dict[str, Any] | None = None) -> None:
+                 reading: ImageReading | None = None) -> None:
         import torch
 
         self.torch = torch
         self.tasks, self.keys = list(tasks), list(keys)
         self.output_uri, self.ingest = output_uri, ingest
-        self.inputs = inputs  # decoded_inputs' keyword arguments, when this actor reads the images itself
+        self.reading = reading
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(options.actor_torch_threads())
@@ -318,8 +329,8 @@ class InferenceActor:
             self.models.append(model)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame | pa.Table:
-        if self.inputs is not None:
-            batch = decoded_inputs(batch, self.tasks, ingest=self.ingest, **self.inputs)
+        if self.reading is not None:
+            batch = self.reading.prepared(batch, self.tasks, self.ingest)
         out = self.embed(batch)
         if self.output_uri is None:
             return out
@@ -515,8 +526,8 @@ def run_pass(
             InferenceActor,
             fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0, "options": options,
                                    "output_uri": output_uri if actor_writes else None, "ingest": ingest,
-                                   "inputs": ({"cached": cached, "read": read, "skip_decode": skip_decode}
-                                              if actor_reads else None)},
+                                   "reading": (ImageReading(read, skip_decode, tuple(cached))
+                                               if actor_reads else None)},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_gpus=num_gpus,
             resources=placement.resources("inference"),
