@@ -266,13 +266,20 @@ def _to_presentation_values(stored: np.ndarray, ds: Dataset, apply_voi: bool, ur
             values = _pydicom_apply_voi_lut(values, ds)
     except Exception as exc:  # bad LUT descriptors, window width < 1, unknown VOI function...
         raise DecodeError(uri, f"invalid modality or VOI LUT: {type(exc).__name__}: {exc}") from exc
-    # Integers up to 16 bits are exact in float32; float64 results (rescale, window) keep float64
-    # until the background shift so that large intercepts do not cost precision.
+    monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"  # the lowest value is white
+    if values.dtype.kind in "ui":
+        # Stored integers (no rescale, no window) are finite: one pass to the shifted float32 image, the same
+        # float32 arithmetic as below (integers up to 16 bits are exact in float32).
+        if monochrome1:
+            return np.subtract(values.max(), values, dtype=np.float32)
+        return np.subtract(values, values.min(), dtype=np.float32)
+    # Float64 results (rescale, window) keep float64 until the background shift so that large intercepts do
+    # not cost precision.
     values = np.asarray(values, dtype=np.float64 if values.dtype == np.float64 else np.float32)
     if not np.isfinite(values).all():
         raise DecodeError(uri, "pixel values are not finite after the modality/VOI LUT (check RescaleSlope)")
-    if str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1":
-        np.negative(values, out=values)  # MONOCHROME1: the lowest value is white
+    if monochrome1:
+        np.negative(values, out=values)
     values -= values.min()
     return values.astype(np.float32, copy=False)
 
