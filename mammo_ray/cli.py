@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
+from typing import TextIO
 
 from mammo_ray import __version__
 from mammo_ray.errors import MammoRayError, StoreUnavailableError, declared_cause
@@ -89,57 +94,108 @@ def _adapter_args(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Bound to the console now: this process's own log lines stay there while Ray's output is set aside.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    try:
-        if args.command == "synth":
-            from mammo_ray.config import SyntheticSource
-            from mammo_ray.config.base import checked
-            from mammo_ray.datasets.synthetic import generate_cohort
+    console = sys.stderr
+    with _RayOutput(args.command in _RAY_COMMANDS) as ray_output:
+        try:
+            return _command(args)
+        except Exception as error:  # noqa: BLE001 - a declared error is a message and an exit code, not a traceback
+            declared = declared_cause(error)
+            if declared is None:
+                raise  # a bug: its traceback reaches the console (sys.stderr is restored on the way out)
+            ray_output.keep(error)
+    print(f"mammo-ray: error: {declared}", file=console)
+    if ray_output.path is not None:
+        print(f"mammo-ray: the traceback and Ray's own output are in {ray_output.path}", file=console)
+    return EXIT_STORE_UNAVAILABLE if isinstance(declared, StoreUnavailableError) else EXIT_BAD_INPUT
 
-            source = checked(SyntheticSource, "synth", patients=args.patients, seed=args.seed, rows=args.rows)
-            frame = generate_cohort(args.out, source)
-            print(json.dumps({"images": len(frame), "positives": int(frame["label"].sum()), "out": args.out}))
-        elif args.command == "manifest":
-            from mammo_ray.datasets.adapters import build_with_adapter
-            from mammo_ray.datasets.manifest import write_manifest
 
-            frame = write_manifest(build_with_adapter(args.adapter, _adapter_args(args.arg), "--arg"), args.out)
-            print(json.dumps({"images": len(frame), "out": args.out}))
-        elif args.command == "ingest":
-            from mammo_ray.datasets.manifest import read_manifest
-            from mammo_ray.stages.ingest import run_ingest
+#: Commands that run Ray: its console output (progress, each failed task's traceback, retry advice) goes to a
+#: log file, so that a failure reads as the declared error in a few lines.
+_RAY_COMMANDS = frozenset({"run", "ingest"})
 
-            result = run_ingest(read_manifest(args.manifest), args.output)
-            print(json.dumps(result.__dict__))
-        elif args.command == "weights":
-            from mammo_ray.models.fetch import fetch_weights
-            from mammo_ray.models.weights import DEFAULT_FETCH_NAMES
 
-            fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
-            print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))
-        elif args.command == "run":
-            from mammo_ray.study import check_stages, run_from_cli
+class _RayOutput:
+    """While active (`enabled`), sys.stderr is a log file: Ray's and Ray Data's log handlers write to whatever
+    sys.stderr is when they emit (ray._private.log.PlainRayHandler), and so do warnings. The file is removed
+    after a command that succeeds; kept (`path`) after one that fails, with the traceback of a declared error
+    (`keep`)."""
 
-            check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
-            return run_from_cli(args.config, args.output, args.stages, args.force)
-        elif args.command == "prune":
-            from mammo_ray.study import load_study_config, prune_output
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path: str | None = None
+        self._file: TextIO | None = None
+        self._kept = False
+        self._stack = contextlib.ExitStack()
 
-            removed = prune_output(load_study_config(args.config, args.output), dry_run=args.dry_run)
-            print(json.dumps({"dry_run": args.dry_run, "removed": removed}))
-        elif args.command == "compare":
-            from mammo_ray.compare import compare_outputs, render
+    def __enter__(self) -> _RayOutput:
+        if self.enabled:
+            handle, self.path = tempfile.mkstemp(prefix="mammo-ray-", suffix=".log")
+            self._file = self._stack.enter_context(os.fdopen(handle, "w", buffering=1, encoding="utf-8"))
+            logging.getLogger("mammo_ray").info("Ray's own output (progress, task errors) -> %s (kept if the "
+                                                "command fails)", self.path)
+            self._stack.enter_context(contextlib.redirect_stderr(self._file))
+        return self
 
-            results = compare_outputs(args.left, args.right, atol=args.atol, ignore=args.ignore)
-            print(render(results))
-            return 0 if all(result.equal for result in results) else 1
-    except Exception as error:  # noqa: BLE001 - a declared error is a message and an exit code, not a traceback
-        declared = declared_cause(error)
-        if declared is None:
-            raise
-        print(f"mammo-ray: error: {declared}", file=sys.stderr)
-        return EXIT_STORE_UNAVAILABLE if isinstance(declared, StoreUnavailableError) else EXIT_BAD_INPUT
+    def keep(self, error: BaseException) -> None:
+        """Keep the log, with `error`'s whole traceback (the remote task's included) at its end."""
+        if self._file is not None:
+            self._file.write("".join(traceback.format_exception(error)))
+            self._kept = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()  # sys.stderr back to the console, the file closed
+        if self.path is not None and not self._kept and exc_info[0] is None:
+            os.remove(self.path)
+            self.path = None
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit code."""
+    if args.command == "synth":
+        from mammo_ray.config import SyntheticSource
+        from mammo_ray.config.base import checked
+        from mammo_ray.datasets.synthetic import generate_cohort
+
+        source = checked(SyntheticSource, "synth", patients=args.patients, seed=args.seed, rows=args.rows)
+        frame = generate_cohort(args.out, source)
+        print(json.dumps({"images": len(frame), "positives": int(frame["label"].sum()), "out": args.out}))
+    elif args.command == "manifest":
+        from mammo_ray.datasets.adapters import build_with_adapter
+        from mammo_ray.datasets.manifest import write_manifest
+
+        frame = write_manifest(build_with_adapter(args.adapter, _adapter_args(args.arg), "--arg"), args.out)
+        print(json.dumps({"images": len(frame), "out": args.out}))
+    elif args.command == "ingest":
+        from mammo_ray.datasets.manifest import read_manifest
+        from mammo_ray.stages.ingest import run_ingest
+
+        result = run_ingest(read_manifest(args.manifest), args.output)
+        print(json.dumps(result.__dict__))
+    elif args.command == "weights":
+        from mammo_ray.models.fetch import fetch_weights
+        from mammo_ray.models.weights import DEFAULT_FETCH_NAMES
+
+        fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
+        print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))
+    elif args.command == "run":
+        from mammo_ray.study import check_stages, run_from_cli
+
+        check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
+        return run_from_cli(args.config, args.output, args.stages, args.force)
+    elif args.command == "prune":
+        from mammo_ray.study import load_study_config, prune_output
+
+        removed = prune_output(load_study_config(args.config, args.output), dry_run=args.dry_run)
+        print(json.dumps({"dry_run": args.dry_run, "removed": removed}))
+    elif args.command == "compare":
+        from mammo_ray.compare import compare_outputs, render
+
+        results = compare_outputs(args.left, args.right, atol=args.atol, ignore=args.ignore)
+        print(render(results))
+        return 0 if all(result.equal for result in results) else 1
     return 0
 
 

@@ -3,6 +3,7 @@ disk, and the model keys of the configured extractors. Fingerprints, runners and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -10,7 +11,9 @@ import pandas as pd
 from mammo_ray import feature_store, tables
 from mammo_ray.config import ExtractorConfig, StudyConfig
 from mammo_ray.datasets.manifest import read_manifest
+from mammo_ray.errors import ConfigError
 from mammo_ray.feature_store import ModelKey
+from mammo_ray.privacy import is_locator, with_sources
 from mammo_ray.stages.embed import embedding_key
 from mammo_ray.stages.zero_shot import zero_shot_key
 
@@ -19,12 +22,16 @@ class CurrentInputs:
     """What the stages of one study run depend on: the manifest as it is on disk now, and the model keys
     of the config (each computed once per run: it hashes weight files)."""
 
-    def __init__(self, config: StudyConfig) -> None:
+    def __init__(self, config: StudyConfig, locate: Callable[[], Mapping[str, str]] | None = None) -> None:
+        """`locate`: where each pseudonymous locator of the manifest really is (rebuilding it from its source),
+        asked only when a run reads pseudonymised images without having built the manifest itself."""
         self.config = config
         self.read = config.ingest
         self._keys: dict[str, ModelKey] = {}
         self._manifest: pd.DataFrame | None = None
         self._digests: dict[str, str] = {}
+        self._locate = locate
+        self._locations: Mapping[str, str] | None = None
 
     def manifest(self) -> pd.DataFrame:
         """The manifest on disk, read once per run (the manifest stage calls `manifest_written`)."""
@@ -32,8 +39,22 @@ class CurrentInputs:
             self._manifest = read_manifest(tables.manifest_uri(self.config.output))
         return self._manifest
 
-    def manifest_written(self) -> None:
-        self._manifest, self._digests = None, {}
+    def manifest_written(self, locations: Mapping[str, str]) -> None:
+        """The manifest stage wrote the manifest; `locations`: its locators' real uris (kept in memory only)."""
+        self._manifest, self._digests, self._locations = None, {}, dict(locations)
+
+    def readable_manifest(self) -> pd.DataFrame:
+        """The manifest as image readers take it: pseudonymised rows with their real uri (privacy.SOURCE_COLUMN),
+        for reading only; everything written shows the locators."""
+        manifest = self.manifest()
+        if not manifest["uri"].map(is_locator).any():
+            return manifest
+        if self._locations is None:
+            if self._locate is None:
+                raise ConfigError("data", "the manifest names pseudonymised images, and nothing here can locate "
+                                          "them: run the manifest stage")
+            self._locations = dict(self._locate())
+        return with_sources(manifest, self._locations)
 
     def digest(self, kind: str) -> str:
         """`manifest` (every column) or `images` (what the image stages depend on) of the current manifest."""
@@ -67,5 +88,8 @@ class CurrentInputs:
         from mammo_ray.stages.finetune import resolve_models, weights_key
 
         weights = {weights_key(m): weights_id(m.spec) for m in resolve_models(self.config.finetune)}
-        return {"manifest": self.digest("manifest"), "weights": weights}
+        inputs: dict[str, Any] = {"manifest": self.digest("manifest"), "weights": weights}
+        if self.read.allow_modalities:  # they decide which images it trains on (only when set: older runs stay current)
+            inputs["allow_modalities"] = list(self.read.allow_modalities)
+        return inputs
 

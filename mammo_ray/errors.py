@@ -95,7 +95,10 @@ class ConfigError(MammoRayError):
 
 def declared_cause(error: BaseException) -> MammoRayError | None:
     """The declared error behind `error`, looking through Ray's wrappers (RayTaskError and the errors of
-    Ray Data and Tune keep the original as `cause` or `__cause__`); None when there is none."""
+    Ray Data and Tune keep the original as `cause` or `__cause__`); None when there is none.
+
+    A task's RayTaskError is an instance of its cause's class too (`RayTaskError(StoreUnavailableError)`),
+    whose text is the whole remote traceback: the original it wraps (`cause`) is returned instead."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
     while pending:
@@ -103,9 +106,10 @@ def declared_cause(error: BaseException) -> MammoRayError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, MammoRayError):
+        inner = getattr(current, "cause", None)
+        if isinstance(current, MammoRayError) and not isinstance(inner, MammoRayError):
             return current
-        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+        pending += [inner, current.__cause__, current.__context__]
     return None
 
 

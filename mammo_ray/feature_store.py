@@ -181,6 +181,26 @@ def index_problem(table_uri: str, manifest: pd.DataFrame, key: ModelKey) -> str 
     return None
 
 
+def outputs_problem(table_uri: str, manifest: pd.DataFrame, key: ModelKey) -> str | None:
+    """Why `read_view` of the folder for `manifest` under `key` would fail (None when it would not): the index
+    does not describe them, or outputs it names are gone (pruned, deleted). Reads only the index and the
+    stored content keys, not the outputs."""
+    problem = index_problem(table_uri, manifest, key)
+    if problem is not None:
+        return problem
+    index = storage.read_table(tables.index_uri(table_uri), columns=["image_id", "status", "content_sha256"])
+    ok = index.to_pandas().query("status == 'ok'")[["image_id", "content_sha256"]]
+    images = manifest.merge(ok, on="image_id")
+    missing = ~_image_keys(images, key).isin(stored_content(table_uri, key)).to_numpy()
+    return _missing_outputs(images["image_id"][missing], key) if missing.any() else None
+
+
+def _missing_outputs(image_ids: pd.Series, key: ModelKey) -> str:
+    shown = ", ".join(map(str, image_ids.head(5)))
+    return (f"{len(image_ids)} image(s) of its index have no stored output under {key.describe()} (e.g. {shown}; "
+            f"pruned or interrupted?)")
+
+
 def index_digest(table_uri: str) -> str | None:
     """The content digest of the folder's index (which image had which content): None when there is none."""
     provenance = tables.read_provenance(tables.index_uri(table_uri))
@@ -208,11 +228,8 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str,
     features, stored = features[first.to_numpy()], stored[first]
     positions = pd.Index(stored.to_numpy()).get_indexer(_image_keys(images, key).to_numpy())
     if (positions < 0).any():
-        missing = images["image_id"][positions < 0]
-        shown = ", ".join(map(str, missing.head(5)))
-        raise StaleTableError(table_uri, f"{len(missing)} image(s) of its index have no stored output under "
-                                         f"{key.describe()} (e.g. {shown}; pruned or interrupted?): run the "
-                                         f"{stage} stage")
+        missing = _missing_outputs(images["image_id"][positions < 0], key)
+        raise StaleTableError(table_uri, f"{missing}: run the {stage} stage")
     outputs = features.drop(columns=list(tables.CONTENT_KEY_COLUMNS)).iloc[positions].reset_index(drop=True)
     view = pd.concat([images.reset_index(drop=True), outputs], axis=1)
     return view.sort_values("image_id", kind="stable").reset_index(drop=True)

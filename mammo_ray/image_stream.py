@@ -25,8 +25,9 @@ from mammo_ray import storage
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
-from mammo_ray.imaging.decode import decode_image
+from mammo_ray.imaging.decode import check_modality, decode_image
 from mammo_ray.placement import ANYWHERE, Placement
+from mammo_ray.privacy import SOURCE_COLUMN, shown
 from mammo_ray.tables import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
 
 DECODED_COLUMNS: list[str] = [
@@ -73,8 +74,11 @@ def blocks_dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
 
 
 def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int) -> ray.data.Dataset:
-    """The manifest as a Ray Dataset of typed Arrow blocks."""
-    return blocks_dataset(to_table(validate_manifest(manifest, source="<manifest>")), rows_per_block)
+    """The manifest as a Ray Dataset of typed Arrow blocks (with the real uri of pseudonymised rows, to read)."""
+    table = to_table(validate_manifest(manifest, source="<manifest>"))
+    if SOURCE_COLUMN in manifest:
+        table = table.append_column(SOURCE_COLUMN, pa.array(list(manifest[SOURCE_COLUMN]), pa.string()))
+    return blocks_dataset(table, rows_per_block)
 
 
 def read_images(
@@ -120,29 +124,44 @@ def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: Sequence[Ca
 
 def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[CachedContent]) -> dict:
     """One image's decoded columns (not decoded when its content key is in every one of `cached`)."""
-    uri = record["uri"]
+    uri = record["uri"]  # what every output shows: a pseudonymous locator where paths carry identifiers
+    source = record.get(SOURCE_COLUMN) or uri  # where the bytes are
     digest = None
     try:
-        data = storage.read_bytes(uri, max_bytes=options.max_bytes)
+        data = _read(source, uri, options.max_bytes)
         digest = hashlib.sha256(data).hexdigest()
         content = (digest, record["laterality"], record["view"])
         if cached and all(content in outputs for outputs in cached):
+            # Not decoded, but still judged: stored outputs of a CT stay unused (its header is read, no pixel).
+            check_modality(data, uri, allowed_modalities=options.allowed_modalities)
             return {"pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": True,
                     "tag_laterality": None, "tag_view": None, "error_type": None, "error_message": None}
-        image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels)
+        image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels,
+                             allowed_modalities=options.allowed_modalities)
     except StoreUnavailableError:
         raise  # the store failed, not this image: the stage fails and its rerun does the work
     except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
         return {
             "pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": False,
             "tag_laterality": None, "tag_view": None,
-            "error_type": type(error).__name__, "error_message": describe(error, uri),
+            "error_type": type(error).__name__, "error_message": shown(describe(error, uri), source, uri),
         }
     return {
         "pixels": image.pixels, "height": image.pixels.shape[0], "width": image.pixels.shape[1],
         "content_sha256": digest, "cached": False, "tag_laterality": image.laterality, "tag_view": image.view,
         "error_type": None, "error_message": None,
     }
+
+
+def _read(source: str, uri: str, max_bytes: int) -> bytes:
+    """The bytes at `source`; a store failure is raised naming `uri`, the locator, not the real path."""
+    try:
+        return storage.read_bytes(source, max_bytes=max_bytes)
+    except StoreUnavailableError as error:
+        if source == uri:
+            raise
+        store = storage.split_uri(source)[1].split("/", 1)[0] if storage.is_remote(source) else "the local disk"
+        raise StoreUnavailableError(f"{uri} (store {store})", shown(error.reason, source, uri)) from None
 
 
 def _present(value: object) -> object:

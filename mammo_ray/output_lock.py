@@ -16,6 +16,12 @@ at once with OutputLockedError, unless the lock is stale:
 * its holder ran on this machine (same host name, boot and pid namespace) and that process is gone:
   its pid is not alive, or is alive with another start time (the pid was reused).
 
+A heartbeat more than CLOCK_SKEW_S ahead of this host's clock (the holder's clock is ahead, or the lock is
+damaged) is watched on this process's own clock instead: unchanged for `stale_after_s`, it is stale; renewed
+meanwhile, its holder is alive and the second holder is refused, told that the clocks disagree. A lock object
+whose fields are malformed (a pid <= 0, a missing host, a time that is none) is an unreadable lock: refused
+while recently written, taken over once older than `stale_after_s` by the store's clock.
+
 A stale lock is taken over with a warning naming the old holder. The name starts with '_', so Parquet
 dataset readers skip it; the files this module uses in passing start with '.', so listings skip them.
 
@@ -63,6 +69,9 @@ DEFAULT_STALE_AFTER_S = 60.0
 SETTLE_S = 0.3
 #: psutil's process start times of one process agree to well within this.
 _START_TIME_TOLERANCE_S = 1.0
+#: A heartbeat further ahead of this host's clock than this is suspect: synchronised clocks agree to within
+#: milliseconds; beyond it the holder's clock is ahead or the lock is damaged (see OutputLock._watch).
+CLOCK_SKEW_S = 5.0
 #: Attempts to acquire when the lock keeps changing under us (released, taken over, being written).
 _ACQUIRE_ATTEMPTS = 8
 _FORMAT_VERSION = 1
@@ -117,24 +126,43 @@ class LockHolder:
     @classmethod
     def from_bytes(cls, data: bytes) -> LockHolder | None:
         """The holder a lock object names, or None when it is empty or not a lock (being written, damaged)."""
+        return cls.parse(data)[0]
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[LockHolder | None, str]:
+        """(the holder, '') or (None, what is wrong with the object). Every field is checked here, so that no
+        malformed value (a pid of -1, a garbage time) reaches the judgement of staleness."""
         try:
             raw = json.loads(data.decode("utf-8"))
-            holder = cls(host=str(raw["host"]), pid=int(raw["pid"]),
-                         process_started_at=str(raw["process_started_at"]), token=str(raw["token"]),
-                         started_at=str(raw["started_at"]), heartbeat_at=str(raw["heartbeat_at"]),
-                         boot_id=str(raw.get("boot_id", "")), pid_namespace=str(raw.get("pid_namespace", "")))
-            _parse_time(holder.heartbeat_at)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return holder
+        except (ValueError, UnicodeDecodeError):
+            return None, "empty (being written?)" if not data.strip() else "not JSON"
+        if not isinstance(raw, dict):
+            return None, "not a JSON object"
+        texts = ("host", "token", "process_started_at", "started_at", "heartbeat_at")
+        bad = [name for name in texts if not (isinstance(raw.get(name), str) and raw[name].strip())]
+        bad += [name for name in ("boot_id", "pid_namespace") if not isinstance(raw.get(name, ""), str)]
+        if bad:
+            return None, f"{', '.join(bad)} missing or not text"
+        pid = raw.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            return None, f"pid {pid!r} is not a positive integer"
+        for name in ("process_started_at", "started_at", "heartbeat_at"):
+            try:
+                _parse_time(raw[name])
+            except ValueError:
+                return None, f"{name} {raw[name]!r} is not a time"
+        return cls(host=raw["host"], pid=pid, process_started_at=raw["process_started_at"], token=raw["token"],
+                   started_at=raw["started_at"], heartbeat_at=raw["heartbeat_at"],
+                   boot_id=raw.get("boot_id", ""), pid_namespace=raw.get("pid_namespace", "")), ""
 
     def heartbeat_age_s(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - _parse_time(self.heartbeat_at)
 
     def describe(self) -> str:
         age = self.heartbeat_age_s()
+        when = f"{age:.1f} s ago" if age >= 0 else f"{-age:.1f} s in the future by this host's clock"
         return (f"pid {self.pid} on host {self.host} (process started {self.process_started_at}, "
-                f"lock taken {self.started_at}, last heartbeat {self.heartbeat_at}, {age:.1f} s ago)")
+                f"lock taken {self.started_at}, last heartbeat {self.heartbeat_at}, {when})")
 
 
 # --- who we are ---------------------------------------------------------------------------------------------
@@ -463,16 +491,16 @@ class OutputLock:
             seen = self._store.read()
             if seen is None:
                 continue  # released meanwhile
-            current = LockHolder.from_bytes(seen.data)
+            current, problem = LockHolder.parse(seen.data)
             if current is None:
                 age = time.time() - seen.modified if seen.modified is not None else None
                 if age is None or age <= self.stale_after_s:
                     if attempt < _ACQUIRE_ATTEMPTS - 1:
                         time.sleep(0.1)  # most likely being written right now
                         continue
-                    raise OutputLockedError(self.output, None, "the lock object is empty or unreadable",
+                    raise OutputLockedError(self.output, None, f"the lock object is empty or unreadable: {problem}",
                                             self.stale_after_s)
-                reason = f"the lock object is unreadable and was last written {age:.0f} s ago"
+                reason = f"the lock object is unreadable ({problem}) and was last written {age:.0f} s ago"
                 who = "an unknown holder"
             elif current.token == self.token:  # our own create, whose answer was lost and retried
                 self.holder, self._version = current, seen.version
@@ -481,6 +509,10 @@ class OutputLock:
             else:
                 last = current
                 reason = stale_reason(current, self.stale_after_s)
+                if reason is None and current.heartbeat_age_s() < -CLOCK_SKEW_S:
+                    reason = self._watch(seen, current)
+                    if reason is None:
+                        continue  # released or taken by another meanwhile: judge it again
                 if reason is None:
                     raise OutputLockedError(self.output, current, "", self.stale_after_s)
                 who = current.describe()
@@ -489,6 +521,32 @@ class OutputLock:
             self._store.remove_if(seen.version)  # False: it changed since we read it; judge it again
         raise OutputLockedError(self.output, last, "the lock kept changing hands while trying to take it",
                                 self.stale_after_s)
+
+    def _watch(self, seen: _Seen, holder: LockHolder) -> str | None:
+        """A heartbeat ahead of this host's clock (the holder's clock is ahead, or the lock is damaged) cannot
+        say how long its holder has been silent, and would keep the lock live until that time. Its silence is
+        measured on this process's own clock instead, from when it first saw that heartbeat: unchanged for
+        `stale_after_s`, the reason to take it over; renewed by its holder meanwhile, OutputLockedError (alive,
+        the clocks disagree); released or taken by another, None."""
+        ahead = -holder.heartbeat_age_s()
+        log.warning("output %s: the lock's heartbeat is %.0f s ahead of this host's clock (the clocks of %s and "
+                    "this host disagree, or the lock is damaged): watching it for %g s for a sign of life",
+                    self.output, ahead, holder.host, self.stale_after_s)
+        deadline = time.monotonic() + self.stale_after_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.heartbeat_s, left))
+            now = self._store.read()
+            if now is None:
+                return None
+            if now.version != seen.version:
+                renewed = LockHolder.from_bytes(now.data)
+                if renewed is None or renewed.token != holder.token:
+                    return None
+                raise OutputLockedError(
+                    self.output, renewed, f"it is alive (renewed while watched) with a clock {ahead:.0f} s ahead of "
+                    f"this host's: the clocks disagree; set both hosts' clocks right (NTP)", self.stale_after_s)
+        return (f"its heartbeat lies {ahead:.0f} s in the future (the clocks disagree, or the lock is damaged) and "
+                f"did not change for {self.stale_after_s:g} s")
 
     def _verify(self, holder: LockHolder) -> bool:
         """After the settle delay: is the lock ours? Raises OutputLockedError when another creator won."""
@@ -610,14 +668,16 @@ class OutputLock:
 
 
 @contextlib.contextmanager
-def hold_output(output_uri: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                stale_after_s: float = DEFAULT_STALE_AFTER_S,
+def hold_output(output_uri: str, *, heartbeat_s: float | None = None, stale_after_s: float | None = None,
                 s3: S3Config | None = None) -> Iterator[OutputLock]:
     """Hold the lock on `output_uri` for the duration of the block; OutputLockedError when another holds it.
 
+    `heartbeat_s` / `stale_after_s`: None, DEFAULT_HEARTBEAT_S / DEFAULT_STALE_AFTER_S as they are when called.
     `s3` is the study's S3Config (endpoint, region) for an s3:// output; None takes the environment.
     """
-    lock = OutputLock(output_uri, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, s3=s3).acquire()
+    lock = OutputLock(output_uri, heartbeat_s=DEFAULT_HEARTBEAT_S if heartbeat_s is None else heartbeat_s,
+                      stale_after_s=DEFAULT_STALE_AFTER_S if stale_after_s is None else stale_after_s,
+                      s3=s3).acquire()
     try:
         yield lock
     finally:

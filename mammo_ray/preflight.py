@@ -23,6 +23,7 @@ def _paths(config: StudyConfig) -> list[tuple[str, str]]:
     for key, source in sources.items():
         paths.append((f"{key}.manifest", source.manifest))
         if source.adapter is not None:
+            paths.append((f"{key}.adapter.locations", source.adapter.locations))
             for name, value in source.adapter.args.items():
                 if name.endswith(("_uri", "_root", "_uris")):
                     for item in value if isinstance(value, list) else [value]:
@@ -105,6 +106,19 @@ def finetune_weights(config: StudyConfig) -> list[Problem]:
             resolve_models(config.finetune)
         except MammoRayError as error:
             problems.append(("finetune.models", "", error))
+    return problems
+
+
+def locations_outside_output(config: StudyConfig) -> list[Problem]:
+    """A locations file (locators -> real paths) is the user's: never inside the output it keeps them out of."""
+    from mammo_ray import storage
+
+    output = storage.join(config.output, "")
+    problems: list[Problem] = []
+    for key, value in _paths(config):
+        if key.endswith(".adapter.locations") and storage.join(value, "").startswith(output):
+            problems.append((key, value, ConfigError(key, "the locations file holds the real paths the output must "
+                                                          "not: write it outside the output")))
     return problems
 
 

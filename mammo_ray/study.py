@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from mammo_ray import feature_store, preflight, storage, tables
+from mammo_ray import feature_store, preflight, privacy, storage, tables
 from mammo_ray.config import StudyConfig
 from mammo_ray.config.sections import DataSource
 from mammo_ray.current import CurrentInputs
+from mammo_ray.datasets.counts import SourceCounts, counts_of
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
-from mammo_ray.errors import ConfigError, MammoRayError
+from mammo_ray.errors import ConfigError, MammoRayError, ManifestError
 from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray, work_placement
 
 log = logging.getLogger("mammo_ray.study")
@@ -56,16 +57,50 @@ def check_stages(stages: Sequence[str] | None) -> list[str]:
 def build_manifest(config: StudyConfig) -> pd.DataFrame:
     """The study's manifest from the configured source (synthetic cohort, manifest file or adapter), or from
     every one of data.sources, ids prefixed with their source's name."""
+    return build_counted_manifest(config)[0]
+
+
+def build_counted_manifest(config: StudyConfig) -> tuple[pd.DataFrame, dict[str, SourceCounts]]:
+    """build_manifest, and what each source read, kept and dropped ('data' for a single source). A source
+    without images, or a grid.external source without labels, is refused here: before any image stage."""
     data = config.data
     if data.sources is None:
-        return _source_manifest(data, storage.join(config.output, "cohort"))
-    frames = [_from_source(name, _source_manifest(source, storage.join(config.output, "cohort", name),
-                                                  f"data.sources.{name}.adapter.args"))
-              for name, source in data.sources.items()]
-    return pd.concat(frames, ignore_index=True)  # validated as it is written (ids unique across sources)
+        cohort = storage.join(config.output, "cohort")
+        frame = _source_manifest(data, cohort)
+        return frame, {"data": _counted("data", data, frame, cohort)}
+    frames: dict[str, pd.DataFrame] = {}
+    counts: dict[str, SourceCounts] = {}
+    for name, source in data.sources.items():
+        cohort = storage.join(config.output, "cohort", name)
+        frames[name] = _source_manifest(source, cohort, f"data.sources.{name}.adapter")
+        counts[name] = _counted(f"data.sources.{name}", source, frames[name], cohort)
+    _check_external_labels(config, frames)
+    # validated as it is written (ids unique across sources)
+    return pd.concat([_from_source(name, frame) for name, frame in frames.items()], ignore_index=True), counts
 
 
-def _source_manifest(source: DataSource, cohort_uri: str, key_path: str = "data.adapter.args") -> pd.DataFrame:
+def _counted(key_path: str, source: DataSource, frame: pd.DataFrame, cohort_uri: str) -> SourceCounts:
+    """The source's counts (an adapter's own; a manifest file or the cohort drops nothing), logged; a source
+    that kept no image is refused naming where its images were looked for (a typo in images_uri lists nothing)."""
+    counts = counts_of(frame) or SourceCounts.whole(frame, source.manifest or cohort_uri)
+    log.info("manifest: %s: %s", key_path, counts.describe())
+    if counts.kept == 0:
+        raise ManifestError(counts.looked_in, [f"{key_path}: no image to study: {counts.describe()}"])
+    return counts
+
+
+def _check_external_labels(config: StudyConfig, frames: dict[str, pd.DataFrame]) -> None:
+    """Each source a grid.external pair fits on or tests on must hold labelled images: refused by name here,
+    not as failed rows of results/external.parquet after every image was embedded."""
+    for pair in config.grid.external:
+        for role, name in (("fitted on", pair.train), ("tested on", pair.test)):
+            if not frames[name]["label"].notna().any():
+                raise ConfigError("grid.external", f"({pair.train} -> {pair.test}): source {name!r} (data.sources."
+                                  f"{name}) holds {len(frames[name])} images and none has a label: it cannot be "
+                                  f"{role}")
+
+
+def _source_manifest(source: DataSource, cohort_uri: str, key_path: str = "data.adapter") -> pd.DataFrame:
     if source.synthetic is not None:
         from mammo_ray.datasets.synthetic import generate_cohort
 
@@ -74,10 +109,10 @@ def _source_manifest(source: DataSource, cohort_uri: str, key_path: str = "data.
         # Files are not checked here (one request per image on S3): a missing one is an errors row
         # of the ingest stage, and every other image is processed.
         return read_manifest(source.manifest)
-    from mammo_ray.datasets.adapters import build_with_adapter
+    from mammo_ray.datasets.adapters import build_source
 
     assert source.adapter is not None  # the config guarantees exactly one source
-    return build_with_adapter(source.adapter.name, source.adapter.args, key_path)
+    return build_source(source.adapter.name, source.adapter.args, source.adapter.pseudonymise, key_path)
 
 
 def _from_source(name: str, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -99,22 +134,47 @@ def _section(config: StudyConfig, name: str) -> object:
     return getattr(config, name).model_dump(mode="json")
 
 
-def _finished_counts(config: StudyConfig, stage: str, fingerprint: str) -> dict[str, int] | None:
-    """The counts of a stage already finished for this fingerprint, or None when it must run."""
-    uri = tables.ledger_uri(config.output, stage)
+def _finished_counts(current: CurrentInputs, stage: Stage, fingerprint: str) -> dict[str, int] | None:
+    """The counts of a stage already finished for this fingerprint whose outputs are all still there (a prune
+    under another config, or a user, may have removed them since), or None when it must run."""
+    uri = tables.ledger_uri(current.config.output, stage.name)
     if not storage.exists(uri):
         return None
     entry = json.loads(storage.read_bytes(uri))
-    return entry["counts"] if entry.get("fingerprint") == fingerprint else None
+    if entry.get("fingerprint") != fingerprint:
+        return None
+    gone = stage.outputs_missing(current) if stage.outputs_missing is not None else None
+    if gone is not None:
+        log.info("%s: done for these inputs before, but its outputs are not all there (%s): it runs again",
+                 stage.name, gone)
+        return None
+    return entry["counts"]
 
 
 def _run_manifest(current: CurrentInputs) -> dict[str, int]:
     config = current.config
-    manifest = build_manifest(config)
-    write_manifest(manifest, manifest_uri(config))
-    current.manifest_written()
+    manifest, sources = build_counted_manifest(config)
+    write_manifest(manifest, manifest_uri(config), sources=sources)
+    current.manifest_written(privacy.locations(manifest))
+    _write_locations(config, manifest)
     log.info("manifest: %d images -> %s", len(manifest), manifest_uri(config))
     return {"manifest_rows": len(manifest)}
+
+
+def _write_locations(config: StudyConfig, manifest: pd.DataFrame) -> None:
+    """Each adapter source's mapping file of locators to real paths, where the config asks for one."""
+    data = config.data
+    named = {None: data} if data.sources is None else dict(data.sources)
+    for name, source in named.items():
+        if source.adapter is not None and source.adapter.locations:
+            rows = manifest if name is None else manifest[manifest["dataset"] == name]
+            written = privacy.write_locations(rows, source.adapter.locations)
+            log.info("manifest: %d locators' real paths -> the configured locations file", written)
+
+
+def _locate(config: StudyConfig) -> Callable[[], dict[str, str]]:
+    """Where the manifest's locators are: the manifest rebuilt from its source (in memory, never written)."""
+    return lambda: privacy.locations(build_manifest(config))
 
 
 def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -129,7 +189,8 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[str]) -> dict[str, 
     tasks = [EmbedTask(spec) for spec in extractors]
     if "zero_shot" in stages:
         tasks.append(ZeroShotTask(config.zero_shot))
-    done = run_pass(manifest, config.output, tasks, config.embed, current.read, ingest="ingest" in stages,
+    done = run_pass(current.readable_manifest(), config.output, tasks, config.embed, current.read,
+                    ingest="ingest" in stages,
                     placement=work_placement(config))
     log.info("image pass (%s): %d images, %d decoded, %d network forwards", ", ".join(stages), done.images,
              done.decoded, done.forwards)
@@ -180,7 +241,7 @@ def _run_grid(current: CurrentInputs) -> dict[str, int]:
 def _run_finetune(current: CurrentInputs) -> dict[str, int]:
     from mammo_ray.stages.finetune import run_finetune
 
-    manifest = current.manifest()
+    manifest = current.readable_manifest()
     trained = run_finetune(manifest, current.config.output, current.config.finetune, current.finetune_inputs(),
                            current.read, work_placement(current.config))
     log.info("finetune: %d result rows -> %s", len(trained.rows), trained.uri)
@@ -229,8 +290,8 @@ def _run_report(current: CurrentInputs) -> dict[str, int]:
         weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
         compare_pipeline=config.grid.compare_pipeline(),
     )
-    uris = build_report(config.output, {**config.model_dump(mode="json"), "config_hash": config.config_hash()},
-                        report_inputs)
+    shown_config = privacy.redact_secrets(config.model_dump(mode="json"))  # a salt leaves as its fingerprint
+    uris = build_report(config.output, {**shown_config, "config_hash": config.config_hash()}, report_inputs)
     log.info("report: %s and %s", uris["markdown"], uris["html"])
     return {"report_files": len(uris)}
 
@@ -258,6 +319,41 @@ def _breast_shares(current: CurrentInputs, zero_shot: pd.DataFrame | None) -> di
     return shares
 
 
+def _tables_missing(*uris: Callable[[str], str]) -> Callable[[CurrentInputs], str | None]:
+    """A stage's `outputs_missing`: which of these tables under the output are gone."""
+    def missing(current: CurrentInputs) -> str | None:
+        gone = [uri(current.config.output) for uri in uris if not storage.exists(uri(current.config.output))]
+        return f"{', '.join(gone)} missing" if gone else None
+    return missing
+
+
+def _model_outputs_missing(current: CurrentInputs, table_uri: str, errors_uri: str,
+                           key: feature_store.ModelKey) -> str | None:
+    """What of one model output (its feature store for the current manifest and key, its errors table) is gone."""
+    problem = feature_store.outputs_problem(table_uri, current.manifest(), key)
+    if problem is None and not storage.exists(errors_uri):
+        problem = f"{errors_uri} missing"
+    return None if problem is None else f"{table_uri}: {problem}"
+
+
+def _embeddings_missing(current: CurrentInputs) -> str | None:
+    from mammo_ray.stages import embed
+
+    output = current.config.output
+    problems = (_model_outputs_missing(current, embed.embeddings_uri(output, spec.name),
+                                       embed.errors_uri(output, spec.name), current.embedding_key(spec))
+                for spec in current.config.embed.extractors)
+    return next((problem for problem in problems if problem is not None), None)
+
+
+def _zero_shot_missing(current: CurrentInputs) -> str | None:
+    from mammo_ray.stages import zero_shot
+
+    output = current.config.output
+    return _model_outputs_missing(current, zero_shot.zero_shot_uri(output), zero_shot.errors_uri(output),
+                                  current.zero_shot_key())
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the study, declared as data.
@@ -267,7 +363,9 @@ class Stage:
     config `sections` (digests of content, never file names); None, or a `depends_on` that returns None,
     means the stage always runs. `check` returns the problems that must stop the study before any work
     (preflight.Problem). `reads` and `writes` name its tables (paths under the output, tables.py): a stage
-    reads only what the manifest's source or an earlier stage writes (`check_stage_order`).
+    reads only what the manifest's source or an earlier stage writes (`check_stage_order`). `outputs_missing`
+    says what of the outputs its fingerprint vouches for is gone (pruned, deleted by hand), None when all are
+    there: a finished stage whose outputs are gone runs again.
     """
 
     name: str
@@ -279,6 +377,7 @@ class Stage:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     image_pass: bool = False
+    outputs_missing: Callable[[CurrentInputs], str | None] | None = None
 
     def fingerprint(self, current: CurrentInputs) -> str | None:
         """What this stage's outputs depend on, as one digest; None when it must always run."""
@@ -297,30 +396,35 @@ def _synthetic_only(current: CurrentInputs) -> object:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("manifest", _run_manifest, _synthetic_only, sections=("data",), writes=("manifest",)),
+    Stage("manifest", _run_manifest, _synthetic_only, sections=("data",), check=preflight.locations_outside_output,
+          writes=("manifest",), outputs_missing=_tables_missing(tables.manifest_uri)),
     # The image stages depend on the manifest's images and orientation (labels do not change pixels), on the
     # decode settings and on each model's key; the grid and fine-tuning on the whole manifest and what they read.
     Stage("ingest", _image_stage("ingest"), lambda c: c.digest("images"), sections=("ingest",), needs_ray=True,
-          reads=("manifest",), writes=("ingest", "errors/ingest"), image_pass=True),
+          reads=("manifest",), writes=("ingest", "errors/ingest"), image_pass=True,
+          outputs_missing=_tables_missing(tables.ingest_uri, lambda output: tables.errors_uri(output, "ingest"))),
     Stage("embed", _image_stage("embed"),
           lambda c: (c.digest("images"), [c.embedding_key(s).as_dict() for s in c.config.embed.extractors]),
           sections=("ingest",), needs_ray=True, check=preflight.embed_weights,
-          reads=("manifest",), writes=("embeddings/<extractor>", "errors/embed-<extractor>"), image_pass=True),
+          reads=("manifest",), writes=("embeddings/<extractor>", "errors/embed-<extractor>"), image_pass=True,
+          outputs_missing=_embeddings_missing),
     Stage("zero_shot", _image_stage("zero_shot"), lambda c: (c.digest("images"), c.zero_shot_key().as_dict()),
           sections=("ingest",), needs_ray=True, check=preflight.zero_shot_weights,
           reads=("manifest",), writes=("zero_shot", "errors/zero_shot", "figures/zero_shot_by_birads.png"),
-          image_pass=True),
+          image_pass=True, outputs_missing=_zero_shot_missing),
     Stage("grid", _run_grid, lambda c: c.grid_inputs(), sections=("grid",), needs_ray=True,
           reads=("manifest", "embeddings/<extractor>"),
-          writes=("results/grid", "results/grid_predictions", "results/comparisons")),
+          writes=("results/grid", "results/grid_predictions", "results/comparisons"),
+          outputs_missing=_tables_missing(tables.grid_uri, tables.grid_predictions_uri, tables.comparisons_uri)),
     Stage("finetune", _run_finetune, lambda c: c.finetune_inputs(), sections=("finetune",), needs_ray=True,
           check=preflight.finetune_weights, reads=("manifest",),
           writes=("results/finetune", "results/finetune_predictions", "checkpoints",
-                  "errors/finetune-<family>-<size>")),
+                  "errors/finetune-<family>-<size>"),
+          outputs_missing=_tables_missing(tables.finetune_uri, tables.finetune_predictions_uri)),
     # The paper's second question: fine-tuned networks against their frozen features, on the same images.
     Stage("transfer", _run_transfer, _transfer_inputs, sections=("grid", "finetune"),
           reads=("results/grid_predictions", "results/finetune", "results/finetune_predictions"),
-          writes=("results/finetune_vs_frozen",)),
+          writes=("results/finetune_vs_frozen",), outputs_missing=_tables_missing(tables.finetune_vs_frozen_uri)),
     # Cheap, and its inputs are every other table: always rebuilt.
     Stage("report", _run_report, None, check=preflight.published_values,
           reads=("manifest", "errors/ingest", "zero_shot", "results/grid", "results/grid_predictions",
@@ -383,11 +487,11 @@ def _run_stages(config: StudyConfig, selected: Sequence[str], force: bool, resul
     from mammo_ray.output_lock import hold_output
 
     with hold_output(config.output) as lock:
-        current = CurrentInputs(config)
+        current = CurrentInputs(config, locate=_locate(config))
         passed: dict[str, dict[str, int]] = {}  # counts of image stages a shared pass has run already
         for position, stage in enumerate(_BY_NAME[name] for name in selected):
             fingerprint = stage.fingerprint(current)
-            finished = None if force or fingerprint is None else _finished_counts(config, stage.name, fingerprint)
+            finished = None if force or fingerprint is None else _finished_counts(current, stage, fingerprint)
             if finished is not None:
                 log.info("%s: already done for these inputs and config (fingerprint %s): skipped", stage.name,
                          fingerprint)
@@ -417,7 +521,7 @@ def _image_stages_to_run(current: CurrentInputs, names: Sequence[str], force: bo
         if not stage.image_pass:
             break
         fingerprint = stage.fingerprint(current)
-        if force or fingerprint is None or _finished_counts(current.config, stage.name, fingerprint) is None:
+        if force or fingerprint is None or _finished_counts(current, stage, fingerprint) is None:
             group.append(stage.name)
     return group
 

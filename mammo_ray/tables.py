@@ -310,7 +310,7 @@ GRID_COLUMNS_DOC = {
     "repeat, metrics per repeat then averaged) or 'holdout'; paper: 'holdout'",
     "n_features_in, n_features": "features of the table / kept by Lasso in the final fit",
     "cv_*": "balanced accuracy of each CV fold (classifier's own rule, score > 0), mean, population std; "
-    "oof: of each outer fold of every repeat",
+    "oof: of each outer fold of every repeat; cv_folds: the folds of that CV (oof: grid.oof.folds)",
     "threshold": "held-out decision threshold: 0 for paper, best balanced accuracy on out-of-fold "
     "training scores for leak_free",
     "accuracy, balanced_accuracy, precision, recall, specificity": "held-out, at the threshold (oof: each "

@@ -118,7 +118,9 @@ def s3_bucket(s3_endpoint: str) -> str:
 def _start_session_ray() -> None:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # With the dashboard, as a study starts Ray: Ray Train's placement-group cleaner asks the state API whether the
+    # run's controller lives, and without it sometimes decides it died, removing a healthy worker group (a retry).
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import struct
 import zlib
 
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, generate_uid
@@ -90,3 +91,24 @@ def huge_element_dicom(valid: bytes, length: int) -> bytes:
     at = body.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
     element = struct.pack("<HH2sHI", 0x7FDF, 0x0010, b"OB", 0, length)
     return meta + body[:at] + element + body[at:]
+
+
+#: Header tags of what is not a mammogram, set on a mammogram's bytes by `retagged`.
+CT_CHEST = {"Modality": "CT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "BodyPartExamined": "CHEST"}
+MR_BRAIN = {"Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4", "BodyPartExamined": "BRAIN"}
+
+
+def retagged(data: bytes, **tags: object) -> bytes:
+    """A DICOM's bytes with `tags` set (None deletes); the meta group's SOP class follows SOPClassUID."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    if "SOPClassUID" in ds:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -159,3 +159,18 @@ def test_blocks_hold_about_four_per_cpu_between_16_and_256_rows_unless_configure
     assert derived.block_rows(images=10, cpus=2) == 16
     assert derived.block_rows(images=100_000, cpus=0) == 256   # a cluster without CPUs yet (scaling from zero)
     assert IngestConfig(rows_per_block=3).block_rows(images=100_000, cpus=64) == 3
+
+
+@pytest.mark.parametrize("name", ["a\\b", "c:", "site%2e%2e", "site\x00", "tab\there", "line\n", "..", "a..b",
+                                  ".hidden", "-flag", "a/b", " a", "", "sité"])
+def test_a_source_name_is_letters_digits_and_dot_dash_underscore_only(tmp_path, name):
+    sources = {name: {"synthetic": {"patients": 2}}, "other": {"synthetic": {"patients": 2, "seed": 1}}}
+    with pytest.raises(ConfigError, match="is not a source name") as raised:
+        parse_config({"output": str(tmp_path), "data": {"sources": sources}})
+    assert repr(name) in str(raised.value)
+
+
+def test_ordinary_source_names_pass(tmp_path):
+    sources = {"site_a": {"synthetic": {"patients": 2}}, "CBIS-DDSM.v2": {"synthetic": {"patients": 2, "seed": 1}}}
+    assert list(parse_config({"output": str(tmp_path), "data": {"sources": sources}}).data.sources) == [
+        "site_a", "CBIS-DDSM.v2"]

@@ -116,6 +116,30 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
     assert prune_output(switched)["embeddings/imagenet_resnet18"] == {"folders": 0, "rows": 0}
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_a_stage_whose_outputs_were_pruned_or_deleted_runs_again(tmp_path):
+    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=6, rows=96, positive_fraction=0.5))
+    manifest_uri = str(tmp_path / "manifest.parquet")
+    write_manifest(cohort, manifest_uri)
+    stages = ["manifest", "ingest", "embed", "grid"]
+    config, edited = _config(tmp_path, manifest_uri), _config(tmp_path, manifest_uri, weights="random-init:1")
+    assert run_study(config, stages).ran == stages
+
+    # `prune` under an edited config (never run) removes the first config's vectors as other weights'.
+    assert prune_output(edited)["embeddings/imagenet_resnet18"] == {"folders": 1, "rows": 0}
+    back = run_study(config, stages)
+    assert back.ran == ["manifest", "embed"] and back.skipped == ["ingest", "grid"]
+    assert back.counts["embedded:imagenet_resnet18"] == len(cohort)  # recomputed, not taken as done
+    spec = ExtractorConfig(name="imagenet_resnet18", input_size=32, weights="random-init:0")
+    assert read_embeddings(config.output, cohort, spec)["image_id"].tolist() == sorted(cohort["image_id"])
+
+    # A table deleted by hand: its stage runs again, the others stay done.
+    storage.remove(tables.grid_uri(config.output))
+    again = run_study(config, stages)
+    assert again.ran == ["manifest", "grid"] and again.skipped == ["ingest", "embed"]
+    _assert_grid_describes(config, cohort, "random-init:0")
+
+
 def test_two_extractors_of_one_name_are_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match=r"embed: .*names must be unique, nyu_lcc"):
         parse_config({"output": str(tmp_path), "embed": {"extractors": [

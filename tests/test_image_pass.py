@@ -10,12 +10,14 @@ import pytest
 
 from mammo_ray import storage, tables
 from mammo_ray.compare import compare_outputs
-from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, ZeroShotConfig
+from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, ZeroShotConfig, parse_config
+from mammo_ray.datasets.manifest import write_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.stages.embed import EmbedTask, read_embeddings, run_embed
-from mammo_ray.stages.inference import run_pass
+from mammo_ray.stages.inference import IngestedContent, run_pass
 from mammo_ray.stages.ingest import run_ingest
 from mammo_ray.stages.zero_shot import ZeroShotTask, read_zero_shot, run_zero_shot
+from mammo_ray.study import run_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -98,3 +100,43 @@ def test_each_output_resumes_from_what_it_has_and_a_complete_pass_decodes_nothin
     assert [r.written for r in again.runs] == [0, 0] and again.decoded == 0
     for spec in (first, second):
         assert len(read_embeddings(output, manifest, spec, READ)) == len(manifest) - 1
+
+
+def test_images_added_to_an_output_are_the_only_ones_decoded_and_ingest_writes_what_a_fresh_run_writes(tmp_path):
+    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=9, seed=5, rows=96))
+    corrupt = tmp_path / "corrupt.dcm"
+    corrupt.write_bytes(b"DICM but not really")  # an errors row in both runs: read again, never recorded
+    cohort = pd.concat([cohort, cohort.iloc[[0]].assign(image_id="x/corrupt", uri=str(corrupt))], ignore_index=True)
+    held_back = cohort["patient_id"] == cohort["patient_id"].iloc[-2]  # the last patient's 4 images
+    manifest_uri = str(tmp_path / "manifest.parquet")
+
+    def config(name: str):
+        return parse_config({"name": name, "output": str(tmp_path / name), "data": {"manifest": manifest_uri},
+                             "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]}})
+
+    stages = ["manifest", "ingest", "embed"]
+    grown, fresh = config("grown"), config("fresh")
+    write_manifest(cohort[~held_back], manifest_uri)
+    assert run_study(grown, stages).counts["pass_decoded"] == 32
+    write_manifest(cohort, manifest_uri)
+    added = run_study(grown, stages)
+    assert added.ran == stages and added.counts["pass_decoded"] == 4  # only the new images
+    assert (added.counts["ingested_images"], added.counts["ingest_errors"]) == (36, 1)
+    assert run_study(fresh, stages).counts["pass_decoded"] == 36
+
+    for uri in (tables.ingest_uri, lambda output: tables.errors_uri(output, "ingest")):
+        kept, computed = (storage.read_table(uri(c.output)) for c in (grown, fresh))
+        pd.testing.assert_frame_equal(kept.to_pandas(), computed.to_pandas())
+        assert tables.provenance_of(kept.schema) == tables.provenance_of(computed.schema)
+    assert len(storage.read_table(tables.ingest_uri(grown.output))) == 36
+
+
+def test_an_ingest_record_stands_for_an_image_only_where_the_files_own_tags_do_not_matter():
+    records = pd.DataFrame({"content_sha256": ["tagged", "untagged"], "laterality": ["L", None],
+                            "view": ["CC", None]})
+    ingested = IngestedContent.of(records)
+    assert ("tagged", "R", "MLO") in ingested  # the manifest gives both: the tags are not needed
+    # The manifest leaves the side open: "L" may have been the file's tag or an earlier manifest's.
+    assert ("tagged", None, "CC") not in ingested
+    assert ("untagged", None, None) in ingested  # null there: the manifest's and the tag's
+    assert ("unknown", "L", "CC") not in ingested and ("tagged", "L", "CC") not in IngestedContent.of(None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -181,6 +183,78 @@ def test_an_old_unreadable_lock_is_taken_over_and_a_new_one_is_respected(tmp_pat
     os.utime(path, (old, old))
     with hold_output(output, stale_after_s=60) as lock:
         assert stored_holder(output).token == lock.token
+
+
+# --- clocks that disagree, malformed locks (through the CLI: a declared error or a takeover, no traceback) -----
+
+
+def _prune(output: str) -> int:
+    """`mammo-ray prune` on `output`: takes the output's lock, needs no Ray."""
+    from mammo_ray.cli import main
+
+    return main(["prune", "--output", output])
+
+
+def test_a_lock_with_a_future_heartbeat_is_watched_then_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from mammo_ray import output_lock
+
+    monkeypatch.setattr(output_lock, "DEFAULT_STALE_AFTER_S", 2.0)  # the CLI's silence: 60 s otherwise
+    monkeypatch.setattr(output_lock, "DEFAULT_HEARTBEAT_S", 0.5)
+    output = str(tmp_path / "out")
+    in_an_hour = _iso(time.time() + 3600)  # another host's clock an hour ahead, or a damaged file
+    plant_lock(output, host="ahead.example", pid=4242, heartbeat_at=in_an_hour, started_at=in_an_hour)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert _prune(output) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == LOGGER]
+    assert any("ahead of this host's clock" in m and "watching it for 2 s" in m for m in warnings), warnings
+    assert any("taking over" in m and "ahead.example" in m and "in the future" in m and "did not change for 2 s"
+               in m for m in warnings), warnings
+    assert not storage.exists(lock_uri(output))  # taken, then released by the prune
+
+
+def test_a_live_holder_whose_clock_is_ahead_is_refused_saying_the_clocks_disagree(output: str) -> None:
+    holder = plant_lock(output, host="ahead.example", pid=4242, heartbeat_at=_iso(time.time() + 3600))
+    stop = threading.Event()
+
+    def renew() -> None:  # the holder, alive on a host whose clock runs an hour ahead
+        while not stop.wait(0.2):
+            storage.write_bytes(lock_uri(output), replace(holder, heartbeat_at=_iso(time.time() + 3600)).to_bytes())
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        with pytest.raises(OutputLockedError, match="alive .* the clocks disagree") as refused, \
+                hold_output(output, heartbeat_s=0.5, stale_after_s=10):
+            pytest.fail("took the lock of a live holder")
+    finally:
+        stop.set()
+        renewer.join()
+    assert "in the future by this host's clock" in str(refused.value)  # not a negative age
+    assert stored_holder(output).token == holder.token
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"pid": -1}, "pid -1 is not a positive integer"),
+    ({"pid": 0}, "pid 0 is not a positive integer"),
+    ({"pid": "12ab"}, "pid '12ab' is not a positive integer"),
+    ({"host": None}, "host missing or not text"),
+    ({"started_at": "yesterday-ish"}, "started_at 'yesterday-ish' is not a time"),
+    ({"process_started_at": 17}, "process_started_at missing or not text"),
+])
+def test_a_lock_with_a_malformed_holder_is_refused_then_taken_over_once_old(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict, named: str) -> None:
+    output = str(tmp_path / "out")
+    planted = json.loads(plant_lock(output).to_bytes())
+    planted.update(change)
+    path = Path(storage.split_uri(lock_uri(output))[1])
+    path.write_text(json.dumps({k: v for k, v in planted.items() if v is not None}))
+    assert _prune(output) == 2  # a declared error: exit 2, not a traceback
+    stderr = capsys.readouterr().err
+    assert "is in use by another study" in stderr and named in stderr and "Traceback" not in stderr
+    old = time.time() - 120  # written two minutes ago by the store's clock: beyond the 60 s silence
+    os.utime(path, (old, old))
+    assert _prune(output) == 0 and not path.exists()
 
 
 # --- while held ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ byte it wrote (S3 objects, Parquet contents and metadata decoded, Ray logs, its 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -15,13 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from mammo_ray import storage
-from mammo_ray.datasets.manifest import MANIFEST_COLUMNS
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,15 +35,28 @@ PHI = {"PatientName": "Doe^Jane^Quartermaine", "PatientBirthDate": "19230405", "
        "ReferringPhysicianName": "Watson^Irene", "InstitutionAddress": "221B Phi Street"}
 
 
-def _with_phi(path: str) -> bytes:
+#: The pseudonymisation salt of the PACS export: no output may show it either.
+SALT = {"salt": "pacs-export-salt-7Qm2xVw9Lk4Zr8"}
+
+
+def _with_phi(path: str, patient: str) -> bytes:
+    """A synthetic DICOM as a clinical export writes it: every PHI tag set, PatientID the MRN (one per patient)."""
     import pydicom
 
     dataset = pydicom.dcmread(path)
     for keyword, value in PHI.items():
         setattr(dataset, keyword, value)
+    dataset.PatientID = f"{PHI['PatientID']}-{patient}"
     out = Path(path).with_suffix(".phi.dcm")
     dataset.save_as(out)
     return out.read_bytes()
+
+
+def _pacs_path(patient: str, index: int) -> str:
+    """A PACS-style export's path: the folder named after the patient (name, birth date, MRN), the file after the
+    exam (accession number, institution)."""
+    folder = f"{PHI['PatientName']}_{PHI['PatientBirthDate']}_{PHI['PatientID']}-{patient}"
+    return f"{folder}/{PHI['AccessionNumber']}_{PHI['InstitutionName']}_{index:03d}.dcm"
 
 
 def _readable_text(name: str, data: bytes) -> list[bytes]:
@@ -56,27 +70,35 @@ def _readable_text(name: str, data: bytes) -> list[bytes]:
     return views
 
 
-@pytest.fixture(scope="module")
-def scanned_run(s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
-    """Run the whole study on PHI-carrying DICOMs in S3; yield {where: [its bytes, decoded views]}."""
+@pytest.fixture(scope="module", params=["s3", "local"])
+def scanned_run(request, s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
+    """Run the whole study, as a Ray job runs it, on a PACS-style DICOM export (PHI in headers, folder and file
+    names) read with the dicom_folder adapter, images and output on S3 or on the local disk; yield
+    {where: [its bytes, decoded views]} of every output file, Ray log and console stream."""
     import boto3
+    import pydicom
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket="security-study")
     work = Path(tempfile.mkdtemp(prefix="/tmp/mr-sec-"))  # short: Ray's unix sockets live under it
+    if request.param == "s3":
+        bucket = f"security-study-{request.param}"
+        boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+        root = f"s3://{bucket}"
+    else:
+        root = str(work / "store")
     try:
         cohort = generate_cohort(str(work / "cohort"), SyntheticSource(patients=6, rows=96, positive_fraction=0.5))
-        uris = []
-        for uri in cohort["uri"]:
-            key = f"images/{Path(uri).name}"
-            storage.write_bytes(f"s3://security-study/{key}", _with_phi(uri))
-            uris.append(f"s3://security-study/{key}")
-        manifest = cohort[MANIFEST_COLUMNS].assign(uri=uris)
-        storage.write_bytes("s3://security-study/manifest.csv", manifest.to_csv(index=False).encode())
+        labels = []
+        for index, row in enumerate(cohort.itertuples(index=False)):
+            data = _with_phi(row.uri, row.patient_id.rsplit("/", 1)[-1])
+            storage.write_bytes(f"{root}/export/{_pacs_path(row.patient_id.rsplit('/', 1)[-1], index)}", data)
+            labels.append({"SOPInstanceUID": str(pydicom.dcmread(row.uri).SOPInstanceUID), "label": row.label})
+        storage.write_bytes(f"{root}/labels.csv", pd.DataFrame(labels).to_csv(index=False).encode())
         config = work / "study.yaml"
         config.write_text(yaml.safe_dump({
-            "name": "security", "output": "s3://security-study/out",
-            "data": {"manifest": "s3://security-study/manifest.csv"}, "ray": {"num_cpus": 2},
+            "name": "security", "output": f"{root}/out",
+            "data": {"adapter": {"name": "dicom_folder", "locations": str(work / "locations.csv"), "args": {
+                "images_uri": f"{root}/export", "dataset": "pacs", "labels_uri": f"{root}/labels.csv", **SALT}}},
+            "ray": {"num_cpus": 2},
             "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
             "zero_shot": {"nyu_scale": 0.125},
             "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "selection": ["none"],
@@ -92,14 +114,22 @@ def scanned_run(s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
                              capture_output=True, timeout=1200, check=False)
         assert run.returncode == 0, run.stderr[-3000:].decode(errors="replace")
         found: dict[str, list[bytes]] = {"stdout": [run.stdout], "stderr": [run.stderr]}
-        for uri in storage.list_files("s3://security-study/out"):
+        for uri in storage.list_files(f"{root}/out"):
             found[uri] = _readable_text(uri, storage.read_bytes(uri))
         for path in (work / "ray").rglob("*"):
             if path.is_file() and not path.is_symlink():
                 found[str(path)] = [path.read_bytes()]
+        found["<inputs>"] = [storage.read_bytes(storage.list_files(f"{root}/export")[0]),
+                             storage.list_files(f"{root}/export")[0].encode()]
+        found["<locations>"] = [(work / "locations.csv").read_bytes()]
         yield found
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _outputs(found: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+    """What the study wrote or printed (the inputs and the user's own locations file left out)."""
+    return {where: views for where, views in found.items() if not where.startswith("<")}
 
 
 def _leaks(found: dict[str, list[bytes]], secrets: dict[str, str]) -> list[str]:
@@ -109,24 +139,30 @@ def _leaks(found: dict[str, list[bytes]], secrets: dict[str, str]) -> list[str]:
 
 @pytest.mark.slow
 def test_the_run_wrote_every_stage_and_its_logs(scanned_run):
-    outputs = [w for w in scanned_run if w.startswith("s3://")]
-    for table in ("manifest.parquet", "embeddings/", "zero_shot/", "results/grid.parquet", "results/finetune",
-                  "report/report.html"):
+    outputs = [w for w in scanned_run if "/out/" in w]
+    for table in ("manifest.parquet", "ingest/images.parquet", "embeddings/", "zero_shot/", "results/grid.parquet",
+                  "results/finetune", "report/report.html", "report/provenance.json"):
         assert any(table in uri for uri in outputs), table
     assert sum(1 for w in scanned_run if "/logs/" in w) > 5  # the run's Ray logs were scanned
-    # The inputs did carry the PHI: every image the study read holds all of it.
-    image = storage.read_bytes(storage.list_files("s3://security-study/images")[0])
-    assert _leaks({"input": [image]}, PHI) == [f"{name} in input" for name in PHI]
+    # The inputs did carry the PHI, in the header and the path: every image the study read holds all of it.
+    assert _leaks({"input": scanned_run["<inputs>"]}, PHI) == [f"{name} in input" for name in PHI]
+    # ... and the user's own locations file (outside the output) maps every locator back to its file.
+    locations = pd.read_csv(io.BytesIO(scanned_run["<locations>"][0]))
+    assert len(locations) == 24 and locations["locator"].str.match(r"^pseudo://pacs/[0-9a-f]{16}\.dcm$").all()
+    manifest = pq.read_table(pa.BufferReader(next(v[0] for w, v in scanned_run.items()
+                                                  if w.endswith("out/manifest.parquet")))).to_pandas()
+    assert sorted(manifest["uri"]) == sorted(locations["locator"])
 
 
 @pytest.mark.slow
 def test_no_credential_in_any_output_or_log(scanned_run):
+    assert _leaks(_outputs(scanned_run), SALT) == []
     assert _leaks(scanned_run, CREDENTIALS) == []
 
 
 @pytest.mark.slow
 def test_no_phi_in_any_output_or_log(scanned_run):
-    assert _leaks(scanned_run, PHI) == []
+    assert _leaks(_outputs(scanned_run), PHI) == []
 
 
 @pytest.mark.slow

@@ -153,6 +153,15 @@ def test_a_study_during_a_storage_outage_fails_and_the_rerun_does_the_work(tmp_p
     print(f"outage noticed: exit {down.returncode} after {seconds:.1f} s (Ray start included)")
     assert down.returncode == 3, down.stderr[-3000:]
     assert "storage unavailable" in down.stderr and "rerun the study once the store is back" in down.stderr
+    # The declared error in a few lines, naming the store, not Ray's task traceback and retry advice: those
+    # are in the log file it names.
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) < 15, down.stderr
+    assert any(line.startswith("mammo-ray: error: storage unavailable") and s3_bucket in line for line in lines)
+    assert "Traceback" not in down.stderr and "DataContext" not in down.stderr
+    kept = Path(lines[-1].rpartition(" are in ")[2])
+    assert "StoreUnavailableError" in kept.read_text() and "Traceback" in kept.read_text()
+    kept.unlink()
     assert not storage.exists(tables.ledger_uri(str(output), "ingest"))  # nothing recorded as done
     assert not storage.exists(tables.errors_uri(str(output), "ingest"))  # and no image blamed for it
 

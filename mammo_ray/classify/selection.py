@@ -63,6 +63,7 @@ def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np
     result = CellResult(extractor=extractor, protocol="leak_free", selection=SELECTED, balancing=SELECTED,
                         classifier=SELECTED, n_rows=data.n_rows, n_positive=data.n_positive,
                         n_dropped_unlabelled=data.n_dropped, n_features_in=int(data.X.shape[1]),
+                        cv_folds=config.oof.folds,  # its outer folds: oof_splits, as its candidates'
                         cell_config=json.dumps({**settings, "chosen": dict(chosen.most_common())}, sort_keys=True),
                         cell_hash=stable_hash(settings))
     fill_out_of_fold(result, data, scores, called, config)

@@ -285,6 +285,11 @@ class GridConfig(StrictModel):
             for c in self.classifiers
         ]
 
+    def cv_folds_of(self, protocol: str) -> int:
+        """The folds of a cell's CV: `oof.folds` for leak_free out of fold (its outer folds), else `cv_folds`
+        (paper; leak_free holdout's CV inside its training split)."""
+        return self.oof.folds if protocol == "leak_free" and self.evaluation == "oof" else self.cv_folds
+
     def cell_settings(self, cell: GridCell) -> dict[str, Any]:
         """Everything that decides one cell's numbers (besides its data): recorded per row."""
         settings: dict[str, Any] = {

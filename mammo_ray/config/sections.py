@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mammo_ray.config.base import StrictModel
 from mammo_ray.placement import NodeTypesMode
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mammo_ray.models.weights import WeightsSpec
 
 
+#: A data source's name (a key of data.sources).
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Physical height of a synthetic image: pixel spacing = SYNTHETIC_HEIGHT_MM / rows.
 SYNTHETIC_HEIGHT_MM = 300.0
 
@@ -66,6 +69,11 @@ class AdapterSource(StrictModel):
 
     name: Literal["inbreast", "mias", "cbis_ddsm", "csv", "rsna", "vindr", "cmmd", "dicom_folder"]
     args: dict[str, Any] = Field(default_factory=dict)
+    # Paths -> pseudonymous locators (mammo_ray.privacy), keyed by `args.salt`; None: the adapter's default
+    # (dicom_folder: yes, a hospital's export names folders after patients; the published collections: no).
+    pseudonymise: bool | None = None
+    # Where the manifest stage writes each locator's real path (CSV), for the user: outside the output.
+    locations: str | None = None
 
 
 class DataSource(StrictModel):
@@ -101,9 +109,12 @@ class DataConfig(DataSource):
 
     @model_validator(mode="after")
     def _source_names(self) -> DataConfig:
+        # A name becomes a path part (cohort/<name>) and the prefix of every id: only letters, digits and
+        # '_', '.', '-' (no separator, ':', '%', control character), starting with a letter or digit, no '..'.
         for name in self.sources or {}:
-            if not name or "/" in name or name.startswith(".") or name != name.strip():
-                raise ValueError(f"data.sources: {name!r} is not a source name (no '/', no leading '.')")
+            if not SOURCE_NAME.fullmatch(name) or ".." in name:
+                raise ValueError(f"data.sources: {name!r} is not a source name (letters, digits, '_', '.', '-', "
+                                 "starting with a letter or digit, no '..')")
         if self.sources is not None and len(self.sources) < 2:
             raise ValueError("data.sources lists two or more sources (one source: use synthetic, manifest or "
                              "adapter)")
@@ -154,6 +165,9 @@ class IngestConfig(StrictModel):
     `max_bytes`: files larger than this are errors rows, refused from their size before being read;
     `max_pixels`: the same for the pixel count in the image header, before decoding. `batch_size` images
     are decoded per task; the manifest goes to Ray in blocks of `rows_per_block` rows (None: `block_rows`).
+    A DICOM whose Modality, SOP class or BodyPartExamined says it is no mammogram is an errors row
+    (mammo_ray.imaging.modality); `allow_modalities`: extra Modality values accepted, for a collection whose
+    headers are known to be wrong (the SOP class of such a file is then not judged; its body part is).
     """
 
     batch_size: int = Field(4, ge=1, le=1024)
@@ -161,6 +175,24 @@ class IngestConfig(StrictModel):
     apply_voi_lut: bool = True
     max_pixels: int = Field(120_000_000, ge=1)
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger files are errors rows, refused unread")
+    allow_modalities: tuple[str, ...] = Field((), description="Modality values accepted besides MG, e.g. [DX]")
+
+    @field_validator("allow_modalities")
+    @classmethod
+    def _modality_codes(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        # DICOM code strings: upper case, digits, space, underscore, at most 16 characters. Sorted, so that
+        # the stages' fingerprints do not depend on the order they are listed in.
+        codes = sorted({value.strip().upper() for value in values})
+        bad = [code for code in codes if not (code and len(code) <= 16 and code.isascii()
+                                               and code.replace(" ", "").replace("_", "").isalnum())]
+        if bad:
+            raise ValueError(f"allow_modalities: {bad} are not DICOM Modality codes (e.g. DX, CR)")
+        return tuple(codes)
+
+    @property
+    def allowed_modalities(self) -> tuple[str, ...]:
+        """Every Modality value read as a mammogram: MG and `allow_modalities`."""
+        return ("MG", *(code for code in self.allow_modalities if code != "MG"))
 
     def block_rows(self, images: int, cpus: float) -> int:
         """Manifest rows per Ray block: `rows_per_block`, else about four blocks per CPU (the pass's last

@@ -15,6 +15,7 @@ import pandas as pd
 
 from mammo_ray.datasets import cbis_ddsm, cmmd, dicom_folder, generic_csv, inbreast, mias, rsna, vindr
 from mammo_ray.errors import ConfigError
+from mammo_ray.privacy import pseudonymise_paths
 
 ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "inbreast": inbreast.build_manifest,
@@ -26,6 +27,10 @@ ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
     "cmmd": cmmd.build_manifest,
     "dicom_folder": dicom_folder.build_manifest,
 }
+#: Adapters whose paths become locators unless the config says otherwise: a plain DICOM folder is whatever a
+#: hospital exported, and exports name folders and files after the patient. The published collections'
+#: paths hold their own public ids.
+PSEUDONYMISED_BY_DEFAULT: frozenset[str] = frozenset({"dicom_folder"})
 
 
 def get_adapter(name: str, key_path: str = "dataset.adapter") -> Callable[..., pd.DataFrame]:
@@ -73,3 +78,20 @@ def build_with_adapter(name: str, args: Mapping[str, Any], key_path: str = "data
         return adapter(**args)
     except (TypeError, ValueError) as error:  # a wrong argument type or choice
         raise ConfigError(key_path, f"adapter {name!r}: {error}") from None
+
+
+def build_source(
+    name: str, args: Mapping[str, Any], pseudonymise: bool | None = None, key_path: str = "data.adapter",
+) -> pd.DataFrame:
+    """`build_with_adapter`, with the paths replaced by pseudonymous locators (mammo_ray.privacy) when
+    `pseudonymise` (None: `PSEUDONYMISED_BY_DEFAULT`), keyed by `args["salt"]`; the real paths stay in
+    memory, in the frame's `source_uri` column. An adapter that takes no salt itself is not given it."""
+    if not (name in PSEUDONYMISED_BY_DEFAULT if pseudonymise is None else pseudonymise):
+        return build_with_adapter(name, args, f"{key_path}.args")
+    salt = args.get("salt") if isinstance(args, Mapping) else None
+    if not isinstance(salt, str) or len(salt) < dicom_folder.MIN_SALT_LENGTH:
+        raise ConfigError(f"{key_path}.args.salt", f"pseudonymised paths need a secret salt of at least "
+                                                   f"{dicom_folder.MIN_SALT_LENGTH} characters")
+    takes_salt = "salt" in inspect.signature(get_adapter(name, f"{key_path}.name")).parameters
+    own = args if takes_salt else {key: value for key, value in args.items() if key != "salt"}
+    return pseudonymise_paths(build_with_adapter(name, own, f"{key_path}.args"), salt)

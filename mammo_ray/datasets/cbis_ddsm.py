@@ -42,6 +42,7 @@ from pydicom.dataset import Dataset
 
 from mammo_ray import storage
 from mammo_ray.datasets import sources
+from mammo_ray.datasets.counts import MISSING_FILE, Tally
 from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     normalise_birads,
@@ -216,6 +217,8 @@ def build_manifest(
         files, devices, problems = _index_images(images_uri, wanted)
     else:
         files, devices, problems = _resolve_through_nbia(nbia_metadata_uri, wanted)
+    # One image per case folder (the CSVs write a row per abnormality), looked for where the files are resolved.
+    tally = Tally(images_uri if nbia_metadata_uri is None else nbia_metadata_uri, read=len(images))
 
     records = []
     for row in images.to_dict("records"):
@@ -223,6 +226,7 @@ def build_manifest(
         if uri is None:
             if missing == "error":
                 problems.append(f"{row['case_folder']} ({row['sources']}): no image file under {images_uri}")
+            tally.drop(MISSING_FILE)
             continue
         patient = f"{DATASET}/{row['patient_id']}"
         records.append(
@@ -243,7 +247,8 @@ def build_manifest(
         )
     if problems:
         raise ManifestError(source, problems)
-    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=source)
+    return tally.attach(validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS),
+                                          source=source))
 
 
 def pixel_kind(header: Dataset) -> PixelKind:

@@ -29,6 +29,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray.datasets import sources
+from mammo_ray.datasets.counts import UNLABELLED, Tally
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, validate_manifest
 from mammo_ray.errors import ManifestError, StorageError
 from mammo_ray.imaging.dicom import laterality_from_tags, view_from_tags
@@ -56,7 +57,9 @@ def build_manifest(
     studies: dict[str, str] = {}
     records: list[dict] = []
     files: dict[str, str] = {}  # uri -> ID1
-    for relative, uri in sorted(sources.index_tree(images_uri, [".dcm"]).items()):
+    found = sources.index_tree(images_uri, [".dcm"])
+    tally = Tally(images_uri, read=len(found))  # the rows are the files: labels are per breast
+    for relative, uri in sorted(found.items()):
         parts = relative.split("/")
         patient = next((part for part in parts[:-1] if _ID.match(part)), None)
         if patient is None:
@@ -80,6 +83,7 @@ def build_manifest(
             continue
         pathology = breasts.get((patient, side))
         if pathology is None and unlabelled == "skip":
+            tally.drop(UNLABELLED)
             continue
         if pathology is None and unlabelled == "normal":
             pathology = "normal"
@@ -100,7 +104,8 @@ def build_manifest(
         })
     if problems:
         raise ManifestError(images_uri, problems)
-    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=images_uri)
+    return tally.attach(validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS),
+                                          source=images_uri))
 
 
 def _clinical(uri: str) -> dict[tuple[str, str], str]:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mammo_ray import storage
 from mammo_ray.datasets import sources
+from mammo_ray.datasets.counts import Tally
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, validate_manifest
 from mammo_ray.errors import ManifestError, StorageError
 from mammo_ray.imaging.dicom import laterality_from_tags, view_from_tags
@@ -101,7 +102,8 @@ def build_manifest(
                     for value in sorted(set(labels) - matched))
     if problems:
         raise ManifestError(images_uri, problems)
-    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=images_uri)
+    frame = validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=images_uri)
+    return Tally(images_uri, read=len(uris)).attach(frame)  # every file kept (a bad one is refused)
 
 
 def _repeated_names(uris: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray import storage
+from mammo_ray.datasets.counts import Tally
 from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     label_from_birads,
@@ -109,7 +110,7 @@ def build_manifest(
         problems.extend(p for p in error.problems if not p.startswith(tuple(refused_uris)))
     if problems:
         raise ManifestError(csv_uri, sorted(problems, key=_row_number))
-    return manifest
+    return Tally(csv_uri, read=len(table)).attach(manifest)  # every row kept (a bad one is refused)
 
 
 def _row_number(problem: str) -> int:

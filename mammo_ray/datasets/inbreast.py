@@ -23,6 +23,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray import storage
+from mammo_ray.datasets.counts import MISSING_FILE, Tally
 from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     label_from_birads,
@@ -121,6 +122,7 @@ def build_manifest(
         raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
     metadata = read_metadata(metadata_uri)
     files, problems = _index_images(images_uri)
+    tally = Tally(images_uri, read=len(metadata))
 
     records: list[dict] = []
     seen: dict[str, int] = {}
@@ -149,6 +151,7 @@ def build_manifest(
         if not matches:
             if missing == "error":
                 problems.append(f"{where}: no image file {file_name}_<patient hash>_MG_..._ANON.dcm/.png")
+            tally.drop(MISSING_FILE)
             continue
         match = _choose(matches)
         if match is None:
@@ -184,7 +187,7 @@ def build_manifest(
     if problems:
         raise ManifestError(metadata_uri, problems)
     frame = pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS)
-    return validate_manifest(frame, source=metadata_uri)
+    return tally.attach(validate_manifest(frame, source=metadata_uri))
 
 
 def parse_image_name(name: str) -> dict[str, str] | None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
+from mammo_ray.datasets.counts import SourceCounts, counts_of
 from mammo_ray.errors import ManifestError, StorageError
+from mammo_ray.privacy import is_locator
 from mammo_ray.tables import MANIFEST_COLUMNS, MANIFEST_SCHEMA
 
 BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6")
@@ -237,8 +239,8 @@ def _check_uris(frame: pd.DataFrame, problems: list[str]) -> None:
         if not isinstance(uri, str):
             problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {uri!r} is not text")
             continue
-        if not uri.strip():
-            continue
+        if not uri.strip() or is_locator(uri):
+            continue  # a locator (mammo_ray.privacy) names a file without its path: nothing to resolve here
         if ".." in re.split(r"[/\\]", uri.partition("://")[2] or uri):
             problems.append(f"row {index} ({frame.at[index, 'image_id']}): uri {uri}: a '..' path segment "
                             "is not allowed")
@@ -266,11 +268,18 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame[MANIFEST_COLUMNS], schema=MANIFEST_SCHEMA, preserve_index=False)
 
 
-def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False) -> pd.DataFrame:
-    """Validate and write a manifest as Parquet (atomically). Returns the validated frame."""
+def write_manifest(frame: pd.DataFrame, uri: str, check_files: bool = False,
+                   sources: Mapping[str, SourceCounts] | None = None) -> pd.DataFrame:
+    """Validate and write a manifest as Parquet (atomically). Returns the validated frame. `sources`: what each
+    source read, kept and dropped, written into the provenance (`sources`); by default the counts the adapter
+    that built `frame` attached to it, as 'data'."""
+    if sources is None:
+        own = counts_of(frame)
+        sources = {} if own is None else {"data": own}
     validated = validate_manifest(frame, source=uri, check_files=check_files)
     inputs = {"manifest": tables.manifest_digest(validated)}
-    table = tables.with_provenance(to_table(validated), "manifest", inputs=inputs)
+    table = tables.with_provenance(to_table(validated), "manifest", inputs=inputs,
+                                   sources={name: counts.as_dict() for name, counts in sources.items()})
     storage.write_table(table, uri)
     return validated
 

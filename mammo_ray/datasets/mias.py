@@ -27,6 +27,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray import storage
+from mammo_ray.datasets.counts import MISSING_FILE, Tally
 from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     label_from_pathology,
@@ -167,6 +168,7 @@ def build_manifest(
     if info.empty:
         raise ManifestError(info_uri, ["no data rows (lines starting with mdbNNN) found"])
     images = _index_images(images_uri)
+    tally = Tally(images_uri, read=info["ref"].nunique())  # one film per reference (Info.txt: a row per finding)
 
     records: list[dict] = []
     problems: list[str] = []
@@ -180,6 +182,7 @@ def build_manifest(
         if uri is None:
             if missing == "error":
                 problems.append(f"{ref} (line {rows['line'].iloc[0]}): no image file {ref}.png or {ref}.pgm")
+            tally.drop(MISSING_FILE)
             continue
         pathology = image_pathology(rows)
         patient = f"{DATASET}/p{(number + 1) // 2:03d}"
@@ -199,7 +202,8 @@ def build_manifest(
         )
     if problems:
         raise ManifestError(info_uri, problems)
-    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=info_uri)
+    return tally.attach(validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS),
+                                          source=info_uri))
 
 
 def _index_images(images_uri: str) -> dict[str, str]:

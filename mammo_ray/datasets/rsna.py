@@ -33,6 +33,7 @@ from typing import Literal
 import pandas as pd
 
 from mammo_ray.datasets import sources
+from mammo_ray.datasets.counts import MISSING_FILE, Tally
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, normalise_density, validate_manifest
 from mammo_ray.errors import ManifestError
 
@@ -64,6 +65,7 @@ def build_manifest(
         raise ManifestError(csv_uri, ["column 'cancer' without 'biopsy': not train.csv as published"])
     views = VIEWS if extra_views == "other" else GROUPED_VIEWS
     files = sources.index_tree(images_uri, [".dcm"])
+    tally = Tally(images_uri, read=len(table))
 
     problems: list[str] = []
     records: list[dict] = []
@@ -77,6 +79,7 @@ def build_manifest(
         if uri is None:
             if missing == "error":
                 problems.append(f"{where}: no file {row['patient_id']}/{row['image_id']}.dcm under {images_uri}")
+            tally.drop(MISSING_FILE)
             continue
         patient = f"{DATASET}/{row['patient_id']}"
         cancer = _BINARY[row["cancer"]] if labelled else None
@@ -99,7 +102,8 @@ def build_manifest(
         problems.extend(_breast_conflicts(table))
     if problems:
         raise ManifestError(csv_uri, problems)
-    return validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS), source=csv_uri)
+    return tally.attach(validate_manifest(pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS),
+                                          source=csv_uri))
 
 
 def _check_row(row: dict, labelled: bool) -> list[str]:

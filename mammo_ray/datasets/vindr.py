@@ -33,6 +33,7 @@ import pandas as pd
 
 from mammo_ray import storage
 from mammo_ray.datasets import sources
+from mammo_ray.datasets.counts import MISSING_FILE, OTHER_SPLIT, REPEATED, Tally
 from mammo_ray.datasets.manifest import MANIFEST_COLUMNS, normalise_density, validate_manifest
 from mammo_ray.errors import ManifestError
 
@@ -77,6 +78,7 @@ def build_manifest(
     files = sources.index_tree(images_uri, [".dicom"])
     metadata_uri = storage.join(root_uri, METADATA)
     devices = _devices(metadata_uri) if storage.exists(metadata_uri) else {}
+    tally = Tally(images_uri, read=len(table))
 
     problems: list[str] = []
     records: dict[str, dict] = {}
@@ -87,6 +89,7 @@ def build_manifest(
             problems.extend(f"{where}: {problem}" for problem in row_problems)
             continue
         if split is not None and row["split"] != split:
+            tally.drop(OTHER_SPLIT)
             continue
         birads = int(_BIRADS.match(row["breast_birads"]).group(1))
         record = {
@@ -107,6 +110,8 @@ def build_manifest(
         earlier = records.get(record["image_id"])
         if earlier is not None and earlier != record:
             problems.append(f"{where}: image listed again with different values")
+        elif earlier is not None:
+            tally.drop(REPEATED)  # the same image, the same values: one image
         records[record["image_id"]] = record
     if missing == "error":
         problems.extend(f"{image_id}: no file {image_id.split('/', 1)[1]}.dicom under {images_uri}"
@@ -114,7 +119,8 @@ def build_manifest(
     if problems:
         raise ManifestError(csv_uri, problems)
     kept = [record for record in records.values() if record["uri"] is not None]
-    return validate_manifest(pd.DataFrame.from_records(kept, columns=MANIFEST_COLUMNS), source=csv_uri)
+    tally.drop(MISSING_FILE, len(records) - len(kept))
+    return tally.attach(validate_manifest(pd.DataFrame.from_records(kept, columns=MANIFEST_COLUMNS), source=csv_uri))
 
 
 def read_findings(root_uri: str) -> pd.DataFrame:

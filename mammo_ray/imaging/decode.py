@@ -9,6 +9,7 @@ error row instead of crashing a worker.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from mammo_ray.errors import DecodeError
 from mammo_ray.imaging import dicom, raster
+from mammo_ray.imaging.modality import MAMMOGRAPHY_MODALITY
 
 SOURCE_FORMATS: tuple[str, ...] = ("dicom", "png", "pgm")
 _EXTENSIONS = {
@@ -60,12 +62,15 @@ def detect_format(data: bytes, uri: str) -> str | None:
 
 
 def decode_image(
-    data: bytes, uri: str, *, apply_voi_lut: bool = True, max_pixels: int = 120_000_000
+    data: bytes, uri: str, *, apply_voi_lut: bool = True, max_pixels: int = 120_000_000,
+    allowed_modalities: Collection[str] = (MAMMOGRAPHY_MODALITY,),
 ) -> DecodedImage:
     """Decode DICOM, PNG or PGM bytes into a DecodedImage.
 
     apply_voi_lut: apply a DICOM VOI LUT or window when the file has one (raster formats ignore it).
     max_pixels: refuse images whose header declares more pixels, before any pixel is decoded.
+    allowed_modalities: DICOM Modality values accepted; a DICOM whose Modality, SOP class or body part
+    says it is no mammogram is refused (mammo_ray.imaging.modality). Raster files have no such header.
     Raises DecodeError(uri, reason) for every input that cannot be decoded, and nothing else.
     """
     if max_pixels <= 0:
@@ -81,7 +86,7 @@ def decode_image(
         view: str | None = None
         if source_format == "dicom":
             pixels, laterality, view, metadata = dicom.read_dicom(
-                data, uri, apply_voi_lut=apply_voi_lut, max_pixels=max_pixels
+                data, uri, apply_voi_lut=apply_voi_lut, max_pixels=max_pixels, allowed_modalities=allowed_modalities
             )
         elif source_format == "png":
             pixels, metadata = raster.read_png(data, uri, max_pixels=max_pixels)
@@ -96,6 +101,20 @@ def decode_image(
         raise DecodeError(uri, reason) from exc
     _check_pixels(pixels, uri)
     return DecodedImage(pixels, laterality, view, metadata, source_format)
+
+
+def check_modality(
+    data: bytes, uri: str, *, allowed_modalities: Collection[str] = (MAMMOGRAPHY_MODALITY,)
+) -> None:
+    """`decode_image`'s mammogram check alone (a DICOM header read of three tags; raster passes), for bytes
+    that are not decoded, such as an image whose model outputs are stored already. Raises DecodeError."""
+    if data and detect_format(bytes(data), uri) == "dicom":
+        try:
+            dicom.check_dicom_modality(bytes(data), uri, allowed_modalities)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as decode_image: no library exception reaches the pipeline
+            raise DecodeError(uri, f"unexpected {type(exc).__name__} while reading the DICOM header: {exc}") from exc
 
 
 def _check_pixels(pixels: np.ndarray, uri: str) -> None:

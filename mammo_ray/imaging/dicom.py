@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from io import BytesIO
 
@@ -28,6 +28,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from mammo_ray.datasets.manifest import normalise_laterality, normalise_view
 from mammo_ray.errors import DecodeError
+from mammo_ray.imaging.modality import MAMMOGRAPHY_MODALITY, MODALITY_TAGS, check_mammogram
 
 #: The only DICOM attributes copied into DecodedImage.metadata. Technical, never identifying: no
 #: names, dates, IDs, accession numbers, institutions, operators, stations or serial numbers.
@@ -113,26 +114,39 @@ def _quiet() -> Iterator[None]:
 
 
 def read_dicom(
-    data: bytes, uri: str, *, apply_voi_lut: bool = True, max_pixels: int = 120_000_000
+    data: bytes, uri: str, *, apply_voi_lut: bool = True, max_pixels: int = 120_000_000,
+    allowed_modalities: Collection[str] = (MAMMOGRAPHY_MODALITY,),
 ) -> tuple[np.ndarray, str | None, str | None, dict[str, str]]:
-    """Decode one single-frame greyscale DICOM into (pixels, laterality, view, metadata).
+    """Decode one single-frame greyscale DICOM mammogram into (pixels, laterality, view, metadata).
 
-    Raises DecodeError naming `uri` and the reason for every unreadable or unsupported file.
+    Raises DecodeError naming `uri` and the reason for every unreadable or unsupported file, and for a
+    header that says it is no mammogram (mammo_ray.imaging.modality; `allowed_modalities`: Modality values
+    accepted).
     """
     # pydicom converts values lazily and warns on every oddity of a damaged file, so the whole read
     # runs quietly: the DecodeError says what matters.
     with _quiet():
-        return _read_dicom(data, uri, apply_voi_lut, max_pixels)
+        return _read_dicom(data, uri, apply_voi_lut, max_pixels, allowed_modalities)
+
+
+def check_dicom_modality(
+    data: bytes, uri: str, allowed_modalities: Collection[str] = (MAMMOGRAPHY_MODALITY,)
+) -> None:
+    """`read_dicom`'s mammogram check alone, for bytes that are not decoded: a header parse of three tags."""
+    with _quiet():
+        header = _parse(data, uri, stop_before_pixels=True, specific_tags=list(MODALITY_TAGS))
+        check_mammogram(header, uri, allowed_modalities)
 
 
 def _read_dicom(
-    data: bytes, uri: str, apply_voi_lut: bool, max_pixels: int
+    data: bytes, uri: str, apply_voi_lut: bool, max_pixels: int, allowed_modalities: Collection[str]
 ) -> tuple[np.ndarray, str | None, str | None, dict[str, str]]:
     header = _parse(data, uri, stop_before_pixels=True)
     if not has_dicm_marker(data) and not ("Rows" in header and "Columns" in header):
         # Forced parsing turns almost any bytes into some data set: without the marker and without
         # image tags the honest answer is that this is not DICOM at all.
         raise DecodeError(uri, "not a DICOM file: no 'DICM' marker at byte 128 and no image header found")
+    check_mammogram(header, uri, allowed_modalities)  # before the other checks: the most telling reason
     transfer_syntax = _check_header(header, uri, max_pixels)
     full = _parse(data, uri, stop_before_pixels=False)
     _ensure_transfer_syntax(full, transfer_syntax)
@@ -142,12 +156,13 @@ def _read_dicom(
     return pixels, laterality_from_tags(header), view_from_tags(header), safe_metadata(header)
 
 
-def _parse(data: bytes, uri: str, *, stop_before_pixels: bool) -> Dataset:
+def _parse(data: bytes, uri: str, *, stop_before_pixels: bool, specific_tags: list[str] | None = None) -> Dataset:
     # Without the 'DICM' marker pydicom refuses unless forced; the caller only routes such bytes here
     # when they look like a bare data set or carry a DICOM file extension.
     marker = has_dicm_marker(data)
     try:
-        return pydicom.dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels, force=not marker)
+        return pydicom.dcmread(BytesIO(data), stop_before_pixels=stop_before_pixels, force=not marker,
+                               specific_tags=specific_tags)
     except Exception as exc:  # pydicom raises many types for damaged input
         what = "unreadable DICOM header" if marker else "not a DICOM file (no 'DICM' marker at byte 128)"
         raise DecodeError(uri, f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,11 +44,29 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
+#: What opens Markdown inline syntax: code, emphasis, links and images, raw HTML and autolinks, table cells,
+#: strikethrough, entities; '_' only at a word's edge (inside a word, as in site_a, it is plain text).
+_INLINE_SYNTAX = re.compile(r"[\\`*\[\]<|~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+#: What makes a line a heading, quote, list item or rule where it starts the line.
+_BLOCK_START = re.compile(r"^(\d*)([#>+=.)-])")
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def markdown_text(value: object, starts_line: bool = False) -> str:
+    """`value` (a study or site name, a message: text from a config, a manifest or an error) as literal Markdown
+    text, as the HTML report shows it: control characters and line breaks become one space (a line stays one
+    line, a cell one cell) and every character that opens Markdown syntax is escaped, so that `x](javascript:..)`
+    or `a|b` is shown as written, never as a link, an HTML tag or another table cell. `starts_line`: the text
+    begins a line (a paragraph), where an indent, '#', '>', '-' or '1.' would open a block."""
+    text = _INLINE_SYNTAX.sub(lambda found: "\\" + found.group(0), _LINE_BREAKS.sub(" ", str(value)))
+    return _BLOCK_START.sub(r"\1\\\2", text.lstrip()) if starts_line else text
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    header = "| " + " | ".join(markdown_text(column) for column in frame.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
     counts = [_is_count(c) for c in frame.columns]
-    rows = ["| " + " | ".join(_format(v, count).replace("|", "/") for v, count in zip(row, counts, strict=True))
+    rows = ["| " + " | ".join(markdown_text(_format(v, count)) for v, count in zip(row, counts, strict=True))
             + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
@@ -76,17 +95,19 @@ def html_table(frame: pd.DataFrame) -> str:
 
 
 def to_markdown(title: str, banner: str | None, sections: list[Section]) -> str:
-    lines = [f"# {title}", ""]
+    """The report as Markdown: its text literal (markdown_text), the structure (headings, tables, figures) ours."""
+    text = markdown_text
+    lines = [f"# {text(title)}", ""]
     if banner:
-        lines += [f"> **{banner}**", ""]
+        lines += [f"> **{text(banner)}**", ""]
     for section in sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {text(section.title)}", ""]
         for paragraph in section.paragraphs:
-            lines += [paragraph, ""]
+            lines += [text(paragraph, starts_line=True), ""]
         for caption, frame in section.tables:
-            lines += [f"**{caption}**", "", markdown_table(frame) if len(frame) else "_(no rows)_", ""]
+            lines += [f"**{text(caption)}**", "", markdown_table(frame) if len(frame) else "_(no rows)_", ""]
         for caption, name, _ in section.figures:
-            lines += [f"![{caption}](figures/{name})", "", f"_{caption}_", ""]
+            lines += [f"![{text(caption)}](figures/{name})", "", f"_{text(caption)}_", ""]
     return "\n".join(lines)
 
 

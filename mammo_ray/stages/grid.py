@@ -306,8 +306,8 @@ def _trial_error(error: BaseException) -> str:
 def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, error: str) -> CellResult:
 
     settings = config.cell_settings(cell)
-    result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds, cell_config=json.dumps(settings, sort_keys=True),
-                        cell_hash=stable_hash(settings))
+    result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds_of(cell.protocol),
+                        cell_config=json.dumps(settings, sort_keys=True), cell_hash=stable_hash(settings))
     if data is not None:
         result.n_rows, result.n_positive, result.n_dropped_unlabelled = data.n_rows, data.n_positive, data.n_dropped
         result.n_features_in = int(data.X.shape[1]) if data.X.ndim == 2 else None

@@ -16,6 +16,9 @@ is loaded and called, and how model outputs become columns. Everything else live
   output skips the content it already has, so a rerun after a crash, after adding images or after
   switching back to earlier weights does only the missing work, output by output; identical bytes
   under two image ids are computed once and read by both;
+- ingest likewise: an image whose content ingest/images.parquet records under the same decode settings
+  keeps that record (size, statistics; `IngestedContent`), so a grown collection decodes only its new
+  images; bad images are never recorded, so they are read again and their errors rows stay true;
 - outputs whose preprocessing is the same (the same transform id: `nyu_lcc` and `nyu_avg` at one
   nyu_scale) share one prepared input per image;
 - every part file is written atomically with a name fixed by its content keys, so a retried Ray task
@@ -200,6 +203,49 @@ class InferenceTask(ABC):
 
 def _column(name: str, output: int) -> str:
     return f"{name}_{output}"
+
+
+@dataclass(frozen=True)
+class IngestedContent(CachedContent):
+    """Content ingest/images.parquet already summarises under the current decode settings: its record is reused
+    (size, statistics), the image is not decoded again for ingest. `keys`: those contents' sha256.
+
+    A record's laterality and view are the manifest's, else the file's tags. Where the manifest gives them the
+    tags do not matter; where it leaves them open the tags are needed, and a record knows them only when they
+    are null (a null record value means the tag was null too; a value may have been an earlier manifest's).
+    `open_laterality` / `open_view`: contents with such a null record."""
+
+    open_laterality: frozenset[str] = frozenset()
+    open_view: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, records: pd.DataFrame | None) -> IngestedContent:
+        if records is None:
+            return cls()
+        sha = records["content_sha256"]
+        return cls(keys=frozenset(sha), open_laterality=frozenset(sha[records["laterality"].isna()]),
+                   open_view=frozenset(sha[records["view"].isna()]))
+
+    def __contains__(self, row: tuple[str, object, object]) -> bool:
+        sha, laterality, view = row
+        return sha in self.keys and (tables.orientation_hint(laterality) != "" or sha in self.open_laterality) \
+            and (tables.orientation_hint(view) != "" or sha in self.open_view)
+
+
+def _decode_settings(read: IngestConfig) -> dict[str, Any]:
+    """The read settings that decide what decoding accepts and produces (pixel values, size and modality
+    limits): an ingest record is reused only under the same. Batching is left out; `max_bytes` too (the file is
+    read, and refused from its size, whatever is reused)."""
+    return read.model_dump(mode="json", exclude={"batch_size", "rows_per_block", "max_bytes"})
+
+
+def _stored_ingest(output_uri: str, read: IngestConfig) -> pd.DataFrame | None:
+    """The records of this output's ingest/images.parquet when written under the same decode settings."""
+    uri = tables.ingest_uri(output_uri)
+    provenance = tables.read_provenance(uri)
+    if provenance is None or provenance.get("decode_settings") != _decode_settings(read):
+        return None
+    return storage.read_table(uri).to_pandas()
 
 
 def _cached_for(row: Any, cached: CachedContent) -> bool:
@@ -504,8 +550,9 @@ def run_pass(
     keys = [task.key(read) for task in tasks]
     cached = [CachedContent(feature_store.stored_content(task.table_uri(output_uri), key), key.orientation)
               for task, key in zip(tasks, keys, strict=True)]
-    # Ingest summarises every image; otherwise an image every output already holds is hashed, not decoded.
-    skip_decode = () if ingest else tuple(cached)
+    # An image ingest has a record of (or is not asked for) and every output already holds is hashed, not decoded.
+    ingested = _stored_ingest(output_uri, read) if ingest else None
+    skip_decode = (IngestedContent.of(ingested), *cached) if ingest else tuple(cached)
     num_gpus = gpus_per_actor(options, placement) if tasks else 0.0
     # A CPU actor writes its own batches, and reads them where decoding is placed on its nodes too (see
     # InferenceActor); a GPU actor's reads and writes, and ingest's alone, go to tasks.
@@ -547,8 +594,8 @@ def run_pass(
     results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
     runs = [_finish_output(manifest, output_uri, task, key, results, output, options.part_bytes)
             for output, (task, key) in enumerate(zip(tasks, keys, strict=True))]
-    ingested = _finish_ingest(manifest, output_uri, read, results) if ingest else None
-    return PassResult(runs, ingested, images=len(results), decoded=int(results["decoded"].sum()),
+    summary = _finish_ingest(manifest, output_uri, read, results, ingested) if ingest else None
+    return PassResult(runs, summary, images=len(results), decoded=int(results["decoded"].sum()),
                       forwards=int(results["forwards"].sum()))
 
 
@@ -577,20 +624,37 @@ def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask,
     return InferenceRun(written, skipped, failed, table_uri, errors_uri, key, compacted.files_after)
 
 
-def _finish_ingest(manifest: pd.DataFrame, output_uri: str, read: IngestConfig, results: pd.DataFrame) -> IngestRun:
-    """ingest/images.parquet (one row per decoded image) and errors/ingest.parquet."""
+def _finish_ingest(manifest: pd.DataFrame, output_uri: str, read: IngestConfig, results: pd.DataFrame,
+                   stored: pd.DataFrame | None) -> IngestRun:
+    """ingest/images.parquet (one row per readable image: decoded now, or its `stored` record reused) and
+    errors/ingest.parquet."""
     failed = results["error_type"].notna()
-    images = results[~failed].sort_values("image_id").reset_index(drop=True)
+    images = _with_stored_summaries(results[~failed].sort_values("image_id").reset_index(drop=True), stored)
     images = images.assign(height=images["height"].astype(np.int32), width=images["width"].astype(np.int32))
     inputs = {"images": tables.image_digest(manifest)}
     table = pa.Table.from_pandas(images[IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA, preserve_index=False)
-    table = tables.with_provenance(table, INGEST_STAGE, inputs=inputs, decode_id=read.decode_id)
+    table = tables.with_provenance(table, INGEST_STAGE, inputs=inputs, decode_id=read.decode_id,
+                                   decode_settings=_decode_settings(read))
     failures = tables.with_provenance(errors_table([error_records(results, INGEST_STAGE)]), INGEST_STAGE,
                                       inputs=inputs)
     images_uri, errors_uri = tables.ingest_uri(output_uri), tables.errors_uri(output_uri, INGEST_STAGE)
     storage.write_table(failures, errors_uri)
     storage.write_table(table, images_uri)
     return IngestRun(images=table.num_rows, errors=failures.num_rows, images_uri=images_uri, errors_uri=errors_uri)
+
+
+def _with_stored_summaries(images: pd.DataFrame, stored: pd.DataFrame | None) -> pd.DataFrame:
+    """Images not decoded in this pass (their content has a record: IngestedContent) take the record's size and
+    statistics; their id, uri and orientation are this manifest's."""
+    reused = ~images["decoded"].astype(bool)
+    if not reused.any():
+        return images
+    assert stored is not None  # a readable image is left undecoded only when ingest has its record
+    records = stored.drop_duplicates("content_sha256").set_index("content_sha256")
+    images = images.copy()
+    images.loc[reused, list(_INGEST_NUMBERS)] = records.loc[images.loc[reused, "content_sha256"],
+                                                            list(_INGEST_NUMBERS)].to_numpy(dtype=np.float64)
+    return images
 
 
 def run_inference(

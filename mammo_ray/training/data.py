@@ -26,6 +26,7 @@ from mammo_ray.errors import describe
 from mammo_ray.image_stream import blocks_dataset, decode_batch
 from mammo_ray.imaging.transforms import ImageTransform
 from mammo_ray.placement import ANYWHERE, Placement
+from mammo_ray.privacy import SOURCE_COLUMN
 from mammo_ray.tables import ERRORS_SCHEMA
 
 TASKS: tuple[str, ...] = ("binary", "birads")
@@ -41,6 +42,8 @@ def task_frame(manifest: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[st
     `row` numbers the returned rows 0..n-1 (predictions refer to it).
     """
     frame = validate_manifest(manifest, source="<manifest>")
+    if SOURCE_COLUMN in manifest:  # where pseudonymised images really are: to read them, never written
+        frame[SOURCE_COLUMN] = manifest[SOURCE_COLUMN].to_numpy()
     if task == "binary":
         frame = frame[frame["label"].notna()].copy()
         classes = ["0", "1"]
@@ -70,7 +73,8 @@ def prepare_batch(
     batch: pd.DataFrame, transform: ImageTransform, read: IngestConfig, errors_uri: str, stage: str
 ) -> dict[str, np.ndarray]:
     """Manifest rows (+ target, row) -> {image (B, C, H, W), target, row}; failures go to the errors table."""
-    decoded = decode_batch(batch[MANIFEST_COLUMNS].reset_index(drop=True), read)
+    columns = [*MANIFEST_COLUMNS, *([SOURCE_COLUMN] if SOURCE_COLUMN in batch else [])]
+    decoded = decode_batch(batch[columns].reset_index(drop=True), read)
     if len(decoded) != len(batch) or list(decoded["image_id"]) != list(batch["image_id"]):
         raise AssertionError("decode_batch must return one row per input row, in order")
     images, targets, rows, failures = [], [], [], []
@@ -124,6 +128,8 @@ def input_dataset(
     the same batches: a run is reproducible on one worker.
     """
     table = to_table(frame[MANIFEST_COLUMNS])
+    if SOURCE_COLUMN in frame:
+        table = table.append_column(SOURCE_COLUMN, pa.array(list(frame[SOURCE_COLUMN]), pa.string()))
     table = table.append_column("target", pa.array(frame["target"].to_numpy(np.int64)))
     table = table.append_column("row", pa.array(frame["row"].to_numpy(np.int64)))
     # Fixed, not from the cluster: the seeded block order and shuffle make fine-tuning reproducible on any

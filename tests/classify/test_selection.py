@@ -22,6 +22,7 @@ def _grid(data):
 def test_on_noise_the_chosen_best_is_chance_while_the_best_after_the_fact_looks_better():
     results, selected = _grid(noise_table(160, 64, 40, seed=3))
     assert (selected.selection, selected.evaluation, selected.n_test) == ("selected", "oof", 160)
+    assert selected.cv_folds == CONFIG.oof.folds == 5 != CONFIG.cv_folds  # the folds it used, not the paper's
     assert abs(selected.auc - 0.5) < 0.1 and selected.auc_ci_low < 0.5 < selected.auc_ci_high
     assert max(r.auc for r in results) > selected.auc  # picking after the fact is optimistic
     assert len(selected.test_scores) == 2 * 160
