@@ -169,7 +169,7 @@ def _present(value: object) -> object:
 
 
 def error_records(batch: pd.DataFrame, stage: str) -> pd.DataFrame:
-    """The errors-table rows (DESIGN §2) of a decoded batch."""
+    """The errors-table rows (docs/design.md, "Errors table") of a decoded batch."""
     failed = batch[batch["error_type"].notna()]
     return pd.DataFrame(
         {

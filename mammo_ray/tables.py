@@ -1,7 +1,7 @@
 """Every table of a study in one place: where it lives under the output URI, its schema, its provenance.
 
 The ground floor of the house: stages import their table contracts from here and never from each other
-(DESIGN §2). Three kinds of table live under an output:
+(docs/design.md, "Data contracts"). Three kinds of table live under an output:
 
 - **views of the current manifest**: manifest, ingest images, errors, grid, finetune and their
   predictions. Each is rewritten whole by its stage and records in its provenance which inputs it

@@ -98,7 +98,7 @@ def _assert_only_whole_files(output: Path) -> None:
 
 def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_path):
     config, output = _write_config(
-        tmp_path, ingest={"rows_per_block": 2, "batch_size": 2},
+        tmp_path, data={"synthetic": {"patients": 4, "rows": 256}}, ingest={"rows_per_block": 2, "batch_size": 2},
         embed={"batch_size": 2, "extractors": [{"name": "nyu_avg", "nyu_scale": 0.25}]},
     )
     command = _command(config, "manifest", "ingest", "embed")
@@ -112,7 +112,7 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
 
     _killed_run(command, some_embeddings_written)
     written_before = storage.read_table(str(store)).num_rows
-    assert 0 < written_before < 32
+    assert 0 < written_before < 16
     assert not storage.exists(tables.index_uri(str(output / "embeddings" / "nyu_avg")))  # the run did not complete
 
     log = _rerun(command)
@@ -120,12 +120,12 @@ def test_killed_during_embedding_then_rerun_finishes_without_redoing_work(tmp_pa
     # embed computes only what its store lacks.
     assert "manifest: already done" in log and "image pass (ingest, embed)" in log
     assert f"{written_before} already stored (skipped)" in log
-    assert storage.read_table(tables.ingest_uri(str(output))).num_rows == 32
+    assert storage.read_table(tables.ingest_uri(str(output))).num_rows == 16
     assert "taking over a stale lock" in log  # the killed study's lock: its holder is dead
     spec = ExtractorConfig(name="nyu_avg", nyu_scale=0.25)
     rows = read_embeddings(str(output), read_manifest(tables.manifest_uri(str(output))), spec)
     table = storage.read_table(str(store))
-    assert len(rows) == 32 and table.num_rows == 32  # no duplicate row, even before deduplication
+    assert len(rows) == 16 and table.num_rows == 16  # no duplicate row, even before deduplication
     assert rows["image_id"].is_unique
     _assert_only_whole_files(output)
 
@@ -135,7 +135,7 @@ def test_killed_during_the_grid_then_rerun_runs_only_the_unfinished_trials(tmp_p
         tmp_path, data={"synthetic": {"patients": 16, "rows": 96, "positive_fraction": 0.5}},
         embed={"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
         grid={"cv_folds": 3, "bootstrap": 20, "classifiers": ["logreg"], "trial_grouping": "preprocessing",
-              "permutations": 5, "oof": {"repeats": 2}})
+              "permutations": 1, "oof": {"repeats": 1}})
     command = _command(config, "manifest", "ingest", "embed", "grid")
 
     # Armed before the study starts: the first trial to journal its unit kills it, mid-grid.

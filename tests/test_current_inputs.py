@@ -18,8 +18,8 @@ from mammo_ray.errors import ConfigError, StaleTableError
 from mammo_ray.stages.embed import read_embeddings
 from mammo_ray.study import prune_output, run_study
 
-SMALL_GRID = {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "selection": ["none"],
-              "balancing": ["none"], "protocols": ["leak_free"], "permutations": 5, "oof": {"repeats": 2}}
+SMALL_GRID = {"cv_folds": 2, "bootstrap": 10, "classifiers": ["logreg"], "selection": ["none"],
+              "balancing": ["none"], "protocols": ["leak_free"], "permutations": 2, "oof": {"repeats": 1}}
 
 
 def _config(tmp_path, manifest_uri: str, weights: str = "random-init:0", **sections):

@@ -160,8 +160,9 @@ def _study_config(output: str, endpoint: str | None = None) -> dict:
         "data": {"synthetic": {"patients": 6, "rows": 96}},
         "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
         "zero_shot": {"nyu_scale": 0.125},
-        "grid": {"cv_folds": 3, "bootstrap": 50, "classifiers": ["logreg"], "selection": ["none"],
-                 "balancing": ["none", "smote"], "smote": {"k_neighbors": 1}, "permutations": 5},
+        "grid": {"cv_folds": 3, "bootstrap": 10, "classifiers": ["logreg"], "selection": ["none"],
+                 "balancing": ["none", "smote"], "smote": {"k_neighbors": 1}, "permutations": 2,
+                 "oof": {"repeats": 1}},
     }
     if endpoint:
         config["storage"] = {"s3": {"endpoint_url": endpoint}}

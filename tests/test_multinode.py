@@ -53,12 +53,26 @@ def _config_file(tmp_path: Path, settings: dict) -> Path:
     return path
 
 
-def test_each_kind_of_work_runs_on_its_node_type(multinode_cluster, tmp_path):
-    config = parse_config(_settings(multinode_cluster, tmp_path / "study", patients=12,
-                     grid={"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "permutations": 5},
-                     finetune={**FINETUNE, "stages": [{**FINETUNE["stages"][0], "epochs": 1}]}))
-    result = run_study(config, ["manifest", "ingest", "embed", "grid", "finetune"])
-    assert result.ran == ["manifest", "ingest", "embed", "grid", "finetune"]
+@pytest.fixture(scope="module")
+def whole_study(multinode_cluster, tmp_path_factory) -> dict:
+    """One study through every stage on the cluster, joined through `ray.address`, shared by the tests that
+    read what it did (which node types ran its work; what its fine-tuning spilled). Its fine-tuning caches its
+    inputs at 512 px: 48 images as float32 (144 MiB), more than any node's object store holds."""
+    output = tmp_path_factory.mktemp("whole") / "study"
+    stage = {**FINETUNE["stages"][0], "size": 512, "epochs": 1}
+    config = parse_config(_settings(multinode_cluster, output, patients=12, rows=512,
+                     grid={"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "permutations": 1,
+                           "oof": {"repeats": 1}},
+                     finetune={**FINETUNE, "stages": [stage], "cache_inputs": True}))
+    ran = run_study(config, ["manifest", "ingest", "embed", "grid"]).ran
+    before = spilled_bytes(multinode_cluster)  # Ray's counts are the nodes' totals: taken just before fine-tuning
+    ran += run_study(config, ["finetune"]).ran
+    return {"output": output, "ran": ran, "images": len(read_manifest(str(output / "manifest.parquet"))),
+            "spilled_before": before, "spilled_after": spilled_bytes(multinode_cluster)}
+
+
+def test_each_kind_of_work_runs_on_its_node_type(multinode_cluster, whole_study):
+    assert whole_study["ran"] == ["manifest", "ingest", "embed", "grid", "finetune"]
     ran = roles_of_work(multinode_cluster)
     assert ran["decode_batch"] == {"cpu"}        # ingest's reads and decodes, and the embedding inputs
     assert ran["prepare_batch"] == {"cpu"}       # fine-tuning's input decoding
@@ -99,19 +113,13 @@ def test_a_gpu_node_lost_mid_embedding_costs_nothing_but_time(multinode_cluster,
     assert storage.read_table(tables.errors_uri(str(output), "embed-imagenet_resnet18")).num_rows == 0
 
 
-def test_inputs_larger_than_the_object_store_are_spilled_not_a_failure(multinode_cluster, tmp_path):
-    # Every node's store holds 75 MiB; fine-tuning with its inputs cached holds 32 images at 512 px as
-    # float32 (96 MiB) in the CPU node's store at once: Ray must spill them to disk, and the study goes on.
-    output = tmp_path / "study"
-    stage = {**FINETUNE["stages"][0], "size": 512, "epochs": 1}
-    settings = _settings(multinode_cluster, output, patients=8, rows=512,
-                         finetune={**FINETUNE, "stages": [stage], "cache_inputs": True})
-    assert SMALLEST_OBJECT_STORE < 32 * 3 * 512 * 512 * 4
-    before = spilled_bytes(multinode_cluster)  # Ray's counts are the nodes' totals
-    run_job_while(_config_file(tmp_path, settings), ["manifest", "finetune"], tmp_path / "job.log", lambda: True)
-    assert spilled_bytes(multinode_cluster) > before
-    rows = storage.read_table(tables.finetune_uri(str(output))).to_pandas()
-    assert len(rows) == 1 and int(rows["epochs"].iloc[0]) == 1
+def test_inputs_larger_than_the_object_store_are_spilled_not_a_failure(whole_study):
+    # Every node's store holds 75 MiB; the whole study's fine-tuning, its inputs cached, holds its images at
+    # 512 px as float32 in the CPU node's store at once: Ray must spill them to disk, and the study goes on.
+    assert whole_study["images"] == 48 and whole_study["images"] * 3 * 512 * 512 * 4 > SMALLEST_OBJECT_STORE
+    assert whole_study["spilled_after"] > whole_study["spilled_before"]
+    rows = storage.read_table(tables.finetune_uri(str(whole_study["output"]))).to_pandas()
+    assert len(rows) == 1 and int(rows["epochs"].iloc[0]) == 1 and int(rows["image_size"].iloc[0]) == 512
 
 
 def test_a_gpu_node_lost_mid_training_resumes_from_the_last_checkpoint(multinode_cluster, tmp_path, crash_points):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,8 @@ PHI = {"PatientName": "Doe^Jane^Quartermaine", "PatientBirthDate": "19230405", "
 
 #: The pseudonymisation salt of the PACS export: no output may show it either.
 SALT = {"salt": "pacs-export-salt-7Qm2xVw9Lk4Zr8"}
+#: Patients of the export (4 images each).
+PATIENTS = 4
 
 
 def _with_phi(path: str, patient: str) -> bytes:
@@ -70,61 +74,103 @@ def _readable_text(name: str, data: bytes) -> list[bytes]:
     return views
 
 
-@pytest.fixture(scope="module", params=["s3", "local"])
-def scanned_run(request, s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
-    """Run the whole study, as a Ray job runs it, on a PACS-style DICOM export (PHI in headers, folder and file
-    names) read with the dicom_folder adapter, images and output on S3 or on the local disk; yield
-    {where: [its bytes, decoded views]} of every output file, Ray log and console stream."""
+def _launch(where: str, s3_endpoint: str) -> dict:
+    """Write a PACS-style DICOM export (PHI in headers, folder and file names) and the study config on S3 or on
+    the local disk, and start the whole study on it as a Ray job runs it: its own process, its own local Ray
+    with its logs under a folder of ours, the dicom_folder adapter. Returns what `_collect` needs."""
     import boto3
     import pydicom
 
     work = Path(tempfile.mkdtemp(prefix="/tmp/mr-sec-"))  # short: Ray's unix sockets live under it
-    if request.param == "s3":
-        bucket = f"security-study-{request.param}"
+    if where == "s3":
+        bucket = f"security-study-{where}"
         boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
         root = f"s3://{bucket}"
     else:
         root = str(work / "store")
+    cohort = generate_cohort(str(work / "cohort"), SyntheticSource(patients=PATIENTS, rows=96, positive_fraction=0.5))
+    labels = []
+    for index, row in enumerate(cohort.itertuples(index=False)):
+        data = _with_phi(row.uri, row.patient_id.rsplit("/", 1)[-1])
+        storage.write_bytes(f"{root}/export/{_pacs_path(row.patient_id.rsplit('/', 1)[-1], index)}", data)
+        labels.append({"SOPInstanceUID": str(pydicom.dcmread(row.uri).SOPInstanceUID), "label": row.label})
+    storage.write_bytes(f"{root}/labels.csv", pd.DataFrame(labels).to_csv(index=False).encode())
+    config = work / "study.yaml"
+    # Small but whole: every stage runs and writes its tables and the report (the scan needs their bytes,
+    # not their statistical power).
+    config.write_text(yaml.safe_dump({
+        "name": "security", "output": f"{root}/out",
+        "data": {"adapter": {"name": "dicom_folder", "locations": str(work / "locations.csv"), "args": {
+            "images_uri": f"{root}/export", "dataset": "pacs", "labels_uri": f"{root}/labels.csv", **SALT}}},
+        "ray": {"num_cpus": 2},
+        "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
+        "zero_shot": {"nyu_scale": 0.125},
+        "grid": {"cv_folds": 2, "bootstrap": 10, "classifiers": ["logreg"], "selection": ["none"],
+                 "permutations": 2, "oof": {"repeats": 1}},
+        "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
+                     "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5,
+                     "data_cpus": 0.5},
+    }))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CREDENTIALS)
+    env["RAY_TMPDIR"] = str(work / "ray")  # the run's Ray logs land here, to be scanned too
+    with open(work / "stdout", "wb") as stdout, open(work / "stderr", "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "jobs/full_study.py", "--config", str(config)], cwd=REPO,
+                                   env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+    return {"work": work, "root": root, "process": process}
+
+
+def _collect(run: dict) -> dict[str, list[bytes]]:
+    """Wait for a launched study; {where: [its bytes, decoded views]} of every output file, Ray log and console
+    stream, the inputs and the user's locations file."""
+    work, root, process = run["work"], run["root"], run["process"]
+    process.wait(timeout=1200)
+    stdout, stderr = (work / "stdout").read_bytes(), (work / "stderr").read_bytes()
+    assert process.returncode == 0, stderr[-3000:].decode(errors="replace")
+    found: dict[str, list[bytes]] = {"stdout": [stdout], "stderr": [stderr]}
+    for uri in storage.list_files(f"{root}/out"):
+        found[uri] = _readable_text(uri, storage.read_bytes(uri))
+    for path in (work / "ray").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            found[str(path)] = [path.read_bytes()]
+    found["<inputs>"] = [storage.read_bytes(storage.list_files(f"{root}/export")[0]),
+                         storage.list_files(f"{root}/export")[0].encode()]
+    found["<locations>"] = [(work / "locations.csv").read_bytes()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def _launched(request, s3_endpoint: str) -> Iterator[dict[str, dict]]:
+    """The studies this session's tests of the module scan, started together (each its own process and Ray):
+    most of a study is start-up latency, so the second waits on nothing the first holds."""
+    wanted = [where for where in ("s3", "local") if any(
+        item.module is request.module and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("scanned_run") == where for item in request.session.items)]
+    token = Path.home() / ".ray" / "auth_token"
+    runs: dict[str, dict] = {}
     try:
-        cohort = generate_cohort(str(work / "cohort"), SyntheticSource(patients=6, rows=96, positive_fraction=0.5))
-        labels = []
-        for index, row in enumerate(cohort.itertuples(index=False)):
-            data = _with_phi(row.uri, row.patient_id.rsplit("/", 1)[-1])
-            storage.write_bytes(f"{root}/export/{_pacs_path(row.patient_id.rsplit('/', 1)[-1], index)}", data)
-            labels.append({"SOPInstanceUID": str(pydicom.dcmread(row.uri).SOPInstanceUID), "label": row.label})
-        storage.write_bytes(f"{root}/labels.csv", pd.DataFrame(labels).to_csv(index=False).encode())
-        config = work / "study.yaml"
-        config.write_text(yaml.safe_dump({
-            "name": "security", "output": f"{root}/out",
-            "data": {"adapter": {"name": "dicom_folder", "locations": str(work / "locations.csv"), "args": {
-                "images_uri": f"{root}/export", "dataset": "pacs", "labels_uri": f"{root}/labels.csv", **SALT}}},
-            "ray": {"num_cpus": 2},
-            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
-            "zero_shot": {"nyu_scale": 0.125},
-            "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "selection": ["none"],
-                     "permutations": 5, "oof": {"repeats": 2}},
-            "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
-                         "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5,
-                         "data_cpus": 0.5},
-        }))
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update(CREDENTIALS)
-        env["RAY_TMPDIR"] = str(work / "ray")  # the run's Ray logs land here, to be scanned too
-        run = subprocess.run([sys.executable, "jobs/full_study.py", "--config", str(config)], cwd=REPO, env=env,
-                             capture_output=True, timeout=1200, check=False)
-        assert run.returncode == 0, run.stderr[-3000:].decode(errors="replace")
-        found: dict[str, list[bytes]] = {"stdout": [run.stdout], "stderr": [run.stderr]}
-        for uri in storage.list_files(f"{root}/out"):
-            found[uri] = _readable_text(uri, storage.read_bytes(uri))
-        for path in (work / "ray").rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                found[str(path)] = [path.read_bytes()]
-        found["<inputs>"] = [storage.read_bytes(storage.list_files(f"{root}/export")[0]),
-                             storage.list_files(f"{root}/export")[0].encode()]
-        found["<locations>"] = [(work / "locations.csv").read_bytes()]
-        yield found
+        for where in wanted:
+            if runs and not token.exists():  # the first study makes Ray's token file: never two at once
+                first = next(iter(runs.values()))["process"]
+                deadline = time.monotonic() + 300
+                while not token.exists() and first.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            runs[where] = _launch(where, s3_endpoint)
+        yield runs
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for run in runs.values():
+            if run["process"].poll() is None:
+                os.killpg(run["process"].pid, signal.SIGKILL)
+                run["process"].wait()
+            shutil.rmtree(run["work"], ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["s3", "local"])
+def scanned_run(request, _launched: dict[str, dict]) -> dict[str, list[bytes]]:
+    """The whole study on a PACS-style DICOM export read with the dicom_folder adapter, images and output on S3
+    or on the local disk, run as a Ray job runs it; {where: [its bytes, decoded views]} of every output file,
+    Ray log and console stream."""
+    return _collect(_launched[request.param])
 
 
 def _outputs(found: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
@@ -148,7 +194,7 @@ def test_the_run_wrote_every_stage_and_its_logs(scanned_run):
     assert _leaks({"input": scanned_run["<inputs>"]}, PHI) == [f"{name} in input" for name in PHI]
     # ... and the user's own locations file (outside the output) maps every locator back to its file.
     locations = pd.read_csv(io.BytesIO(scanned_run["<locations>"][0]))
-    assert len(locations) == 24 and locations["locator"].str.match(r"^pseudo://pacs/[0-9a-f]{16}\.dcm$").all()
+    assert len(locations) == 4 * PATIENTS and locations["locator"].str.match(r"^pseudo://pacs/[0-9a-f]{16}\.dcm$").all()
     manifest = pq.read_table(pa.BufferReader(next(v[0] for w, v in scanned_run.items()
                                                   if w.endswith("out/manifest.parquet")))).to_pandas()
     assert sorted(manifest["uri"]) == sorted(locations["locator"])

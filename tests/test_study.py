@@ -121,7 +121,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
             "data": {"synthetic": {"patients": 12, "rows": 96}},
             "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
             "zero_shot": {"nyu_scale": 0.125},
-            "grid": {"cv_folds": 2, "bootstrap": 50, "classifiers": ["logreg"], "permutations": 10},
+            "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "permutations": 2,
+                     "oof": {"repeats": 1}},
             "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
                          "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5},
         }

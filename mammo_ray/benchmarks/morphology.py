@@ -1,8 +1,8 @@
 """`morphology`: the breast crop's opening, hand-written against scipy.ndimage, on the real images.
 
-The crop (mammo_ray.imaging.crop, DESIGN §4) opens the mask `pixels > 0` by 100 iterations of erosion
-then 100 of dilation with scipy's default cross. Three ways to compute that same opening are timed side
-by side, per image (median of --repeats runs), and their masks must be identical:
+The crop (mammo_ray.imaging.crop; docs/design.md, "Breast crop") opens the mask `pixels > 0` by 100
+iterations of erosion then 100 of dilation with scipy's default cross. Three ways to compute that same
+opening are timed side by side, per image (median of --repeats runs), and their masks must be identical:
 
   packed    the crop's own: the taxicab diamond decomposed into 8 sparse crosses, on the mask bit-packed
             64 columns to a word (`crop._open_packed`, what `breast_box` runs);

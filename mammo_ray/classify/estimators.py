@@ -14,6 +14,8 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import Lasso, LassoCV, LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mammo_ray.config.grid import GridConfig, LassoConfig
 from mammo_ray.errors import MammoRayError
@@ -45,8 +47,8 @@ class LassoSelector(SelectorMixin, BaseEstimator):
                    min_features=config.min_features)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LassoSelector:
-        X = np.asarray(X)
-        target = np.asarray(y, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        target = np.asarray(y, dtype=X.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if self.alpha == "cv":
@@ -57,6 +59,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
                 model = Lasso(alpha=float(self.alpha), max_iter=self.max_iter, tol=self.tol)
                 model.fit(X, target)
                 self.alpha_ = float(self.alpha)
+        self.n_iter_ = int(np.max(model.n_iter_))
         coef = np.asarray(model.coef_).ravel()
         mask = coef != 0
         if mask.sum() < self.min_features:
@@ -69,11 +72,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
             self.fallback_ = False
         self.coef_ = coef
         self.mask_ = mask
-        self.n_features_in_ = X.shape[1]
         self.n_features_selected_ = int(mask.sum())
         return self
 
     def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self, "mask_")
         return self.mask_
 
 
@@ -104,6 +107,8 @@ class NystroemSVC(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> NystroemSVC:
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
         gamma = self.gamma_ = svc_gamma(X, self.gamma)
         self.map_ = Nystroem(gamma=gamma, n_components=min(self.n_components, X.shape[0]),
                              random_state=self.random_state)
@@ -114,13 +119,17 @@ class NystroemSVC(ClassifierMixin, BaseEstimator):
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.svm_.fit(features, y)
         self.classes_ = self.svm_.classes_
+        self.n_iter_ = int(self.svm_.n_iter_)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "svm_")
+        X = validate_data(self, X, reset=False)
         return self.svm_.decision_function(self.map_.transform(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        scores = self.decision_function(X)
+        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
 
 
 class QuietLinearSVC(LinearSVC):

@@ -1,4 +1,5 @@
-"""The two evaluation protocols of the classifier grid (DESIGN §3), pure scikit-learn / imbalanced-learn.
+"""The two evaluation protocols of the classifier grid (docs/design.md, "The paper's numbers"), pure
+scikit-learn / imbalanced-learn.
 
 ``paper`` reproduces what the paper's Table 2 numbers show, step by step (each step is a leak, kept on
 purpose so that the published numbers can be reproduced and the gap measured):

@@ -1,4 +1,5 @@
-"""The classifier study's grid as data: every axis and setting is a YAML key (DESIGN §3).
+"""The classifier study's grid as data: every axis and setting is a YAML key
+(docs/design.md, "The paper's numbers").
 
 A grid is the product extractor x selection x balancing x classifier x protocol (a combined extractor,
 features of several side by side, is an extractor too). Standardisation is

@@ -223,7 +223,7 @@ _NYU_DIMS = {"global": 256, "4x4": 4096}
 
 
 class ExtractorConfig(StrictModel):
-    """One feature extractor (DESIGN §4): its weights and preprocessing.
+    """One feature extractor (docs/design.md, "Extractors"): its weights and preprocessing.
 
     `input_size` applies to ImageNet extractors; `pool`, `nyu_scale` (fraction of the native NYU window
     size: 1.0 is the published 2677x1942 / 2974x1748) and `tta` (test-time augmented windows, averaged;

@@ -1,6 +1,6 @@
 """The registry of dataset adapters: a name (as a config names it) -> that adapter's build_manifest.
 
-Every adapter returns a validated manifest DataFrame (DESIGN.md §2) and raises ManifestError naming
+Every adapter returns a validated manifest DataFrame (docs/design.md, "Manifest") and raises ManifestError naming
 the metadata file and every offending row.
 """
 

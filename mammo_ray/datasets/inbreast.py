@@ -1,6 +1,6 @@
 """INbreast adapter: the distribution's INbreast.csv / INbreast.xls + a folder of images -> manifest.
 
-Metadata quirks handled here (DESIGN.md §6):
+Metadata quirks handled here (docs/design.md, "INbreast"):
 - INbreast.csv is ';'-separated with CRLF line ends; `Patient ID` and `Patient age` are the literal
   word 'removed', so the metadata carries no patient key at all;
 - INbreast.xls: only Sheet1 is read (same rows as the csv plus two trailer rows: a blank row and a

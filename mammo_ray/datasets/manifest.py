@@ -1,6 +1,6 @@
 """The manifest: one row per image, the only thing stages downstream of the adapters read.
 
-Contract (DESIGN.md §2): image_id, uri, dataset, patient_id, exam_id, laterality (L/R),
+Contract (docs/design.md, "Manifest"): image_id, uri, dataset, patient_id, exam_id, laterality (L/R),
 view (CC/MLO/other), birads (normalised string or null), label (0/1 or null), pathology; and the
 subgroup columns density (A-D or null), site and device (free text or null).
 """

@@ -1,6 +1,6 @@
 """mini-MIAS adapter: Info.txt + a folder of mdbNNN.png / mdbNNN.pgm -> manifest.
 
-Info.txt quirks (DESIGN.md §6): a free-text header, CRLF line ends, one row per abnormality (so an
+Info.txt quirks (docs/design.md, "mini-MIAS"): a free-text header, CRLF line ends, one row per abnormality (so an
 image may have several rows: mdb005 has two, mdb226 three), rows with fewer columns (`mdb003 D NORM`,
 `mdb059 F CIRC B` without coordinates, `mdb233 G CALC M *NOTE 3*`), and coordinates whose origin is
 the BOTTOM-left corner of the 1024 x 1024 image. mini-MIAS has no BI-RADS.

@@ -1,4 +1,4 @@
-"""The breast bounding box: the published crop (DESIGN §4) and an exact fast version of it.
+"""The breast bounding box: the published crop (docs/design.md, "Breast crop") and an exact fast version of it.
 
 The published algorithm, written once and plainly in `reference_breast_box`:
 mask = pixels > 0; binary erosion then binary dilation, 100 iterations each of scipy's default cross;

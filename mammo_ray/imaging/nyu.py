@@ -1,4 +1,5 @@
-"""NYU preprocessing (DESIGN §4): resample, crop to the breast, orient, choose the window, standardise.
+"""NYU preprocessing (docs/design.md, "Preprocessing"): resample, crop to the breast, orient, choose the
+window, standardise.
 
 Conventions (each covered by a test):
 - Resolutions are relative to NYU's native one (a full-field mammogram, where the published crop and

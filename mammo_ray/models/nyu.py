@@ -1,6 +1,6 @@
 """The NYU breast cancer screening model (Wu et al. 2019), image-wise single-image variant.
 
-Clean-room implementation from the facts in DESIGN.md section 4 (the reference code is AGPL-3.0 and
+Clean-room implementation from the facts in docs/design.md, "The NYU model" (the reference code is AGPL-3.0 and
 is not used here).
 
 Trunk ("ResNet-22", pre-activation ResNet v2), one per view angle:

@@ -1,7 +1,7 @@
 """Published values to print beside ours: the paper's Table 1 and Table 2, from a small CSV the user gives.
 
-The values themselves are not in this project (our design notes record how the paper's numbers were made,
-not the numbers): `report.published` points at a CSV in long format, one value per row:
+`report.published` points at a CSV in long format, one value per row (the paper's own values ship as
+`jobs/configs/paper_tables.csv`; docs/design.md, "The paper's numbers", records how they were made):
 
     table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value
     2,nyu_avg,lasso,smote,svm_linear,,,,accuracy,0.80

@@ -42,8 +42,9 @@ RANDOM_INIT_BANNER = (
     "{which} weights are random-init (no pretrained file was used): these numbers show that the pipeline "
     "works, not how pretrained models transfer. See weights_id in every table."
 )
-#: What DESIGN.md §3 records of the paper's tables. Its exact values are not in our design notes: they
-#: are shown only when the user points `report.published` at them (see report.published), never invented.
+#: What docs/design.md ("What the published numbers show") records of the paper's tables. Its exact values
+#: are not in it: they are shown only when the user points `report.published` at them (see report.published),
+#: never invented.
 PAPER_FACTS = [
     "Table 1 (fine-tuning): accuracies are multiples of 1/82, i.e. an image-level 20% validation split.",
     "Table 2 (features + classifiers): without SMOTE accuracies are multiples of 1/136 (a 1/3 test split of "

@@ -6,7 +6,7 @@ store: only model-ready (C, H, W) float32 inputs do, and the training workers st
 `get_dataset_shard(...).iter_torch_batches(...)`.
 
 A row that cannot be read or prepared (corrupt file, no breast found) is written to the errors table
-(`<output>/errors/<stage>/part-*.parquet`, DESIGN §2) and dropped from the stream; it never crashes
+(`<output>/errors/<stage>/part-*.parquet`, docs/design.md, "Errors table") and dropped from the stream; it never crashes
 the job. Error file names derive from their rows, so every epoch's re-execution rewrites the same files.
 """
 

@@ -1,6 +1,6 @@
 """Validation splits for fine-tuning, deterministic by seed.
 
-Two protocols (DESIGN §3):
+Two protocols (docs/design.md, "Fine-tuning splits"):
 
 - ``patient`` (default): no patient has images on both sides. StratifiedGroupKFold with
   n_splits = round(1 / val_fraction) (but never more than the number of patients), first fold held

@@ -297,7 +297,7 @@ def test_pixels_round_trip_and_window_keeps_the_background(transfer_syntax: str,
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.BitsStored == bits_stored
     assert np.array_equal(ds.pixel_array, image)
-    # A decoder applying the window first (DESIGN.md §4) still sees 0 exactly outside the breast and
+    # A decoder applying the window first (docs/design.md, "Input images") still sees 0 exactly outside the breast and
     # > 0 inside, and the brightest finding is not clipped below the maximum of another pixel.
     windowed = apply_voi_lut(ds.pixel_array, ds)
     assert np.array_equal(windowed > 0, image > 0)

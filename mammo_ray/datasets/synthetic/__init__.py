@@ -13,7 +13,7 @@ the share of *breasts* (hence of images, hence of positive labels) with a suspic
 by default as in INbreast (100 of 410 images). Suspicious breasts go to distinct patients while
 there are enough of them, so with the default half of the patients have one suspicious breast.
 
-Images follow DESIGN.md §4's expectations of a "for presentation" mammogram: MONOCHROME2, zero
+Images follow the expectations (docs/design.md, "Input images") of a "for presentation" mammogram: MONOCHROME2, zero
 background (exactly 0 outside the breast, every breast pixel >= 1), the chest wall on the image
 edge (column 0 for left breasts, the last column for right breasts, which are mirror images), a
 half-elliptic outline in CC, a longer, tilted outline with a brighter pectoral muscle in the top

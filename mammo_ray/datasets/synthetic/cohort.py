@@ -55,7 +55,7 @@ def generate_cohort(
     """Write the cohort under `out_uri` (a local folder or s3:// prefix) and return its manifest.
 
     Files: ``<out>/images/P0007_L_CC.dcm`` ... (4 per patient) and ``<out>/manifest.parquet``
-    (the validated manifest of DESIGN.md §2, rows in patient order then L-CC, R-CC, L-MLO, R-MLO).
+    (the validated manifest of docs/design.md, "Manifest"; rows in patient order then L-CC, R-CC, L-MLO, R-MLO).
     Identifiers: patient_id 'synth/P0007', exam_id 'synth/P0007_E1', image_id 'synth/P0007_L_CC',
     dataset 'synthetic', uri the full URI of the written file; label from the BI-RADS, pathology null.
 

@@ -45,7 +45,7 @@ def _window(pixels: np.ndarray) -> tuple[str, str]:
     """(WindowCenter, WindowWidth) of a linear window spanning the whole tissue range.
 
     Its lower edge sits just below the darkest breast pixel, so that a viewer (or a decoder applying
-    the VOI LUT before cropping, DESIGN.md §4) keeps the background at 0 and every breast pixel
+    the VOI LUT before cropping, docs/design.md, "Input images") keeps the background at 0 and every breast pixel
     above it; its upper edge is the brightest pixel, so no finding is clipped.
     """
     inside = pixels[pixels > 0]

@@ -1,6 +1,6 @@
 """Rendering: the pixels of one synthetic mammogram (`generate_image`).
 
-A "for presentation" mammogram as DESIGN.md §4 expects it: zero background, the chest wall on the
+A "for presentation" mammogram as docs/design.md, "Input images", expects it: zero background, the chest wall on the
 image edge, a half-elliptic outline in CC, a tilted one with a brighter pectoral muscle in MLO, smooth
 fibroglandular texture converging on the nipple, a darker periphery, a skin line, and the breast's
 finding; a soft (tanh) tone curve, so nothing saturates.
