@@ -49,11 +49,18 @@ def _assert_grid_describes(config, manifest: pd.DataFrame, weights: str) -> None
         tables.manifest_digest(manifest)
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_current_inputs(tmp_path):
-    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=8, rows=96, positive_fraction=0.5))
+def _cohort_manifest(tmp_path, patients: int):
+    """A synthetic cohort and its manifest file (the study's `data.manifest`)."""
+    cohort = generate_cohort(str(tmp_path / "cohort"),
+                             SyntheticSource(patients=patients, rows=96, positive_fraction=0.5))
     manifest_uri = str(tmp_path / "manifest.parquet")
     write_manifest(cohort, manifest_uri)
+    return cohort, manifest_uri
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_current_inputs(tmp_path):
+    cohort, manifest_uri = _cohort_manifest(tmp_path, patients=8)
     stages = ["manifest", "ingest", "embed", "grid"]
 
     config = _config(tmp_path, manifest_uri)
@@ -118,9 +125,7 @@ def test_weights_labels_and_images_changed_on_one_output_give_tables_of_the_curr
 
 @pytest.mark.usefixtures("ray_session")
 def test_a_stage_whose_outputs_were_pruned_or_deleted_runs_again(tmp_path):
-    cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=6, rows=96, positive_fraction=0.5))
-    manifest_uri = str(tmp_path / "manifest.parquet")
-    write_manifest(cohort, manifest_uri)
+    cohort, manifest_uri = _cohort_manifest(tmp_path, patients=6)
     stages = ["manifest", "ingest", "embed", "grid"]
     config, edited = _config(tmp_path, manifest_uri), _config(tmp_path, manifest_uri, weights="random-init:1")
     assert run_study(config, stages).ran == stages
