@@ -19,6 +19,7 @@ study: setup
 
 test: setup
 	$(BIN)/python -m ruff check mammo_ray tests jobs
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean:

@@ -13,8 +13,18 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
+import yaml
+
 from mammo_ray import __version__
+from mammo_ray.compare import compare_outputs, render
+from mammo_ray.config import SyntheticSource
+from mammo_ray.config.base import checked
+from mammo_ray.datasets.adapters import ADAPTERS, build_with_adapter
+from mammo_ray.datasets.manifest import read_manifest, write_manifest
+from mammo_ray.datasets.synthetic import generate_cohort
 from mammo_ray.errors import MammoRayError, StoreUnavailableError, declared_cause
+from mammo_ray.models.fetch import fetch_weights
+from mammo_ray.models.weights_catalogue import DEFAULT_FETCH_NAMES
 
 #: Exit codes: bad input or config (fix it, then rerun); the store failed (rerun once it is back).
 EXIT_BAD_INPUT = 2
@@ -22,8 +32,6 @@ EXIT_STORE_UNAVAILABLE = 3
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from mammo_ray.datasets.adapters import ADAPTERS
-
     parser = argparse.ArgumentParser(prog="mammo-ray", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mammo-ray {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,8 +84,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _adapter_args(pairs: Sequence[str]) -> dict[str, object]:
     """KEY=VALUE pairs; a value written as a YAML mapping or list (`columns={image_id: file}`) is parsed."""
-    import yaml
-
     args: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -155,44 +161,34 @@ class _RayOutput:
 def _command(args: argparse.Namespace) -> int:
     """Run the parsed command; its exit code."""
     if args.command == "synth":
-        from mammo_ray.config import SyntheticSource
-        from mammo_ray.config.base import checked
-        from mammo_ray.datasets.synthetic import generate_cohort
-
         source = checked(SyntheticSource, "synth", patients=args.patients, seed=args.seed, rows=args.rows)
         frame = generate_cohort(args.out, source)
         print(json.dumps({"images": len(frame), "positives": int(frame["label"].sum()), "out": args.out}))
     elif args.command == "manifest":
-        from mammo_ray.datasets.adapters import build_with_adapter
-        from mammo_ray.datasets.manifest import write_manifest
-
         frame = write_manifest(build_with_adapter(args.adapter, _adapter_args(args.arg), "--arg"), args.out)
         print(json.dumps({"images": len(frame), "out": args.out}))
     elif args.command == "ingest":
-        from mammo_ray.datasets.manifest import read_manifest
+        # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray import).
         from mammo_ray.stages.ingest import run_ingest
 
         result = run_ingest(read_manifest(args.manifest), args.output)
         print(json.dumps(result.__dict__))
     elif args.command == "weights":
-        from mammo_ray.models.fetch import fetch_weights
-        from mammo_ray.models.weights import DEFAULT_FETCH_NAMES
-
         fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
         print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))
     elif args.command == "run":
+        # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray/torch import).
         from mammo_ray.study import check_stages, run_from_cli
 
         check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
         return run_from_cli(args.config, args.output, args.stages, args.force)
     elif args.command == "prune":
+        # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray/torch import).
         from mammo_ray.study import load_study_config, prune_output
 
         removed = prune_output(load_study_config(args.config, args.output), dry_run=args.dry_run)
         print(json.dumps({"dry_run": args.dry_run, "removed": removed}))
     elif args.command == "compare":
-        from mammo_ray.compare import compare_outputs, render
-
         results = compare_outputs(args.left, args.right, atol=args.atol, ignore=args.ignore)
         print(render(results))
         return 0 if all(result.equal for result in results) else 1

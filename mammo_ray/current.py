@@ -13,9 +13,10 @@ from mammo_ray.config import ExtractorConfig, StudyConfig
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.errors import ConfigError
 from mammo_ray.feature_store import ModelKey
+from mammo_ray.models.catalogue import embedding_key, zero_shot_key
+from mammo_ray.models.finetune_models import resolve_models, weights_key
+from mammo_ray.models.weights_resolver import weights_id
 from mammo_ray.privacy import is_locator, with_sources
-from mammo_ray.stages.embed import embedding_key
-from mammo_ray.stages.zero_shot import zero_shot_key
 
 
 class CurrentInputs:
@@ -84,9 +85,6 @@ class CurrentInputs:
         return {"manifest": self.digest("manifest"), "embeddings": embeddings}
 
     def finetune_inputs(self) -> dict[str, Any]:
-        from mammo_ray.models.weights import weights_id
-        from mammo_ray.stages.finetune import resolve_models, weights_key
-
         weights = {weights_key(m): weights_id(m.spec) for m in resolve_models(self.config.finetune)}
         inputs: dict[str, Any] = {"manifest": self.digest("manifest"), "weights": weights}
         if self.read.allow_modalities:  # they decide which images it trains on (only when set: older runs stay current)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage, tables
+from mammo_ray import schemas, storage, tables
 from mammo_ray.errors import StaleTableError
 
 log = logging.getLogger("mammo_ray.feature_store")
@@ -66,8 +66,8 @@ def _read_folder(uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame
 
 
 def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
-    """Content keys (tables.content_key) already stored under `key`."""
-    rows = _read_folder(key_uri(table_uri, key), tables.CONTENT_KEY_COLUMNS)
+    """Content keys (schemas.content_key) already stored under `key`."""
+    rows = _read_folder(key_uri(table_uri, key), schemas.CONTENT_KEY_COLUMNS)
     if rows is None:
         return frozenset()
     return frozenset(_stored_keys(rows, key).tolist())
@@ -75,23 +75,23 @@ def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
 
 def _stored_keys(rows: pd.DataFrame, key: ModelKey) -> pd.Series:
     """The content keys of feature-store rows (whose laterality / view columns hold the hints)."""
-    return tables.content_keys(rows["content_sha256"], rows["laterality"], rows["view"], key.orientation)
+    return schemas.content_keys(rows["content_sha256"], rows["laterality"], rows["view"], key.orientation)
 
 
 def _image_keys(images: pd.DataFrame, key: ModelKey) -> pd.Series:
     """The content keys of manifest rows joined to their content (the manifest's laterality / view)."""
-    return tables.content_keys(images["content_sha256"], images["laterality"], images["view"], key.orientation)
+    return schemas.content_keys(images["content_sha256"], images["laterality"], images["view"], key.orientation)
 
 
 def feature_rows(rows: pd.DataFrame, key: ModelKey) -> pd.DataFrame:
     """Output rows (decoded rows: `content_sha256`, `manifest_laterality`, `manifest_view`) with the key
     columns, one per content key."""
     def hints(column: str) -> list[str]:
-        return [tables.orientation_hint(v) if key.orientation else "" for v in rows[column]]
+        return [schemas.orientation_hint(v) if key.orientation else "" for v in rows[column]]
 
     keyed = rows.assign(laterality=hints("manifest_laterality"), view=hints("manifest_view"),
                         model_id=key.model_id, weights_id=key.weights_id, preprocess_id=key.preprocess_id)
-    return keyed.drop_duplicates(subset=list(tables.CONTENT_KEY_COLUMNS))
+    return keyed.drop_duplicates(subset=list(schemas.CONTENT_KEY_COLUMNS))
 
 
 def part_name(keys: Sequence[str]) -> str:
@@ -137,7 +137,7 @@ def compact(table_uri: str, key: ModelKey, target_bytes: int) -> Compaction:
     groups = [group for group in groups if len(group) > 1]
     for group in groups:
         table = storage.read_files({uri: listed[uri] for uri in group})
-        first = ~_stored_keys(table.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key).duplicated()
+        first = ~_stored_keys(table.select(list(schemas.CONTENT_KEY_COLUMNS)).to_pandas(), key).duplicated()
         table = table.filter(pa.array(first.to_numpy()))
         written = _write_parts(table, folder, key, rows_per_part=len(table))  # first the merged file ...
         storage.remove_files([uri for uri in group if uri not in written])  # ... then the small ones go
@@ -151,7 +151,7 @@ def _write_parts(table: pa.Table, folder: str, key: ModelKey, rows_per_part: int
     written = set()
     for start in range(0, len(table), max(1, rows_per_part)):
         part = table.slice(start, rows_per_part)
-        keys = _stored_keys(part.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key)
+        keys = _stored_keys(part.select(list(schemas.CONTENT_KEY_COLUMNS)).to_pandas(), key)
         uri = storage.join(folder, part_name(keys.tolist()))
         storage.write_table(part, uri)
         written.add(uri)
@@ -161,8 +161,8 @@ def _write_parts(table: pa.Table, folder: str, key: ModelKey, rows_per_part: int
 def write_index(table_uri: str, stage: str, index: pd.DataFrame, manifest: pd.DataFrame, key: ModelKey) -> None:
     """The index of this run (one row per manifest image), atomically, naming the manifest and key it describes."""
     frame = index.sort_values("image_id").reset_index(drop=True)
-    table = pa.Table.from_pandas(frame[tables.INDEX_SCHEMA.names], schema=tables.INDEX_SCHEMA, preserve_index=False)
-    content = tables.frame_digest(frame, tables.INDEX_SCHEMA.names)
+    table = pa.Table.from_pandas(frame[schemas.INDEX_SCHEMA.names], schema=schemas.INDEX_SCHEMA, preserve_index=False)
+    content = tables.frame_digest(frame, schemas.INDEX_SCHEMA.names)
     table = tables.with_provenance(table, stage, weights_ids=[key.weights_id], key=key.as_dict(),
                                    inputs={"images": tables.image_digest(manifest), "content": content})
     storage.write_table(table, tables.index_uri(table_uri))
@@ -220,9 +220,9 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str,
     ok = index[index["status"] == "ok"][["image_id", "content_sha256"]]
     # Image ids are unique in a manifest and in an index (both checked where they are written).
     images = manifest.merge(ok, on="image_id", how="inner")
-    features = _read_folder(key_uri(table_uri, key), [*tables.CONTENT_KEY_COLUMNS, *columns] if columns else None)
+    features = _read_folder(key_uri(table_uri, key), [*schemas.CONTENT_KEY_COLUMNS, *columns] if columns else None)
     if features is None:
-        features = pd.DataFrame(columns=list(tables.FEATURE_KEY_COLUMNS))
+        features = pd.DataFrame(columns=list(schemas.FEATURE_KEY_COLUMNS))
     stored = _stored_keys(features, key)
     first = ~stored.duplicated()
     features, stored = features[first.to_numpy()], stored[first]
@@ -230,7 +230,7 @@ def read_view(table_uri: str, manifest: pd.DataFrame, key: ModelKey, stage: str,
     if (positions < 0).any():
         missing = _missing_outputs(images["image_id"][positions < 0], key)
         raise StaleTableError(table_uri, f"{missing}: run the {stage} stage")
-    outputs = features.drop(columns=list(tables.CONTENT_KEY_COLUMNS)).iloc[positions].reset_index(drop=True)
+    outputs = features.drop(columns=list(schemas.CONTENT_KEY_COLUMNS)).iloc[positions].reset_index(drop=True)
     view = pd.concat([images.reset_index(drop=True), outputs], axis=1)
     return view.sort_values("image_id", kind="stable").reset_index(drop=True)
 
@@ -273,7 +273,7 @@ def prune(table_uri: str, manifest: pd.DataFrame | None, key: ModelKey | None, d
     index = storage.read_table(tables.index_uri(table_uri)).to_pandas()
     named = manifest.merge(index[index["status"] == "ok"], on="image_id")
     wanted = set(_image_keys(named, key).tolist())
-    contents = _stored_keys(table.select(list(tables.CONTENT_KEY_COLUMNS)).to_pandas(), key)
+    contents = _stored_keys(table.select(list(schemas.CONTENT_KEY_COLUMNS)).to_pandas(), key)
     kept = (contents.isin(wanted) & ~contents.duplicated()).to_numpy()
     removed["rows"] = int((~kept).sum())
     if removed["rows"] and not dry_run:

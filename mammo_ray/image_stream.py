@@ -26,9 +26,10 @@ from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import check_modality, decode_image
+from mammo_ray.imaging.modality import allowed_modalities
 from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.privacy import SOURCE_COLUMN, shown
-from mammo_ray.tables import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
+from mammo_ray.schemas import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
 
 DECODED_COLUMNS: list[str] = [
     *MANIFEST_COLUMNS,
@@ -64,6 +65,16 @@ def raise_original_errors() -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
+def block_rows(options: IngestConfig, images: int, cpus: float) -> int:
+    """Manifest rows per Ray block: `rows_per_block`, else about four blocks per CPU (the pass's last blocks
+    then keep every CPU busy), between 16 and 256 rows. Each block costs Ray Data a task or an actor call
+    (`jobs/benchmark.py scale` measures it); memory does not grow with it: a block's images are decoded
+    `batch_size` at a time."""
+    if options.rows_per_block is not None:
+        return options.rows_per_block
+    return max(16, min(256, math.ceil(images / (4 * max(1.0, cpus)))))
+
+
 def blocks_dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     """A table as a Ray Dataset of blocks of about `rows_per_block` rows, small enough that decoding spreads
     over every CPU; map functions of the pipelines built on it fail with their own errors."""
@@ -91,7 +102,7 @@ def read_images(
     always decode) are read and hashed but not decoded: their row has `cached` set and empty pixels.
     The decode tasks run where `placement` puts decoding.
     """
-    rows_per_block = options.block_rows(len(manifest), ray.cluster_resources().get("CPU", 1.0))
+    rows_per_block = block_rows(options, len(manifest), ray.cluster_resources().get("CPU", 1.0))
     return manifest_dataset(manifest, rows_per_block).map_batches(
         decode_batch,
         batch_size=options.batch_size,
@@ -108,7 +119,7 @@ def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: Sequence[Ca
         decoded = _read_and_decode(record, options, cached)
         tag_laterality, tag_view = decoded.pop("tag_laterality"), decoded.pop("tag_view")
         # The manifest is the override; the file's own tags fill what the manifest leaves open. What the
-        # manifest said is kept too: with the content it keys stored model outputs (tables.content_key).
+        # manifest said is kept too: with the content it keys stored model outputs (schemas.content_key).
         decoded["manifest_laterality"], decoded["manifest_view"] = record["laterality"], record["view"]
         decoded["laterality"] = _present(record["laterality"]) or tag_laterality
         decoded["view"] = _present(record["view"]) or tag_view
@@ -133,11 +144,11 @@ def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[Cache
         content = (digest, record["laterality"], record["view"])
         if cached and all(content in outputs for outputs in cached):
             # Not decoded, but still judged: stored outputs of a CT stay unused (its header is read, no pixel).
-            check_modality(data, uri, allowed_modalities=options.allowed_modalities)
+            check_modality(data, uri, allowed_modalities=allowed_modalities(options.allow_modalities))
             return {"pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": True,
                     "tag_laterality": None, "tag_view": None, "error_type": None, "error_message": None}
         image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels,
-                             allowed_modalities=options.allowed_modalities)
+                             allowed_modalities=allowed_modalities(options.allow_modalities))
     except StoreUnavailableError:
         raise  # the store failed, not this image: the stage fails and its rerun does the work
     except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash

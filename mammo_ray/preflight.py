@@ -6,8 +6,16 @@ from __future__ import annotations
 import json
 import os
 
+from mammo_ray import storage
 from mammo_ray.config import StudyConfig
+from mammo_ray.config.finetune import DEFAULT_WEIGHTS
 from mammo_ray.errors import ConfigError, MammoRayError
+from mammo_ray.models.catalogue import weights_spec
+from mammo_ray.models.finetune_models import resolve_models
+from mammo_ray.models.weights import WeightsError
+from mammo_ray.models.weights_catalogue import FETCH_HINT, NYU_IMAGE_WISE_FILE, missing_files_hint, weights_file_of
+from mammo_ray.models.weights_resolver import check_weights_available
+from mammo_ray.report.published import read_published
 
 #: Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
 _RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -65,8 +73,6 @@ Problem = tuple[str, str, MammoRayError]
 
 
 def _weights_problems(needed: list[tuple[str, object]]) -> list[Problem]:
-    from mammo_ray.models.weights import check_weights_available
-
     problems = []
     for key_path, weights in needed:
         try:
@@ -78,20 +84,16 @@ def _weights_problems(needed: list[tuple[str, object]]) -> list[Problem]:
 
 def embed_weights(config: StudyConfig) -> list[Problem]:
     """Every extractor's weights are there (and match their sha256)."""
-    return _weights_problems([(f"embed.extractors.{i}.weights", spec.weights_spec)
+    return _weights_problems([(f"embed.extractors.{i}.weights", weights_spec(spec))
                               for i, spec in enumerate(config.embed.extractors)])
 
 
 def zero_shot_weights(config: StudyConfig) -> list[Problem]:
-    return _weights_problems([("zero_shot.weights", config.zero_shot.weights_spec)])
+    return _weights_problems([("zero_shot.weights", weights_spec(config.zero_shot))])
 
 
 def finetune_weights(config: StudyConfig) -> list[Problem]:
     """Every model to fine-tune resolves to weights that are there; two entries sharing a key are refused."""
-    from mammo_ray.config.finetune import DEFAULT_WEIGHTS
-    from mammo_ray.models.weights import NYU_IMAGE_WISE_FILE
-    from mammo_ray.stages.finetune import resolve_models
-
     # resolve_models stops at its first bad model: it is asked about each model alone, then about all of
     # them together (two entries sharing a key) once each is known to be fine.
     problems: list[Problem] = []
@@ -111,8 +113,6 @@ def finetune_weights(config: StudyConfig) -> list[Problem]:
 
 def locations_outside_output(config: StudyConfig) -> list[Problem]:
     """A locations file (locators -> real paths) is the user's: never inside the output it keeps them out of."""
-    from mammo_ray import storage
-
     output = storage.join(config.output, "")
     problems: list[Problem] = []
     for key, value in _paths(config):
@@ -126,8 +126,6 @@ def published_values(config: StudyConfig) -> list[Problem]:
     """The published values the report shows parse (a bad file fails now, not after hours of work)."""
     if not config.report.published:
         return []
-    from mammo_ray.report.published import read_published
-
     try:
         read_published(config.report.published)
     except MammoRayError as error:
@@ -139,8 +137,6 @@ def raise_problems(problems: list[Problem]) -> None:
     """Stop the study with every problem at once: one ConfigError (its key path the first one's), a line per
     key path naming its file, and one `mammo-ray weights fetch` command for all the missing published
     files, so a study missing several files says so in one run."""
-    from mammo_ray.models.weights import FETCH_HINT, WeightsError, missing_files_hint, weights_file_of
-
     if not problems:
         return
     if len(problems) == 1:

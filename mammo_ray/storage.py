@@ -2,7 +2,7 @@
 
 S3 goes through s3fs; the endpoint, region and credentials come from the standard AWS variables
 (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION /
-AWS_DEFAULT_REGION) or from the study config's `storage.s3` section (S3Config). Credentials are never
+AWS_DEFAULT_REGION) or from an `S3Config` (the study config's `storage.s3` section). Credentials are never
 stored in a config that travels to Ray workers: each process takes them from its own environment or
 instance profile.
 
@@ -37,8 +37,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mammo_ray import s3_listing
-from mammo_ray.config.sections import S3Config
 from mammo_ray.errors import StorageError, StoreUnavailableError
+from mammo_ray.s3_settings import S3Config
 
 _SUPPORTED_SCHEMES = ("", "file", "s3")
 #: 2 GiB: far above any mammogram (a full-field DICOM is 10-60 MB), far below what would exhaust a worker.

@@ -16,6 +16,7 @@ from mammo_ray.benchmarks.morphology import (
     iterated_opening,
     packed_opening,
 )
+from mammo_ray.classify.cells import grid_cells
 from mammo_ray.imaging.crop import _unpack, reference_breast_box
 from tests.random_data import blob_mask
 
@@ -73,7 +74,7 @@ def test_cached_pipelines_give_the_engine_numbers_bit_for_bit() -> None:
     data = embedding_table(96, 24, seed=2, extractor="bench")
     config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=20, cv_folds=3,
                         evaluation="holdout", permutations=0)
-    cells = config.cells()
+    cells = grid_cells(config)
     cached = cached_pipelines(data, cells, config)
     unkernelled = evaluate_cells(data, cells, config, precomputed_kernels=False)
     assert all(_same(result, numbers) for result, numbers in zip(unkernelled, cached, strict=True))

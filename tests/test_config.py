@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mammo_ray.config import IngestConfig, StudyConfig, load_config, parse_config
+from mammo_ray.config import StudyConfig, load_config, parse_config
 from mammo_ray.errors import ConfigError
 from mammo_ray.study import check_stages
 
@@ -131,34 +131,6 @@ def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_p
     assert caught.value.key_path == "embed.extractors.0.weights"
     assert "resnet50-11ad3fa6.pth" in str(caught.value) and "mammo-ray weights fetch" in str(caught.value)
     assert not (tmp_path / "out").exists()
-
-
-def test_the_cpu_inference_pool_has_one_single_thread_actor_per_cpu_and_one_actor_per_gpu():
-    from mammo_ray.config import EmbedConfig
-
-    assert EmbedConfig().actor_torch_threads() == 1
-    assert EmbedConfig(torch_threads=3).actor_torch_threads() == 3
-    # CPU only: one actor per torch_threads CPUs of each node (a node's remainder gives none).
-    assert EmbedConfig().actor_count(cluster_gpus=0, node_cpus=[2.0, 16.0], batches=100) == 18
-    assert EmbedConfig(torch_threads=3).actor_count(cluster_gpus=0, node_cpus=[2.0, 16.0], batches=100) == 5
-    assert EmbedConfig(torch_threads=4).actor_count(cluster_gpus=0, node_cpus=[2.0], batches=100) == 1
-    # GPUs: one actor per GPU (fractional GPUs per actor: more); num_gpus=0 keeps to the CPUs.
-    assert EmbedConfig().actor_count(cluster_gpus=4, node_cpus=[16.0] * 5, batches=100) == 4
-    assert EmbedConfig(num_gpus=0.5).actor_count(cluster_gpus=4, node_cpus=[16.0], batches=100) == 8
-    assert EmbedConfig(num_gpus=0).actor_count(cluster_gpus=4, node_cpus=[2.0, 2.0], batches=100) == 4
-    assert EmbedConfig(max_actors=2).actor_count(cluster_gpus=4, node_cpus=[16.0], batches=100) == 2
-    # Never more actors than batches: each would load every network for nothing.
-    assert EmbedConfig().actor_count(cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
-    assert EmbedConfig(max_actors=8).actor_count(cluster_gpus=0, node_cpus=[16.0], batches=0) == 1
-
-
-def test_blocks_hold_about_four_per_cpu_between_16_and_256_rows_unless_configured():
-    derived = IngestConfig()
-    assert derived.block_rows(images=410, cpus=2) == 52
-    assert derived.block_rows(images=100_000, cpus=2) == 256   # each block costs Ray Data a call
-    assert derived.block_rows(images=10, cpus=2) == 16
-    assert derived.block_rows(images=100_000, cpus=0) == 256   # a cluster without CPUs yet (scaling from zero)
-    assert IngestConfig(rows_per_block=3).block_rows(images=100_000, cpus=64) == 3
 
 
 @pytest.mark.parametrize("name", ["a\\b", "c:", "site%2e%2e", "site\x00", "tab\there", "line\n", "..", "a..b",

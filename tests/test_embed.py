@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_ray import feature_store, storage, tables
+from mammo_ray import feature_store, schemas, storage
 from mammo_ray.config import EmbedConfig, ExtractorConfig
 from mammo_ray.datasets.manifest import validate_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
-from mammo_ray.models.extractors import EXTRACTORS
+from mammo_ray.models.catalogue import EXTRACTORS, dim, model_id, preprocess_id
 from mammo_ray.stages.embed import embedding_key, errors_uri, read_embeddings, run_embed
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -48,19 +48,19 @@ def test_every_extractor_embeds_the_cohort_from_s3(name, s3_manifest, s3_bucket)
     key = embedding_key(spec)
     store = feature_store.key_uri(result.uri, key)
     table = storage.read_table(store)
-    assert table.schema.equals(tables.embeddings_schema(spec.dim), check_metadata=False)
+    assert table.schema.equals(schemas.embeddings_schema(dim(spec)), check_metadata=False)
     assert table.num_rows == len(manifest)
     stored = table.to_pandas()
     assert "image_id" not in stored and "label" not in stored  # a feature store: keyed by content, not by image
-    assert set(stored["weights_id"]) == {"random-init:3"} and set(stored["model_id"]) == {spec.model_id}
+    assert set(stored["weights_id"]) == {"random-init:3"} and set(stored["model_id"]) == {model_id(spec)}
     frame = read_embeddings(s3_bucket + "/out", manifest, spec)
     vectors = np.stack(frame["embedding"])
-    assert vectors.shape == (len(manifest), spec.dim) and np.isfinite(vectors).all()
+    assert vectors.shape == (len(manifest), dim(spec)) and np.isfinite(vectors).all()
     assert frame["breast_share"].between(0.05, 1.0).all()  # every image records its breast's share of the input
     assert read_embeddings(s3_bucket + "/out", manifest, spec, columns=["breast_share"]).columns.isin(
         ["embedding"]).sum() == 0  # a report reads the share without the vectors
     assert set(frame["weights_id"]) == {"random-init:3"}
-    assert set(frame["preprocess_id"]) == {key.preprocess_id} and spec.preprocess_id in key.preprocess_id
+    assert set(frame["preprocess_id"]) == {key.preprocess_id} and preprocess_id(spec) in key.preprocess_id
     assert frame["image_id"].tolist() == sorted(manifest["image_id"])
     assert frame["label"].tolist() == manifest.sort_values("image_id")["label"].tolist()
     assert len(set(map(bytes, vectors.astype(np.float32)))) == len(manifest)  # images differ, so do vectors

@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 
 from mammo_ray import storage, tables
+from mammo_ray.classify.cells import grid_cells
 from mammo_ray.classify.data import GridData
 from mammo_ray.classify.external import external_validation
 from mammo_ray.config import GridConfig, parse_config
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource
 from mammo_ray.datasets.synthetic.phantom import generate_image
+from mammo_ray.datasets.synthetic.spec import max_value
 from mammo_ray.errors import ConfigError
 from mammo_ray.study import run_study
 
@@ -41,12 +43,12 @@ def _config() -> GridConfig:
 def test_a_signal_that_transfers_holds_and_one_that_does_not_drops() -> None:
     config = _config()
     same, sources = _two_sites(flip_b=False)
-    (row,) = external_validation(same, sources, "a", "b", config.cells(["e"]), config).to_dict("records")
+    (row,) = external_validation(same, sources, "a", "b", grid_cells(config, ["e"]), config).to_dict("records")
     assert (row["n_train"], row["n_test"], row["status"]) == (160, 160, "ok")
     assert row["internal_auc"] > 0.8 and row["external_auc"] > 0.8
     assert row["external_ci_low"] <= row["external_auc"] <= row["external_ci_high"]
     flipped, sources = _two_sites(flip_b=True)
-    (row,) = external_validation(flipped, sources, "a", "b", config.cells(["e"]), config).to_dict("records")
+    (row,) = external_validation(flipped, sources, "a", "b", grid_cells(config, ["e"]), config).to_dict("records")
     assert row["internal_auc"] > 0.8 and row["external_auc"] < 0.2 and row["drop"] > 0.6
 
 
@@ -55,8 +57,8 @@ def test_nothing_of_the_test_source_is_seen_before_it_is_scored() -> None:
     data, sources = _two_sites(flip_b=False)
     relabelled = GridData(extractor="e", X=data.X, y=np.where(np.arange(320) >= 160, 1 - data.y, data.y),
                           groups=data.groups, image_ids=data.image_ids)
-    first = external_validation(data, sources, "a", "b", config.cells(["e"]), config).iloc[0]
-    second = external_validation(relabelled, sources, "a", "b", config.cells(["e"]), config).iloc[0]
+    first = external_validation(data, sources, "a", "b", grid_cells(config, ["e"]), config).iloc[0]
+    second = external_validation(relabelled, sources, "a", "b", grid_cells(config, ["e"]), config).iloc[0]
     assert first["internal_auc"] == second["internal_auc"]  # B's labels never reach the fit or A's CV
     assert second["external_auc"] == pytest.approx(1.0 - first["external_auc"])  # the same scores on B
 
@@ -73,8 +75,8 @@ def test_the_internal_estimate_on_tune_is_the_one_computed_in_process(tmp_path) 
     journal = str(tmp_path / "units")
     internal = tune_internal({"e": data}, sources, config, str(tmp_path / "tune"), "grid", journal)
     assert list(internal) == [("e", "a")]  # one estimate per train source, however many pairs use it
-    on_tune = external_validation(data, sources, "a", "b", config.cells(["e"]), config, internal[("e", "a")])
-    in_process = external_validation(data, sources, "a", "b", config.cells(["e"]), config)
+    on_tune = external_validation(data, sources, "a", "b", grid_cells(config, ["e"]), config, internal[("e", "a")])
+    in_process = external_validation(data, sources, "a", "b", grid_cells(config, ["e"]), config)
     assert len(on_tune) == 2
     pd.testing.assert_frame_equal(on_tune, in_process)
     assert len(storage.list_files(journal)) == 1  # one trial unit (the two classifiers share the folds)
@@ -86,7 +88,7 @@ def test_one_class_source_is_a_failed_row_naming_it() -> None:
     y = data.y.copy()
     y[160:] = 0
     one_class = GridData(extractor="e", X=data.X, y=y, groups=data.groups, image_ids=data.image_ids)
-    (row,) = external_validation(one_class, sources, "a", "b", config.cells(["e"]), config).to_dict("records")
+    (row,) = external_validation(one_class, sources, "a", "b", grid_cells(config, ["e"]), config).to_dict("records")
     assert row["status"] == "failed" and "source 'b' has one class only" in row["error"]
 
 
@@ -94,7 +96,7 @@ def test_another_sites_contrast_and_noise_change_the_tissue_only() -> None:
     plain = generate_image(0, "L", "CC", "2", SyntheticSource(rows=96))
     other = generate_image(0, "L", "CC", "2", SyntheticSource(rows=96, contrast=1.6, noise=0.02))
     assert np.array_equal(plain > 0, other > 0)  # the same breast, the background still 0
-    assert other[other > 0].min() >= 1 and other.max() <= SyntheticSource().max_value - 1
+    assert other[other > 0].min() >= 1 and other.max() <= max_value(SyntheticSource()) - 1
     assert np.median(other[other > 0]) < np.median(plain[plain > 0])  # a power above 1 darkens the tissue
 
 
@@ -123,7 +125,7 @@ def test_two_synthetic_sites_end_to_end(tmp_path) -> None:
         "grid": {**GRID, "oof": {"repeats": 1},  # the internal estimate's repeats change no row or section
                  "external": [{"train": "site_a", "test": "site_b"}, {"train": "site_b", "test": "site_a"}]},
     })
-    run_study(config, ["manifest", "ingest", "embed", "grid", "report"])
+    run_study(config, ["manifest", "ingest", "embed", "grid", "subgroups", "report"])
     manifest = read_manifest(str(output / "manifest.parquet"))
     assert manifest.groupby("dataset").size().to_dict() == {"site_a": 40, "site_b": 40}
     assert manifest["image_id"].str.startswith(("site_a/synth/", "site_b/synth/")).all()
@@ -165,7 +167,7 @@ def test_mini_mias_to_the_real_cbis_ddsm_dicoms(tmp_path, mini_mias_dir, cbis_me
         "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
         "grid": {**GRID, "oof": {"repeats": 1}, "external": [{"train": "mias", "test": "cbis"}]},
     })
-    run_study(config, ["manifest", "ingest", "embed", "grid", "report"])
+    run_study(config, ["manifest", "ingest", "embed", "grid", "subgroups", "report"])
     (row,) = storage.read_table(tables.external_uri(str(output))).to_pandas().to_dict("records")
     assert (row["n_train"], row["n_test"], row["n_test_positive"], row["status"]) == (48, 8, 2, "ok")
     assert 0.0 <= row["external_auc"] <= 1.0 and row["external_ci_low"] <= row["external_ci_high"]

@@ -14,9 +14,11 @@ from mammo_ray import storage, tables
 from mammo_ray.config import FinetuneConfig
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import ConfigError
-from mammo_ray.models.weights import WeightsError, seeded_init
+from mammo_ray.models.catalogue import finetune_transform
+from mammo_ray.models.weight_loading import seeded_init
+from mammo_ray.models.weights import WeightsError
+from mammo_ray.schemas import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.stages.finetune import finetune_uri, predictions_uri, run_finetune
-from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
 from mammo_ray.training.data import task_frame
 from mammo_ray.training.splits import make_split
 
@@ -224,14 +226,16 @@ def test_the_nyu_model_fine_tunes_from_the_view_head_it_is_given(tmp_path):
     assert torch.equal(state["fc1.weight"], published.fc1_lmlo.weight)  # not fc1_lcc, the default head
     assert torch.equal(state["trunk.first_conv.weight"], published.mlo.first_conv.weight)
     recorded = json.loads(storage.read_bytes(row["checkpoint_uri"] + "/state.json"))
-    assert recorded["preprocess_id"] == config.transform("nyu", 64, "l_mlo").id != config.transform("nyu", 64).id
+    l_mlo, l_cc = finetune_transform(config, "nyu", 64, "l_mlo"), finetune_transform(config, "nyu", 64)
+    assert recorded["preprocess_id"] == l_mlo.id != l_cc.id
     assert [run.variant for run in result.runs] == ["l_mlo"]
     assert set(_predictions(output)["variant"]) == {"l_mlo"}
 
 
 def test_each_nyu_view_head_is_a_run_of_its_own_with_its_window():
     from mammo_ray.imaging.nyu import window_size
-    from mammo_ray.stages.finetune import resolve_models, run_name
+    from mammo_ray.models.finetune_models import resolve_models
+    from mammo_ray.stages.finetune import run_name
 
     config = _config(models=[{"name": "nyu", "weights": "random-init:0", "view": view} for view in ("l_mlo", "r_cc")]
                      + [{"name": "nyu", "weights": "random-init:0"}, {"name": "small_cnn"}],
@@ -241,7 +245,7 @@ def test_each_nyu_view_head_is_a_run_of_its_own_with_its_window():
     assert [run_name(config, m, "binary", config.stages[0]) for m in models] == [
         "t-nyu-l_mlo-none-binary-patient-all", "t-nyu-r_cc-none-binary-patient-all",
         "t-nyu-l_cc-none-binary-patient-all", "t-small_cnn-none-binary-patient-all"]
-    windows = {view: config.transform("nyu", 64, view).shape for view in ("l_mlo", "r_mlo", "l_cc", "r_cc")}
+    windows = {view: finetune_transform(config, "nyu", 64, view).shape for view in ("l_mlo", "r_mlo", "l_cc", "r_cc")}
     assert windows["l_mlo"] == windows["r_mlo"] == (1, *window_size("MLO", 64 / 2974))
     assert windows["l_cc"] == windows["r_cc"] == (1, *window_size("CC", 64 / 2677))
     twice = [{"name": "nyu", "weights": "random-init:0", "view": "r_cc"}] * 2

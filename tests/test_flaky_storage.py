@@ -31,9 +31,10 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from mammo_ray import feature_store, storage
+from mammo_ray import feature_store, schemas, storage
 from mammo_ray import tables as tables_contract
-from mammo_ray.config import S3Config, parse_config
+from mammo_ray.config import parse_config
+from mammo_ray.s3_settings import S3Config
 from mammo_ray.stages.embed import embedding_key
 from mammo_ray.stages.zero_shot import zero_shot_key
 from mammo_ray.study import run_study
@@ -206,7 +207,7 @@ def _tables(output: str) -> dict[str, str]:
 
 #: Columns that order a table's rows: image tables by image, feature stores by their key (no image ids).
 _ROW_KEYS = ("image_id", "extractor", "selection", "balancing", "classifier", "protocol", "stage",
-             *tables_contract.FEATURE_KEY_COLUMNS)
+             *schemas.FEATURE_KEY_COLUMNS)
 
 
 def _comparable(table: pa.Table, output: str) -> pd.DataFrame:
@@ -265,7 +266,7 @@ def test_the_study_on_a_flaky_store_writes_what_a_clean_run_writes(s3_endpoint, 
         expected = _comparable(storage.read_table(storage.join(clean_out, relative)), clean_out)
         actual = _comparable(storage.read_table(storage.join(flaky_out, relative)), flaky_out)
         if relative in features:  # a feature store: one row per key, no image ids
-            key = list(tables_contract.FEATURE_KEY_COLUMNS)
+            key = list(schemas.FEATURE_KEY_COLUMNS)
             assert not actual.duplicated(subset=key).any(), f"{relative}: a retried write left duplicate rows"
         elif relative.startswith(("manifest", "ingest/", "embeddings/", "zero_shot")):
             assert actual["image_id"].is_unique, f"{relative}: a retried write left duplicate rows"

@@ -9,9 +9,11 @@ import pytest
 
 from mammo_ray import storage, tables
 from mammo_ray.classify import GridData
+from mammo_ray.classify.cells import grid_cells
 from mammo_ray.classify.synthetic import embedding_table, noise_table, read_synthetic, write_embeddings
 from mammo_ray.config import EmbedConfig, ExtractorConfig, GridConfig
-from mammo_ray.stages.grid import GRID_SCHEMA, _cells_of, grid_uri, plan_units, run_grid, tune_grid
+from mammo_ray.stages.grid import GRID_SCHEMA, grid_uri, run_grid, tune_grid
+from mammo_ray.stages.grid_units import plan_units, unit_key
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -75,7 +77,7 @@ def test_tune_results_equal_the_sequential_loop_and_a_crashed_trial_fails_only_i
     broken = GridData("broken", good.X[:50], good.y, good.groups)  # X shorter than y: the trial crashes
     config = GridConfig(extractors=["good", "broken"], protocols=["leak_free"], selection=["none"],
                         classifiers=["logreg", "svm_linear"], trial_grouping="preprocessing", **SMALL)
-    cells = config.cells()
+    cells = grid_cells(config)
     results = tune_grid({"good": good, "broken": broken}, cells, config, str(tmp_path / "tune"))
     assert [r.cell for r in results] == cells
     from mammo_ray.classify import evaluate_cell
@@ -92,25 +94,24 @@ def test_tune_results_equal_the_sequential_loop_and_a_crashed_trial_fails_only_i
 
 def test_trials_group_cells_that_share_fits():
     data = {"a": noise_table(100, 4, 25, extractor="a"), "b": noise_table(100, 4, 25, extractor="b")}
-    cells = GridConfig().cells(["a", "b"])
+    cells = grid_cells(GridConfig(), ["a", "b"])
     sizes = {
         grouping: len(plan_units(cells, data, GridConfig(trial_grouping=grouping)))
         for grouping in ("cell", "preprocessing", "selection", "protocol")
     }
     assert sizes == {"cell": 48, "preprocessing": 16, "selection": 8, "protocol": 4}
     units = plan_units(cells, data, GridConfig())
-    assert sorted(c for u in units for c in map(tuple, u["cells"])) == sorted(
-        tuple(c.as_dict().values()) for c in cells)
-    assert [u["cost"] for u in units] == sorted((u["cost"] for u in units), reverse=True)
+    assert sorted(c for u in units for c in u.cells) == sorted(cells)
+    assert [u.cost for u in units] == sorted((u.cost for u in units), reverse=True)
 
 
 def test_trial_cost_counts_the_control_and_the_width():
     """The longest trials start first: the permutation control's reruns and wide tables are counted."""
     data = {"wide": noise_table(100, 512, 25, extractor="wide"), "narrow": noise_table(100, 16, 25, extractor="narrow")}
-    cells = GridConfig(selection=["none"]).cells(["wide", "narrow"])
+    cells = grid_cells(GridConfig(selection=["none"]), ["wide", "narrow"])
 
     def costs(config: GridConfig) -> dict[tuple[str, str], float]:
-        return {(u["extractor"], _cells_of(u)[0].protocol): u["cost"] for u in plan_units(cells, data, config)}
+        return {(u.extractor, u.cells[0].protocol): u.cost for u in plan_units(cells, data, config)}
 
     quiet, controlled = costs(GridConfig(permutations=0)), costs(GridConfig(permutations=200))
     assert all(controlled[key] > quiet[key] for key in quiet)
@@ -198,16 +199,14 @@ def test_held_out_scores_of_every_cell_land_in_grid_predictions(tmp_path):
 
 
 def test_a_grid_started_again_runs_only_the_units_not_in_its_journal(tmp_path):
-    from mammo_ray.stages.grid import unit_key
-
     output = str(tmp_path / "study")
     data = _through_the_store(output, embedding_table(100, 8, seed=6, extractor="signal"))
     config = GridConfig(classifiers=["logreg"], selection=["none"], balancing=["none"], **SMALL)
     first = run_grid(output, config, {"signal": data})
     assert not storage.exists(tables.grid_units_uri(output))  # the journal is gone once the table is written
     # Journal one unit as an interrupted run would have left it, with a value no fit would give.
-    (unit,) = [u for u in plan_units(config.cells(["signal"]), {"signal": data}, config)
-               if u["cells"][0][-1] == "paper"]
+    (unit,) = [u for u in plan_units(grid_cells(config, ["signal"]), {"signal": data}, config)
+               if u.cells[0].protocol == "paper"]
     row = first.frame[first.frame["protocol"] == "paper"].iloc[0]
     journaled = {**{k: row[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")},
                  "cv_balanced_accuracy_mean": 0.123, "cell_hash": row["cell_hash"]}

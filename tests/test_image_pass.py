@@ -64,7 +64,8 @@ def test_one_pass_writes_what_separate_stages_write_and_decodes_each_image_once(
     # (same weights, same windows), where the outputs alone would run five forwards.
     assert result.forwards == 3 * readable
     assert result.ingest is not None and (result.ingest.images, result.ingest.errors) == (readable, 1)
-    assert [(r.written, r.skipped, r.errors) for r in result.runs] == [(readable, 0, 1)] * 3 + [(readable - 1, 0, 2)]
+    counts = [(r.written, r.skipped, r.errors) for r in result.runs.values()]
+    assert counts == [(readable, 0, 1)] * 3 + [(readable - 1, 0, 2)]
 
     run_ingest(manifest, apart, READ)
     for spec in EXTRACTORS:
@@ -93,11 +94,12 @@ def test_each_output_resumes_from_what_it_has_and_a_complete_pass_decodes_nothin
 
     resumed = run_pass(manifest, output, [EmbedTask(first), EmbedTask(second)], OPTIONS, READ)
     missing = len(manifest) - len(half) - 1  # the corrupt image is never stored
-    assert [(r.written, r.skipped) for r in resumed.runs] == [(missing, len(half)), (0, len(manifest) - 1)]
+    assert [(r.written, r.skipped) for r in resumed.runs.values()] == [(missing, len(half)),
+                                                                     (0, len(manifest) - 1)]
     assert resumed.decoded == missing  # only images some output still needs are decoded
 
     again = run_pass(manifest, output, [EmbedTask(first), EmbedTask(second)], OPTIONS, READ)
-    assert [r.written for r in again.runs] == [0, 0] and again.decoded == 0
+    assert [r.written for r in again.runs.values()] == [0, 0] and again.decoded == 0
     for spec in (first, second):
         assert len(read_embeddings(output, manifest, spec, READ)) == len(manifest) - 1
 

@@ -19,20 +19,12 @@ import psutil
 import pytest
 
 from mammo_ray import storage
-from mammo_ray.config import S3Config
 from mammo_ray.errors import ConfigError
-from mammo_ray.output_lock import (
-    LOCK_NAME,
-    LockHolder,
-    OutputLockedError,
-    _iso,
-    check_output_writable,
-    hold_output,
-    read_lock,
-)
-from mammo_ray.output_lock import (
-    _parse_time as _parse,
-)
+from mammo_ray.lock_holder import LockHolder, iso_time, parse_time
+from mammo_ray.lock_stores import LocalLockStore, LockChanged, S3LockStore, lock_store
+from mammo_ray.output_lock import LOCK_NAME, OutputLockedError, hold_output, read_lock
+from mammo_ray.s3_settings import S3Config
+from mammo_ray.writability import check_output_writable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOGGER = "mammo_ray.output_lock"
@@ -58,7 +50,7 @@ def stored_holder(output: str) -> LockHolder:
 
 def plant_lock(output: str, **changes: object) -> LockHolder:
     """Write a lock as some other holder would have (this process's identity, then `changes`)."""
-    now = _iso(time.time())
+    now = iso_time(time.time())
     holder = replace(LockHolder.of_this_process(uuid.uuid4().hex, now), **changes)
     storage.write_bytes(lock_uri(output), holder.to_bytes())
     return holder
@@ -91,8 +83,8 @@ def test_lock_object_names_its_holder(output: str) -> None:
         assert stored.pid == os.getpid()
         assert len(stored.token) >= 32
         # The wall-clock start moves with a stepped system clock; the start in ticks since boot does not.
-        assert _parse(stored.process_started_at) > 0 and stored.process_start_ticks > 0
-        assert _parse(stored.started_at) <= _parse(stored.heartbeat_at)
+        assert parse_time(stored.process_started_at) > 0 and stored.process_start_ticks > 0
+        assert parse_time(stored.started_at) <= parse_time(stored.heartbeat_at)
         assert 0 <= stored.heartbeat_age_s() < 60
         assert read_lock(output) == stored
         lock.check()  # ours: no error
@@ -148,15 +140,15 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(
 def test_a_reused_pid_does_not_keep_a_lock_alive(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     output = str(tmp_path / "out")
     # Our own (alive) pid, but recorded with another process start time: the pid was reused.
-    old = plant_lock(output, process_started_at=_iso(psutil.Process().create_time() - 3600),
-                     process_start_ticks=LockHolder.of_this_process("t", _iso(time.time())).process_start_ticks + 1)
+    old = plant_lock(output, process_started_at=iso_time(psutil.Process().create_time() - 3600),
+                     process_start_ticks=LockHolder.of_this_process("t", iso_time(time.time())).process_start_ticks + 1)
     with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output) as lock:
         assert stored_holder(output).token == lock.token != old.token
     assert any("now belongs to a process started" in r.getMessage() for r in caplog.records)
 
 
 def test_expired_heartbeat_is_taken_over(output: str, caplog: pytest.LogCaptureFixture) -> None:
-    ten_minutes_ago = _iso(time.time() - 600)
+    ten_minutes_ago = iso_time(time.time() - 600)
     old = plant_lock(output, host="another-host.example", pid=4242, heartbeat_at=ten_minutes_ago,
                      started_at=ten_minutes_ago)
     with caplog.at_level(logging.WARNING, logger=LOGGER), hold_output(output, stale_after_s=60) as lock:
@@ -204,7 +196,7 @@ def test_a_lock_with_a_future_heartbeat_is_watched_then_taken_over(tmp_path: Pat
     monkeypatch.setattr(output_lock, "DEFAULT_STALE_AFTER_S", 2.0)  # the CLI's silence: 60 s otherwise
     monkeypatch.setattr(output_lock, "DEFAULT_HEARTBEAT_S", 0.5)
     output = str(tmp_path / "out")
-    in_an_hour = _iso(time.time() + 3600)  # another host's clock an hour ahead, or a damaged file
+    in_an_hour = iso_time(time.time() + 3600)  # another host's clock an hour ahead, or a damaged file
     plant_lock(output, host="ahead.example", pid=4242, heartbeat_at=in_an_hour, started_at=in_an_hour)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert _prune(output) == 0
@@ -216,12 +208,12 @@ def test_a_lock_with_a_future_heartbeat_is_watched_then_taken_over(tmp_path: Pat
 
 
 def test_a_live_holder_whose_clock_is_ahead_is_refused_saying_the_clocks_disagree(output: str) -> None:
-    holder = plant_lock(output, host="ahead.example", pid=4242, heartbeat_at=_iso(time.time() + 3600))
+    holder = plant_lock(output, host="ahead.example", pid=4242, heartbeat_at=iso_time(time.time() + 3600))
     stop = threading.Event()
 
     def renew() -> None:  # the holder, alive on a host whose clock runs an hour ahead
         while not stop.wait(0.2):
-            storage.write_bytes(lock_uri(output), replace(holder, heartbeat_at=_iso(time.time() + 3600)).to_bytes())
+            storage.write_bytes(lock_uri(output), replace(holder, heartbeat_at=iso_time(time.time() + 3600)).to_bytes())
 
     renewer = threading.Thread(target=renew, daemon=True)
     renewer.start()
@@ -269,7 +261,7 @@ def test_heartbeat_advances_while_held(output: str) -> None:
         later = stored_holder(output)
         assert later.token == first.token == lock.token
         assert later.started_at == first.started_at
-        assert _parse(later.heartbeat_at) > _parse(first.heartbeat_at)
+        assert parse_time(later.heartbeat_at) > parse_time(first.heartbeat_at)
         lock.check()
 
 
@@ -303,19 +295,18 @@ def test_check_fails_when_the_lock_was_removed(tmp_path: Path) -> None:
 def test_heartbeat_failures_do_not_end_the_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     from mammo_ray.errors import StorageError
-    from mammo_ray.output_lock import _LocalStore
 
     output = str(tmp_path / "out")
-    real = _LocalStore.replace_if
+    real = LocalLockStore.replace_if
     failures = {"left": 3}
 
-    def flaky(self: _LocalStore, data: bytes, version: object) -> object:
+    def flaky(self: LocalLockStore, data: bytes, version: object) -> object:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise StorageError(self.uri, "cannot write: store unreachable")
         return real(self, data, version)
 
-    monkeypatch.setattr(_LocalStore, "replace_if", flaky)
+    monkeypatch.setattr(LocalLockStore, "replace_if", flaky)
     with caplog.at_level(logging.WARNING, logger=LOGGER), \
             hold_output(output, heartbeat_s=0.1, stale_after_s=30) as lock:
         first = stored_holder(output)
@@ -469,9 +460,7 @@ def test_check_output_writable_refuses_an_object_where_the_folder_should_be(s3_b
 def test_creating_the_lock_object_is_exclusive(output: str) -> None:
     """The primitive the races rest on: a second create never replaces an existing lock (O_EXCL locally, a
     conditional PUT with If-None-Match: * on S3)."""
-    from mammo_ray.output_lock import _store_for
-
-    store = _store_for(lock_uri(output), None)
+    store = lock_store(lock_uri(output), None)
     assert store.create(b"first") is not None
     assert store.create(b"second") is None
     assert storage.read_bytes(lock_uri(output)) == b"first"
@@ -487,19 +476,18 @@ def test_a_store_without_conditional_requests_falls_back_to_write_then_read_back
     s3_endpoint: str, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Some S3 stores answer 501 to If-None-Match / If-Match: the lock still creates, renews and removes."""
-    from mammo_ray.output_lock import _Changed, _S3Store
     from tests.flaky_s3 import FlakyS3Proxy
 
     uri = lock_uri(s3_bucket + "/no-conditional/out")
     with FlakyS3Proxy(s3_endpoint, failure_rate=0.0, delay_rate=0.0, refuse_conditional=True) as proxy:
-        store = _S3Store(uri, S3Config(endpoint_url=proxy.endpoint))
+        store = S3LockStore(uri, S3Config(endpoint_url=proxy.endpoint))
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             created = store.create(b"first")
         assert created is not None and not store.conditional
         assert "does not support conditional requests" in caplog.text
         assert store.create(b"second") is None
         renewed = store.replace_if(b"renewed", created)
-        with pytest.raises(_Changed):
+        with pytest.raises(LockChanged):
             store.replace_if(b"stale", created)
         assert store.remove_if(created) is False
         assert store.remove_if(renewed) is True

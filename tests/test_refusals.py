@@ -19,12 +19,9 @@ from mammo_ray.config.loading import MAX_YAML_NODES, _ConfigLoader
 from mammo_ray.datasets.adapters import build_with_adapter
 from mammo_ray.datasets.manifest import normalise_label, read_manifest, validate_manifest
 from mammo_ray.errors import ConfigError, ManifestError
-from mammo_ray.models.weights import (
-    NYU_FILES,
-    WeightsError,
-    check_weights_available,
-    known_weights_file,
-)
+from mammo_ray.models.weights import WeightsError
+from mammo_ray.models.weights_catalogue import NYU_FILES, known_weights_file
+from mammo_ray.models.weights_resolver import check_weights_available
 from mammo_ray.study import STAGE_NAMES, check_stages, run_from_cli, run_study
 
 CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"

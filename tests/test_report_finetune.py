@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mammo_ray.stages.report import finetune_section
+from mammo_ray.report.finetune import finetune_section
 
 
 def _tables(runs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:

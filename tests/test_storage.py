@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from mammo_ray import storage
-from mammo_ray.config import S3Config
 from mammo_ray.errors import StorageError
+from mammo_ray.s3_settings import S3Config
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -17,6 +17,7 @@ from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 from mammo_ray.errors import ConfigError
 from mammo_ray.study import run_study
+from tests.table_access import record_stage_access, undeclared_access, undeclared_files
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -112,7 +113,7 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, arguments, named):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_whole_study_writes_a_report_with_every_section(tmp_path):
+def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     output = tmp_path / "study"
     config = parse_config(
         {
@@ -127,8 +128,13 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path):
                          "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5},
         }
     )
+    touched = record_stage_access(monkeypatch)
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "transfer", "report"]
+    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "transfer", "subgroups",
+                          "report"]
+    # Every table a stage read or wrote is one it declares (docs/design.md, "The house").
+    assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
+    assert not undeclared_files(str(output))
     # ingest, the extractor and zero-shot in one pass: each image decoded once for the three.
     images = result.counts["manifest_rows"]
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
@@ -205,7 +211,8 @@ def test_report_of_a_grid_whose_cells_all_failed_still_renders(tmp_path):
     failed = pd.DataFrame([{"extractor": "x", "selection": "none", "balancing": "none", "classifier": "logreg",
                             "protocol": "leak_free", "status": "failed", "error": "ValueError: too few groups"}])
     storage.write_table(pa.Table.from_pandas(failed, preserve_index=False), tables.grid_uri(str(tmp_path)))
-    uris = build_report(str(tmp_path), {"name": "empty"}, ReportInputs(manifest=_manifest(tmp_path)))
+    config = parse_config({"name": "empty", "output": str(tmp_path)})
+    uris = build_report(config, ReportInputs(manifest=_manifest(tmp_path)))
     markdown = storage.read_bytes(uris["markdown"]).decode()
     assert "too few groups" in markdown and "No grid cell succeeded" in markdown
 
@@ -225,8 +232,8 @@ def test_published_values_sit_beside_ours_and_a_bad_file_fails_before_work(tmp_p
     published = tmp_path / "published.csv"  # test values, not the paper's
     published.write_text("table,extractor,selection,balancing,classifier,model,pretrained_on,task,metric,value\n"
                          "2,nyu_avg,lasso,smote,svm_linear,,,,accuracy,0.8642\n")
-    uris = build_report(str(tmp_path), {"name": "published", "report": {"published": str(published)}},
-                        ReportInputs(manifest=_manifest(tmp_path)))
+    study = parse_config({"name": "published", "output": str(tmp_path), "report": {"published": str(published)}})
+    uris = build_report(study, ReportInputs(manifest=_manifest(tmp_path)))
     table2 = storage.read_bytes(uris["markdown"]).decode().split("## Table 2")[1]
     assert "accuracy (published)" in table2 and "0.864" in table2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_ray.classify import GridData, evaluate_cells
+from mammo_ray.classify.cells import compare_pipeline, grid_cells
 from mammo_ray.config import GridConfig
 from mammo_ray.report.verdict import verdict_section
 from mammo_ray.stages.grid import comparisons_table, predictions_table, results_table
@@ -31,7 +32,8 @@ def _study(weights: str) -> tuple:
     datasets["nyu_avg+imagenet_resnet50"] = GridData.combine(list(datasets.values()))
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
                         permutations=10, bootstrap=300, oof={"repeats": 2})
-    results = [r for data in datasets.values() for r in evaluate_cells(data, config.cells([data.extractor]), config)]
+    results = [r for data in datasets.values()
+               for r in evaluate_cells(data, grid_cells(config, [data.extractor]), config)]
     grid = results_table(results, config, {name: data.weights_ids for name, data in datasets.items()}).to_pandas()
     comparisons = comparisons_table(predictions_table(results, datasets).to_pandas(), datasets, config).to_pandas()
     return grid, comparisons
@@ -83,7 +85,8 @@ def _transfer(weights: str, tuned_signal: float) -> tuple:
     datasets = _two_extractors(rng, y, groups, images, weights)
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"],
                         classifiers=["logreg", "svm_linear"], permutations=5, bootstrap=300, oof={"repeats": 2})
-    results = [r for data in datasets.values() for r in evaluate_cells(data, config.cells([data.extractor]), config)]
+    results = [r for data in datasets.values()
+               for r in evaluate_cells(data, grid_cells(config, [data.extractor]), config)]
     results += select_inside(results, datasets, config)
     grid = results_table(results, config, {name: data.weights_ids for name, data in datasets.items()}).to_pandas()
     predictions = predictions_table(results, datasets).to_pandas()
@@ -96,7 +99,7 @@ def _transfer(weights: str, tuned_signal: float) -> tuple:
                           "prediction": (p > 0.5).astype(int), "probabilities": [[1 - q, q] for q in p]})
     rows = pd.DataFrame({"model": ["resnet50", "resnet50"], "task": "binary", "stage": ["head", "all"],
                          "stage_index": [0, 1], "auroc": [0.6, 0.9], "weights_id": weights})
-    transfer = finetuned_vs_frozen(rows, tuned, predictions, config.compare_pipeline(), 500, 0.95, 0)
+    transfer = finetuned_vs_frozen(rows, tuned, predictions, compare_pipeline(config), 500, 0.95, 0)
     return grid, comparisons, transfer, rows
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_ray import feature_store, storage, tables
+from mammo_ray import feature_store, schemas, storage
 from mammo_ray.config import EmbedConfig, ZeroShotConfig
 from mammo_ray.datasets.manifest import validate_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort, generate_image
+from mammo_ray.models.catalogue import nyu_transform
 from mammo_ray.report.figures import zero_shot_by_birads, zero_shot_counts
 from mammo_ray.stages.zero_shot import (
     UnknownLateralityError,
@@ -92,11 +93,11 @@ def test_every_good_image_is_scored_with_the_schema_and_the_checkpoint_id(scored
     _, manifest, _ = cohort
     good = len(manifest) + 2  # the cohort, its view-'other' copy and the image of unknown view
     assert (result.scored, result.skipped, result.errors) == (good, 0, 2)
-    assert result.weights_id == checkpoint[1] and result.preprocess_id == f"{spec.preprocess_id}|voi_lut=1"
+    assert result.weights_id == checkpoint[1] and result.preprocess_id == f"{nyu_transform(spec).id}|voi_lut=1"
 
     store = feature_store.key_uri(result.uri, zero_shot_key(spec))
     table = storage.read_table(store)
-    assert table.schema.equals(tables.ZERO_SHOT_SCHEMA, check_metadata=False)
+    assert table.schema.equals(schemas.ZERO_SHOT_SCHEMA, check_metadata=False)
     assert storage.list_files(store, extensions=[".parquet"]) == storage.list_files(store)
     _, _, mixed = cohort
     frame = read_zero_shot(out, mixed, spec)
@@ -124,7 +125,7 @@ def _in_process(uri: str, view: str | None, laterality: str, head: str, spec: Ze
     from mammo_ray.models.nyu import build_nyu_model
 
     pixels = decode_image(storage.read_bytes(uri), uri).pixels
-    window = spec.transform.preprocess(pixels.shape[0])(pixels, view, laterality)
+    window = nyu_transform(spec).preprocess(pixels.shape[0])(pixels, view, laterality)
     model = build_nyu_model(torch.load(path, weights_only=True, map_location="cpu"))
     with torch.inference_mode():
         p_benign, p_malignant = model.predict_proba(torch.from_numpy(window)[None, None], head)
@@ -190,7 +191,7 @@ def test_test_time_augmentation_averages_the_windows_and_is_a_new_preprocessing(
     model = build_nyu_model(torch.load(checkpoint[0], weights_only=True, map_location="cpu"))
     for _image_id, row in rows.iterrows():
         pixels = decode_image(storage.read_bytes(row["uri"]), row["uri"]).pixels
-        preprocess = tta.transform.preprocess(pixels.shape[0])
+        preprocess = nyu_transform(tta).preprocess(pixels.shape[0])
         windows = preprocess(pixels, row["view"], row["laterality"])
         assert windows.shape[0] == 3
         with torch.inference_mode():

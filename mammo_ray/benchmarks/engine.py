@@ -1,24 +1,13 @@
 """`engine`: the grid's hand-written shared-fit engine against imbalanced-learn's own caching.
 
-Both run every leak_free cell (selection x balancing x classifier, 12 by default) of one synthetic
-table at the INbreast size (410 rows x 2048 features), one BLAS thread, side by side:
-
-  engine          `evaluate_cells` (what the grid stage runs): per fold, the scaler, the Lasso and SMOTE are
-                  fit once and shared by the cells that use them, and the exact SVMs share one
-                  BLAS Gram matrix (KernelCache);
-  engine, no kernels
-                  `evaluate_cells(precomputed_kernels=False)`: the sharing alone;
-  cached pipelines
-                  each cell the notebook way, a fresh imblearn Pipeline (scale -> [Lasso] -> [SMOTE] ->
-                  classifier) per fold, but built with `memory=joblib.Memory(<temp folder>)`, so a fitted
-                  scaler, Lasso or SMOTE sample is loaded from the cache when an earlier cell fit the same
-                  step on the same rows (the cache starts empty every run);
-  plain pipelines `evaluate_cell` per cell: everything fit from scratch (--no-plain skips it).
-
-The numbers must agree: the cached pipelines bit for bit with the engine without kernels (same fits),
-and with the kernel engine to libsvm's rounding (the largest differences are printed).
-The paper protocol has no per-fold pipeline (its steps run once on all rows), so it is not part of this
-comparison.
+Every leak_free cell (12 by default) of one synthetic table at the INbreast size (410 x 2048), one BLAS
+thread, four ways: `engine`, `evaluate_cells` as the grid stage runs it (per fold the scaler, Lasso and SMOTE
+fit once and shared, the exact SVMs sharing one Gram matrix); `engine, no kernels`, the sharing alone;
+`cached pipelines`, a fresh imblearn Pipeline per cell and fold built with `memory=joblib.Memory(...)` (an
+empty cache every run); `plain pipelines`, `evaluate_cell` per cell (--no-plain skips it). The cached
+pipelines must agree bit for bit with the engine without kernels, and with the kernel engine to libsvm's
+rounding. The paper protocol (no per-fold pipeline) is not compared. Measured numbers: docs/benchmarks.md,
+"Shared-fit engine".
 """
 
 from __future__ import annotations
@@ -29,17 +18,22 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
+from joblib import Memory
+from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
+from mammo_ray.auc import auc
 from mammo_ray.benchmarks.common import load_average, timed
-
-if TYPE_CHECKING:  # pragma: no cover
-    from joblib import Memory
-
-    from mammo_ray.classify.data import CellResult, GridData
-    from mammo_ray.config.grid import GridCell, GridConfig
+from mammo_ray.classify import build_pipeline, evaluate_cell, evaluate_cells
+from mammo_ray.classify.cells import grid_cells
+from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.metrics import balanced_accuracy, best_threshold, binary_scores
+from mammo_ray.classify.splits import leak_free_folds, leak_free_holdout
+from mammo_ray.classify.stats import patient_bootstrap_auc
+from mammo_ray.classify.synthetic import embedding_table, noise_table
+from mammo_ray.config.grid import GridCell, GridConfig
 
 
 @dataclass
@@ -57,18 +51,6 @@ class PipelineNumbers:
 
 def cached_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig, memory: Memory) -> PipelineNumbers:
     """One leak_free cell the way `evaluate_cell` runs it, its Pipeline given `memory` (joblib caching)."""
-    from sklearn.base import clone
-
-    from mammo_ray.classify import build_pipeline
-    from mammo_ray.classify.metrics import (
-        auc,
-        balanced_accuracy,
-        best_threshold,
-        binary_scores,
-    )
-    from mammo_ray.classify.protocols import leak_free_folds, leak_free_holdout
-    from mammo_ray.classify.stats import patient_bootstrap_auc
-
     template, _ = build_pipeline(cell, config, data.n_rows)
     template.set_params(memory=memory)
     X, y, groups = data.X, data.y, data.groups
@@ -96,9 +78,6 @@ def cached_pipeline_cell(data: GridData, cell: GridCell, config: GridConfig, mem
 
 def cached_pipelines(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> list[PipelineNumbers]:
     """Every cell through its own cached Pipeline, one joblib cache (empty at the start) shared by all."""
-    from joblib import Memory
-    from threadpoolctl import threadpool_limits
-
     with tempfile.TemporaryDirectory(prefix="mammo-ray-pipeline-cache-") as folder, threadpool_limits(limits=1):
         memory = Memory(location=folder, verbose=0)
         return [cached_pipeline_cell(data, cell, config, memory) for cell in cells]
@@ -127,26 +106,19 @@ def differences(results: Sequence[CellResult], numbers: list[PipelineNumbers]) -
 
 
 def _table(kind: str, rows: int, features: int) -> GridData:
-    from mammo_ray.classify.synthetic import embedding_table, noise_table
-
     if kind == "noise":
         return noise_table(rows, features, rows * 100 // 410, seed=0, extractor="bench")
     return embedding_table(rows, features, seed=0, extractor="bench")
 
 
 def _plain_pipelines(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> list[CellResult]:
-    from mammo_ray.classify import evaluate_cell
-
     return [evaluate_cell(data, cell, config) for cell in cells]
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammo_ray.classify import evaluate_cells
-    from mammo_ray.config import GridConfig
-
     config = GridConfig(extractors=["bench"], protocols=["leak_free"], bootstrap=args.bootstrap,
                         cv_folds=args.cv_folds, evaluation="holdout", permutations=0)  # the engine, not the control
-    cells = config.cells()
+    cells = grid_cells(config)
     print(f"engine benchmark: {len(cells)} leak_free cells ({config.cv_folds} folds + the final fit each), "
           f"{args.rows} x {args.features} tables, one BLAS thread, median of {args.repeats} (interleaved); "
           f"{load_average()}")

@@ -7,25 +7,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from mammo_ray.benchmarks.common import load_average
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-    from mammo_ray.classify.data import CellResult, GridData
-    from mammo_ray.config.grid import GridCell, GridConfig
+from mammo_ray.classify import evaluate_cell, evaluate_cells
+from mammo_ray.classify.cells import grid_cells
+from mammo_ray.classify.data import CellResult, GridData
+from mammo_ray.classify.synthetic import embedding_table, read_synthetic, write_embeddings
+from mammo_ray.config.grid import GridCell, GridConfig, combinations
+from mammo_ray.stages.grid import run_grid
 
 
 def _sequential_grid(data: GridData, cells: Sequence[GridCell], config: GridConfig,
                      threads: str) -> tuple[float, list[CellResult]]:
     """The notebook way: one process, a plain loop over cells, every cell fit from scratch."""
-    from mammo_ray.classify import evaluate_cell
-
     limits = 1 if threads == "1" else None
     start = time.perf_counter()
     results = [evaluate_cell(data, cell, config, blas_threads=limits) for cell in cells]
@@ -34,8 +35,6 @@ def _sequential_grid(data: GridData, cells: Sequence[GridCell], config: GridConf
 
 def _in_process_grid(data: GridData, cells: Sequence[GridCell], config: GridConfig) -> float:
     """Our engine without Ray: shared fits and kernels, one process, one thread."""
-    from mammo_ray.classify import evaluate_cells
-
     start = time.perf_counter()
     evaluate_cells(data, cells, config)
     return time.perf_counter() - start
@@ -44,9 +43,6 @@ def _in_process_grid(data: GridData, cells: Sequence[GridCell], config: GridConf
 def _stage_grid(data: GridData, config: GridConfig, workdir: Path) -> tuple[float, pd.DataFrame]:
     """Our stage end to end: read the embeddings (feature store joined to the manifest), Ray Tune trials,
     write results/grid.parquet."""
-    from mammo_ray.classify.synthetic import read_synthetic, write_embeddings
-    from mammo_ray.stages.grid import run_grid
-
     output = str(workdir / f"grid-{data.n_rows}")
     manifest, key = write_embeddings(output, data, extractor="bench")
     start = time.perf_counter()
@@ -61,10 +57,10 @@ def _stage_grid(data: GridData, config: GridConfig, workdir: Path) -> tuple[floa
 def _differences(results: Sequence[CellResult], frame: pd.DataFrame) -> tuple[float, int]:
     """Largest |AUC difference| between the sequential loop and the stage, and cells whose status differs.
 
-    Exact kernels agree to ~1e-12. The scale path's liblinear fits (tol 1e-2) drift a little more
-    (1.8e-4 seen at 4,000 rows): same inputs, but the stage's worker computes in another process on a
-    matrix read zero-copy from the object store, and last-bit float32 differences (a likely cause,
-    not proven) are amplified by the loose tolerance.
+    Exact kernels agree to rounding. The scale path's liblinear fits (tol 1e-2) drift a little more (the
+    sizes seen: docs/benchmarks.md, "Classifier grid"): same inputs, but the stage's worker computes in
+    another process on a matrix read zero-copy from the object store, and last-bit float32 differences (a
+    likely cause, not proven) are amplified by the loose tolerance.
     """
     by_key = {tuple(r[k] for k in ("extractor", "protocol", "selection", "balancing", "classifier")): r
               for r in frame.to_dict("records")}
@@ -83,13 +79,6 @@ def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
     features, like ResNet-50, NYU L-CC 4x4 and NYU Avg) and their combination, the whole grid with the new
     evaluation, through run_grid (Ray Tune, all CPUs) against the same cells in one process (our engine
     with shared fits, no Ray)."""
-    from dataclasses import replace
-
-    from mammo_ray.classify import GridData, evaluate_cells
-    from mammo_ray.classify.synthetic import embedding_table, read_synthetic, write_embeddings
-    from mammo_ray.config import GridConfig
-    from mammo_ray.stages.grid import run_grid
-
     shapes = {"imagenet_resnet50": 2048, "nyu_lcc": 2048, "nyu_avg": 256}
     base = embedding_table(args.study_rows, 2048, seed=0, extractor="imagenet_resnet50")
     tables = {name: replace(embedding_table(args.study_rows, width, seed=index, extractor=name), y=base.y,
@@ -102,10 +91,10 @@ def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
     for name, data in tables.items():
         manifest, key = write_embeddings(output, data, extractor=name, image_prefix="study")
         datasets[name] = read_synthetic(output, name, manifest, key)
-    for members in config.combinations(list(datasets)):
+    for members in combinations(config, list(datasets)):
         combined = GridData.combine([datasets[name] for name in members])
         datasets[combined.extractor] = combined
-    cells = config.cells(list(datasets))
+    cells = grid_cells(config, list(datasets))
     print(f"\nthe study's grid: {len(datasets)} extractors ({', '.join(datasets)}), {args.study_rows} rows, "
           f"{len(cells)} cells, leak_free {args.evaluation} (5 folds x {args.oof_repeats} repeats), "
           f"{args.permutations} permutations per cell")
@@ -122,20 +111,14 @@ def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
     if args.in_process:
         started = time.perf_counter()
         for name, data in datasets.items():
-            evaluate_cells(data, config.cells([name]), config)
+            evaluate_cells(data, grid_cells(config, [name]), config)
         sequential_s = time.perf_counter() - started
         print(f"  in-process, one process and thread (our engine, no Ray): {sequential_s:.0f} s "
               f"({sequential_s / 60:.1f} min); sequential / stage {sequential_s / stage_s:.2f}x", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    import ray
-
-    from mammo_ray.classify import evaluate_cell
-    from mammo_ray.classify.synthetic import embedding_table
-    from mammo_ray.config import GridCell, GridConfig
+    import ray  # keeps `jobs/benchmark.py --help` fast: no Ray import
 
     cpus = args.num_cpus or os.cpu_count() or 1
     started = time.perf_counter()
@@ -155,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         tiny = embedding_table(80, 16, seed=1, extractor="bench")
         tiny_config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=10, cv_folds=3,
                                  permutations=2, oof={"repeats": 1})
-        _sequential_grid(tiny, tiny_config.cells(), tiny_config, args.baseline_threads)
+        _sequential_grid(tiny, grid_cells(tiny_config), tiny_config, args.baseline_threads)
         _stage_grid(tiny, tiny_config, Path(warm))
     print("(one untimed warm-up of both paths on an 80-row table first)")
     header = (f"{'rows':>7}{'cells':>7}{'sequential s':>14}{'in-process s':>14}{'stage s':>10}{'ratio':>8}"
@@ -168,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             config = GridConfig(extractors=["bench"], trial_grouping=args.grouping, bootstrap=args.bootstrap,
                                 evaluation=args.evaluation, permutations=args.permutations,
                                 oof={"repeats": args.oof_repeats})
-            cells = config.cells()
+            cells = grid_cells(config)
             for repeat in range(args.repeats):
                 seq_s, results = _sequential_grid(data, cells, config, args.baseline_threads)
                 inproc = f"{_in_process_grid(data, cells, config):>14.1f}" if args.in_process else f"{'-':>14}"

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 
+from mammo_ray import feature_store, storage, tables
 from mammo_ray.benchmarks.common import seconds
+from mammo_ray.classify.synthetic import noise_table, write_embeddings
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from mammo_ray import feature_store, storage, tables
-    from mammo_ray.classify.synthetic import noise_table, write_embeddings
-
     with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
         manifest, key = write_embeddings(folder, noise_table(args.rows, args.dim, args.rows // 4, extractor="bench"))
         table = tables.embeddings_uri(folder, "bench")

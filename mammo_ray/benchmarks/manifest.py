@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mammo_ray import storage
 from mammo_ray.benchmarks.common import seconds
+from mammo_ray.benchmarks.listing_store import ListingStore
+from mammo_ray.datasets import rsna, sources
 
 _HEADER = ("site_id,patient_id,image_id,laterality,view,age,cancer,biopsy,invasive,BIRADS,implant,density,"
            "machine_id,difficult_negative_case")
@@ -45,9 +48,6 @@ def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 
 def _measure(csv_uri: str, images_uri: str, repeats: int) -> dict[str, float]:
-    from mammo_ray import storage
-    from mammo_ray.datasets import rsna, sources
-
     fs, path = storage.filesystem(images_uri)
     actions: dict[str, Callable[[], object]] = {
         "sequential": lambda: fs.find(path),  # one paginated listing, page after page (s3fs / os.walk)
@@ -129,9 +129,6 @@ def _s3(rows: int, repeats: int) -> None:
 
 
 def _fixed_round_trip(rows: int, latency_ms: float, repeats: int) -> None:
-    from mammo_ray import storage
-    from mammo_ray.benchmarks.listing_store import ListingStore
-
     keys = ["rsna/train.csv", *(f"rsna/train_images/{relative}" for _, relative in rsna_rows(rows))]
     with ListingStore("bench", keys, latency_ms / 1000) as store, _s3_endpoint(store.endpoint):
         fs, path = storage.filesystem("s3://bench/rsna")

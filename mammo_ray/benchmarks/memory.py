@@ -6,22 +6,21 @@ own local Ray, as `ray job submit` runs it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
+import yaml
+
 from mammo_ray.benchmarks.common import REPO_ROOT
+from mammo_ray.memory import run_measured
 
 
 def _embed_peak(patients: int, args: argparse.Namespace, folder: Path) -> tuple[int, int, float]:
     """(images, peak PSS bytes, seconds) of one study process with its own local Ray (as `ray job submit`
     runs it) that makes a synthetic cohort, ingests and embeds it."""
-    import json
-
-    import yaml
-
-    from mammo_ray.memory import run_measured
-
     output = folder / f"study-{patients}"
     config = folder / f"memory-{patients}.yaml"
     config.write_text(yaml.safe_dump({
@@ -40,9 +39,6 @@ def _embed_peak(patients: int, args: argparse.Namespace, folder: Path) -> tuple[
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
         small = _embed_peak(args.patients, args, Path(folder))
         large = _embed_peak(args.patients * args.factor, args, Path(folder))

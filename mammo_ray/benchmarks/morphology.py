@@ -1,40 +1,37 @@
 """`morphology`: the breast crop's opening, hand-written against scipy.ndimage, on the real images.
 
 The crop (mammo_ray.imaging.crop; docs/design.md, "Breast crop") opens the mask `pixels > 0` by 100
-iterations of erosion then 100 of dilation with scipy's default cross. Three ways to compute that same
-opening are timed side by side, per image (median of --repeats runs), and their masks must be identical:
-
-  packed    the crop's own: the taxicab diamond decomposed into 8 sparse crosses, on the mask bit-packed
-            64 columns to a word (`crop._open_packed`, what `breast_box` runs);
-  cdt       scipy.ndimage.distance_transform_cdt(metric="taxicab") twice: erosion = the distance to
-            the background (the zero-padded outside included) > n, dilation = the distance to the
-            eroded set <= n; exact, since the chamfer distance with the 4-neighbour cross is the
-            taxicab distance;
-  iterated  scipy.ndimage.binary_erosion then binary_dilation with iterations=n (the published
-            algorithm, `reference_breast_box`'s morphology).
-
-Then the whole box: `breast_box` (packed opening, components on 8 x 8 blocks) against the same
-crop built on scipy (cdt opening, full-resolution `ndimage.label`) and `reference_breast_box`; the
-boxes must be identical.
-
-Measured on the 2-core development machine (busy; medians; 322 mini-MIAS images at 1024 x 1024 and
-the 8 CBIS-DDSM DICOMs at about 4450 x 2850) the packed opening is about 10x faster than either
-scipy way, so the crop keeps it (see the crop module's docstring for the numbers).
+iterations of erosion then 100 of dilation with scipy's default cross. Three ways to the same opening are
+timed per image (median of --repeats runs), and their masks must be identical: `packed`, the crop's own
+(the taxicab diamond as 8 sparse crosses on the mask bit-packed 64 columns to a word, `crop._open_packed`);
+`cdt`, scipy's taxicab distance transform twice (erosion = distance to the zero-padded background > n,
+dilation = distance to the eroded set <= n: exact); `iterated`, scipy's binary_erosion then binary_dilation
+(the published algorithm). Then the whole box: `breast_box` against the same crop on scipy (cdt opening,
+full-resolution `ndimage.label`) and `reference_breast_box`; the boxes must be identical. Measured numbers:
+docs/benchmarks.md, "Breast crop opening".
 """
 
 from __future__ import annotations
 
 import argparse
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage as ndi
 
 from mammo_ray.benchmarks.common import median_time, real_image_sets
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mammo_ray.imaging.crop import Box
+from mammo_ray.imaging.crop import (
+    Box,
+    _largest_component_box_full,
+    _no_breast,
+    _open_packed,
+    _pack,
+    _unpack,
+    _with_margin,
+    breast_box,
+    reference_breast_box,
+    scaled_crop_params,
+)
 
 _COLUMNS = ("data set", "images", "Mpx/img", "packed s", "cdt s", "iterated s", "cdt/packed",
             "iter/packed", "identical")
@@ -63,15 +60,11 @@ def iterated_opening(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 def packed_opening(mask: np.ndarray, iterations: int) -> np.ndarray:
     """The crop's bit-packed opening, left packed as `breast_box` uses it ((H, ceil(W / 64)) uint64)."""
-    from mammo_ray.imaging.crop import _open_packed, _pack
-
     return _open_packed(_pack(mask), mask.shape[0], mask.shape[1], iterations)
 
 
 def scipy_breast_box(pixels: np.ndarray, *, iterations: int, margin: int) -> Box:
     """The crop's box on scipy: cdt opening, then the reference's full-resolution largest component."""
-    from mammo_ray.imaging.crop import _largest_component_box_full, _no_breast, _with_margin
-
     mask = pixels > 0
     if not mask.any():
         raise _no_breast(True, iterations)
@@ -90,8 +83,6 @@ def _row(*cells: object) -> str:
 
 def compare_image(pixels: np.ndarray, iterations: int, margin: int, repeats: int) -> dict[str, object]:
     """Median seconds of every opening and every box on one image, and whether they are all identical."""
-    from mammo_ray.imaging.crop import _unpack, breast_box, reference_breast_box
-
     mask = pixels > 0
     times: dict[str, float] = {}
     times["packed"], packed = median_time(repeats, partial(packed_opening, mask, iterations))
@@ -107,8 +98,6 @@ def compare_image(pixels: np.ndarray, iterations: int, margin: int, repeats: int
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammo_ray.imaging.crop import scaled_crop_params
-
     iterations, margin = scaled_crop_params(1.0)
     print(f"morphology benchmark: the crop's opening ({iterations} iterations of erosion, then of dilation) "
           f"three ways, median of {args.repeats} runs per image; identical = same opened mask and same box")

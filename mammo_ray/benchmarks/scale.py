@@ -18,22 +18,25 @@ before merging them), and then:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
 
 from mammo_ray.benchmarks.common import REPO_ROOT, load_average, timed
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-    from mammo_ray.memory import MeasuredRun
+from mammo_ray.benchmarks.embed import forward_batches, prepare_images
+from mammo_ray.config import ExtractorConfig
+from mammo_ray.datasets.manifest import validate_manifest, write_manifest
+from mammo_ray.datasets.synthetic.dicom import synthetic_dicom_bytes
+from mammo_ray.memory import MeasuredRun, run_measured
 
 #: The extractor of the run: ResNet-18 at its smallest input, the cheapest network the study offers.
 EXTRACTOR = {"name": "imagenet_resnet18", "input_size": 32, "weights": "random-init:0"}
@@ -51,12 +54,6 @@ def _pixels(index: int, size: int) -> np.ndarray:
 
 def _write_chunk(root: str, start: int, stop: int, size: int, dicom_every: int) -> list[str]:
     """Write images start..stop-1 under root/<chunk>/; return their URIs."""
-    import io
-
-    from PIL import Image
-
-    from mammo_ray.datasets.synthetic.dicom import synthetic_dicom_bytes
-
     folder = Path(root) / f"{start // _CHUNK:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     uris = []
@@ -77,10 +74,6 @@ def _write_chunk(root: str, start: int, stop: int, size: int, dicom_every: int) 
 
 def write_collection(root: Path, images: int, size: int, dicom_every: int, workers: int) -> pd.DataFrame:
     """The collection's files (in parallel) and its manifest: four images per woman, L/R x CC/MLO."""
-    import pandas as pd
-
-    from mammo_ray.datasets.manifest import validate_manifest
-
     starts = list(range(0, images, _CHUNK))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         chunks = pool.map(_write_chunk, [str(root)] * len(starts), starts,
@@ -99,10 +92,6 @@ def write_collection(root: Path, images: int, size: int, dicom_every: int, worke
 
 def _study(folder: Path, manifest: pd.DataFrame, name: str, args: argparse.Namespace) -> tuple[list[str], Path]:
     """The command of a study (manifest, ingest, embed) on `manifest`, and its output folder."""
-    import yaml
-
-    from mammo_ray.datasets.manifest import write_manifest
-
     manifest_path, output = folder / f"{name}.parquet", folder / f"out-{name}"
     write_manifest(manifest, str(manifest_path))
     config = folder / f"{name}.yaml"
@@ -119,8 +108,6 @@ def _study(folder: Path, manifest: pd.DataFrame, name: str, args: argparse.Names
 
 
 def _measured(command: list[str]) -> tuple[MeasuredRun, dict]:
-    from mammo_ray.memory import run_measured
-
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = run_measured(command, interval=1.0, timeout=4 * 3600, env=env, cwd=REPO_ROOT)
     if run.returncode != 0:
@@ -137,10 +124,7 @@ def _files(output: Path) -> tuple[int, int, int]:
 
 def _work_per_image(manifest: pd.DataFrame, batch_size: int) -> float:
     """CPU-seconds per image of read + decode + preprocess + forward, one thread, on `manifest`'s images."""
-    import torch
-
-    from mammo_ray.benchmarks.embed import forward_batches, prepare_images
-    from mammo_ray.config import ExtractorConfig
+    import torch  # keeps `jobs/benchmark.py --help` fast: no torch import
 
     torch.set_num_threads(1)
     spec = ExtractorConfig(**EXTRACTOR)

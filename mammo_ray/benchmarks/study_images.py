@@ -18,23 +18,22 @@ import tempfile
 from pathlib import Path
 
 from mammo_ray.benchmarks.common import load_average, mias_manifest, timed
+from mammo_ray.compare import compare_outputs
+from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, ZeroShotConfig
 
 
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from mammo_ray.compare import compare_outputs
-    from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, ZeroShotConfig
-    from mammo_ray.stages.embed import EmbedTask
-    from mammo_ray.stages.inference import run_pass
-    from mammo_ray.stages.zero_shot import ZeroShotTask
+    # Here, not at the top: keeps `jobs/benchmark.py --help` fast (no Ray/torch import).
+    from mammo_ray.stages import embed, inference, zero_shot
 
     manifest = mias_manifest(args.images)
     extractors = [ExtractorConfig(name="imagenet_resnet50", weights="random-init:0", input_size=args.size),
                   ExtractorConfig(name="nyu_lcc", weights="random-init:0", nyu_scale=args.nyu_scale),
                   ExtractorConfig(name="nyu_avg", weights="random-init:0", nyu_scale=args.nyu_scale)]
-    tasks = [*(EmbedTask(spec) for spec in extractors),
-             ZeroShotTask(ZeroShotConfig(weights="random-init:0", nyu_scale=args.nyu_scale))]
+    tasks = [*(embed.EmbedTask(spec) for spec in extractors),
+             zero_shot.ZeroShotTask(ZeroShotConfig(weights="random-init:0", nyu_scale=args.nyu_scale))]
     options, read = EmbedConfig(batch_size=args.batch_size), IngestConfig()
     print(f"study-images benchmark: {len(manifest)} mini-MIAS images; ingest, imagenet_resnet50 at {args.size}, "
           f"nyu_lcc, nyu_avg and zero-shot at nyu_scale {args.nyu_scale}; Ray with {args.cpus} CPUs; "
@@ -43,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-study-images-") as folder:
             separate, together = str(Path(folder) / "separate"), str(Path(folder) / "one-pass")
-            run_pass(manifest.iloc[:2], str(Path(folder) / "warm-up"), tasks, options, read, ingest=True)
+            inference.run_pass(manifest.iloc[:2], str(Path(folder) / "warm-up"), tasks, options, read, ingest=True)
 
             def one_per_stage() -> tuple[int, int]:
-                passes = [run_pass(manifest, separate, [], options, read, ingest=True),
-                          *(run_pass(manifest, separate, [task], options, read) for task in tasks)]
+                passes = [inference.run_pass(manifest, separate, [], options, read, ingest=True),
+                          *(inference.run_pass(manifest, separate, [task], options, read) for task in tasks)]
                 return sum(p.decoded for p in passes), sum(p.forwards for p in passes)
 
             separate_s, (separate_decoded, separate_forwards) = timed(one_per_stage)
-            pass_s, result = timed(lambda: run_pass(manifest, together, tasks, options, read, ingest=True))
+            pass_s, result = timed(lambda: inference.run_pass(manifest, together, tasks, options, read, ingest=True))
             different = [r.table for r in compare_outputs(separate, together, atol=1e-4) if not r.equal]
     finally:
         ray.shutdown()

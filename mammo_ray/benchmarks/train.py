@@ -7,20 +7,23 @@ precision.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import tempfile
 import time
-from typing import TYPE_CHECKING
+import uuid
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+import pandas as pd
+
+from mammo_ray.config import FinetuneConfig
+from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
 
 
 def _train_rate(manifest: pd.DataFrame, output: str, args: argparse.Namespace, workers: int,
                 amp: bool, threads: int | None) -> tuple[float, float]:
     """(images/s of the last epoch, wall seconds of the whole fit) of one fresh single-stage run."""
-    import uuid
-
-    from mammo_ray.stages.finetune import FinetuneConfig, run_finetune
+    # Here, not at the top: keeps `jobs/benchmark.py --help` fast (no Ray/torch import).
+    from mammo_ray.stages.finetune import run_finetune
 
     config = FinetuneConfig.model_validate({
         "name": f"bench-{workers}w-{'amp' if amp else 'fp32'}-{uuid.uuid4().hex[:8]}",
@@ -47,12 +50,7 @@ def _thread_settings(text: str) -> list[int | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import tempfile
-
-    import ray
-
-    from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
+    import ray  # keeps `jobs/benchmark.py --help` fast: no Ray import
 
     counts = sorted({int(w) for w in args.workers.split(",")})
     logging.getLogger("ray.data").setLevel(logging.WARNING)

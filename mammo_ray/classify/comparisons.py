@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mammo_ray.classify.metrics import auc
+from mammo_ray.auc import auc
 from mammo_ray.classify.stats import delong_test, holm, patient_bootstrap_auc_difference
 
 COMPARISON_COLUMNS = [

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mammo_ray.classify.cells import cell_settings, cv_folds_of
 from mammo_ray.classify.levels import breast_and_exam_keys
-from mammo_ray.config.grid import GridCell
+from mammo_ray.config.base import stable_hash
+from mammo_ray.config.grid import GridCell, GridConfig
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,21 @@ class CellResult:
     inner_aucs: list[float] = field(default_factory=list)
     test_targets: list[int] = field(default_factory=list)
     test_scores: list[float] = field(default_factory=list)
+
+    @classmethod
+    def blank(cls, cell: GridCell, data: GridData | None, config: GridConfig, *,
+              settings: Mapping[str, Any] | None = None, notes: Mapping[str, Any] | None = None) -> CellResult:
+        """A cell's row before any fit, the one way every row starts: its settings (`cell_settings(config, cell)`
+        unless given) as `cell_config` and `cell_hash` (`notes` join cell_config only, not the hash), its CV
+        folds, and the counts of `data` (left empty when None: a trial that never ran)."""
+        settings = dict(cell_settings(config, cell) if settings is None else settings)
+        result = cls(**cell.as_dict(), cv_folds=cv_folds_of(config, cell.protocol),
+                     cell_config=json.dumps({**settings, **(notes or {})}, sort_keys=True),
+                     cell_hash=stable_hash(settings))
+        if data is not None:
+            result.n_rows, result.n_positive, result.n_dropped_unlabelled = data.n_rows, data.n_positive, data.n_dropped
+            result.n_features_in = int(data.X.shape[1]) if data.X.ndim == 2 else None
+        return result
 
     @property
     def cell(self) -> GridCell:

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from mammo_ray.auc import auc
 from mammo_ray.classify.data import CellResult, GridData
-from mammo_ray.classify.metrics import auc
-from mammo_ray.classify.protocols import build_pipeline, evaluate_cells
+from mammo_ray.classify.engine import build_pipeline
+from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.stats import patient_bootstrap_auc
 from mammo_ray.config.grid import GridCell, GridConfig
 

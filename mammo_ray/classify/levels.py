@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mammo_ray.classify.metrics import auc
+from mammo_ray.auc import auc
 from mammo_ray.classify.stats import patient_bootstrap_auc
 
 

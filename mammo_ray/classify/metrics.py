@@ -1,7 +1,7 @@
 """Metrics of a grid cell: scikit-learn's, plus what it lacks (the bootstrap AUC interval, the threshold).
 
 Every scalar metric is `sklearn.metrics`; the wrappers here only fix the edge cases the tables rely on:
-NaN for an AUC (`auc`, shared with `training.metrics`) or a balanced accuracy that is undefined,
+NaN for an AUC (`mammo_ray.auc.auc`, shared with `training.metrics`) or a balanced accuracy that is undefined,
 precision 0 when nothing is called positive, recall NaN when there are no positives. `auc_rows` is
 the one vectorised AUC (thousands of bootstrap resamples at once); it is tested against
 `roc_auc_score`.
@@ -16,9 +16,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_score, recall_score, roc_curve
 
 from mammo_ray.classify.stats import percentile_interval
-from mammo_ray.training.metrics import binary_auroc as auc  # the one AUC: roc_auc_score, NaN if undefined
 
-__all__ = ["auc", "auc_rows", "balanced_accuracy", "best_threshold", "binary_scores", "bootstrap_auc_interval"]
+__all__ = ["auc_rows", "balanced_accuracy", "best_threshold", "binary_scores", "bootstrap_auc_interval"]
 
 
 def _labels(values: np.ndarray) -> np.ndarray:

@@ -10,16 +10,15 @@ apply it" gives on new patients (nested cross-validation, with the inner folds t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mammo_ray.classify.data import CellResult, GridData
-from mammo_ray.classify.protocols import fill_out_of_fold, oof_splits
-from mammo_ray.config.base import stable_hash
-from mammo_ray.config.grid import GridConfig
+from mammo_ray.classify.results import fill_out_of_fold
+from mammo_ray.classify.splits import oof_splits
+from mammo_ray.config.grid import GridCell, GridConfig
 
 SELECTED = "selected"
 
@@ -60,12 +59,9 @@ def _selected_row(extractor: str, data: GridData, config: GridConfig, scores: np
     settings = {"extractor": extractor, "protocol": "leak_free", "selection": SELECTED, "balancing": SELECTED,
                 "classifier": SELECTED, "candidates": n_candidates, "oof": config.oof.model_dump(mode="json"),
                 "seed": config.seed}
-    result = CellResult(extractor=extractor, protocol="leak_free", selection=SELECTED, balancing=SELECTED,
-                        classifier=SELECTED, n_rows=data.n_rows, n_positive=data.n_positive,
-                        n_dropped_unlabelled=data.n_dropped, n_features_in=int(data.X.shape[1]),
-                        cv_folds=config.oof.folds,  # its outer folds: oof_splits, as its candidates'
-                        cell_config=json.dumps({**settings, "chosen": dict(chosen.most_common())}, sort_keys=True),
-                        cell_hash=stable_hash(settings))
+    cell = GridCell(extractor, SELECTED, SELECTED, SELECTED, "leak_free")
+    result = CellResult.blank(cell, data, config, settings=settings, notes={"chosen": dict(chosen.most_common())})
+    result.cv_folds = config.oof.folds  # its outer folds: oof_splits, as its candidates'
     fill_out_of_fold(result, data, scores, called, config)
     return result
 

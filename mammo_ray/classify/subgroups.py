@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mammo_ray.auc import auc
 from mammo_ray.classify.comparisons import score_matrix
-from mammo_ray.classify.metrics import auc
 from mammo_ray.classify.stats import patient_bootstrap_auc
 
 #: Manifest columns that define subgroups ('birads_group' is derived from birads).

@@ -14,9 +14,12 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from scipy import ndimage
 
-from mammo_ray import storage
+from mammo_ray import feature_store, schemas, storage, tables
 from mammo_ray.classify.data import GridData
+from mammo_ray.datasets.manifest import label_from_birads, validate_manifest
+from mammo_ray.datasets.synthetic import VIEWS, SyntheticSource, cohort_plan, generate_image
 from mammo_ray.feature_store import ModelKey
 
 
@@ -67,8 +70,6 @@ def image_features(pixels: np.ndarray) -> np.ndarray:
     of breast brighter than 2 and 2.5 std, and (at twice the scale) a normalised difference of Gaussians: bright
     blobs against their surroundings.
     """
-    from scipy import ndimage
-
     image = np.asarray(pixels, dtype=np.float32)
     rows = image.shape[0]
     breast = image > 0
@@ -99,9 +100,6 @@ def cohort_feature_table(patients: int = 60, seed: int = 3, rows: int = 128,
                          positive_fraction: float = 0.25, extractor: str = "synthetic_features") -> GridData:
     """The synthetic cohort's images (mammo_ray.datasets.synthetic, rendered in memory, no DICOM) as
     `image_features` rows: 4 images per patient, label from BI-RADS (4a..6 -> 1)."""
-    from mammo_ray.datasets.manifest import label_from_birads
-    from mammo_ray.datasets.synthetic import VIEWS, SyntheticSource, cohort_plan, generate_image
-
     spec = SyntheticSource(patients=patients, seed=seed, rows=rows, positive_fraction=positive_fraction)
     plan = cohort_plan(spec)
     features, labels, groups = [], [], []
@@ -125,9 +123,6 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
     `unlabelled` extra images with a null label are added (they must be dropped by the grid). Image ids are
     `<image_prefix or extractor>/img<row>`: one prefix for several tables makes them tables of the same images.
     """
-    from mammo_ray import feature_store, tables
-    from mammo_ray.datasets.manifest import validate_manifest
-
     name = extractor or data.extractor
     X, y, groups = data.X, data.y.astype(object), data.groups
     if unlabelled:
@@ -153,7 +148,7 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
     features = pd.DataFrame({"content_sha256": contents, "manifest_laterality": None, "manifest_view": None,
                              "embedding": list(X.astype(np.float32)), "breast_share": None})  # no images
     table_uri = tables.embeddings_uri(output_uri, name)
-    schema = tables.embeddings_schema(X.shape[1])
+    schema = schemas.embeddings_schema(X.shape[1])
     for start in range(0, n, rows_per_file):
         chunk = feature_store.feature_rows(features.iloc[start : start + rows_per_file], key)
         table = pa.Table.from_pandas(chunk[schema.names], schema=schema, preserve_index=False)
@@ -166,7 +161,5 @@ def write_embeddings(output_uri: str, data: GridData, extractor: str | None = No
 
 def read_synthetic(output_uri: str, extractor: str, manifest: pd.DataFrame, key: ModelKey) -> GridData:
     """What `write_embeddings` stored, read back as the grid stage reads embeddings: joined to `manifest`."""
-    from mammo_ray import feature_store, tables
-
     view = feature_store.read_view(tables.embeddings_uri(output_uri, extractor), manifest, key, "embed")
     return GridData.from_embeddings(view, extractor)

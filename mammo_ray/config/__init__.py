@@ -16,9 +16,9 @@ from mammo_ray.config.sections import (
     EmbedConfig,
     ExtractorConfig,
     IngestConfig,
+    NYUInputConfig,
     RayConfig,
     ReportConfig,
-    S3Config,
     StorageConfig,
     SyntheticSource,
     ZeroShotConfig,
@@ -27,7 +27,7 @@ from mammo_ray.config.study_config import StudyConfig, parse_config
 
 __all__ = [
     "AdapterSource", "AugmentConfig", "DataConfig", "EmbedConfig", "ExtractorConfig", "FinetuneConfig",
-    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "IngestConfig", "RayConfig",
-    "ReportConfig", "S3Config", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource",
-    "ZeroShotConfig", "load_config", "parse_config",
+    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "IngestConfig", "NYUInputConfig",
+    "RayConfig", "ReportConfig", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource", "ZeroShotConfig",
+    "load_config", "parse_config",
 ]

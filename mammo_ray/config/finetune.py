@@ -3,14 +3,11 @@ which schedule of stages, on how many Ray Train workers."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from mammo_ray.config.base import StrictModel
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mammo_ray.imaging.transforms import ImageTransform
 
 ModelName = Literal["resnet50", "resnet18", "squeezenet1_1", "nyu", "small_cnn"]
 #: Weights used when a model entry gives none. NYU weights are a file only the user can point to.
@@ -133,21 +130,3 @@ class FinetuneConfig(StrictModel):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
         return self
-
-    def transform(self, family: str, size: int, variant: str = "") -> ImageTransform:
-        """The inputs of one stage: ImageNet's at size x size, or the window of the NYU view head `variant`
-        (CC for l_cc / r_cc, MLO for l_mlo / r_mlo) scaled to `size` rows."""
-        from mammo_ray.imaging.nyu import NYU_WINDOWS
-        from mammo_ray.imaging.transforms import ImageNetTransform, NYUTransform
-
-        if family == "imagenet":
-            return ImageNetTransform(size=size, crop_to_breast=self.crop_to_breast,
-                                     source_resolution=self.source_resolution)
-        window = "MLO" if variant.endswith("mlo") else "CC"
-        return NYUTransform(scale=size / NYU_WINDOWS[window][0], source_resolution=self.source_resolution,
-                            view=window)
-
-
-
-
-

@@ -26,7 +26,7 @@ Example (a `grid:` section of a study config, or a file of its own)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -149,7 +149,8 @@ class ExternalPair(StrictModel):
         return self
 
 
-_PAPER_PIPELINE = {"selection": "lasso", "balancing": "smote", "classifier": "svm_linear"}
+#: The paper's combined extractor: what `combined: null` runs when both are in the grid.
+PAPER_COMBINATION: tuple[str, ...] = ("nyu_avg", "imagenet_resnet50")
 
 
 class GridConfig(StrictModel):
@@ -231,7 +232,7 @@ class GridConfig(StrictModel):
         for a, b in self.comparisons or []:
             if a == b:
                 raise ValueError(f"comparisons: {a!r} compared with itself")
-            known = set(self.extractors or []) | {"+".join(m) for m in self.combinations(self.extractors or [])}
+            known = set(self.extractors or []) | {"+".join(m) for m in combinations(self, self.extractors or [])}
             if self.extractors is not None and not {a, b} <= known:
                 raise ValueError(f"comparisons: ({a}, {b}) names an extractor not in grid.extractors or "
                                  "grid.combined")
@@ -245,27 +246,6 @@ class GridConfig(StrictModel):
                 raise ValueError(f"a combination lists two or more different extractors, got {members}")
         return value
 
-    def combinations(self, extractors: list[str]) -> list[list[str]]:
-        """The combinations to run, given the grid's extractors."""
-        if self.combined is not None:
-            return [list(members) for members in self.combined]
-        paper = ["nyu_avg", "imagenet_resnet50"]
-        return [paper] if set(paper) <= set(extractors) else []
-
-    def compare_pipeline(self) -> tuple[str, str, str]:
-        """(selection, balancing, classifier) of the extractor comparisons."""
-        axes = {"selection": self.selection, "balancing": self.balancing, "classifier": self.classifiers}
-        chosen = []
-        for axis, values in axes.items():
-            value = getattr(self.compare, axis)
-            chosen.append(value or (_PAPER_PIPELINE[axis] if _PAPER_PIPELINE[axis] in values else values[0]))
-        return chosen[0], chosen[1], chosen[2]
-
-    def comparison_pairs(self, extractors: list[str]) -> list[tuple[str, str]]:
-        if self.comparisons is not None:
-            return [(a, b) for a, b in self.comparisons]
-        return [(a, b) for i, a in enumerate(extractors) for b in extractors[i + 1:]]
-
     @model_validator(mode="after")
     def _no_duplicates(self) -> GridConfig:
         for axis in ("extractors", "selection", "balancing", "classifiers", "protocols"):
@@ -274,46 +254,13 @@ class GridConfig(StrictModel):
                 raise ValueError(f"{axis} lists a value twice: {values}")
         return self
 
-    def cells(self, extractors: list[str] | None = None) -> list[GridCell]:
-        """Every cell, in a stable order (extractor, protocol, selection, balancing, classifier)."""
-        names = extractors if extractors is not None else (self.extractors or [])
-        return [
-            GridCell(e, s, b, c, p)
-            for e in names
-            for p in self.protocols
-            for s in self.selection
-            for b in self.balancing
-            for c in self.classifiers
-        ]
 
-    def cv_folds_of(self, protocol: str) -> int:
-        """The folds of a cell's CV: `oof.folds` for leak_free out of fold (its outer folds), else `cv_folds`
-        (paper; leak_free holdout's CV inside its training split)."""
-        return self.oof.folds if protocol == "leak_free" and self.evaluation == "oof" else self.cv_folds
-
-    def cell_settings(self, cell: GridCell) -> dict[str, Any]:
-        """Everything that decides one cell's numbers (besides its data): recorded per row."""
-        settings: dict[str, Any] = {
-            **cell.as_dict(),
-            "standardise": True,
-            "cv_folds": self.cv_folds,
-            "test_fraction": self.test_fraction,
-            "seed": self.seed,
-            "bootstrap": self.bootstrap,
-            "ci_level": self.ci_level,
-            "permutations": self.permutations,
-            "classifier_params": getattr(self.classifier_params, cell.classifier).model_dump(mode="json"),
-            "scale": self.scale.model_dump(mode="json"),
-        }
-        if cell.protocol == "leak_free":
-            settings["evaluation"] = self.evaluation
-            if self.evaluation == "oof":
-                settings["oof"] = self.oof.model_dump(mode="json")
-        if cell.selection == "lasso":
-            settings["lasso"] = self.lasso.model_dump(mode="json")
-        if cell.balancing == "smote":
-            settings["smote"] = self.smote.model_dump(mode="json")
-        return settings
+def combinations(grid: GridConfig, extractors: list[str]) -> list[list[str]]:
+    """The combinations to run, given the grid's extractors: what `combined` means (its validation needs it,
+    so it stays with the section; `mammo_ray.classify.cells` enumerates the rest)."""
+    if grid.combined is not None:
+        return [list(members) for members in grid.combined]
+    return [list(PAPER_COMBINATION)] if set(PAPER_COMBINATION) <= set(extractors) else []
 
 
 @dataclass(frozen=True, order=True)

@@ -6,26 +6,17 @@ place (here) and never mirrored by a second class.
 
 from __future__ import annotations
 
-import math
-import os
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from mammo_ray.config.base import StrictModel
 from mammo_ray.placement import NodeTypesMode
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mammo_ray.imaging.transforms import ImageTransform, NYUTransform
-    from mammo_ray.models.weights import WeightsSpec
-
+from mammo_ray.s3_settings import S3Config
 
 #: A data source's name (a key of data.sources).
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-#: Physical height of a synthetic image: pixel spacing = SYNTHETIC_HEIGHT_MM / rows.
-SYNTHETIC_HEIGHT_MM = 300.0
 
 
 class SyntheticSource(StrictModel):
@@ -47,21 +38,6 @@ class SyntheticSource(StrictModel):
     # Another site's images: its vendor's presentation curve and its detector's noise (defaults: none).
     contrast: float = Field(1.0, ge=0.25, le=4.0, description="tissue values v -> max * (v / max) ** contrast")
     noise: float = Field(0.0, ge=0.0, le=0.2, description="added noise, sd as a share of the value range")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, columns) of every image."""
-        return self.rows, (self.columns if self.columns is not None else round(0.8 * self.rows))
-
-    @property
-    def max_value(self) -> int:
-        """Largest representable pixel value, 2**bits_stored - 1 (never reached by tissue)."""
-        return (1 << self.bits_stored) - 1
-
-    @property
-    def pixel_spacing_mm(self) -> float:
-        """Square pixel spacing in mm: the image is SYNTHETIC_HEIGHT_MM tall (a 24 x 30 cm detector)."""
-        return SYNTHETIC_HEIGHT_MM / self.rows
 
 
 class AdapterSource(StrictModel):
@@ -121,28 +97,6 @@ class DataConfig(DataSource):
         return self
 
 
-class S3Config(StrictModel):
-    """Where S3 lives, when not in the AWS variables. Credentials never go here: environment or profile.
-    None fields fall back to the environment (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION /
-    AWS_DEFAULT_REGION), then to the AWS defaults; `anonymous` reads public buckets unsigned."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    anonymous: bool = False
-
-    @classmethod
-    def from_env(cls) -> S3Config:
-        return cls(
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None,
-            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-        )
-
-    def merged_with_env(self) -> S3Config:
-        env = S3Config.from_env()
-        return S3Config(endpoint_url=self.endpoint_url or env.endpoint_url, region=self.region or env.region,
-                        anonymous=self.anonymous)
-
-
 class StorageConfig(StrictModel):
     s3: S3Config = Field(default_factory=S3Config)
 
@@ -164,7 +118,8 @@ class IngestConfig(StrictModel):
 
     `max_bytes`: files larger than this are errors rows, refused from their size before being read;
     `max_pixels`: the same for the pixel count in the image header, before decoding. `batch_size` images
-    are decoded per task; the manifest goes to Ray in blocks of `rows_per_block` rows (None: `block_rows`).
+    are decoded per task; the manifest goes to Ray in blocks of `rows_per_block` rows (None:
+    `mammo_ray.image_stream.block_rows`).
     A DICOM whose Modality, SOP class or BodyPartExamined says it is no mammogram is an errors row
     (mammo_ray.imaging.modality); `allow_modalities`: extra Modality values accepted, for a collection whose
     headers are known to be wrong (the SOP class of such a file is then not judged; its body part is).
@@ -189,99 +144,38 @@ class IngestConfig(StrictModel):
             raise ValueError(f"allow_modalities: {bad} are not DICOM Modality codes (e.g. DX, CR)")
         return tuple(codes)
 
-    @property
-    def allowed_modalities(self) -> tuple[str, ...]:
-        """Every Modality value read as a mammogram: MG and `allow_modalities`."""
-        return ("MG", *(code for code in self.allow_modalities if code != "MG"))
 
-    def block_rows(self, images: int, cpus: float) -> int:
-        """Manifest rows per Ray block: `rows_per_block`, else about four blocks per CPU (the pass's last
-        blocks then keep every CPU busy), between 16 and 256 rows. Each block costs Ray Data a task or an
-        actor call: on 100,000 small images, blocks of 16 rows cost 4.6 ms per image beyond the work, of 128
-        rows 3.5 ms (`jobs/benchmark.py scale`). Memory does not grow with it: a block's images are
-        decoded `batch_size` at a time."""
-        if self.rows_per_block is not None:
-            return self.rows_per_block
-        return max(16, min(256, math.ceil(images / (4 * max(1.0, cpus)))))
-
-    @property
-    def decode_id(self) -> str:
-        """Names the decode settings that change pixel values (the size limits only refuse files)."""
-        return f"voi_lut={int(self.apply_voi_lut)}"
+#: The extractors a study may name (`mammo_ray.models.catalogue.EXTRACTORS` says what each one is).
+ExtractorName = Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg"]
 
 
-#: Extractor name -> (family, member): ImageNet backbones by torchvision name, NYU extractors by kind.
-EXTRACTORS: dict[str, tuple[str, str]] = {
-    "imagenet_resnet50": ("imagenet", "resnet50"),
-    "imagenet_resnet18": ("imagenet", "resnet18"),
-    "imagenet_squeezenet": ("imagenet", "squeezenet1_1"),
-    "nyu_lcc": ("nyu", "lcc"),
-    "nyu_avg": ("nyu", "avg"),
-}
-_IMAGENET_DIMS = {"resnet50": 2048, "resnet18": 512, "squeezenet1_1": 512}
-_NYU_DIMS = {"global": 256, "4x4": 4096}
-
-
-class ExtractorConfig(StrictModel):
-    """One feature extractor (docs/design.md, "Extractors"): its weights and preprocessing.
-
-    `input_size` applies to ImageNet extractors; `pool`, `nyu_scale` (fraction of the native NYU window
-    size: 1.0 is the published 2677x1942 / 2974x1748) and `tta` (test-time augmented windows, averaged;
-    0 = none) to NYU ones. `source_resolution` is the input images' resolution relative to a full-field
-    mammogram (1.0, ~4000 rows; the published crop and windows are defined there); None estimates it
-    per image from its height.
+class NYUInputConfig(StrictModel):
+    """The weights and the NYU input settings an extractor and the zero-shot model share (docs/design.md,
+    "Preprocessing"): `nyu_scale` is the fraction of the native NYU window size (1.0 is the published
+    2677x1942 / 2974x1748), `tta` the test-time augmented windows per image, averaged (0 = none), and
+    `source_resolution` the input images' resolution relative to a full-field mammogram (1.0, ~4000 rows;
+    the published crop and windows are defined there); None estimates it per image from its height.
     """
 
-    name: Literal[tuple(EXTRACTORS)]  # type: ignore[valid-type]
     weights: str = Field(
         "random-init:0", description="random-init:<seed>, torchvision:<arch>:<enum>, a path or s3:// URI"
     )
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    pool: Literal["global", "4x4"] = "global"
-    input_size: int = Field(224, ge=32, le=2048)
     nyu_scale: float = Field(0.25, gt=0.0, le=1.0)
     source_resolution: float | None = Field(None, gt=0.0, le=4.0)
     tta: int = Field(0, ge=0, le=64)
 
-    @property
-    def family(self) -> str:
-        return EXTRACTORS[self.name][0]
 
-    @property
-    def member(self) -> str:
-        return EXTRACTORS[self.name][1]
+class ExtractorConfig(NYUInputConfig):
+    """One feature extractor (docs/design.md, "Extractors"): its weights and preprocessing.
 
-    @property
-    def dim(self) -> int:
-        return _IMAGENET_DIMS[self.member] if self.family == "imagenet" else _NYU_DIMS[self.pool]
+    `input_size` applies to ImageNet extractors; `pool`, `nyu_scale` and `tta` to NYU ones;
+    `source_resolution` to both.
+    """
 
-    @property
-    def weights_spec(self) -> WeightsSpec:
-        from mammo_ray.models.weights import WeightsSpec
-
-        return WeightsSpec(self.weights, self.sha256)
-
-    @property
-    def transform(self) -> ImageTransform:
-        from mammo_ray.imaging.transforms import ImageNetTransform, NYUTransform
-
-        if self.family == "imagenet":
-            return ImageNetTransform(size=self.input_size, source_resolution=self.source_resolution)
-        return NYUTransform(scale=self.nyu_scale, source_resolution=self.source_resolution, n_augment=self.tta)
-
-    @property
-    def model_id(self) -> str:
-        """The extractor's identity: its name and every setting of its family that changes the vector."""
-        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
-        if self.family == "imagenet":
-            return f"{self.name}:input_size={self.input_size}:source={source}"
-        return f"{self.name}:pool={self.pool}:nyu_scale={self.nyu_scale!r}:source={source}:tta={self.tta}"
-
-    @property
-    def preprocess_id(self) -> str:
-        """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
-        pool = f":pool={self.pool}" if self.family == "nyu" else ""  # kept in the id so stored ids stay as they were
-        return self.transform.id + pool
+    name: ExtractorName
+    pool: Literal["global", "4x4"] = "global"
+    input_size: int = Field(224, ge=32, le=2048)
 
 
 def _default_extractors() -> list[ExtractorConfig]:
@@ -289,6 +183,8 @@ def _default_extractors() -> list[ExtractorConfig]:
 
 
 class EmbedConfig(StrictModel):
+    """The extractors and the inference pool of the image pass (sized by `mammo_ray.stages.pass_plan`)."""
+
     extractors: list[ExtractorConfig] = Field(default_factory=_default_extractors, min_length=1)
     batch_size: int = Field(8, ge=1, le=4096)
     max_actors: int | None = Field(
@@ -299,28 +195,6 @@ class EmbedConfig(StrictModel):
         128 * 2**20, ge=2**10,
         description="target size of a feature store's part files: the pass writes one per batch (a retried "
                     "batch replaces its own), then merges the small ones into files of about this size")
-
-    def actor_count(self, cluster_gpus: float, node_cpus: Sequence[float], batches: int) -> int:
-        """The inference pool's size: `max_actors`, else one actor per GPU the actors can have (each holds
-        every network of the pass, so no GPU waits for another pool), else one actor per
-        `actor_torch_threads` CPUs of each alive node; never more actors than the pass has batches.
-        Each actor holds a copy of every network of the pass: memory grows with the count."""
-        if self.max_actors is not None:
-            wanted = self.max_actors
-        else:
-            per_actor = 1.0 if self.num_gpus is None else self.num_gpus
-            if cluster_gpus > 0 and per_actor > 0:
-                wanted = int(cluster_gpus // per_actor)
-            else:
-                wanted = sum(int(cpus // self.actor_torch_threads()) for cpus in node_cpus)
-        return max(1, min(wanted, batches))
-
-    def actor_torch_threads(self) -> int:
-        """Torch threads of a CPU inference actor. Several one-thread actors beat one actor with the
-        node's threads: a small batch's forward scales poorly over threads, and each actor decodes
-        its own batches meanwhile (measured: `jobs/benchmark.py embed`, ResNet-50 at 224 on 2 cores:
-        1 thread x 2 processes 1.44x 2 threads x 1 process)."""
-        return self.torch_threads or 1
 
     @model_validator(mode="after")
     def _unique_names(self) -> EmbedConfig:
@@ -333,43 +207,12 @@ class EmbedConfig(StrictModel):
         return self
 
 
-class ZeroShotConfig(StrictModel):
+class ZeroShotConfig(NYUInputConfig):
     """Zero-shot NYU inference (Figure 3): the image-wise model's own benign/malignant heads.
 
     `weights`: `random-init:<seed>` or the published `ImageOnly__ModeImage_weights.p` (path or s3://),
-    `sha256` its expected hash. `nyu_scale`: fraction of the native NYU windows; `source_resolution`: the
-    inputs' resolution relative to a full-field mammogram (None: estimated per image); `tta`: test-time
-    augmented windows per image, whose probabilities are averaged (0 = one window).
+    `sha256` its expected hash; the window settings as an NYU extractor's.
     """
-
-    weights: str = "random-init:0"
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    nyu_scale: float = Field(0.25, gt=0.0, le=1.0)
-    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
-    tta: int = Field(0, ge=0, le=64)
-
-    @property
-    def weights_spec(self) -> WeightsSpec:
-        from mammo_ray.models.weights import WeightsSpec
-
-        return WeightsSpec(self.weights, self.sha256)
-
-    @property
-    def transform(self) -> NYUTransform:
-        """Each image's own view window, `tta` augmented windows when tta > 0."""
-        from mammo_ray.imaging.transforms import NYUTransform
-
-        return NYUTransform(scale=self.nyu_scale, source_resolution=self.source_resolution, n_augment=self.tta)
-
-    @property
-    def model_id(self) -> str:
-        """The image-wise model's identity: its preprocessing settings (the weights are keyed apart)."""
-        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
-        return f"nyu_image_wise:nyu_scale={self.nyu_scale!r}:source={source}:tta={self.tta}"
-
-    @property
-    def preprocess_id(self) -> str:
-        return self.transform.id
 
 
 class ReportConfig(StrictModel):

@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 from mammo_ray.config import sections
 from mammo_ray.config.base import StrictModel, config_error
 from mammo_ray.config.finetune import FinetuneConfig
-from mammo_ray.config.grid import GridConfig
+from mammo_ray.config.grid import GridConfig, combinations
 from mammo_ray.errors import ConfigError
 
 
@@ -48,7 +48,7 @@ class StudyConfig(StrictModel):
             missing = [name for name in members if name not in grid_names]
             if missing:
                 raise ValueError(f"grid.combined {members}: {missing} not among the grid's extractors {grid_names}")
-        known = grid_names + ["+".join(members) for members in self.grid.combinations(grid_names)]
+        known = grid_names + ["+".join(members) for members in combinations(self.grid, grid_names)]
         for a, b in self.grid.comparisons or []:
             if not {a, b} <= set(known):
                 raise ValueError(f"grid.comparisons ({a}, {b}): not among the grid's extractors and combinations "

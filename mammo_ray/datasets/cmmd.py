@@ -1,24 +1,9 @@
-"""CMMD (TCIA) adapter: the clinical table + the TCIA download tree -> manifest.
+"""CMMD (TCIA) adapter: the clinical table (its CSV export) + the TCIA download tree -> manifest.
 
-As downloaded (FORMATS.md §3): the clinical table `CMMD_clinicaldata_revision.xlsx` with the columns
-`ID1,LeftRight,Age,number,abnormality,classification,subtype` (one row per breast with a finding; pandas
-cannot read that xlsx, so give its CSV export), and the tree
-`CMMD/<ID1>/<MM-DD-YYYY-NNNNN>/1.000000-NNNNN/1-1.dcm ... 1-4.dcm`.
-
-Laterality and view are read from each file's header (ImageLaterality; ViewCodeSequence's
-'cranio-caudal' / 'medio-lateral oblique', or ViewPosition), never from the file name: `1-1` is usually
-the CC of the first breast, but in D1-1506 it is the MLO. A file whose header gives no laterality is
-refused by name. Each header read is one ranged request of the file's first bytes.
-
-Labels. `label` = `classification` of the breast (ID1, LeftRight): Malignant -> 1, Benign -> 0;
-`pathology` malignant/benign. 729 IDs have images of a breast without a clinical row: `unlabelled`
-chooses what they become: "skip" (default: dropped), "keep" (label null), or "normal" (label 0, pathology
-normal: what one published pipeline assumed; the collection does not say it). ID1 is patient and exam.
-device: Manufacturer + model from the header (blank in CMMD as published, then null).
-
-Unconfirmed facts, checked here: the clinical value sets (LeftRight L/R, classification
-Benign/Malignant, ID1 `D1-NNNN`/`D2-NNNN`: other values refused by row), one row per breast (a repeated
-breast is refused), one study per ID1 (a second study folder of one ID1 is refused, naming both).
+Laterality and view come from each file's header, never from its name; `label` is the breast's
+`classification` (Malignant -> 1, Benign -> 0), and `unlabelled` chooses what images of a breast without a
+clinical row become ("skip", "keep" or "normal"). ID1 is patient and exam. The layout, quirks and checks:
+docs/design.md, "CMMD".
 """
 
 from __future__ import annotations

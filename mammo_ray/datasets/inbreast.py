@@ -28,11 +28,10 @@ from mammo_ray.datasets.manifest import (
     MANIFEST_COLUMNS,
     label_from_birads,
     normalise_birads,
-    normalise_laterality,
-    normalise_view,
     validate_manifest,
 )
 from mammo_ray.errors import ManifestError
+from mammo_ray.vocabulary import normalise_laterality, normalise_view
 
 DATASET = "inbreast"
 REQUIRED_COLUMNS: tuple[str, ...] = ("Laterality", "View", "Acquisition date", "File Name", "Bi-Rads")

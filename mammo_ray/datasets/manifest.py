@@ -19,15 +19,14 @@ from mammo_ray import storage, tables
 from mammo_ray.datasets.counts import SourceCounts, counts_of
 from mammo_ray.errors import ManifestError, StorageError
 from mammo_ray.privacy import is_locator
-from mammo_ray.tables import MANIFEST_COLUMNS, MANIFEST_SCHEMA
+from mammo_ray.schemas import MANIFEST_COLUMNS, MANIFEST_SCHEMA
+from mammo_ray.vocabulary import normalise_laterality, normalise_view
 
 BIRADS_VALUES: tuple[str, ...] = ("0", "1", "2", "3", "4", "4a", "4b", "4c", "5", "6")
 # The binary task of the paper: {1,2,3} benign-ish, {4*,5,6} suspicious. 0 (incomplete) has no label.
 _BIRADS_NEGATIVE = {"1", "2", "3"}
 _BIRADS_POSITIVE = {"4", "4a", "4b", "4c", "5", "6"}
 PATHOLOGY_VALUES: tuple[str, ...] = ("normal", "benign", "malignant")
-LATERALITY_VALUES: tuple[str, ...] = ("L", "R")
-VIEW_VALUES: tuple[str, ...] = ("CC", "MLO", "other")
 DENSITY_VALUES: tuple[str, ...] = ("A", "B", "C", "D")
 
 _BIRADS_PATTERN = re.compile(r"^(?:bi-?rads\s*)?([0-6])\s*([abc]?)$")
@@ -86,34 +85,6 @@ def label_from_pathology(pathology: str | None, positive: str = "malignant") -> 
     if positive == "abnormal":
         return int(pathology != "normal")
     raise ValueError(f"unknown positive class {positive!r} (expected 'malignant' or 'abnormal')")
-
-
-def normalise_laterality(value: object) -> str | None:
-    """'L', 'LEFT', 'left' -> 'L'; 'R', 'RIGHT' -> 'R'; null-like -> None; anything else -> ValueError."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    text = str(value).strip().upper()
-    if text in {"", "NAN", "NONE"}:
-        return None
-    if text in {"L", "LEFT"}:
-        return "L"
-    if text in {"R", "RIGHT"}:
-        return "R"
-    raise ValueError(f"unknown laterality {value!r} (expected L or R)")
-
-
-def normalise_view(value: object) -> str | None:
-    """'CC' -> CC; 'MLO', 'ML' (INbreast's name for MLO) -> MLO; other known views (FB, XCCL...) -> other."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    text = str(value).strip().upper()
-    if text in {"", "NAN", "NONE"}:
-        return None
-    if text == "CC":
-        return "CC"
-    if text in {"MLO", "ML"}:
-        return "MLO"
-    return "other"
 
 
 _DENSITY_PATTERN = re.compile(r"^(?:(?:breast\s+)?density\s*|acr\s*)?([abcd1-4])$")

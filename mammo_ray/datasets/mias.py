@@ -1,21 +1,8 @@
 """mini-MIAS adapter: Info.txt + a folder of mdbNNN.png / mdbNNN.pgm -> manifest.
 
-Info.txt quirks (docs/design.md, "mini-MIAS"): a free-text header, CRLF line ends, one row per abnormality (so an
-image may have several rows: mdb005 has two, mdb226 three), rows with fewer columns (`mdb003 D NORM`,
-`mdb059 F CIRC B` without coordinates, `mdb233 G CALC M *NOTE 3*`), and coordinates whose origin is
-the BOTTOM-left corner of the 1024 x 1024 image. mini-MIAS has no BI-RADS.
-
-Laterality. Info.txt's own notes say "left (even filename numbers) and right mammograms (odd filename
-numbers)"; we checked that against the pixels of the 322 images in ../shared/data/mini-mias. The
-horizontal centroid of the breast tissue (pixels > 40 of 255) lies in the right half of the image for
-160 of the 161 odd films and in the left half for 160 of the 161 even films; the only exceptions are
-the pair mdb151/mdb152, a large breast that fills the whole width (tissue from column 0 to 1012), where
-visual inspection still shows the straight chest-wall edge and the (painted-out) pectoral corner on
-the right for mdb151 and on the left for mdb152. So odd films have the chest wall on the image's right
-and even films on its left. In the standard mammogram display (and in CBIS-DDSM: the 8 DICOMs of the
-`mammograms` package, whose PatientID names the side, have their tissue centroid at 0.26 of the width
-for LEFT and 0.55-0.76 for RIGHT) a right breast has its chest wall on the image's right. Both sources
-agree: odd = R, even = L. All mini-MIAS films are MLO views.
+Info.txt has one row per abnormality, short rows and bottom-left coordinates; mini-MIAS has no BI-RADS,
+so the label comes from the pathology. Odd film numbers are right breasts, even ones left, and every film
+is an MLO view. The quirks and the laterality evidence: docs/design.md, "mini-MIAS".
 """
 
 from __future__ import annotations
@@ -193,7 +180,7 @@ def build_manifest(
                 "dataset": DATASET,
                 "patient_id": patient,
                 "exam_id": patient,  # one pair of films per woman
-                "laterality": "R" if number % 2 == 1 else "L",  # see the module docstring for the evidence
+                "laterality": "R" if number % 2 == 1 else "L",  # evidence: docs/design.md, "mini-MIAS"
                 "view": "MLO",
                 "birads": None,
                 "label": label_from_pathology(pathology, positive),

@@ -1,29 +1,9 @@
 """RSNA Screening Mammography (Kaggle 2022) adapter: train.csv (or test.csv) + `<split>_images/` -> manifest.
 
-As downloaded (FORMATS.md §1): `train.csv` with the header
-`site_id,patient_id,image_id,laterality,view,age,cancer,biopsy,invasive,BIRADS,implant,density,machine_id,
-difficult_negative_case`, images at `<images_uri>/<patient_id>/<image_id>.dcm` (JPEG 2000 or JPEG lossless
-DICOMs, some MONOCHROME1; the decoder handles both). `test.csv` has no label columns; its rows get no label.
-
-Labels. `label` = `cancer` (0/1), a per-breast label written on every image of the breast: a breast whose
-images disagree is refused by name. `pathology`: malignant where cancer = 1, benign where a biopsy found no
-cancer (biopsy = 1, cancer = 0), normal otherwise (screened, not biopsied). `birads` stays null: RSNA's
-BIRADS 0/1/2 is a recall field ("0 if the breast required follow-up, 1 ... negative, 2 ... normal"), not
-BI-RADS, so it must not feed the BI-RADS label of the paper's protocol. density A-D (empty at site 2), site
-= site_id, device = 'machine <machine_id>'.
-
-Keys. patient_id is the only grouping (no study or date column): exam_id = patient_id. image_id =
-`rsna/<image_id>`.
-
-Views. CC and MLO as written; AT, LM, ML and LMO (57 of 54,706 images) are 'other' by default;
-`extra_views="grouped"` maps them as one published pipeline does (ML, LM, LMO -> MLO; AT -> CC). A view
-outside these is refused by name.
-
-Unconfirmed facts (FORMATS.md), checked here: the original files' number formatting (age and BIRADS as
-'61' or '61.0': both parsed; anything else refused by row), the column order (columns are found by name; a
-missing one is named), value sets (laterality L/R, cancer/biopsy 0/1, the six views: any other value is
-refused by row). The transfer syntaxes beyond the two confirmed ones and the MONOCHROME1 share are pixel
-facts: a file the decoder cannot read is an errors row of ingest, not a manifest failure.
+`label` = `cancer`, per breast (a breast whose images disagree is refused); `birads` stays null (RSNA's
+BIRADS is a recall field); exam_id = patient_id; views other than CC/MLO are 'other' unless
+`extra_views="grouped"`. test.csv rows get no label. The layout, quirks and checks: docs/design.md,
+"RSNA Screening Mammography".
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """VinDr-Mammo (PhysioNet 1.0.0) adapter: breast-level_annotations.csv + images/<study_id>/<image_id>.dicom.
 
-As downloaded (FORMATS.md §2): `<root>/breast-level_annotations.csv` with the header
-`study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,breast_density,split`,
-images at `<root>/images/<study_id>/<image_id>.dicom` (extension `.dicom`, not `.dcm`), and optionally
-`metadata.csv` (one row per image, keyed by `SOP Instance UID` = image_id) for the device.
-
-Labels. VinDr-Mammo has no pathology and no patient id.
-- `birads`: the integer of `BI-RADS 1`..`BI-RADS 5`, per breast.
-- `label` is a proxy of malignancy that the config must choose, because published work uses two:
-  `label_proxy="birads_5"` (BI-RADS 5 -> 1, 1-4 -> 0; the 1st-place RSNA pipeline) or
-  `"birads_4_plus"` (4-5 -> 1, 1-3 -> 0; the paper's own rule). `"none"` leaves labels null. There is no
-  default: an unchosen proxy is refused. `pathology` stays null (nothing was biopsied that we know of).
-- patient_id = exam_id = `vindr/<study_id>`: a woman with two studies would count as two patients
-  (the collection gives no way to tell).
-- density A-D from `DENSITY A`..`D`; device 'Manufacturer Model' from metadata.csv when given.
-- `split`: "training" or "test" keeps that official split; None keeps both.
-
-Unconfirmed facts, checked here: metadata.csv's repeated `SOP Instance UID` header (read by position: the
-first `SOP Instance UID` column is the image id; pandas' `.1` suffix is accepted); the value sets
-(laterality L/R, view CC/MLO, `BI-RADS 1-5`, `DENSITY A-D`, split training/test: any other value is
-refused by row, naming it). An image listed twice with the same values is one image; with different values
-it is refused. `read_findings` reads finding_annotations.csv (boxes, categories) for work on findings.
+No pathology, no patient id: `label` is the malignancy proxy the config chooses (`label_proxy`
+"birads_5", "birads_4_plus" or "none"; no default), patient_id = exam_id = `vindr/<study_id>`, `split`
+keeps one official split or both. `read_findings` reads finding_annotations.csv (boxes, categories). The
+layout, quirks and checks: docs/design.md, "VinDr-Mammo".
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ class DecodedImage:
     source_format: str
 
 
+def decode_id(apply_voi_lut: bool) -> str:
+    """Names the decode settings that change pixel values (the size and modality limits only refuse files)."""
+    return f"voi_lut={int(apply_voi_lut)}"
+
+
 def detect_format(data: bytes, uri: str) -> str | None:
     """'dicom', 'png', 'pgm' from magic bytes, else from the URI's extension; None when neither says."""
     if dicom.has_dicm_marker(data):

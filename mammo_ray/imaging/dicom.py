@@ -26,9 +26,9 @@ from pydicom.pixels.processing import apply_voi_lut as _pydicom_apply_voi_lut
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from mammo_ray.datasets.manifest import normalise_laterality, normalise_view
 from mammo_ray.errors import DecodeError
 from mammo_ray.imaging.modality import MAMMOGRAPHY_MODALITY, MODALITY_TAGS, check_mammogram
+from mammo_ray.vocabulary import normalise_laterality, normalise_view
 
 #: The only DICOM attributes copied into DecodedImage.metadata. Technical, never identifying: no
 #: names, dates, IDs, accession numbers, institutions, operators, stations or serial numbers.

@@ -17,7 +17,7 @@ strip these tags, and an absent (or empty) tag says nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
@@ -29,6 +29,11 @@ from mammo_ray.errors import DecodeError
 MAMMOGRAPHY_MODALITY = "MG"
 #: The header tags the check reads (a header parse limited to them is cheap: no pixel, no other value).
 MODALITY_TAGS: tuple[str, ...] = ("Modality", "SOPClassUID", "BodyPartExamined")
+
+
+def allowed_modalities(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """Every Modality value read as a mammogram: MG and a study's `extra` ones (`ingest.allow_modalities`)."""
+    return (MAMMOGRAPHY_MODALITY, *(code for code in extra if code != MAMMOGRAPHY_MODALITY))
 
 BREAST_SOP_CLASSES: frozenset[str] = frozenset({
     dicom_uid.DigitalMammographyXRayImageStorageForPresentation,

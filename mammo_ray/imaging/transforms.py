@@ -3,21 +3,20 @@
 A transform takes the decoded pixels (H, W) and the image's view and laterality, returns the model's
 inputs (n, C, h, w) (n > 1 for test-time augmented NYU windows; `prepare` also gives the share of them the
 breast covers, which every image output records) and carries its versioned `id`, which every stored output
-records. It is plain picklable data, built from a config section
-(`ExtractorConfig.transform`, `ZeroShotConfig.transform`, `FinetuneConfig.transform`), and estimates each
-image's resolution from its height unless the section fixes it.
+records. It is plain picklable data, built from a config section by `mammo_ray.models.catalogue`
+(`transform`, `nyu_transform`, `finetune_transform`), and estimates each image's resolution from its height
+unless the section fixes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mammo_ray.imaging.imagenet import ImageNetPreprocess
-    from mammo_ray.imaging.nyu import NYUPreprocess
+from mammo_ray.imaging.imagenet import ImageNetPreprocess
+from mammo_ray.imaging.nyu import NYUPreprocess, window_size
 
 #: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
 #: windows are defined at. An input's resolution is estimated from its height against it.
@@ -47,8 +46,6 @@ class ImageNetTransform:
     source_resolution: float | None = None  # None: estimated per image from its height
 
     def preprocess(self, height: int) -> ImageNetPreprocess:
-        from mammo_ray.imaging.imagenet import ImageNetPreprocess
-
         resolution = source_resolution_for(height, self.source_resolution)
         return ImageNetPreprocess(size=self.size, crop_to_breast=self.crop_to_breast, source_resolution=resolution)
 
@@ -84,8 +81,6 @@ class NYUTransform:
     view: str | None = None
 
     def preprocess(self, height: int) -> NYUPreprocess:
-        from mammo_ray.imaging.nyu import NYUPreprocess
-
         resolution = source_resolution_for(height, self.source_resolution)
         return NYUPreprocess(scale=self.scale, source_resolution=resolution, n_augment=self.n_augment, view=self.view)
 
@@ -96,8 +91,6 @@ class NYUTransform:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(1, h, w) of a fixed window; each image's own view may give another size when `view` is None."""
-        from mammo_ray.imaging.nyu import window_size
-
         return (1, *window_size(self.view, self.scale))
 
     def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mammo_ray.models.weights import load_state_dict_strict, seeded_init
+from mammo_ray.models.weight_loading import load_state_dict_strict, seeded_init
 
 #: Backbone name -> feature dimension.
 BACKBONE_DIMS: dict[str, int] = {"resnet50": 2048, "resnet18": 512, "squeezenet1_1": 512}

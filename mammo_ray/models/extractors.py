@@ -1,34 +1,37 @@
 """The study's feature extractors as models: an extractor's config section -> its network with its weights.
 
-What an extractor is (its name, family, settings, identity and preprocessing) is its config section,
-`mammo_ray.config.ExtractorConfig`; this module builds the network the inference actors run.
+What an extractor is (family, member, identity, preprocessing) is `mammo_ray.models.catalogue`; this
+module builds the network the inference actors run.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mammo_ray.config.sections import EXTRACTORS, ExtractorConfig
-from mammo_ray.models.weights import resolve_weights
+from mammo_ray.models.catalogue import family, member, weights_spec
+from mammo_ray.models.weights_resolver import resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["EXTRACTORS", "LoadedExtractor"]
+    from mammo_ray.config.sections import ExtractorConfig  # types only: models never import the config
+
+__all__ = ["LoadedExtractor"]
 
 
 class LoadedExtractor:
     """The model of an extractor with its weights, ready for inference: (B, C, H, W) -> (B, dim)."""
 
     def __init__(self, spec: ExtractorConfig) -> None:
-        resolved = resolve_weights(spec.weights_spec)
+        resolved = resolve_weights(weights_spec(spec))
         self.spec = spec
+        self.family, self.member = family(spec), member(spec)
         self.weights_id = resolved.weights_id
-        if spec.family == "imagenet":
+        if self.family == "imagenet":
             from mammo_ray.models.backbones import build_feature_extractor
 
             self.module, _ = build_feature_extractor(
-                spec.member, resolved.state_dict, seed=resolved.seed, source=resolved.source
+                self.member, resolved.state_dict, seed=resolved.seed, source=resolved.source
             )
         else:
             from mammo_ray.models.nyu import build_nyu_model
@@ -36,6 +39,6 @@ class LoadedExtractor:
             self.module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.spec.family == "imagenet":
+        if self.family == "imagenet":
             return self.module(inputs)
-        return self.module.extract(inputs, self.spec.member, self.spec.pool)
+        return self.module.extract(inputs, self.member, self.spec.pool)

@@ -15,14 +15,8 @@ from collections.abc import Callable, Iterable
 
 from mammo_ray import storage
 from mammo_ray.errors import StorageError
-from mammo_ray.models.weights import (
-    DEFAULT_FETCH_NAMES,
-    NYU_BASE_URL,
-    KnownWeightsFile,
-    WeightsError,
-    known_weights_file,
-    sha256_hex,
-)
+from mammo_ray.models.weights import WeightsError, sha256_hex
+from mammo_ray.models.weights_catalogue import DEFAULT_FETCH_NAMES, NYU_BASE_URL, KnownWeightsFile, known_weights_file
 
 # A torchvision file name carries the first hex digits of its sha256: resnet50-11ad3fa6.pth.
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")

@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammo_ray.models.weights import WeightsError, as_state_dict, load_state_dict_strict, seeded_init
+from mammo_ray.models.weight_loading import as_state_dict, load_state_dict_strict, seeded_init
+from mammo_ray.models.weights import WeightsError
 
 VIEWS: tuple[str, ...] = ("lcc", "rcc", "lmlo", "rmlo")
 VIEW_TRUNK: dict[str, str] = {"lcc": "cc", "rcc": "cc", "lmlo": "mlo", "rmlo": "mlo"}

@@ -1,5 +1,6 @@
-"""Figures of the report, drawn with matplotlib's Agg backend (no display needed) and written through
-`mammo_ray.storage`, so a local path and an s3:// URI work alike.
+"""Figure 3 of the report (zero-shot NYU predictions per BI-RADS): its counts, its figure and its section. The
+figure is drawn with matplotlib's Agg backend (no display needed) and written through `mammo_ray.storage`, so a
+local path and an s3:// URI work alike.
 
 Zero-shot NYU predictions per BI-RADS (the paper's Figure 3)
 -------------------------------------------------------------
@@ -15,12 +16,15 @@ Rows whose probabilities are missing are not scored images and are left out.
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mammo_ray import storage
 from mammo_ray.datasets.manifest import BIRADS_VALUES, PATHOLOGY_VALUES
+from mammo_ray.report.render import Section
 
 COUNT_COLUMNS: list[str] = ["birads", "predicted_benign", "predicted_malignant"]
 NO_GROUP = "n/a"
@@ -112,3 +116,27 @@ def zero_shot_by_birads(frame: pd.DataFrame, path_or_uri: str, *, title: str | N
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     storage.write_bytes(path_or_uri, buffer.getvalue())
+
+
+def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None) -> Section:
+    """Figure 3 with its counts, from the zero-shot view of the current manifest (None: not run, or `problem`)."""
+    section = Section("Figure 3: zero-shot NYU predictions by BI-RADS")
+    if zero_shot is None or zero_shot.empty:
+        missing = f"Not shown: {problem}." if problem else "The zero_shot stage has not run for this study."
+        section.paragraphs.append(missing)
+        return section
+    section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper.")
+    weights = sorted(map(str, zero_shot["weights_id"].dropna().unique())) if "weights_id" in zero_shot else []
+    caveat = ("Caveat: the paper's Figure 3 is a bar chart without printed numbers, so nothing published sits "
+              "beside these counts; they are image-level, with no interval.")
+    if any(w.startswith("random-init") for w in weights):
+        caveat += (f" The weights are random-init ({', '.join(weights)}): these predictions say nothing about the "
+                   "published model.")
+    section.paragraphs.append(caveat)
+    section.tables.append(("Images predicted benign / malignant per BI-RADS", zero_shot_counts(zero_shot)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "zero_shot.png"
+        zero_shot_by_birads(zero_shot, str(path))
+        section.figures.append(("Zero-shot NYU predictions per BI-RADS category", "zero_shot_by_birads.png",
+                                path.read_bytes()))
+    return section

@@ -1,6 +1,6 @@
 """The report's check of the preprocessing: how much of each network input the breast covers.
 
-Every image output stores `breast_share` per image (tables.BREAST_SHARE_FIELD). A NYU window is 2677 x 1942
+Every image output stores `breast_share` per image (schemas.BREAST_SHARE_FIELD). A NYU window is 2677 x 1942
 native pixels, sized for a full-field mammogram: at the right source resolution the breast fills about two
 thirds of it. An input whose resolution is misstated (a downsampled PNG declared full field) is shrunk again
 before the window is cut, and the breast ends up a small patch in a window of zero padding: every number

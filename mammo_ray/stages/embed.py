@@ -19,14 +19,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import feature_store, tables
+from mammo_ray import feature_store, preflight, schemas, tables
 from mammo_ray.config.sections import EmbedConfig, ExtractorConfig, IngestConfig
+from mammo_ray.imaging.transforms import ImageTransform
+from mammo_ray.models import catalogue
 from mammo_ray.models.extractors import LoadedExtractor
-from mammo_ray.stages import inference
-from mammo_ray.stages.inference import InferenceTask
+from mammo_ray.stages.inference import PassResult, run_inference
+from mammo_ray.stages.inference_task import InferenceRun, InferenceTask
+from mammo_ray.stages.stage import Counts, ImageOutputs, Stage, model_output_missing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads this module's model keys
 
 log = logging.getLogger("mammo_ray.embed")
 
@@ -61,7 +66,19 @@ class EmbedTask(InferenceTask):
 
     @property
     def orientation(self) -> bool:  # type: ignore[override]
-        return self.spec.transform.uses_orientation
+        return self.transform.uses_orientation
+
+    @property
+    def model_id(self) -> str:
+        return catalogue.model_id(self.spec)
+
+    @property
+    def preprocess_id(self) -> str:
+        return catalogue.preprocess_id(self.spec)
+
+    @property
+    def transform(self) -> ImageTransform:
+        return catalogue.transform(self.spec)
 
     @property
     def stage(self) -> str:  # type: ignore[override]
@@ -69,7 +86,7 @@ class EmbedTask(InferenceTask):
 
     @property
     def schema(self) -> pa.Schema:
-        return tables.embeddings_schema(self.spec.dim)
+        return schemas.embeddings_schema(catalogue.dim(self.spec))
 
     def table_uri(self, output_uri: str) -> str:
         return embeddings_uri(output_uri, self.spec.name)
@@ -83,12 +100,12 @@ class EmbedTask(InferenceTask):
     def shared_trunks(self, group: str) -> tuple[str, ...]:
         from mammo_ray.models.nyu import trunks_of
 
-        return trunks_of(self.spec.member) if self.spec.family == "nyu" else ()
+        return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) == "nyu" else ()
 
     def from_trunks(self, model: LoadedExtractor, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
         from mammo_ray.models.nyu import features_from_maps
 
-        return features_from_maps(maps, self.spec.member, self.spec.pool)
+        return features_from_maps(maps, catalogue.member(self.spec), self.spec.pool)
 
     def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
         # Rows without an output carry an empty vector: Arrow tensor columns cannot mix arrays and nulls.
@@ -102,7 +119,7 @@ class EmbedTask(InferenceTask):
 
 def embedding_key(spec: ExtractorConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
     """The model key of an extractor's vectors (identity, weights_id, preprocessing with decode settings)."""
-    return EmbedTask(spec).key(read)
+    return catalogue.embedding_key(spec, read)
 
 
 def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorConfig,
@@ -121,10 +138,10 @@ def run_embed(
 ) -> EmbedResult:
     """Embed every image of `manifest` whose vector under `spec` (same weights, same preprocessing) is not
     stored yet, and index the manifest."""
-    return embed_result(spec, inference.run_inference(manifest, output_uri, EmbedTask(spec), options, read))
+    return embed_result(spec, run_inference(manifest, output_uri, EmbedTask(spec), options, read))
 
 
-def embed_result(spec: ExtractorConfig, run: inference.InferenceRun) -> EmbedResult:
+def embed_result(spec: ExtractorConfig, run: InferenceRun) -> EmbedResult:
     """What one extractor's run (alone or in the image pass) did."""
     log.info("embed %s: %d embedded, %d already stored (skipped), %d errors",
              spec.name, run.written, run.skipped, run.errors)
@@ -135,3 +152,34 @@ __all__ = [
     "EmbedResult", "EmbedTask", "embed_result", "embedding_key", "embeddings_uri", "errors_uri", "read_embeddings",
     "run_embed", "stage_name",
 ]
+
+
+def _tasks(current: CurrentInputs) -> list[EmbedTask]:
+    return [EmbedTask(spec) for spec in current.config.embed.extractors]
+
+
+def _counts(current: CurrentInputs, done: PassResult) -> Counts:
+    counts: Counts = {}
+    for spec in current.config.embed.extractors:
+        embedded = embed_result(spec, done.runs[stage_name(spec.name)])
+        counts.update({f"embedded:{spec.name}": embedded.embedded, f"skipped:{spec.name}": embedded.skipped,
+                       f"embed_errors:{spec.name}": embedded.errors})
+    return counts
+
+
+def _outputs_missing(current: CurrentInputs) -> str | None:
+    output = current.config.output
+    problems = (model_output_missing(current, embeddings_uri(output, spec.name), errors_uri(output, spec.name),
+                                     current.embedding_key(spec))
+                for spec in current.config.embed.extractors)
+    return next((problem for problem in problems if problem is not None), None)
+
+
+def _depends_on(current: CurrentInputs) -> object:
+    return current.digest("images"), [current.embedding_key(spec).as_dict() for spec in current.config.embed.extractors]
+
+
+STAGE = Stage("embed", _depends_on, sections=("ingest",), needs_ray=True, check=preflight.embed_weights,
+              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
+              reads=(tables.MANIFEST, tables.COHORT), writes=(tables.EMBEDDINGS, tables.EMBED_ERRORS),
+              outputs_missing=_outputs_missing)

@@ -23,7 +23,7 @@ resamples the validation patients (`finetune.bootstrap`, `finetune.ci_level`).
 
 Outputs under `output_uri`:
   results/finetune.parquet              one row per (model, variant, pretrained_on, task, protocol, stage),
-                                        schema tables.FINETUNE_SCHEMA; the rows of this run only
+                                        schema schemas.FINETUNE_SCHEMA; the rows of this run only
                                         (its provenance names the manifest they were computed on).
                                         n_train: images in the training split; n_val: validation images
                                         predicted (an unreadable one is in the errors table instead);
@@ -46,23 +46,20 @@ import pandas as pd
 import pyarrow as pa
 from ray.train import DataConfig
 
-from mammo_ray import storage, tables
+from mammo_ray import preflight, schemas, storage, tables
 from mammo_ray.config.finetune import (
-    DEFAULT_WEIGHTS,
     FinetuneConfig,
     FinetuneStageConfig,
 )
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.errors import ConfigError
-from mammo_ray.models.weights import (
-    ResolvedWeights,
-    WeightsError,
-    WeightsSpec,
-    check_weights_available,
-    resolve_weights,
-)
+from mammo_ray.models.catalogue import finetune_transform
+from mammo_ray.models.finetune_models import FinetuneModel, resolve_models, weights_key
+from mammo_ray.models.weights_resolver import ResolvedWeights, resolve_weights
 from mammo_ray.placement import ANYWHERE, Placement
-from mammo_ray.tables import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
+from mammo_ray.ray_setup import work_placement
+from mammo_ray.schemas import FINETUNE_PREDICTIONS_SCHEMA, FINETUNE_SCHEMA
+from mammo_ray.stages.stage import Counts, Stage, tables_missing
 from mammo_ray.training.data import class_weights, input_dataset, task_frame
 from mammo_ray.training.metrics import classification_metrics, metric_intervals
 from mammo_ray.training.models import input_family
@@ -75,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ray.data import DataIterator, Dataset
     from ray.train import Checkpoint, Result
 
+    from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads the image stages' model keys
     from mammo_ray.training.loop import LoopSpec
 
 log = logging.getLogger("mammo_ray.finetune")
@@ -120,43 +118,7 @@ def predictions_uri(output_uri: str) -> str:
     return tables.finetune_predictions_uri(output_uri)
 
 
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    spec: WeightsSpec
-    pretrained_on: str
-    variant: str  # FinetuneModelConfig.variant: the NYU view head, '' for other models
-
-
-def resolve_models(config: FinetuneConfig) -> list[_Model]:
-    """Every model with its weights checked (WeightsError at start, before any work), keys unique."""
-    from mammo_ray.models.weights import FETCH_HINT
-
-    models = []
-    for entry in config.models:
-        source = entry.weights or DEFAULT_WEIGHTS[entry.name]
-        if source is None:
-            raise WeightsError(
-                "nyu", "the NYU model needs its published weights; none were given",
-                hint=f"run `{FETCH_HINT}` (fetch name nyu-image-wise) and set the model's weights to the "
-                "copy of ImageOnly__ModeImage_weights.p, or write random-init:<seed> for a random-init run",
-            )
-        spec = WeightsSpec(source, entry.sha256)
-        check_weights_available(spec)
-        pretrained = "none" if spec.kind == "random-init" else ("nyu" if entry.name == "nyu" else "imagenet")
-        models.append(_Model(entry.name, spec, pretrained, entry.variant))
-    keys = [(m.name, m.variant, m.pretrained_on) for m in models]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("finetune.models", f"two entries share (model, view, pretrained_on): {keys}")
-    return models
-
-
-def weights_key(model: _Model) -> str:
-    """The key of a model's weights in the tables' provenance (`weights_by_model`)."""
-    return ":".join(part for part in (model.name, model.variant, model.pretrained_on) if part)
-
-
-def run_name(config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig) -> str:
+def run_name(config: FinetuneConfig, model: FinetuneModel, task: str, stage: FinetuneStageConfig) -> str:
     network = f"{model.name}-{model.variant}" if model.variant else model.name
     return f"{config.name}-{network}-{model.pretrained_on}-{task}-{config.protocol}-{stage.name}"
 
@@ -197,7 +159,7 @@ class TrainEvenValWhole(DataConfig):
 
 
 def _fit_stage(
-    *, config: FinetuneConfig, model: _Model, task: str, stage: FinetuneStageConfig, classes: list[str],
+    *, config: FinetuneConfig, model: FinetuneModel, task: str, stage: FinetuneStageConfig, classes: list[str],
     train_frame: pd.DataFrame, val_frame: pd.DataFrame, init_state: ObjectRef[dict[str, torch.Tensor]] | None,
     init_checkpoint: Checkpoint | None, output_uri: str, info: dict, read: IngestConfig, placement: Placement,
 ) -> tuple[Result, LoopSpec]:
@@ -206,8 +168,8 @@ def _fit_stage(
 
     from mammo_ray.training.loop import LoopSpec, train_loop
 
-    transform = config.transform(input_family(model.name), stage.size, model.variant)
-    errors = storage.join(tables.errors_root(output_uri), f"finetune-{transform.family}-{stage.size}")
+    transform = finetune_transform(config, input_family(model.name), stage.size, model.variant)
+    errors = tables.finetune_errors_uri(output_uri, f"{transform.family}-{stage.size}")
     tag = f"finetune:{transform.family}:{stage.size}"
     datasets = {
         name: input_dataset(frame, transform, errors_uri=errors, stage=tag, read=read,
@@ -288,7 +250,7 @@ def _prepare_tasks(manifest: pd.DataFrame, config: FinetuneConfig) -> dict[str, 
     return tasks
 
 
-def _initial_state(model: _Model, resolved: ResolvedWeights, num_classes: int,
+def _initial_state(model: FinetuneModel, resolved: ResolvedWeights, num_classes: int,
                    config: FinetuneConfig) -> ObjectRef[dict[str, torch.Tensor]]:
     """The starting weights of a (model, task) as an object-store reference (workers load it)."""
     import ray
@@ -325,7 +287,7 @@ def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_
     fresh = bool(result.metrics) and result.metrics.get("run_token") == spec.run_token
     start = int(result.metrics["start_epoch"]) if fresh else epoch
     rate = float(result.metrics["train_images_per_s"]) if fresh else math.nan
-    keys = {key: info[key] for key in (*tables.FINETUNE_RUN_KEYS, "stage")}
+    keys = {key: info[key] for key in (*schemas.FINETUNE_RUN_KEYS, "stage")}
     run = StageRun(**keys, run_name=info["run_name"], start_epoch=start, epoch=epoch, trained=epoch - start,
                    images_per_s=rate, checkpoint_uri=uri,
                    world_size=int(state["metrics"].get("world_size", 0)),
@@ -419,4 +381,17 @@ def _write(uri: str, frame: pd.DataFrame, schema: pa.Schema, provenance: dict) -
     return table
 
 
-__all__ = ["FinetuneResult", "StageRun", "finetune_uri", "predictions_uri", "resolve_models", "run_finetune"]
+__all__ = ["FinetuneResult", "StageRun", "finetune_uri", "predictions_uri", "run_finetune"]
+
+
+def _run(current: CurrentInputs) -> Counts:
+    trained = run_finetune(current.readable_manifest(), current.config.output, current.config.finetune,
+                           current.finetune_inputs(), current.read, work_placement(current.config))
+    log.info("finetune: %d result rows -> %s", len(trained.rows), trained.uri)
+    return {"finetune_rows": len(trained.rows)}
+
+
+STAGE = Stage("finetune", lambda current: current.finetune_inputs(), run=_run, sections=("finetune",),
+              needs_ray=True, check=preflight.finetune_weights, reads=(tables.MANIFEST, tables.COHORT),
+              writes=(tables.FINETUNE, tables.FINETUNE_PREDICTIONS, tables.CHECKPOINTS, tables.FINETUNE_ERRORS),
+              outputs_missing=tables_missing(tables.FINETUNE, tables.FINETUNE_PREDICTIONS))

@@ -18,7 +18,7 @@ How it runs
 3. A cell that fails is a row with status 'failed' and its error; a trial that crashes makes failed
    rows for its cells.
 4. `<output>/results/grid.parquet` is written atomically through mammo_ray.storage (local or s3://)
-   with an explicit schema (tables.GRID_SCHEMA) and provenance in its metadata (the digests of the
+   with an explicit schema (schemas.GRID_SCHEMA) and provenance in its metadata (the digests of the
    manifest and embeddings it was computed on), and beside it
    `grid_predictions.parquet`: the held-out decision score of every row of every cell (ROC curves).
    Tune's own experiment state is scratch: under `<output>/tune/` for a local output, in a temporary
@@ -41,13 +41,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import storage, tables
+from mammo_ray.classify.cells import compare_pipeline, comparison_pairs, grid_cells
 from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.external import (
@@ -61,10 +62,15 @@ from mammo_ray.classify.external import (
 )
 from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.selection import select_inside
-from mammo_ray.config.base import stable_hash
-from mammo_ray.config.grid import GridCell, GridConfig
+from mammo_ray.config.grid import GridCell, GridConfig, combinations
 from mammo_ray.faults import crash_point
-from mammo_ray.tables import COMPARISONS_SCHEMA, GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
+from mammo_ray.schemas import COMPARISONS_SCHEMA, GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
+from mammo_ray.stages.embed import read_embeddings
+from mammo_ray.stages.grid_units import TrialUnit, finished_units, plan_units, unit_file
+from mammo_ray.stages.stage import Counts, Stage, tables_missing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads the image stages' model keys
 
 log = logging.getLogger("mammo_ray.grid")
 
@@ -109,94 +115,18 @@ def grid_data(view: pd.DataFrame, extractor: str) -> GridData:
 # ------------------------------------------------------------------------------------------------
 
 
-def _unit_key(cell: GridCell, grouping: str) -> tuple[str, ...]:
-    if grouping == "cell":
-        return (cell.extractor, cell.protocol, cell.selection, cell.balancing, cell.classifier)
-    if grouping == "preprocessing":
-        return (cell.extractor, cell.protocol, cell.selection, cell.balancing)
-    if grouping == "selection":
-        return (cell.extractor, cell.protocol, cell.selection)
-    return (cell.extractor, cell.protocol)
-
-
-def _fits_per_cell(protocol: str, config: GridConfig) -> int:
-    """Classifier fits one cell makes: its evaluation, then `permutations` control reruns (outer folds only)."""
-    if protocol == "leak_free" and config.evaluation == "oof":
-        evaluation = config.oof.repeats * config.oof.folds * (config.oof.threshold_folds + 1)
-        return evaluation + config.permutations * config.oof.folds
-    return config.cv_folds + 1 + config.permutations  # a CV, the held-out fit; one fit per control rerun
-
-
-def _cost(cells: Sequence[GridCell], data: GridData, config: GridConfig) -> float:
-    """A rough cost for ordering trials (largest first): per fit, the rows it fits on squared for exact
-    kernel SVMs (linear otherwise) plus rows x features (Lasso-selected cells are narrower), times the
-    fits of the evaluation and of the permutation control."""
-    n, width = data.n_rows, int(data.X.shape[1])
-    extra = max(0, (n - data.n_positive) - data.n_positive)  # rows SMOTE adds
-    total = 0.0
-    for cell in cells:
-        rows = float(n + extra if cell.balancing == "smote" else n)
-        if cell.protocol == "leak_free":  # folds fit on the training split only
-            rows *= 1.0 - config.test_fraction
-        features = min(width, 300) if cell.selection == "lasso" else width
-        quadratic = cell.classifier.startswith("svm") and n <= config.scale.max_rows_exact
-        per_fit = (rows * rows if quadratic else rows * 100.0) + rows * features
-        total += per_fit * _fits_per_cell(cell.protocol, config)
-    return total
-
-
-def plan_units(cells: Sequence[GridCell], datasets: dict[str, GridData], config: GridConfig) -> list[dict[str, Any]]:
-    """Cells grouped into trial units, most expensive first (so the last trial to start is a short one)."""
-    groups: dict[tuple[str, ...], list[GridCell]] = {}
-    for cell in cells:
-        groups.setdefault(_unit_key(cell, config.trial_grouping), []).append(cell)
-    units = [
-        {"extractor": members[0].extractor, "cells": [list(c.as_dict().values()) for c in members],
-         "cost": _cost(members, datasets[members[0].extractor], config)}
-        for members in groups.values()
-    ]
-    units.sort(key=lambda unit: -unit["cost"])
-    for index, unit in enumerate(units):
-        unit["id"] = index
-    return units
-
-
-def _cells_of(unit: dict[str, Any]) -> list[GridCell]:
-    return [GridCell(*values) for values in unit["cells"]]
-
-
-def unit_key(unit: dict[str, Any], data_hash: str, config: GridConfig) -> str:
-    """Names a unit's results: the settings of its cells and the content of its data (`GridData.content_hash`),
-    nothing else."""
-
-    return stable_hash({"data": data_hash,
-                          "cells": sorted(stable_hash(config.cell_settings(c)) for c in _cells_of(unit))})
-
-
-def _unit_file(units_uri: str, unit: dict[str, Any]) -> str:
-    return storage.join(units_uri, f"unit-{unit['key']}.json")
-
-
-def _finished_units(units: Sequence[dict[str, Any]], units_uri: str) -> dict[int, list[CellResult]]:
-    """unit id -> results, for the units an earlier (interrupted) run already wrote (one listing, then one
-    read per finished unit)."""
-    present = set(storage.list_files(units_uri)) if storage.exists(units_uri) else set()
-    return {unit["id"]: [CellResult(**row) for row in json.loads(storage.read_bytes(_unit_file(units_uri, unit)))]
-            for unit in units if _unit_file(units_uri, unit) in present}
-
-
-def _grid_trial(trial_config: dict[str, Any], datasets: dict[str, GridData], grid_config: GridConfig,
-                units_uri: str | None) -> None:
+def _grid_trial(trial_config: dict[str, int], units: dict[int, TrialUnit], datasets: dict[str, GridData],
+                grid_config: GridConfig, units_uri: str | None) -> None:
     """One Tune trial: every cell of its unit, folds in-process on one thread; journaled before reported."""
     from ray import tune
 
-    unit = trial_config["unit"]
-    results = evaluate_cells(datasets[unit["extractor"]], _cells_of(unit), grid_config, blas_threads=1)
+    unit = units[trial_config["unit"]]
+    results = evaluate_cells(datasets[unit.extractor], unit.cells, grid_config, blas_threads=1)
     cells = json.dumps([r.to_dict() for r in results])
     if units_uri is not None:
-        storage.write_bytes(_unit_file(units_uri, unit), cells.encode())
+        storage.write_bytes(unit_file(units_uri, unit), cells.encode())
         crash_point("grid.unit_written")
-    tune.report({"unit_id": unit["id"], "cells": cells})
+    tune.report({"unit_id": unit.id, "cells": cells})
 
 
 def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: GridConfig,
@@ -209,27 +139,28 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
     if not cells:
         return []
     units = plan_units(cells, datasets, config)
-    data_hashes = {name: datasets[name].content_hash() for name in {unit["extractor"] for unit in units}}
-    for unit in units:
-        unit["key"] = unit_key(unit, data_hashes[unit["extractor"]], config)
-    finished = _finished_units(units, units_uri) if units_uri is not None else {}
+    data_hashes = {name: datasets[name].content_hash() for name in {unit.extractor for unit in units}}
+    units = [unit.keyed(data_hashes[unit.extractor], config) for unit in units]
+    finished = finished_units(units, units_uri) if units_uri is not None else {}
     if finished:
         log.info("grid: %d of %d trial units already done (skipped)", len(finished), len(units))
     by_cell: dict[GridCell, CellResult] = {r.cell: r for results in finished.values() for r in results}
-    units = [unit for unit in units if unit["id"] not in finished]
+    units = [unit for unit in units if unit.id not in finished]
     if units:
         by_cell.update(_run_units(datasets, units, config, storage_path, name, units_uri))
     return [by_cell[cell] for cell in cells]
 
 
-def _run_units(datasets: dict[str, GridData], units: list[dict[str, Any]], config: GridConfig,
+def _run_units(datasets: dict[str, GridData], units: list[TrialUnit], config: GridConfig,
                storage_path: str, name: str, units_uri: str | None) -> dict[GridCell, CellResult]:
     import ray
     from ray import tune
 
-    needed = {unit["extractor"] for unit in units}
+    needed = {unit.extractor for unit in units}
+    by_id = {unit.id: unit for unit in units}
     trainable = tune.with_resources(
-        tune.with_parameters(_grid_trial, datasets={k: v for k, v in datasets.items() if k in needed},
+        tune.with_parameters(_grid_trial, units=by_id,
+                             datasets={k: v for k, v in datasets.items() if k in needed},
                              grid_config=config, units_uri=units_uri),
         {"cpu": config.cpus_per_trial},
     )
@@ -237,12 +168,13 @@ def _run_units(datasets: dict[str, GridData], units: list[dict[str, Any]], confi
         ray.init()
     tuner = tune.Tuner(
         trainable,
-        param_space={"unit": tune.grid_search(units)},
+        # The search space holds unit ids only: Tune swaps other objects for placeholders its name creators see.
+        param_space={"unit": tune.grid_search([unit.id for unit in units])},
         tune_config=tune.TuneConfig(
             reuse_actors=True,
             max_concurrent_trials=config.max_concurrent_trials,
-            trial_name_creator=lambda trial: f"unit-{trial.config['unit']['id']:03d}",
-            trial_dirname_creator=lambda trial: f"unit-{trial.config['unit']['id']:03d}",
+            trial_name_creator=lambda trial: f"unit-{trial.config['unit']:03d}",
+            trial_dirname_creator=lambda trial: f"unit-{trial.config['unit']:03d}",
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -257,10 +189,10 @@ def _run_units(datasets: dict[str, GridData], units: list[dict[str, Any]], confi
     by_cell: dict[GridCell, CellResult] = {}
     seen_units: set[int] = set()
     for result in result_grid:
-        unit = (result.config or {}).get("unit")
+        unit = by_id.get((result.config or {}).get("unit", -1))
         if unit is None:
             continue
-        seen_units.add(unit["id"])
+        seen_units.add(unit.id)
         metrics = result.metrics or {}
         if result.error is None and "cells" in metrics:
             for row in json.loads(metrics["cells"]):
@@ -268,13 +200,13 @@ def _run_units(datasets: dict[str, GridData], units: list[dict[str, Any]], confi
                 by_cell[cell_result.cell] = cell_result
         else:
             error = result.error or RuntimeError("the trial reported no results")
-            for cell in _cells_of(unit):
-                by_cell[cell] = _failed_result(cell, datasets[cell.extractor], config, _trial_error(error))
+            for cell in unit.cells:
+                by_cell[cell] = CellResult.blank(cell, datasets[cell.extractor], config).fail(_trial_error(error))
     for unit in units:
-        if unit["id"] not in seen_units:
-            for cell in _cells_of(unit):
-                by_cell[cell] = _failed_result(cell, datasets[cell.extractor], config,
-                                               "TrialError: the trial never ran")
+        if unit.id not in seen_units:
+            for cell in unit.cells:
+                by_cell[cell] = CellResult.blank(cell, datasets[cell.extractor], config).fail(
+                    "TrialError: the trial never ran")
     return by_cell
 
 
@@ -301,17 +233,6 @@ def _trial_error(error: BaseException) -> str:
     text = str(cause).strip().splitlines()
     message = text[-1] if text else type(cause).__name__
     return f"TrialError: {message}"
-
-
-def _failed_result(cell: GridCell, data: GridData | None, config: GridConfig, error: str) -> CellResult:
-
-    settings = config.cell_settings(cell)
-    result = CellResult(**cell.as_dict(), cv_folds=config.cv_folds_of(cell.protocol),
-                        cell_config=json.dumps(settings, sort_keys=True), cell_hash=stable_hash(settings))
-    if data is not None:
-        result.n_rows, result.n_positive, result.n_dropped_unlabelled = data.n_rows, data.n_positive, data.n_dropped
-        result.n_features_in = int(data.X.shape[1]) if data.X.ndim == 2 else None
-    return result.fail(error)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,8 +287,8 @@ def comparisons_table(predictions: pd.DataFrame, datasets: Mapping[str, GridData
     """comparisons.parquet: the configured extractor pairs on the leak_free out-of-fold predictions of the
     compare pipeline (classify.comparisons); empty when the grid has no such predictions."""
     groups = {name: pd.Series(data.groups, index=list(data.image_ids)) for name, data in datasets.items()}
-    pairs = config.comparison_pairs(list(datasets))
-    selection, balancing, classifier = config.compare_pipeline()
+    pairs = comparison_pairs(config, list(datasets))
+    selection, balancing, classifier = compare_pipeline(config)
     frame = paired_comparisons(predictions, pairs, selection, balancing, classifier, groups,
                                config.bootstrap, config.ci_level, config.seed)
     table = pa.Table.from_pandas(frame, schema=COMPARISONS_SCHEMA, preserve_index=False)
@@ -392,7 +313,7 @@ def tune_internal(datasets: Mapping[str, GridData], sources: pd.Series | None, c
             if unusable(fit_data, train) is None:
                 key = f"{extractor} @ {train}"
                 parts[key], origin[key] = fit_data, (extractor, train)
-                cells += [replace(cell, extractor=key) for cell in external_cells(config.cells([extractor]))]
+                cells += [replace(cell, extractor=key) for cell in external_cells(grid_cells(config, [extractor]))]
     results = tune_grid(parts, cells, internal_config(config), storage_path, name=internal_run_name(name),
                         units_uri=units_uri)
     internal: dict[tuple[str, str], list[CellResult]] = {}
@@ -411,7 +332,7 @@ def external_table(datasets: Mapping[str, GridData], sources: pd.Series | None, 
                    metadata: Mapping[bytes, bytes] | None = None) -> pa.Table:
     """results/external.parquet: every (train, test) pair of grid.external, for every extractor and leak_free
     pipeline (classify.external), beside its `internal` estimate (tune_internal); empty without pairs."""
-    frames = [external_validation(data, sources, pair.train, pair.test, config.cells([name]), config,
+    frames = [external_validation(data, sources, pair.train, pair.test, grid_cells(config, [name]), config,
                                   internal.get((name, pair.train)))
               for pair in config.external if sources is not None for name, data in datasets.items()]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXTERNAL_COLUMNS)
@@ -435,14 +356,14 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
     for name, count in dropped.items():
         if count:
             log.info("grid: %s: %d images without a label dropped", name, count)
-    cells = config.cells(list(datasets))
+    cells = grid_cells(config, list(datasets))
     scratch = None
     name = f"grid-{config.config_hash()}"
     if storage.is_remote(output_uri):
         scratch = tempfile.mkdtemp(prefix="mammo-grid-tune-")
         storage_path = scratch
     else:
-        storage_path = storage.split_uri(storage.join(output_uri, "tune"))[1]
+        storage_path = storage.split_uri(tables.tune_uri(output_uri))[1]
         for experiment in (name, internal_run_name(name)):  # scratch of an earlier run
             shutil.rmtree(os.path.join(storage_path, experiment), ignore_errors=True)
     units_uri = tables.grid_units_uri(output_uri)
@@ -478,6 +399,26 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
 
 __all__ = [
     "GRID_COLUMNS_DOC", "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "grid_data", "grid_uri",
-    "plan_units", "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid",
-    "tune_grid", "unit_key",
+    "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid", "tune_grid",
 ]
+
+
+def _run(current: CurrentInputs) -> Counts:
+    config, manifest = current.config, current.manifest()
+    datasets = {spec.name: grid_data(read_embeddings(config.output, manifest, spec, key=current.embedding_key(spec)),
+                                     spec.name)
+                for spec in config.grid_extractors}
+    for members in combinations(config.grid, list(datasets)):
+        combined = GridData.combine([datasets[name] for name in members])
+        datasets[combined.extractor] = combined
+    sources = manifest.set_index("image_id")["dataset"] if config.grid.external else None
+    result = run_grid(config.output, config.grid, datasets, current.grid_inputs(), sources)
+    log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
+    return {"grid_cells_ok": result.n_ok, "grid_cells_failed": result.n_failed}
+
+
+STAGE = Stage("grid", lambda current: current.grid_inputs(), run=_run, sections=("grid",), needs_ray=True,
+              reads=(tables.MANIFEST, tables.EMBEDDINGS),
+              writes=(tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS, tables.EXTERNAL, tables.GRID_UNITS,
+                      tables.TUNE),
+              outputs_missing=tables_missing(tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS))

@@ -11,10 +11,17 @@ extractors and zero-shot; alone it is a pass without model outputs.
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
+from mammo_ray import tables
 from mammo_ray.config.sections import IngestConfig
-from mammo_ray.stages.inference import IngestRun, run_pass
+from mammo_ray.current import CurrentInputs
+from mammo_ray.stages.inference import IngestRun, PassResult, run_pass
+from mammo_ray.stages.stage import Counts, ImageOutputs, Stage
+
+log = logging.getLogger("mammo_ray.study")
 
 
 def run_ingest(manifest: pd.DataFrame, output_uri: str, options: IngestConfig = IngestConfig()) -> IngestRun:
@@ -22,3 +29,17 @@ def run_ingest(manifest: pd.DataFrame, output_uri: str, options: IngestConfig = 
     ingested = run_pass(manifest, output_uri, [], read=options, ingest=True).ingest
     assert ingested is not None  # asked for: always there
     return ingested
+
+
+def _counts(current: CurrentInputs, done: PassResult) -> Counts:
+    assert done.ingest is not None  # the pass was asked for ingest
+    log.info("ingest: %d images decoded, %d errors -> %s", done.ingest.images, done.ingest.errors,
+             done.ingest.errors_uri)
+    return {"ingested_images": done.ingest.images, "ingest_errors": done.ingest.errors}
+
+
+# The image stages depend on the manifest's images and orientation (labels do not change pixels), on the
+# decode settings and, for model outputs, on each model's key.
+STAGE = Stage("ingest", lambda current: current.digest("images"), sections=("ingest",), needs_ray=True,
+              image_outputs=ImageOutputs(tasks=lambda current: (), counts=_counts, ingest=True),
+              reads=(tables.MANIFEST, tables.COHORT), writes=(tables.INGEST_IMAGES, tables.INGEST_ERRORS))

@@ -7,7 +7,7 @@ giving p_benign and p_malignant (with test-time augmentation, `tta` > 0, the mea
 An image without a known laterality (neither in the manifest nor in its DICOM tags) cannot be given a
 head: it is an errors row.
 
-Output: the feature store ``<output>/zero_shot/`` (tables.ZERO_SHOT_SCHEMA, keyed by content and
+Output: the feature store ``<output>/zero_shot/`` (schemas.ZERO_SHOT_SCHEMA, keyed by content and
 model key, read joined to the current manifest with `read_zero_shot`), errors in
 ``<output>/errors/zero_shot.parquet`` (stage "zero_shot"), and the figure
 ``<output>/figures/zero_shot_by_birads.png`` of the current manifest's images (predicted benign vs
@@ -26,17 +26,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import feature_store, tables
+from mammo_ray import feature_store, preflight, schemas, tables
 from mammo_ray.config.sections import EmbedConfig, IngestConfig, ZeroShotConfig
 from mammo_ray.errors import MammoRayError
-from mammo_ray.stages.inference import InferenceRun, InferenceTask, LoadedModel, run_inference
+from mammo_ray.imaging.transforms import NYUTransform
+from mammo_ray.models import catalogue
+from mammo_ray.models.weights_resolver import resolve_weights
+from mammo_ray.stages.inference import PassResult, run_inference
+from mammo_ray.stages.inference_task import InferenceRun, InferenceTask, LoadedModel
+from mammo_ray.stages.stage import Counts, ImageOutputs, Stage, model_output_missing
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads this module's model keys
+
 log = logging.getLogger("mammo_ray.zero_shot")
 
-STAGE = "zero_shot"
+NAME = "zero_shot"
 FIGURE_NAME = "zero_shot_by_birads.png"
 
 class UnknownLateralityError(MammoRayError):
@@ -60,7 +67,7 @@ def zero_shot_uri(output_uri: str) -> str:
 
 
 def errors_uri(output_uri: str) -> str:
-    return tables.errors_uri(output_uri, STAGE)
+    return tables.errors_uri(output_uri, NAME)
 
 
 def figure_uri(output_uri: str) -> str:
@@ -91,11 +98,19 @@ class ZeroShotTask(InferenceTask):
 
     @property
     def stage(self) -> str:  # type: ignore[override]
-        return STAGE
+        return NAME
+
+    @property
+    def model_id(self) -> str:
+        return catalogue.zero_shot_model_id(self.spec)
+
+    @property
+    def transform(self) -> NYUTransform:
+        return catalogue.nyu_transform(self.spec)
 
     @property
     def schema(self) -> pa.Schema:
-        return tables.ZERO_SHOT_SCHEMA
+        return schemas.ZERO_SHOT_SCHEMA
 
     def table_uri(self, output_uri: str) -> str:
         return zero_shot_uri(output_uri)
@@ -104,10 +119,9 @@ class ZeroShotTask(InferenceTask):
         return head_for(row.laterality, row.view)  # the image's own head: a missing side fails fast
 
     def load(self) -> LoadedModel:
-        from mammo_ray.models.nyu import build_nyu_model
-        from mammo_ray.models.weights import resolve_weights
+        from mammo_ray.models.nyu import build_nyu_model  # imports torch: on the workers that load the model only
 
-        resolved = resolve_weights(self.spec.weights_spec)
+        resolved = resolve_weights(self.weights_spec)
         module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
         return LoadedModel(module, resolved.weights_id)
 
@@ -144,14 +158,14 @@ class ZeroShotTask(InferenceTask):
 
 
 def zero_shot_key(spec: ZeroShotConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
-    return ZeroShotTask(spec).key(read)
+    return catalogue.zero_shot_key(spec, read)
 
 
 def read_zero_shot(output_uri: str, manifest: pd.DataFrame, spec: ZeroShotConfig = ZeroShotConfig(),
                    read: IngestConfig = IngestConfig(), key: feature_store.ModelKey | None = None) -> pd.DataFrame:
     """The probabilities of `manifest`'s images under `spec`, one row per scored image, with the manifest's
     columns; StaleTableError when the stage has not run for this manifest and these settings."""
-    return feature_store.read_view(zero_shot_uri(output_uri), manifest, key or zero_shot_key(spec, read), STAGE)
+    return feature_store.read_view(zero_shot_uri(output_uri), manifest, key or zero_shot_key(spec, read), NAME)
 
 
 def run_zero_shot(
@@ -180,3 +194,22 @@ def zero_shot_result(output_uri: str, manifest: pd.DataFrame, run: InferenceRun)
         scored=run.written, skipped=run.skipped, errors=run.errors, uri=run.uri, errors_uri=run.errors_uri,
         figure_uri=figure, weights_id=run.weights_id, preprocess_id=run.key.preprocess_id,
     )
+
+
+def _counts(current: CurrentInputs, done: PassResult) -> Counts:
+    scored = zero_shot_result(current.config.output, current.manifest(), done.runs[NAME])
+    return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
+
+
+def _outputs_missing(current: CurrentInputs) -> str | None:
+    output = current.config.output
+    return model_output_missing(current, zero_shot_uri(output), errors_uri(output), current.zero_shot_key())
+
+
+STAGE = Stage(NAME, lambda current: (current.digest("images"), current.zero_shot_key().as_dict()),
+              sections=("ingest",), needs_ray=True, check=preflight.zero_shot_weights,
+              image_outputs=ImageOutputs(tasks=lambda current: [ZeroShotTask(current.config.zero_shot)],
+                                         counts=_counts),
+              reads=(tables.MANIFEST, tables.COHORT),
+              writes=(tables.ZERO_SHOT, tables.ZERO_SHOT_ERRORS, tables.ZERO_SHOT_FIGURE),
+              outputs_missing=_outputs_missing)

@@ -27,7 +27,7 @@ from mammo_ray.image_stream import blocks_dataset, decode_batch
 from mammo_ray.imaging.transforms import ImageTransform
 from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.privacy import SOURCE_COLUMN
-from mammo_ray.tables import ERRORS_SCHEMA
+from mammo_ray.schemas import ERRORS_SCHEMA
 
 TASKS: tuple[str, ...] = ("binary", "birads")
 #: Manifest rows per Ray block of the training inputs unless `ingest.rows_per_block` says otherwise.

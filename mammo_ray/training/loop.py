@@ -1,22 +1,9 @@
-"""The per-worker training loop of Ray Train (Train V2).
+"""The per-worker training loop of Ray Train (Train V2): `train_loop` runs one stage of one (model, task).
 
-One `TorchTrainer.fit()` runs one stage of one (model, task): `spec.epochs` epochs with the body
-frozen (`train="head"`) or not (`"all"`). Every epoch:
-
-1. train on this worker's shard of the "train" dataset (`get_dataset_shard("train")`, split evenly
-   across workers so DDP sees the same number of batches everywhere), with augmentation, the
-   class-weighted cross-entropy, and on CUDA mixed precision (`torch.autocast` float16 +
-   `GradScaler`); on CPU neither is used;
-2. predict this worker's shard of the "val" dataset (split without dropping rows), gather every
-   worker's predictions, compute the metrics;
-3. rank 0 writes a checkpoint (its format: `mammo_ray.training.checkpoint`) and every worker calls
-   `ray.train.report` (a barrier).
-
-Resume (verified on Ray 2.60, Train V2): when a run with the same RunConfig name and storage path
-is started again, the controller restores the run's checkpoint-manager snapshot from storage and
-hands the latest checkpoint to every worker; `ray.train.get_checkpoint()` returns it, and the loop
-restores model, optimizer, scaler and the epoch counter from it and continues at that epoch (a
-finished stage trains zero epochs); a checkpoint of another setup is refused (`check_identity`).
+Every epoch trains on this worker's shard of "train", predicts its shard of "val" and computes the metrics
+over all workers; rank 0 writes a checkpoint (`mammo_ray.training.checkpoint`) and every worker reports. A
+run started again under the same name and storage resumes from its latest checkpoint; one of another setup
+is refused. The mechanism: docs/design.md, "Fine-tuning loop".
 """
 
 from __future__ import annotations
@@ -32,6 +19,8 @@ import numpy as np
 
 from mammo_ray.config.finetune import AugmentConfig
 from mammo_ray.faults import crash_point
+from mammo_ray.ray_setup import this_node_cpus
+from mammo_ray.training.augment import augment_batch
 from mammo_ray.training.checkpoint import (
     MODEL_FILE,
     TRAIN_STATE_FILE,
@@ -40,6 +29,8 @@ from mammo_ray.training.checkpoint import (
     read_state,
     write_checkpoint,
 )
+from mammo_ray.training.metrics import classification_metrics
+from mammo_ray.training.models import build_model, freeze_batchnorm, set_trainable
 
 log = logging.getLogger("mammo_ray.train")
 
@@ -49,8 +40,6 @@ def worker_threads(workers_on_node: int) -> int:
     the workers there. A worker reserves `cpus_per_worker` for scheduling, but one torch thread per reserved
     CPU left half a laptop idle; the input tasks beside it need a small share (decoding is cheap next to a
     training step)."""
-    from mammo_ray.ray_setup import this_node_cpus
-
     return max(1, this_node_cpus() // max(1, workers_on_node))
 
 
@@ -127,10 +116,6 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
     import torch.nn.functional as F
-
-    from mammo_ray.training.augment import augment_batch
-    from mammo_ray.training.metrics import classification_metrics
-    from mammo_ray.training.models import build_model, freeze_batchnorm, set_trainable
 
     spec: LoopSpec = config["spec"]
     context = ray.train.get_context()

@@ -2,7 +2,7 @@
 
 - accuracy: `accuracy_score` of the argmax predictions.
 - binary (2 classes): `precision_score` / `recall_score` of class 1 (zero_division=0); AUROC
-  (`binary_auroc`, i.e. `roc_auc_score`) of the class-1 probability.
+  (`mammo_ray.auc.auc`, i.e. `roc_auc_score`) of the class-1 probability.
 - more classes (BI-RADS): macro `precision_score` / `recall_score` over the classes present in the
   targets or the predictions (sklearn's default label set, zero_division=0); AUROC one-vs-rest, macro
   over the classes that have both positives and negatives in the targets (with every class present
@@ -18,19 +18,12 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score, precision_score, recall_score
+
+from mammo_ray.auc import auc
+from mammo_ray.classify.stats import patient_bootstrap_weights, percentile_interval, weighted_auc_rows
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "auroc", "precision", "recall")
-
-
-def binary_auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """sklearn's roc_auc_score of `score` for the positives y_true != 0; NaN (never sklearn's ValueError)
-    unless both classes are present, or when a score is NaN (a diverged run)."""
-    y_true = np.asarray(y_true).astype(bool)
-    score = np.asarray(score, dtype=np.float64)
-    if y_true.all() or not y_true.any() or np.isnan(score).any():
-        return math.nan
-    return float(roc_auc_score(y_true, score))
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -54,9 +47,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     precision = precision_score(y_true, y_pred, average=average, zero_division=0)
     recall = recall_score(y_true, y_pred, average=average, zero_division=0)
     if k == 2:
-        auroc = binary_auroc(y_true == 1, proba[:, 1])
+        auroc = auc(y_true == 1, proba[:, 1])
     else:  # one-vs-rest, macro over the classes it is defined for
-        per_class = [binary_auroc(y_true == c, proba[:, c]) for c in range(k)]
+        per_class = [auc(y_true == c, proba[:, c]) for c in range(k)]
         defined = [a for a in per_class if not math.isnan(a)]
         auroc = float(np.mean(defined)) if defined else math.nan
     return {"accuracy": accuracy, "auroc": auroc, "precision": float(precision), "recall": float(recall)}
@@ -69,9 +62,6 @@ def metric_intervals(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray, 
     drawn, which is the metric of the resample's images repeated that often, so every definition above holds
     as is (tested against sklearn on the repeated rows). (NaN, NaN) where a metric is undefined, and for all
     when `n_resamples` is 0."""
-    # Here, not at the top: training workers import this module and need none of the classifier study.
-    from mammo_ray.classify.stats import patient_bootstrap_weights, percentile_interval
-
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if n_resamples <= 0 or y_true.size == 0:
@@ -83,8 +73,6 @@ def metric_intervals(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray, 
 
 def _weighted_metrics(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
     """classification_metrics under each row of `weights` (B, n), vectorised over the rows."""
-    from mammo_ray.classify.stats import weighted_auc_rows
-
     k = proba.shape[1]
     y_pred = proba.argmax(axis=1)
     total = weights.sum(axis=1)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammo_ray.models.weights import load_state_dict_strict, seeded_init
+from mammo_ray.models.nyu import FEATURE_CHANNELS, VIEW_TRUNK, NYUTrunk, build_nyu_model, normalise_view
+from mammo_ray.models.weight_loading import load_state_dict_strict, seeded_init
 
 IMAGENET_MODELS: tuple[str, ...] = ("resnet50", "resnet18", "squeezenet1_1")
 MODEL_NAMES: tuple[str, ...] = (*IMAGENET_MODELS, "nyu", "small_cnn")
@@ -74,8 +75,6 @@ class NYUClassifier(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        from mammo_ray.models.nyu import FEATURE_CHANNELS, NYUTrunk
-
         self.trunk = NYUTrunk()
         self.fc1 = nn.Linear(FEATURE_CHANNELS, FEATURE_CHANNELS)
         self.head = nn.Linear(FEATURE_CHANNELS, num_classes)
@@ -87,8 +86,6 @@ class NYUClassifier(nn.Module):
     @classmethod
     def from_image_model(cls, image_model: nn.Module, num_classes: int, view: str = "l_cc") -> NYUClassifier:
         """Take view head `view` of a NYUImageModel: its trunk (CC or MLO) and its fc1 (fc1_lcc ... fc1_rmlo)."""
-        from mammo_ray.models.nyu import VIEW_TRUNK, normalise_view
-
         key = normalise_view(view)
         model = cls(num_classes)
         model.trunk.load_state_dict(image_model.trunk(VIEW_TRUNK[key]).state_dict())
@@ -116,6 +113,7 @@ def build_model(
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if name in IMAGENET_MODELS:
+        # Here, not at the top: torchvision (as long to import as torch) only for the ImageNet models.
         from mammo_ray.models.backbones import build_classifier
 
         return build_classifier(name, num_classes, state_dict, seed=seed, source=source)
@@ -125,8 +123,6 @@ def build_model(
         return model
     own_keys = set(model.state_dict())
     if name == "nyu" and not own_keys & set(state_dict):
-        from mammo_ray.models.nyu import build_nyu_model
-
         # The image-wise file has the fc1 heads; another NYU checkpoint (view-wise) gives its trunks only.
         has_heads = any(str(key).startswith("fc1_") for key in state_dict)
         image_model = build_nyu_model(state_dict, seed=seed, source=source, trunks_only=not has_heads)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from mammo_ray.classify import GridData, evaluate_cells
+from mammo_ray.classify.cells import comparison_pairs, grid_cells
 from mammo_ray.classify.comparisons import paired_comparisons
 from mammo_ray.config import GridConfig
+from mammo_ray.config.grid import combinations
 from mammo_ray.stages.grid import comparisons_table, predictions_table
 
 
@@ -34,7 +36,8 @@ def test_the_better_extractor_is_found_and_holm_adjusts():
     datasets["weak_too"] = replace(datasets["weak"], extractor="weak_too")  # the same features, renamed
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
                         permutations=0, bootstrap=500, oof={"repeats": 3})
-    results = [r for data in datasets.values() for r in evaluate_cells(data, config.cells([data.extractor]), config)]
+    results = [r for data in datasets.values()
+               for r in evaluate_cells(data, grid_cells(config, [data.extractor]), config)]
     predictions = predictions_table(results, datasets).to_pandas()
     assert set(predictions["repeat"]) == {0, 1, 2} and len(predictions) == 3 * 3 * 240
     table = comparisons_table(predictions, datasets, config).to_pandas().set_index(["a", "b"])
@@ -70,7 +73,7 @@ def test_combined_extractor_concatenates_the_images_both_have():
     with pytest.raises(ValueError, match="a\\+b: the extractors share no image"):
         GridData.combine([datasets["a"], elsewhere])
     config = GridConfig()
-    assert config.combinations(["imagenet_resnet50", "nyu_lcc", "nyu_avg"]) == [["nyu_avg", "imagenet_resnet50"]]
-    assert config.combinations(["imagenet_resnet18"]) == []
-    pairs = config.comparison_pairs(["imagenet_resnet50", "nyu_lcc", "nyu_avg", "nyu_avg+imagenet_resnet50"])
+    assert combinations(config, ["imagenet_resnet50", "nyu_lcc", "nyu_avg"]) == [["nyu_avg", "imagenet_resnet50"]]
+    assert combinations(config, ["imagenet_resnet18"]) == []
+    pairs = comparison_pairs(config, ["imagenet_resnet50", "nyu_lcc", "nyu_avg", "nyu_avg+imagenet_resnet50"])
     assert len(pairs) == 6 and ("nyu_avg", "nyu_avg+imagenet_resnet50") in pairs

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from mammo_ray.classify.cells import cell_settings, grid_cells
 from mammo_ray.config import GridCell, GridConfig
 
 YAML = """
@@ -23,7 +24,7 @@ trial_grouping: cell
 
 def test_every_axis_is_editable_in_yaml():
     config = GridConfig.model_validate(yaml.safe_load(YAML))
-    cells = config.cells()
+    cells = grid_cells(config)
     assert len(cells) == 2 * 1 * 2 * 2 * 1
     assert cells[0] == GridCell("imagenet_resnet50", "lasso", "none", "logreg", "paper")
     assert config.lasso.alpha == "cv" and config.scale.policy == "refuse"
@@ -32,7 +33,7 @@ def test_every_axis_is_editable_in_yaml():
 def test_defaults_are_the_papers_grid_with_leak_free_first():
     config = GridConfig()
     assert config.extractors is None  # every embeddings table present
-    assert len(config.cells(["a", "b", "c"])) == 3 * 2 * 2 * 3 * 2
+    assert len(grid_cells(config, ["a", "b", "c"])) == 3 * 2 * 2 * 3 * 2
     assert config.protocols[0] == "leak_free" and config.cv_folds == 10
     assert abs(config.test_fraction - 0.33) < 1e-9
 
@@ -53,7 +54,7 @@ def test_hashes_change_with_settings_and_cell_settings_name_what_matters():
     assert base.config_hash() == GridConfig().config_hash()
     assert base.config_hash() != GridConfig(seed=1).config_hash()
     cell = GridCell("x", "none", "smote", "svm_rbf", "leak_free")
-    settings = base.cell_settings(cell)
+    settings = cell_settings(base, cell)
     assert settings["smote"] == {"k_neighbors": 5} and "lasso" not in settings
     assert settings["classifier_params"] == {"C": 1.0, "gamma": "scale", "max_iter": 1_000_000}
     assert settings["standardise"] is True

@@ -14,8 +14,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from mammo_ray.auc import auc
 from mammo_ray.classify.metrics import (
-    auc,
     auc_rows,
     balanced_accuracy,
     best_threshold,

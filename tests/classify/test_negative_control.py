@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_ray.classify import GridData, evaluate_cells
+from mammo_ray.classify.cells import grid_cells
 from mammo_ray.classify.stats import holm
 from mammo_ray.config import GridConfig
 
@@ -24,7 +25,7 @@ def test_on_noise_the_null_shows_the_leak_and_nothing_is_significant():
     assert (data.n_rows, data.n_positive, len(np.unique(data.groups))) == (410, 100, 108)
     config = GridConfig(extractors=["noise"], classifiers=["svm_linear"], permutations=20, bootstrap=200,
                         oof={"repeats": 2, "threshold_folds": 2}, seed=7)
-    results = evaluate_cells(data, config.cells(["noise"]), config)
+    results = evaluate_cells(data, grid_cells(config, ["noise"]), config)
     assert all(r.status == "ok" for r in results), [r.error for r in results]
     leak_free = [r for r in results if r.protocol == "leak_free"]
     paper = {(r.selection, r.balancing): r for r in results if r.protocol == "paper"}

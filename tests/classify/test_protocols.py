@@ -10,8 +10,10 @@ from imblearn.pipeline import Pipeline
 from sklearn.base import clone
 
 from mammo_ray.classify import GridData, build_pipeline, evaluate_cell, evaluate_cells
+from mammo_ray.classify.cells import grid_cells
+from mammo_ray.classify.engine import KernelCache
 from mammo_ray.classify.estimators import LassoSelector, NystroemSVC, make_classifier, svc_gamma
-from mammo_ray.classify.protocols import leak_free_folds, leak_free_holdout, paper_folds, paper_holdout
+from mammo_ray.classify.splits import leak_free_folds, leak_free_holdout, paper_folds, paper_holdout
 from mammo_ray.classify.synthetic import cohort_feature_table, noise_table
 from mammo_ray.config import GridCell, GridConfig
 
@@ -64,7 +66,7 @@ def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell(evaluation):
     data = noise_table(160, 40, 45, seed=4)
     config = GridConfig(extractors=["noise"], bootstrap=50, cv_folds=5, evaluation=evaluation, permutations=2,
                         oof={"repeats": 2, "folds": 3, "threshold_folds": 2})
-    cells = config.cells(["noise"])
+    cells = grid_cells(config, ["noise"])
     shared = evaluate_cells(data, cells, config)
     plain = evaluate_cells(data, cells, config, precomputed_kernels=False)
     for cell, fast, unkernelled in zip(cells, shared, plain, strict=True):
@@ -83,8 +85,6 @@ def test_shared_fits_give_the_numbers_of_one_pipeline_per_cell(evaluation):
 def test_kernel_cache_matches_libsvm_kernels():
     from sklearn.metrics.pairwise import rbf_kernel
     from sklearn.svm import SVC
-
-    from mammo_ray.classify.protocols import KernelCache
 
     rng = np.random.default_rng(0)
     X, Z = rng.standard_normal((50, 7)), rng.standard_normal((9, 7))
@@ -144,7 +144,7 @@ def test_signal_in_the_synthetic_cohort_is_found_by_the_leak_free_protocol():
     data = cohort_feature_table(patients=60, seed=3, rows=128)
     assert data.X.shape == (240, 20) and data.n_positive == 60
     config = GridConfig(bootstrap=300, permutations=20)  # out-of-fold, 5 x 5, by patient; p >= 1/21
-    cells = [c for c in config.cells([data.extractor]) if c.protocol == "leak_free"]
+    cells = [c for c in grid_cells(config, [data.extractor]) if c.protocol == "leak_free"]
     results = evaluate_cells(data, cells, config)
     assert all(r.status == "ok" and r.evaluation == "oof" for r in results)
     assert min(r.auc for r in results) > 0.7

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_ray.classify import evaluate_cells
+from mammo_ray.classify.cells import grid_cells
 from mammo_ray.classify.selection import select_inside
 from mammo_ray.classify.synthetic import embedding_table, noise_table
 from mammo_ray.config import GridConfig
@@ -13,7 +14,7 @@ CONFIG = GridConfig(protocols=["leak_free"], permutations=0, bootstrap=200, oof=
 
 
 def _grid(data):
-    results = evaluate_cells(data, CONFIG.cells([data.extractor]), CONFIG)
+    results = evaluate_cells(data, grid_cells(CONFIG, [data.extractor]), CONFIG)
     assert all(r.status == "ok" and len(r.inner_aucs) == 10 for r in results)
     (selected,) = select_inside(results, {data.extractor: data}, CONFIG)
     return results, selected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mammo_ray.classify.metrics import auc
+from mammo_ray.auc import auc
 from mammo_ray.classify.subgroups import SMALL_CLASS, SMALL_IMAGES, birads_group, subgroup_metrics
 
 PIPELINE = ("lasso", "smote", "svm_linear")
@@ -78,15 +78,16 @@ def test_birads_groups() -> None:
 
 def test_without_current_predictions_an_earlier_subgroups_table_is_removed(tmp_path) -> None:
     from mammo_ray import storage, tables
+    from mammo_ray.config import parse_config
     from mammo_ray.datasets.manifest import validate_manifest
-    from mammo_ray.stages.report import write_subgroups
+    from mammo_ray.stages.subgroups import write_subgroups
 
     predictions, manifest = _study(n_patients=12)
     manifest = validate_manifest(manifest.assign(uri=lambda m: "/data/" + m["image_id"] + ".dcm", dataset="d"),
                                  source="test")
-    output = str(tmp_path)
-    assert write_subgroups(output, predictions, manifest, PIPELINE, {"grid": {"bootstrap": 10}}, {}) is not None
-    assert storage.exists(tables.subgroups_uri(output))
+    config = parse_config({"output": str(tmp_path), "grid": {"bootstrap": 10}})
+    assert write_subgroups(config, manifest, predictions, PIPELINE, {}) is not None
+    assert storage.exists(tables.subgroups_uri(config.output))
     # The grid's predictions no longer describe the manifest (labels corrected, grid not rerun): no table.
-    assert write_subgroups(output, None, manifest, PIPELINE, {"grid": {}}, {}) is None
-    assert not storage.exists(tables.subgroups_uri(output))
+    assert write_subgroups(config, manifest, None, PIPELINE, {}) is None
+    assert not storage.exists(tables.subgroups_uri(config.output))

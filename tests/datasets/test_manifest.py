@@ -13,14 +13,13 @@ from mammo_ray.datasets.manifest import (
     label_from_pathology,
     manifest_from_records,
     normalise_birads,
-    normalise_laterality,
     normalise_pathology,
-    normalise_view,
     read_manifest,
     validate_manifest,
     write_manifest,
 )
 from mammo_ray.errors import ManifestError
+from mammo_ray.vocabulary import normalise_laterality, normalise_view
 
 
 @pytest.mark.parametrize(

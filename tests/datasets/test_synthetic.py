@@ -25,6 +25,7 @@ from mammo_ray.datasets.synthetic import (
     generate_image,
     synthetic_dicom_bytes,
 )
+from mammo_ray.datasets.synthetic.spec import image_shape, max_value, pixel_spacing_mm
 from mammo_ray.errors import ConfigError
 
 SMALL = SyntheticSource(patients=6, rows=128, seed=3)
@@ -44,9 +45,9 @@ def test_spec_defaults_and_shape() -> None:
     spec = SyntheticSource()
     assert (spec.patients, spec.seed, spec.rows) == (24, 0, 512)
     assert (spec.bits_stored, spec.transfer_syntax, spec.positive_fraction) == (14, "explicit", 0.25)
-    assert spec.shape == (512, 410)
-    assert spec.max_value == 2**14 - 1
-    assert SyntheticSource(rows=100, columns=90).shape == (100, 90)
+    assert image_shape(spec) == (512, 410)
+    assert max_value(spec) == 2**14 - 1
+    assert image_shape(SyntheticSource(rows=100, columns=90)) == (100, 90)
     assert generate_image(0, "L", "CC", "1", SyntheticSource(rows=100, columns=90)).shape == (100, 90)
 
 
@@ -89,12 +90,12 @@ def test_generate_image_rejects_bad_arguments() -> None:
 def test_image_shape_background_and_range(laterality: str, view: str) -> None:
     for patient in range(4):
         image = generate_image(patient, laterality, view, "2", SMALL)  # type: ignore[arg-type]
-        assert image.dtype == np.uint16 and image.shape == SMALL.shape
+        assert image.dtype == np.uint16 and image.shape == image_shape(SMALL)
         breast = image > 0
         # Exactly zero background, a sensible breast share, one connected breast (NYU cropping).
         assert 0.25 < 1.0 - breast.mean() < 0.75
         assert ndimage.label(breast)[1] == 1
-        assert image.max() < SMALL.max_value  # the tone curve never saturates
+        assert image.max() < max_value(SMALL)  # the tone curve never saturates
         chest, far = (0, -1) if laterality == "L" else (-1, 0)
         assert image[0, far] == 0 and image[-1, far] == 0 and image[-1, chest] == 0
         if view == "CC":
@@ -166,8 +167,8 @@ def test_bright_area_separates_birads_1_from_5() -> None:
 
     normal = [bright(generate_image(p, "L", v, "1", SMALL)) for p in range(6) for v in ("CC", "MLO")]
     malignant = [bright(generate_image(p, "L", v, "5", SMALL)) for p in range(6) for v in ("CC", "MLO")]
-    assert np.mean(malignant) > np.mean(normal) + 0.03 * SMALL.max_value
-    assert max(malignant) < SMALL.max_value
+    assert np.mean(malignant) > np.mean(normal) + 0.03 * max_value(SMALL)
+    assert max(malignant) < max_value(SMALL)
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -244,11 +245,11 @@ def test_dicom_tags_and_pixels(cohort: tuple[Path, pd.DataFrame]) -> None:
         assert (ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (
             1, 16, SMALL.bits_stored, SMALL.bits_stored - 1, 0
         )
-        assert (ds.Rows, ds.Columns) == SMALL.shape
-        assert float(ds.PixelSpacing[0]) == pytest.approx(SMALL.pixel_spacing_mm, rel=1e-4)
+        assert (ds.Rows, ds.Columns) == image_shape(SMALL)
+        assert float(ds.PixelSpacing[0]) == pytest.approx(pixel_spacing_mm(SMALL), rel=1e-4)
         assert len(ds.PatientOrientation) == 2
         assert ds.PatientOrientation[0] == ("A" if row.laterality == "L" else "P")
-        assert 0 < float(ds.WindowCenter) < SMALL.max_value and float(ds.WindowWidth) > 0
+        assert 0 < float(ds.WindowCenter) < max_value(SMALL) and float(ds.WindowWidth) > 0
         for absent in ("PatientBirthDate", "AccessionNumber", "InstitutionName", "InstitutionAddress",
                        "ReferringPhysicianName", "OtherPatientIDs"):
             assert absent not in ds, absent
@@ -362,9 +363,9 @@ def test_same_spec_writes_identical_bytes(tmp_path: Path) -> None:
 
 def _intensity_features(image: np.ndarray, spec: SyntheticSource) -> list[float]:
     """Simple statistics of the breast: intensity percentiles and a blob (local contrast) response."""
-    x = image.astype(np.float32) / spec.max_value
+    x = image.astype(np.float32) / max_value(spec)
     mask = (image > 0).astype(np.float32)
-    px_per_mm = 1.0 / spec.pixel_spacing_mm
+    px_per_mm = 1.0 / pixel_spacing_mm(spec)
 
     def local_mean(sigma: float) -> np.ndarray:  # normalised convolution: the background does not count
         weight = np.maximum(ndimage.gaussian_filter(mask, sigma), 1e-3)
@@ -390,7 +391,7 @@ def test_binary_task_is_learnable_but_not_trivial() -> None:
         for laterality, view in VIEWS:
             birads = plan[(patient, laterality)]
             image = generate_image(patient, laterality, view, birads, spec)  # type: ignore[arg-type]
-            assert image.max() < spec.max_value  # no saturated lesion pixels to key on
+            assert image.max() < max_value(spec)  # no saturated lesion pixels to key on
             features.append(_intensity_features(image, spec))
             labels.append(label_from_birads(birads))
             groups.append(patient)

@@ -17,6 +17,7 @@ from pydicom.uid import (
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.errors import DecodeError
 from mammo_ray.imaging.decode import check_modality, decode_image
+from mammo_ray.imaging.modality import allowed_modalities
 from tests.image_builders import CT_CHEST, MR_BRAIN, make_dicom, png_bytes, retagged
 
 CASE = "sfm-benign-0/1-130.dcm"  # Modality MG, Secondary Capture, BodyPartExamined BREAST (as CBIS-DDSM writes)
@@ -90,13 +91,14 @@ def test_any_one_tag_that_says_otherwise_refuses(small: bytes, tags: dict, named
 
 def test_allow_modalities_accepts_ct_but_still_judges_the_body_part(real_mammogram: bytes) -> None:
     read = IngestConfig(allow_modalities=["ct "])
-    assert read.allow_modalities == ("CT",) and read.allowed_modalities == ("MG", "CT")
+    accepted = allowed_modalities(read.allow_modalities)
+    assert read.allow_modalities == ("CT",) and accepted == ("MG", "CT")
     ct = retagged(real_mammogram, **{**CT_CHEST, "BodyPartExamined": None})
     _refusal(ct)
-    assert decode_image(ct, "ct.dcm", allowed_modalities=read.allowed_modalities).pixels.size > 0
-    message = _refusal(retagged(real_mammogram, **CT_CHEST), allowed_modalities=read.allowed_modalities)
+    assert decode_image(ct, "ct.dcm", allowed_modalities=accepted).pixels.size > 0
+    message = _refusal(retagged(real_mammogram, **CT_CHEST), allowed_modalities=accepted)
     assert "not a mammogram: BodyPartExamined CHEST;" in message and "Modality MG or CT" in message
-    assert "Modality MR" in _refusal(retagged(real_mammogram, **MR_BRAIN), allowed_modalities=read.allowed_modalities)
+    assert "Modality MR" in _refusal(retagged(real_mammogram, **MR_BRAIN), allowed_modalities=accepted)
 
 
 def test_allow_modalities_must_be_modality_codes() -> None:

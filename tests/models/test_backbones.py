@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from mammo_ray.models.backbones import BACKBONE_DIMS, build_classifier, build_feature_extractor
-from mammo_ray.models.weights import WeightsError, seeded_init
+from mammo_ray.models.weight_loading import seeded_init
+from mammo_ray.models.weights import WeightsError
 
 
 def _images(batch: int = 2, size: int = 64) -> torch.Tensor:

@@ -26,7 +26,8 @@ from mammo_ray.models.nyu import (
     published_state_dict,
     view_key,
 )
-from mammo_ray.models.weights import WeightsError, WeightsSpec, check_weights_available, resolve_weights
+from mammo_ray.models.weights import WeightsError, WeightsSpec
+from mammo_ray.models.weights_resolver import check_weights_available, resolve_weights
 
 TRUNK_PARAMETERS = 2_799_536
 

@@ -18,17 +18,10 @@ from mammo_ray import storage
 from mammo_ray.models.backbones import build_feature_extractor
 from mammo_ray.models.fetch import fetch_weights
 from mammo_ray.models.nyu import build_nyu_model, published_state_dict
-from mammo_ray.models.weights import (
-    DEFAULT_FETCH_NAMES,
-    NYU_IMAGE_WISE_URL,
-    WeightsError,
-    WeightsSpec,
-    check_weights_available,
-    known_weights_file,
-    load_state_dict_strict,
-    resolve_weights,
-    seeded_init,
-)
+from mammo_ray.models.weight_loading import load_state_dict_strict, seeded_init
+from mammo_ray.models.weights import WeightsError, WeightsSpec
+from mammo_ray.models.weights_catalogue import DEFAULT_FETCH_NAMES, NYU_IMAGE_WISE_URL, known_weights_file
+from mammo_ray.models.weights_resolver import check_weights_available, resolve_weights
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 

@@ -7,6 +7,7 @@ import pytest
 from mammo_ray.config import FinetuneConfig
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
+from mammo_ray.models.catalogue import finetune_transform
 from mammo_ray.training.data import input_dataset, task_frame
 
 
@@ -17,7 +18,7 @@ def frame(tmp_path_factory):
 
 
 def _epoch_rows(frame, tmp_path, *, block_seed: int, shuffle_seed: int) -> list[int]:
-    transform = FinetuneConfig().transform("imagenet", 32)
+    transform = finetune_transform(FinetuneConfig(), "imagenet", 32)
     dataset = input_dataset(frame, transform, errors_uri=str(tmp_path / "errors"), stage="t",
                             read=IngestConfig(batch_size=2, rows_per_block=2), num_cpus=0.5,
                             shuffle_seed=block_seed)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
 
-from mammo_ray.training.metrics import binary_auroc, classification_metrics
+from mammo_ray.auc import auc
+from mammo_ray.training.metrics import classification_metrics
 from tests.random_data import binary_labels
 
 
@@ -63,7 +64,7 @@ def test_multiclass_with_a_class_missing_from_the_targets():
 
 
 def test_degenerate_inputs():
-    assert math.isnan(binary_auroc(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3])))
+    assert math.isnan(auc(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3])))
     assert math.isnan(classification_metrics(np.zeros(0, int), np.zeros((0, 2)))["accuracy"])
     single = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]]))
     assert single["accuracy"] == 0.5 and math.isnan(single["auroc"]) and single["precision"] == 0.0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mammo_ray.models.nyu import NYUImageModel, published_state_dict
-from mammo_ray.models.weights import WeightsError, seeded_init
+from mammo_ray.models.weight_loading import seeded_init
+from mammo_ray.models.weights import WeightsError
 from mammo_ray.training.models import (
     MODEL_NAMES,
     SmallCNN,

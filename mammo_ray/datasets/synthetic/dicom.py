@@ -12,13 +12,15 @@ from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from mammo_ray.config.sections import SYNTHETIC_HEIGHT_MM, SyntheticSource
+from mammo_ray.config.sections import SyntheticSource
 from mammo_ray.datasets.synthetic.spec import (
     LATERALITY_CODE,
+    SYNTHETIC_HEIGHT_MM,
     VIEW_CODE,
     VIEWS,
     Laterality,
     View,
+    max_value,
 )
 
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -107,7 +109,7 @@ def synthetic_dicom_bytes(
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype != np.uint16:
         raise ValueError(f"pixels must be a 2-D uint16 array, got {pixels.dtype} with shape {pixels.shape}")
-    if pixels.size and int(pixels.max()) > spec.max_value:
+    if pixels.size and int(pixels.max()) > max_value(spec):
         raise ValueError(f"pixel values exceed bits_stored={spec.bits_stored} (max {int(pixels.max())})")
     if laterality not in LATERALITY_CODE or view not in VIEW_CODE:
         raise ValueError(f"laterality/view must be L|R and CC|MLO, got {laterality!r}/{view!r}")

@@ -25,7 +25,10 @@ from mammo_ray.datasets.synthetic.spec import (
     VIEW_CODE,
     Laterality,
     View,
+    image_shape,
     keyed_rng,
+    max_value,
+    pixel_spacing_mm,
 )
 
 
@@ -118,8 +121,8 @@ def _render_left(
     breast: Breast, finding: Finding, view: str, spec: SyntheticSource, rng: np.random.Generator
 ) -> np.ndarray:
     """The image of a left breast (chest wall at column 0), as uint16."""
-    rows, cols = shape = spec.shape
-    mm = 1.0 / spec.pixel_spacing_mm  # pixels per millimetre
+    rows, cols = shape = image_shape(spec)
+    mm = 1.0 / pixel_spacing_mm(spec)  # pixels per millimetre
     yy = np.arange(rows, dtype=np.float32)[:, None]
     xx = np.arange(cols, dtype=np.float32)[None, :]
     geometry = _view_geometry(breast, view, shape)
@@ -179,9 +182,9 @@ def _render_left(
     intensity += white * np.float32(0.006)  # quantum noise
 
     # Presentation curve: soft, monotonic, never reaching the maximum value.
-    top = spec.max_value - 1
+    top = max_value(spec) - 1
     values = 1.0 + top * np.tanh(np.maximum(intensity, 0.0) * 1.25 * breast.exposure)
-    pixels = np.clip(np.rint(values), 1, spec.max_value - 1).astype(np.uint16)
+    pixels = np.clip(np.rint(values), 1, max_value(spec) - 1).astype(np.uint16)
     pixels[~mask] = 0
     return pixels
 
@@ -306,7 +309,7 @@ def _calcifications(dx: np.ndarray, dy: np.ndarray, rng: np.random.Generator, co
 
 def generate_image(patient_index: int, laterality: Laterality, view: View, birads: str,
                    spec: SyntheticSource = SyntheticSource()) -> np.ndarray:
-    """One synthetic mammogram, a uint16 array of shape spec.shape; the same arguments give the same array.
+    """One synthetic mammogram, a uint16 array of shape image_shape(spec); the same arguments give the same array.
 
     Zero outside the breast, within [1, 2**bits_stored - 2] inside it. Left breasts have the chest
     wall at column 0, right breasts are mirrored (chest wall at the last column). The texture and the
@@ -338,7 +341,7 @@ def generate_image(patient_index: int, laterality: Laterality, view: View, birad
 def _as_another_site(pixels: np.ndarray, spec: SyntheticSource, rng: np.random.Generator) -> np.ndarray:
     """The breast as another vendor's system shows it: its presentation curve (a power of the value) and its
     detector's noise; the background stays 0 and tissue stays within [1, max - 1]."""
-    top = float(spec.max_value)
+    top = float(max_value(spec))
     inside = pixels > 0
     values = top * (pixels[inside] / top) ** spec.contrast
     values += rng.normal(0.0, spec.noise * top, size=values.shape)
