@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mammo_ray import schemas, storage
+from mammo_ray import __version__, schemas, storage
 from mammo_ray.schemas import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 # --- paths ------------------------------------------------------------------------------------------
@@ -234,8 +234,6 @@ def provenance(
 ) -> dict[bytes, bytes]:
     """The Parquet metadata every table carries: package version, stage, config hash, weights ids, and
     `inputs`, the digests of what the table describes (compare them with `read_provenance`)."""
-    from mammo_ray import __version__
-
     document = {"package_version": __version__, "stage": stage, "config_hash": config_hash,
                 "weights_ids": sorted(set(map(str, weights_ids))), "inputs": dict(inputs or {}), **details}
     return {PROVENANCE_KEY: json.dumps(document, sort_keys=True, default=str).encode()}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import json
+import re
 import subprocess
 import sys
+import tokenize
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +89,65 @@ def test_storage_imports_no_config():
     code = "import sys, mammo_ray.storage; print(sorted(m for m in sys.modules if m.startswith('mammo_ray.config')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+_PACKAGE = Path(__file__).resolve().parents[1] / "mammo_ray"
+_DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _headings(document: Path) -> set[str]:
+    return {line.lstrip("#").strip() for line in document.read_text().splitlines() if line.startswith("#")}
+
+
+def test_every_design_and_benchmark_citation_in_the_code_names_a_heading_of_the_document():
+    cited = re.compile(r'docs/(design|benchmarks)\.md,\s*"([^"]+)"')
+    headings = {name: _headings(_DOCS / f"{name}.md") for name in ("design", "benchmarks")}
+    citations = [(path.relative_to(_PACKAGE.parent), document, heading)
+                 for path in _PACKAGE.rglob("*.py")
+                 for document, heading in cited.findall(" ".join(path.read_text().split()))]
+    assert citations, "no citation found: the pattern no longer matches how the code cites the documents"
+    assert [c for c in citations if c[2] not in headings[c[1]]] == []
+    assert not [path for path in _PACKAGE.rglob("*.py") if re.search(r"DESIGN\s*§", path.read_text())]
+
+
+_TIMING = re.compile(r"\b\d+(\.\d+)?\s?(ms|µs)\b|(?<![,\d])\b\d+(\.\d+)? s\b|\b\d+(\.\d+)?x (faster|slower)\b"
+                     r"|\b\d+(\.\d+)?\s?[MG]i?B/s\b|py-spy", re.IGNORECASE)
+
+
+def test_no_docstring_or_comment_of_the_package_holds_a_measurement():
+    """Measurements go stale in code: they live in docs/benchmarks.md beside the command that reproduces them."""
+    found = []
+    for path in _PACKAGE.rglob("*.py"):
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            is_docstring = token.type == tokenize.STRING and token.string.lstrip("rb").startswith(('"""', "'''"))
+            if token.type == tokenize.COMMENT or is_docstring:
+                found += [f"{path.name}:{token.start[0] + i}: {line.strip()}"
+                          for i, line in enumerate(token.string.splitlines()) if _TIMING.search(line)]
+    assert found == []
+
+
+def test_no_module_of_the_package_is_over_450_lines():
+    assert {path.name: n for path in _PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > 450} == {}
+
+
+def _own_imports_inside_functions() -> list[tuple[Path, int, bool]]:
+    """(file, line, whether a comment on that line or the one above gives a reason) of each import of the
+    package's own modules inside a function."""
+    found = []
+    for path in _PACKAGE.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("mammo_ray")) \
+                        or isinstance(node, ast.Import) and node.names[0].name.startswith("mammo_ray"):
+                    reason = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+                    found.append((path, node.lineno, reason))
+    return found
+
+
+def test_imports_of_the_package_inside_functions_are_few_and_each_says_why():
+    imports = _own_imports_inside_functions()
+    assert len(imports) <= 40
+    assert [f"{path.name}:{line}" for path, line, reason in imports if not reason] == []

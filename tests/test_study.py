@@ -132,7 +132,7 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     result = run_study(config)
     assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "transfer", "subgroups",
                           "report"]
-    # Every table a stage read or wrote is one it declares (docs/design.md, "The house").
+    # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))
     # ingest, the extractor and zero-shot in one pass: each image decoded once for the three.

@@ -47,9 +47,9 @@ PROTOCOLS: tuple[str, ...] = ("leak_free", "paper")
 class LassoConfig(StrictModel):
     """Feature selection by sklearn Lasso on the binary label (features with a non-zero coefficient).
 
-    `alpha` is the L1 strength on standardised features. 0.01 keeps a few hundred of 2048 features on
-    400-row embedding tables (the paper kept 217-350). `alpha: cv` chooses it by LassoCV inside the
-    data the selector is fit on (inside each training fold for leak_free): slower, about 20x.
+    `alpha` is the L1 strength on standardised features (the paper kept 217-350 of 2048 features).
+    `alpha: cv` chooses it by LassoCV inside the data the selector is fit on (inside each training fold for
+    leak_free): slower, one LassoCV path per fit.
     At least `min_features` survive: if the Lasso zeroes everything, the features most correlated
     with the label are kept instead (so a cell on pure noise still has a classifier to fit).
     """

@@ -4,33 +4,9 @@ The published algorithm, written once and plainly in `reference_breast_box`:
 mask = pixels > 0; binary erosion then binary dilation, 100 iterations each of scipy's default cross;
 keep the largest 4-connected component; its bounding box plus a 50 px margin, clipped to the image.
 
-`breast_box` returns the same box, pixel for pixel, about 10-15x faster (`jobs/benchmark.py crop`).
-Three facts make that possible:
-
-1. Iterating the cross n times is the same as one erosion/dilation by the taxicab (L1) diamond D_n, and
-   D_{m+j} = D_m (+) S_j for any j <= m, where S_j is the 5-point cross {0, (+-j, 0), (0, +-j)}. So
-   D_100 = S_1 (+) S_1 (+) S_2 (+) S_4 (+) S_8 (+) S_16 (+) S_32 (+) S_36: eight sparse steps instead of
-   a hundred, each an AND (erosion) or OR (dilation) of five shifted copies of the image.
-2. Those steps run on the mask bit-packed 64 columns to a uint64 word: a shift is a word shift plus a bit
-   shift, and every operation touches 1/64 of the bytes the boolean image has.
-3. The opened set is "fat" (a union of diamonds of radius n), so its components can be found on a
-   grid of 8 x 8 blocks, with a certificate: each component of the "any pixel set" block image must
-   hold exactly one component of the "all pixels set" block image. When the certificate fails (two
-   components closer than a block, or n < 14), we label at full resolution instead, so the answer
-   stays exact either way.
-
-Why hand-written, measured (`jobs/benchmark.py morphology`): against scipy.ndimage's own ways to the
-same opening, its taxicab distance transform (`distance_transform_cdt` twice: exact, and independent of
-the radius) and its iterated `binary_erosion`/`binary_dilation` (the reference), with identical masks and
-boxes on every image. Two full runs on the busy 2-core development machine, medians of 3 runs per image,
-summed per data set (packed / cdt / iterated, seconds): 322 mini-MIAS images at 1 Mpx 2.55 / 24.0 / 30.9
-and 1.34 / 12.1 / 15.5, i.e. scipy's distance transform is 9.0-9.4x slower and its iterations 11.5-12.1x;
-8 CBIS-DDSM DICOMs at 12.6 Mpx 0.24 / 3.75 / 3.87 and 0.22 / 3.40 / 3.26, 15.4x and 14.8-15.9x. Whole
-boxes: 9.4-10.1x (mini-MIAS) and 16.6-18.2x (DICOMs) faster than the same crop on scipy (cdt opening
-+ full-resolution labelling). scipy with the same sparse-cross decomposition (`binary_erosion` with a
-5-point structure per step) is slower still, seconds per image. Far outside the 1.2x that would make
-scipy's the better choice, so the bit-packed code stays; tests/imaging/test_crop.py and
-tests/test_benchmarks.py check it against scipy pixel for pixel.
+`breast_box` returns the same box, pixel for pixel, from a bit-packed opening (why, measured against
+scipy.ndimage's ways: docs/benchmarks.md, "Breast crop opening"; the method: docs/design.md, "Breast crop").
+tests/imaging/test_crop.py and tests/test_benchmarks.py check it against scipy pixel for pixel.
 
 Reduced-resolution inputs: `iterations` and `margin` are in pixels of the image you pass. The caller
 scales them (`scaled_crop_params(scale)` gives the published values times `scale`); nothing here guesses

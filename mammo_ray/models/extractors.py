@@ -28,13 +28,13 @@ class LoadedExtractor:
         self.family, self.member = family(spec), member(spec)
         self.weights_id = resolved.weights_id
         if self.family == "imagenet":
-            from mammo_ray.models.backbones import build_feature_extractor
+            from mammo_ray.models.backbones import build_feature_extractor  # torchvision: ImageNet families only
 
             self.module, _ = build_feature_extractor(
                 self.member, resolved.state_dict, seed=resolved.seed, source=resolved.source
             )
         else:
-            from mammo_ray.models.nyu import build_nyu_model
+            from mammo_ray.models.nyu import build_nyu_model  # torch: built in the actors that run it only
 
             self.module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
 

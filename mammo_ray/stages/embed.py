@@ -98,12 +98,13 @@ class EmbedTask(InferenceTask):
         return model(inputs)
 
     def shared_trunks(self, group: str) -> tuple[str, ...]:
+        # torch: only where the model runs (the Ray tasks that unpickle this task decode without it)
         from mammo_ray.models.nyu import trunks_of
 
         return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) == "nyu" else ()
 
     def from_trunks(self, model: LoadedExtractor, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
-        from mammo_ray.models.nyu import features_from_maps
+        from mammo_ray.models.nyu import features_from_maps  # torch: in the actors only (see shared_trunks)
 
         return features_from_maps(maps, catalogue.member(self.spec), self.spec.pool)
 

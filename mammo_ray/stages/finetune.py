@@ -166,7 +166,10 @@ def _fit_stage(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from mammo_ray.training.loop import LoopSpec, train_loop
+    from mammo_ray.training.loop import (  # torch: imported when fine-tuning runs, not by every study
+        LoopSpec,
+        train_loop,
+    )
 
     transform = finetune_transform(config, input_family(model.name), stage.size, model.variant)
     errors = tables.finetune_errors_uri(output_uri, f"{transform.family}-{stage.size}")
@@ -255,7 +258,7 @@ def _initial_state(model: FinetuneModel, resolved: ResolvedWeights, num_classes:
     """The starting weights of a (model, task) as an object-store reference (workers load it)."""
     import ray
 
-    from mammo_ray.training.models import build_model
+    from mammo_ray.training.models import build_model  # torch: imported when fine-tuning runs, not by every study
 
     seed = resolved.seed if resolved.seed is not None else config.seed
     initial = build_model(model.name, num_classes, resolved.state_dict, seed=seed, source=resolved.source,
@@ -266,6 +269,7 @@ def _initial_state(model: FinetuneModel, resolved: ResolvedWeights, num_classes:
 def _outcome(result: Result, spec: LoopSpec, info: dict, frame: pd.DataFrame, n_train: int,
              stage_index: int, config: FinetuneConfig) -> tuple[dict[str, Any], pd.DataFrame, StageRun]:
     """(finetune row, predictions frame, StageRun) of one finished stage, from its final checkpoint."""
+    # torch: imported when fine-tuning runs, not by every study
     from mammo_ray.training.checkpoint import check_identity, checkpoint_uri, read_predictions, read_state
 
     checkpoint = result.checkpoint

@@ -1,4 +1,4 @@
-"""What a stage is: one step of the study, declared as data beside its code (docs/design.md, "The house").
+"""What a stage is: one step of the study, declared as data beside its code (docs/design.md, "Stages").
 
 Each stage module ends with its `STAGE`: the tables it reads and writes (tables.Table objects), the config
 sections its outputs depend on, what must hold before any work (`check`), and how it runs. An image stage

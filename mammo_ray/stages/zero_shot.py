@@ -79,6 +79,7 @@ def head_for(laterality: object, view: object) -> str:
 
     View 'other' or unknown -> the CC head of its side; unknown laterality -> UnknownLateralityError.
     """
+    # torch: only where the model runs (the Ray tasks that unpickle this task decode without it)
     from mammo_ray.models.nyu import view_key
 
     if not (isinstance(laterality, str) and laterality in ("L", "R")):  # None, NaN and pd.NA included
@@ -132,7 +133,7 @@ class ZeroShotTask(InferenceTask):
         return torch.stack([p_benign, p_malignant], dim=1)
 
     def shared_trunks(self, group: str) -> tuple[str, ...]:
-        from mammo_ray.models.nyu import NYUImageModel
+        from mammo_ray.models.nyu import NYUImageModel  # torch: in the actors only (see head_for)
 
         return (NYUImageModel.trunk_of_view(group),)  # the trunk the image's own head reads
 
@@ -183,7 +184,7 @@ def run_zero_shot(
 
 def zero_shot_result(output_uri: str, manifest: pd.DataFrame, run: InferenceRun) -> ZeroShotResult:
     """After zero-shot ran (alone or in the image pass): draw the figure of the manifest's images."""
-    from mammo_ray.report.figures import zero_shot_by_birads
+    from mammo_ray.report.figures import zero_shot_by_birads  # matplotlib: the driver draws; workers unpickle tasks
 
     rows = read_zero_shot(output_uri, manifest, key=run.key)
     figure = figure_uri(output_uri)
