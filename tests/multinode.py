@@ -8,6 +8,7 @@ logical (no CUDA here), so the study's networks run on its CPU (`embed.num_gpus:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -134,7 +135,7 @@ def run_job_while(config: Path, stages: list[str], log: Path, act: Callable[[], 
 
 def roles_of_work(cluster: MultiNodeCluster) -> dict[str, set[str]]:
     """Which node types ran each kind of work, from Ray's state API: Ray Data tasks and actors by their
-    function or class name, Ray Train's workers and Ray Tune's trials by their actor class."""
+    function or class name, Ray Train's workers by their actor class."""
     from ray.util.state import list_actors, list_tasks
 
     roles = cluster.node_roles()
@@ -152,6 +153,12 @@ def roles_of_work(cluster: MultiNodeCluster) -> dict[str, set[str]]:
             ran["inference"].add(roles.get(actor.node_id, "unknown"))
         elif actor.class_name == "RayTrainWorker":
             ran["train"].add(roles.get(actor.node_id, "unknown"))
-        elif actor.class_name in ("ImplicitFunc", "FunctionTrainable") or "trainable" in actor.class_name.lower():
-            ran["grid"].add(roles.get(actor.node_id, "unknown"))
     return dict(ran)
+
+
+def grid_trial_roles(cluster: MultiNodeCluster, tune_dir: Path) -> set[str]:
+    """Which node types ran the grid's trials, from the node each trial's result names (Tune's result.json):
+    unlike the state API's list of dead actors, the study's own output does not age out under load."""
+    roles = cluster.node_roles()
+    return {roles.get(json.loads(line)["node_id"], "unknown")
+            for result in tune_dir.rglob("result.json") for line in result.read_text().splitlines() if line.strip()}

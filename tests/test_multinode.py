@@ -21,6 +21,7 @@ from mammo_ray.study import run_study
 from tests.multinode import (
     SMALLEST_OBJECT_STORE,
     MultiNodeCluster,
+    grid_trial_roles,
     roles_of_work,
     run_job_while,
     spilled_bytes,
@@ -78,7 +79,8 @@ def test_each_kind_of_work_runs_on_its_node_type(multinode_cluster, whole_study)
     assert ran["prepare_batch"] == {"cpu"}       # fine-tuning's input decoding
     assert ran["inference"] == {"gpu"}           # the networks
     assert ran["train"] == {"gpu"}               # Ray Train's workers
-    assert ran["grid"] and ran["grid"] <= {"cpu", "gpu"}  # trials wherever CPUs are free, never the head
+    grid = grid_trial_roles(multinode_cluster, Path(tables.tune_uri(str(whole_study["output"]))))
+    assert grid and grid <= {"cpu", "gpu"}          # trials wherever CPUs are free, never the head
 
 
 def _stored_rows(output: Path, spec: ExtractorConfig) -> pd.DataFrame:

@@ -117,7 +117,9 @@ def grid_data(view: pd.DataFrame, extractor: str) -> GridData:
 
 def _grid_trial(trial_config: dict[str, int], units: dict[int, TrialUnit], datasets: dict[str, GridData],
                 grid_config: GridConfig, units_uri: str | None) -> None:
-    """One Tune trial: every cell of its unit, folds in-process on one thread; journaled before reported."""
+    """One Tune trial: every cell of its unit, folds in-process on one thread; journaled before reported.
+    Its result names the node it ran on (Tune's result.json), so where the grid ran can be read afterwards."""
+    import ray
     from ray import tune
 
     unit = units[trial_config["unit"]]
@@ -126,7 +128,7 @@ def _grid_trial(trial_config: dict[str, int], units: dict[int, TrialUnit], datas
     if units_uri is not None:
         storage.write_bytes(unit_file(units_uri, unit), cells.encode())
         crash_point("grid.unit_written")
-    tune.report({"unit_id": unit.id, "cells": cells})
+    tune.report({"unit_id": unit.id, "cells": cells, "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: GridConfig,
