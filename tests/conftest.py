@@ -23,6 +23,12 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # writes a plan, so the other tests run as in production.
 os.environ[FAULTS_ENV] = tempfile.mkdtemp(prefix="mammo-ray-faults-")
 
+# `make test` runs the tests that start no Ray in a second pytest beside the others (see the Makefile): there, any
+# Ray start is refused, so a test that needs Ray cannot slip into that run and meet the other run's clusters.
+WITHOUT_RAY = os.environ.get("MAMMO_RAY_TESTS_WITHOUT_RAY") == "1"
+if WITHOUT_RAY:
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"  # nothing listens there: a ray.init (here or in a subprocess) fails
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MAMMO_RAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -117,6 +123,9 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 def _start_session_ray() -> None:
     import ray
+
+    if WITHOUT_RAY:
+        raise RuntimeError("this test starts Ray: take it out of RAYLESS_TESTS in the Makefile")
 
     # With the dashboard, as a study starts Ray: Ray Train's placement-group cleaner asks the state API whether the
     # run's controller lives, and without it sometimes decides it died, removing a healthy worker group (a retry).
