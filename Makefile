@@ -23,13 +23,10 @@ $(STAMP): pyproject.toml
 study: setup
 	$(BIN)/python jobs/full_study.py
 
-# The tests run as three pytest processes at once, each with its log printed at the end: a whole study leaves a
-# core idle much of the time (process and Ray start-up, waits on workers), which the others fill.
-# - the tests that start no Ray (tests/conftest.py refuses Ray there: MAMMO_RAY_TESTS_WITHOUT_RAY);
-# - RAY_TESTS_FIRST, about half of the Ray tests' time, with a Ray of its own;
-# - everything else (a new test file lands here), with a Ray of its own.
-# Each Ray group has its own RAY_TMPDIR: a ray.init() without an address joins the cluster named in that folder's
-# ray_current_cluster (the multi-node tests' cluster writes one), so the groups never meet each other's Ray.
+# The tests that start no Ray run in a second pytest beside the Ray tests, its log printed at the end: the Ray tests
+# leave a core idle part of the time (process and Ray start-up, waits on workers), which these fill. tests/conftest.py
+# refuses Ray in that run (MAMMO_RAY_TESTS_WITHOUT_RAY). Two Ray test processes at once were slower than one: the
+# Ray tests keep both cores busy most of the time, and two clusters' workers contend.
 RAYLESS_TESTS := tests/classify tests/datasets tests/imaging tests/models tests/deploy \
 	tests/training/test_augment.py tests/training/test_checkpoint.py tests/training/test_metrics.py \
 	tests/training/test_models.py tests/training/test_splits.py \
@@ -37,8 +34,6 @@ RAYLESS_TESTS := tests/classify tests/datasets tests/imaging tests/models tests/
 	tests/test_report_preprocessing.py tests/test_storage.py tests/test_verdict.py \
 	tests/test_config.py tests/test_house.py tests/test_refusals.py tests/test_compare.py \
 	tests/test_source_counts.py tests/test_faults.py tests/test_benchmarks.py tests/test_transfer.py
-RAY_TESTS_FIRST := tests/test_crash_resume.py tests/test_multinode.py tests/test_finetune.py tests/test_image_pass.py \
-	tests/test_study.py tests/test_memory_bounds.py tests/test_output_lock.py tests/test_output_layout.py
 PYTEST := $(BIN)/python -m pytest
 
 test: setup
@@ -46,10 +41,9 @@ test: setup
 	$(BIN)/lint-imports
 	@rm -f .tests-*.log; \
 	MAMMO_RAY_TESTS_WITHOUT_RAY=1 $(PYTEST) $(RAYLESS_TESTS) > .tests-without-ray.log 2>&1 & rayless=$$!; \
-	RAY_TMPDIR=$$(mktemp -d /tmp/mr-ray-XXXX) $(PYTEST) $(RAY_TESTS_FIRST) > .tests-ray-first.log 2>&1 & first=$$!; \
-	RAY_TMPDIR=$$(mktemp -d /tmp/mr-ray-XXXX) $(PYTEST) $(addprefix --ignore=,$(RAYLESS_TESTS) $(RAY_TESTS_FIRST)); status=$$?; \
-	wait $$first || status=1; wait $$rayless || status=1; \
-	for log in .tests-ray-first.log .tests-without-ray.log; do echo "--- $$log:"; cat $$log; done; exit $$status
+	$(PYTEST) $(addprefix --ignore=,$(RAYLESS_TESTS)); status=$$?; \
+	wait $$rayless || status=1; \
+	echo "--- the tests without Ray (run beside the others):"; cat .tests-without-ray.log; exit $$status
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
