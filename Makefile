@@ -9,14 +9,15 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # uv installs what pip would, several times faster (torch's CUDA wheels are most of the bytes); it does not read
-# pip's configuration, so this machine's extra indexes and constraints are handed to it.
+# pip's configuration, so this machine's extra indexes and constraints are handed to it. --compile-bytecode as pip
+# does: without .pyc files every process (each Ray worker) compiles torch's Python again when it imports it.
 PIP_INDEXES := $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
 PIP_CONSTRAINTS := $(shell $(PYTHON) -m pip config get global.constraint 2>/dev/null)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --index-strategy unsafe-best-match \
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --index-strategy unsafe-best-match \
 		$(addprefix --extra-index-url ,$(PIP_INDEXES)) $(addprefix --constraint ,$(PIP_CONSTRAINTS)) -e '.[test]'
 	touch $(STAMP)
 
