@@ -20,7 +20,8 @@ import pyarrow as pa
 from mammo_ray import storage
 
 #: Columns that describe how a run went, not what it found.
-RUN_COLUMNS: frozenset[str] = frozenset({"checkpoint_uri", "classifier_seconds", "images_per_s", "seconds"})
+RUN_COLUMNS: frozenset[str] = frozenset({"checkpoint_uri", "classifier_seconds", "control_seconds", "images_per_s",
+                                       "seconds"})
 #: Folders of run artefacts named by time (Ray Train's checkpoints): their results are in results/ too.
 RUN_FOLDERS: tuple[str, ...] = ("checkpoints",)
 
@@ -72,10 +73,12 @@ def _normalised(table: pa.Table, output_uri: str, ignore: Collection[str] = ()) 
     return frame.reset_index(drop=True)
 
 
-def _float_values(column: pd.Series) -> np.ndarray:
+def _float_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Every float of the column in row order, and each row's count (list cells may differ in length)."""
     if pd.api.types.is_float_dtype(column):
-        return column.to_numpy(np.float64)
-    return np.stack([np.asarray(v, np.float64) for v in column])
+        return column.to_numpy(np.float64), np.ones(len(column), np.int64)
+    rows = [np.asarray(v if v is not None else np.nan, np.float64).ravel() for v in column]
+    return (np.concatenate(rows) if rows else np.empty(0)), np.array([row.size for row in rows], np.int64)
 
 
 def compare_tables(name: str, left: pd.DataFrame, right: pd.DataFrame, atol: float = 0.0) -> TableDifference:
@@ -88,9 +91,11 @@ def compare_tables(name: str, left: pd.DataFrame, right: pd.DataFrame, atol: flo
     else:
         for column in left.columns:
             if _is_float(left[column]) and _is_float(right[column]):
-                a, b = _float_values(left[column]), _float_values(right[column])
-                if a.shape != b.shape:
-                    result.problems.append(f"{column}: shapes {a.shape} vs {b.shape}")
+                (a, a_counts), (b, b_counts) = _float_values(left[column]), _float_values(right[column])
+                if not np.array_equal(a_counts, b_counts):
+                    differing = int((a_counts != b_counts).sum())
+                    result.problems.append(
+                        f"{column}: {differing} of {len(left)} rows hold a different count of values")
                     continue
                 nan_a, nan_b = np.isnan(a), np.isnan(b)
                 gap = float(np.max(np.abs(a - b), initial=0.0, where=~(nan_a | nan_b)))

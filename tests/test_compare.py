@@ -16,6 +16,7 @@ def _write_output(root: str, *, auc: float = 0.75, reverse: bool = False, second
     manifest = pd.DataFrame({"image_id": ["a", "b"], "uri": [f"{root}/cohort/a.dcm", f"{root}/cohort/b.dcm"],
                              "label": [0, 1]})
     grid = pd.DataFrame({"extractor": ["x", "y"], "auc": [auc, 0.5], "classifier_seconds": [seconds, 2 * seconds],
+                         "control_seconds": [3 * seconds, seconds],
                          "config_hash": ["h1", "h1"]})
     vectors = pa.table({"content_sha256": ["c1", "c2"],
                         "embedding": pa.array([[0.0, 1.0], [2.0, 3.0]], pa.list_(pa.float32(), 2))})
@@ -70,3 +71,20 @@ def test_an_ignored_column_is_left_out(tmp_path):
     storage.write_table(pa.Table.from_pandas(grid, preserve_index=False), tables.grid_uri(right))
     assert not all(r.equal for r in compare_outputs(left, right))
     assert all(r.equal for r in compare_outputs(left, right, ignore=["config_hash"]))
+
+
+def _write_curves(root: str, second: list[float]) -> str:
+    """A table whose float-list cells differ in length from row to row, as an ROC curve's points do."""
+    curves = pa.table({"model": ["m1", "m2"], "fpr": pa.array([[0.0, 0.5, 1.0], second], pa.list_(pa.float64()))})
+    storage.write_table(curves, storage.join(root, "results", "curves.parquet"))
+    return root
+
+
+def test_float_lists_of_different_lengths_are_compared_row_by_row(tmp_path):
+    left = _write_curves(str(tmp_path / "a"), [0.0, 1.0])
+    (same,) = compare_outputs(left, _write_curves(str(tmp_path / "b"), [0.0, 1.0]))
+    assert same.equal, same.problems
+    (moved,) = compare_outputs(left, _write_curves(str(tmp_path / "c"), [0.0, 0.9]))
+    assert moved.problems == ["fpr: largest difference 0.1"]
+    (longer,) = compare_outputs(left, _write_curves(str(tmp_path / "d"), [0.0, 0.5, 1.0]))
+    assert longer.problems == ["fpr: 1 of 2 rows hold a different count of values"]
