@@ -11,6 +11,7 @@ from mammo_ray.benchmarks import (
     embed,
     engine,
     grid,
+    heatmaps,
     join,
     manifest,
     memory,
@@ -22,7 +23,7 @@ from mammo_ray.benchmarks import (
 
 #: One module per subcommand, in the order `--help` lists them.
 BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images,
-                                  scale]
+                                  scale, heatmaps]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,9 +171,11 @@ class _Placed:
         return float(np.count_nonzero(inside > 0)) / (win_h * win_w)
 
 
-def _place(
-    pixels: np.ndarray, view: str | None, laterality: str | None, scale: float, source_resolution: float
-) -> _Placed:
+def oriented_crop(
+    pixels: np.ndarray, *, laterality: str | None = None, scale: float = 1.0, source_resolution: float = 1.0
+) -> np.ndarray:
+    """The breast crop at working resolution `scale`, chest wall on the left, float32: what the window is cut
+    from, and (at scale 1, standardised) what the patch classifier of the heatmaps reads."""
     _check_scale(scale)
     _check_scale(source_resolution, "source_resolution")
     if pixels.ndim != 2:
@@ -186,9 +188,14 @@ def _place(
         )
     iterations, margin = scaled_crop_params(scale)
     crop = image[breast_box(image, iterations=iterations, margin=margin).slices()]
+    return crop[:, ::-1] if chest_wall_side(crop, laterality) == "right" else crop
+
+
+def _place(
+    pixels: np.ndarray, view: str | None, laterality: str | None, scale: float, source_resolution: float
+) -> _Placed:
+    crop = oriented_crop(pixels, laterality=laterality, scale=scale, source_resolution=source_resolution)
     mask = crop > 0
-    if chest_wall_side(crop, laterality) == "right":
-        crop, mask = crop[:, ::-1], mask[:, ::-1]
     win_h, win_w = window_size(view, scale)
     # Nipple-side anchor: a crop deeper than the window loses columns at the chest wall, never the nipple.
     keep_from = max(0, crop.shape[1] - win_w)

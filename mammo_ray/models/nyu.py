@@ -66,6 +66,8 @@ POOL_DIMS: dict[str, int] = {"global": FEATURE_CHANNELS, "4x4": FEATURE_CHANNELS
 #: mean of the four view extractors L-CC, R-CC, L-MLO, R-MLO equals this).
 EXTRACTORS: tuple[str, ...] = ("lcc", "avg")
 OUTPUT_ROWS = 4
+#: The published image-wise file for each input channel count: the image alone, or with the two heatmaps.
+IMAGE_WEIGHTS_FILES: dict[int, str] = {1: "ImageOnly__ModeImage_weights.p", 3: "ImageHeatmaps__ModeImage_weights.p"}
 
 Pool = Literal["global", "4x4"]
 
@@ -100,12 +102,14 @@ class PreActBlock(nn.Module):
 
 
 class NYUTrunk(nn.Module):
-    """ResNet-22 trunk: (B, 1, H, W) standardised window -> (B, 256, h, w) feature map."""
+    """ResNet-22 trunk: (B, C, H, W) inputs -> (B, 256, h, w) feature map. C = 1 (the standardised window) for
+    the image-only model, 3 (window, benign heatmap, malignant heatmap) for the image+heatmaps model."""
 
-    def __init__(self, input_noise_std: float = INPUT_NOISE_STD) -> None:
+    def __init__(self, input_noise_std: float = INPUT_NOISE_STD, in_channels: int = 1) -> None:
         super().__init__()
         self.input_noise_std = float(input_noise_std)
-        self.first_conv = nn.Conv2d(1, STAGE_CHANNELS[0], kernel_size=7, stride=2, padding=0, bias=False)
+        self.in_channels = in_channels
+        self.first_conv = nn.Conv2d(in_channels, STAGE_CHANNELS[0], kernel_size=7, stride=2, padding=0, bias=False)
         self.first_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)
         stages = []
         in_channels = STAGE_CHANNELS[0]
@@ -120,8 +124,8 @@ class NYUTrunk(nn.Module):
         self.final_bn = nn.BatchNorm2d(STAGE_CHANNELS[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError(f"NYUTrunk expects (B, 1, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"NYUTrunk expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if self.training and self.input_noise_std > 0:
             x = x + torch.randn_like(x) * self.input_noise_std
         x = self.first_pool(self.first_conv(x))
@@ -168,11 +172,13 @@ class OutputLayer(nn.Module):
 
 
 class NYUImageModel(nn.Module):
-    """Image-wise NYU model: two shared trunks, one head per view. See the module doc."""
+    """Image-wise NYU model: two shared trunks, one head per view. See the module doc. `in_channels` 3: the
+    image+heatmaps model (`ImageHeatmaps__ModeImage_weights.p`, the same keys with a 3-channel first conv)."""
 
-    def __init__(self, input_noise_std: float = INPUT_NOISE_STD) -> None:
+    def __init__(self, input_noise_std: float = INPUT_NOISE_STD, in_channels: int = 1) -> None:
         super().__init__()
-        self.four_view_resnet = nn.ModuleDict({name: NYUTrunk(input_noise_std) for name in TRUNKS})
+        self.in_channels = in_channels
+        self.four_view_resnet = nn.ModuleDict({name: NYUTrunk(input_noise_std, in_channels) for name in TRUNKS})
         for view in VIEWS:
             setattr(self, f"fc1_{view}", nn.Linear(FEATURE_CHANNELS, FEATURE_CHANNELS))
         for view in VIEWS:
@@ -361,7 +367,7 @@ def load_nyu_checkpoint(
         optional=lambda key: key.endswith(".num_batches_tracked"),  # absent from files of old PyTorch
         names=original,
         given_as="checkpoint",
-        hint="expected the published format (ImageOnly__ModeImage_weights.p); "
+        hint=f"expected the published format ({IMAGE_WEIGHTS_FILES[model.in_channels]}); "
         "use trunks_only=True to take only the trunks of another NYU checkpoint",
     )
     return report
@@ -388,10 +394,12 @@ def build_nyu_model(
     source: str = "<state dict>",
     trunks_only: bool = False,
     input_noise_std: float = INPUT_NOISE_STD,
+    in_channels: int = 1,
 ) -> NYUImageModel:
-    """A NYUImageModel in eval mode: random init from `seed` (deterministic), then `state` if given."""
+    """A NYUImageModel in eval mode (`in_channels` 3 with heatmaps): random init from `seed` (deterministic),
+    then `state` if given."""
     with seeded_init(seed):
-        model = NYUImageModel(input_noise_std)
+        model = NYUImageModel(input_noise_std, in_channels)
     if state is not None:
         load_nyu_checkpoint(model, state, source=source, trunks_only=trunks_only)
     return model.eval()

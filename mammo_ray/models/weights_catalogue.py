@@ -1,6 +1,7 @@
 """The published weight files a study may name, where they are downloaded from, and how to get them.
 
-The NYU checkpoints (fetch names ``nyu-image-wise``, ``nyu-view-wise``) and the torchvision ImageNet files
+The NYU checkpoints (fetch names ``nyu-image-wise``, ``nyu-view-wise``, and for the heatmaps ``nyu-patch`` and
+``nyu-image-heatmaps``) and the torchvision ImageNet files
 (fetch name = the spec, e.g. ``torchvision:resnet50:IMAGENET1K_V2``). A torchvision file is read from the
 torch hub cache (``$TORCH_HOME/hub/checkpoints/<basename of its URL>``); when a file is absent the hints here
 name it, its URL and how to get it onto a machine without internet (``mammo-ray weights fetch --to URI``,
@@ -22,12 +23,16 @@ from mammo_ray.models.weights import TORCHVISION_PREFIX, WeightsError
 NYU_BASE_URL = "https://github.com/nyukat/breast_cancer_classifier/raw/master/models"
 NYU_IMAGE_WISE_FILE = "ImageOnly__ModeImage_weights.p"
 NYU_VIEW_WISE_FILE = "sample_image_model.p"
+NYU_PATCH_FILE = "sample_patch_model.p"  # the patch classifier behind the heatmaps
+NYU_IMAGE_HEATMAPS_FILE = "ImageHeatmaps__ModeImage_weights.p"  # the image+heatmaps image-wise model
 NYU_IMAGE_WISE_URL = f"{NYU_BASE_URL}/{NYU_IMAGE_WISE_FILE}"
 NYU_VIEW_WISE_URL = f"{NYU_BASE_URL}/{NYU_VIEW_WISE_FILE}"
 #: Fetch names of the NYU files -> file name in the repository's models/ folder.
 NYU_FILES: dict[str, str] = {
     "nyu-image-wise": NYU_IMAGE_WISE_FILE,
     "nyu-view-wise": NYU_VIEW_WISE_FILE,
+    "nyu-patch": NYU_PATCH_FILE,
+    "nyu-image-heatmaps": NYU_IMAGE_HEATMAPS_FILE,
 }
 #: Where torchvision's ImageNet files live (the weights enums' URLs all start with this).
 TORCHVISION_BASE_URL = "https://download.pytorch.org/models"

@@ -321,3 +321,26 @@ def test_trunks_only_and_old_files_without_num_batches_tracked() -> None:
         for trunk in ("cc", "mlo"):
             torch.testing.assert_close(fresh.features(x, trunk, "4x4"), original.features(x, trunk, "4x4"),
                                        rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("style", ["shared", "per_view"])
+def test_the_image_heatmaps_model_loads_its_published_layout_with_a_three_channel_first_conv(style: str) -> None:
+    published = build_nyu_model(seed=5, in_channels=3)
+    state = published_state_dict(published, style)
+    assert tuple(state[f"four_view_resnet.{'cc' if style == 'shared' else 'l_cc'}.first_conv.weight"].shape) == (
+        16, 3, 7, 7)
+    buffer = io.BytesIO()
+    torch.save({"model": state}, buffer)  # ImageHeatmaps__ModeImage_weights.p: the image-only file's keys
+    loaded = build_nyu_model(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True), in_channels=3)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(loaded.extract(x, "avg"), published.extract(x, "avg"))
+    with pytest.raises(ValueError, match=r"expects \(B, 3, H, W\)"):
+        loaded.extract(torch.zeros(1, 1, 256, 256))
+
+
+def test_an_image_only_file_in_the_heatmaps_model_is_refused_naming_the_first_conv() -> None:
+    image_only = published_state_dict(build_nyu_model(seed=1))
+    with pytest.raises(WeightsError, match=r"first_conv\.weight: checkpoint \(16, 1, 7, 7\) vs model \(16, 3, 7, 7\)"
+                       r"(?s:.*)ImageHeatmaps__ModeImage_weights\.p"):
+        build_nyu_model({"model": image_only}, in_channels=3, source="ImageOnly__ModeImage_weights.p")

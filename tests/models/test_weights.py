@@ -237,6 +237,8 @@ def test_known_files() -> None:
     assert NYU_IMAGE_WISE_URL == (
         "https://github.com/nyukat/breast_cancer_classifier/raw/master/models/ImageOnly__ModeImage_weights.p")
     assert known_weights_file("nyu-view-wise").url.endswith("/models/sample_image_model.p")
+    assert known_weights_file("nyu-patch").url.endswith("/models/sample_patch_model.p")
+    assert known_weights_file("nyu-image-heatmaps").url.endswith("/models/ImageHeatmaps__ModeImage_weights.p")
     assert known_weights_file("torchvision:resnet50:IMAGENET1K_V2").url == (
         "https://download.pytorch.org/models/resnet50-11ad3fa6.pth")
     assert {known_weights_file(name).file_name for name in DEFAULT_FETCH_NAMES} >= {

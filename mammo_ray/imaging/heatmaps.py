@@ -1,0 +1,101 @@
+"""Patch heatmaps (docs/design.md, "Heatmaps"): the grid of patches over a breast crop, and the heatmaps
+rendered from the patches' probabilities.
+
+A heatmap pixel is the mean of the probabilities of every patch covering it, so a heatmap is fully described by
+the grid and one probability per patch: that is what a store keeps (a few kilobytes per image instead of the
+crop-sized float maps), and `render` draws it at whatever resolution a stage needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PATCH_SIZE = 256
+DEFAULT_STRIDE = 70  # the published stride, native pixels
+
+
+def patch_starts(length: int, patch: int = PATCH_SIZE, stride: int = DEFAULT_STRIDE) -> tuple[int, ...]:
+    """Where patches start along an axis of `length` pixels: every `stride` from 0, then one flush with the
+    far edge when the strides do not reach it, so every pixel is covered and no step exceeds `stride`.
+    An axis shorter than a patch gets one patch at 0 (the crop is padded to a patch, see `pad_to_patch`)."""
+    if stride < 1 or patch < 1:
+        raise ValueError(f"patch and stride must be positive, got patch={patch}, stride={stride}")
+    if length <= patch:
+        return (0,)
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return tuple(starts)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """The patches over a crop of `height` x `width` pixels: their row and column starts, `patch` wide."""
+
+    height: int
+    width: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    patch: int = PATCH_SIZE
+
+    @classmethod
+    def over(cls, height: int, width: int, stride: int = DEFAULT_STRIDE, patch: int = PATCH_SIZE) -> PatchGrid:
+        return cls(height, width, patch_starts(height, patch, stride), patch_starts(width, patch, stride), patch)
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def corners(self) -> list[tuple[int, int]]:
+        """Each patch's (top, left), row-major: the order of `patches` and of the values `render` takes."""
+        return [(r, c) for r in self.rows for c in self.cols]
+
+    def patches(self, image: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Patches start..stop (all by default) of `image` (the crop; padded by `pad_to_patch` when smaller than a
+        patch), (n, patch, patch) float32: a batch at a time, so a crop's ~1,100 patches never sit in memory
+        at once."""
+        padded = pad_to_patch(np.asarray(image, dtype=np.float32), self.patch)
+        corners = self.corners[start:stop]
+        out = np.empty((len(corners), self.patch, self.patch), dtype=np.float32)
+        for i, (r, c) in enumerate(corners):
+            out[i] = padded[r:r + self.patch, c:c + self.patch]
+        return out
+
+    def render(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """The heatmap of one value per patch (row-major, as `patches`): float32 (round(height * scale),
+        round(width * scale)), each pixel the mean value of the patches covering it. At scale != 1 the patch
+        edges move to the nearest pixel of the scaled grid."""
+        values = np.asarray(values, dtype=np.float64).reshape(len(self.rows), len(self.cols))
+        height, width = max(1, round(self.height * scale)), max(1, round(self.width * scale))
+        sums = np.zeros((height + 1, width + 1))
+        counts = np.zeros((height + 1, width + 1))
+        r0, r1 = self._edges(self.rows, height, scale)
+        c0, c1 = self._edges(self.cols, width, scale)
+        # Each patch adds its value to a rectangle: four corner updates of a difference array, then two
+        # cumulative sums, so drawing costs O(pixels + patches) whatever the overlap.
+        for corner_rows, corner_cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+            rows, cols = np.meshgrid(corner_rows, corner_cols, indexing="ij")
+            np.add.at(sums, (rows, cols), sign * values)
+            np.add.at(counts, (rows, cols), sign)
+        sums = sums.cumsum(0).cumsum(1)[:height, :width]
+        counts = counts.cumsum(0).cumsum(1)[:height, :width]
+        return (sums / np.maximum(np.rint(counts), 1)).astype(np.float32)
+
+    def _edges(self, starts: tuple[int, ...], length: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        first = np.minimum(np.rint(np.asarray(starts) * scale).astype(np.int64), length - 1)
+        last = np.clip(np.rint((np.asarray(starts) + self.patch) * scale).astype(np.int64), first + 1, length)
+        return first, last
+
+
+def pad_to_patch(image: np.ndarray, patch: int = PATCH_SIZE) -> np.ndarray:
+    """A crop shorter than a patch along an axis, padded at the far edge with its own minimum (the background of
+    a standardised crop) up to one patch; a crop at least a patch in both axes is returned as it is."""
+    height, width = image.shape
+    if height >= patch and width >= patch:
+        return image
+    padded = np.full((max(height, patch), max(width, patch)), image.min(), dtype=np.float32)
+    padded[:height, :width] = image
+    return padded
