@@ -13,7 +13,7 @@ from mammo_ray.config import ExtractorConfig, StudyConfig
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.errors import ConfigError
 from mammo_ray.feature_store import ModelKey
-from mammo_ray.models.catalogue import embedding_key, zero_shot_key
+from mammo_ray.models.catalogue import embedding_key, heatmaps_key, zero_shot_key
 from mammo_ray.models.finetune_models import resolve_models, weights_key
 from mammo_ray.models.weights_resolver import weights_id
 from mammo_ray.privacy import is_locator, with_sources
@@ -73,6 +73,11 @@ class CurrentInputs:
         if "zero_shot" not in self._keys:
             self._keys["zero_shot"] = zero_shot_key(self.config.zero_shot, self.read)
         return self._keys["zero_shot"]
+
+    def heatmaps_key(self) -> ModelKey:
+        if "heatmaps" not in self._keys:
+            self._keys["heatmaps"] = heatmaps_key(self.config.heatmaps, self.read)
+        return self._keys["heatmaps"]
 
     def grid_inputs(self) -> dict[str, Any]:
         """What the grid's numbers describe: the whole manifest (labels, patients) and, per extractor, its

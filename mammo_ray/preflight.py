@@ -25,7 +25,7 @@ def _paths(config: StudyConfig) -> list[tuple[str, str]]:
     """(key path, value) of every path or URI the config names."""
     paths = [("output", config.output), ("report.published", config.report.published),
              ("finetune.checkpoint_path", config.finetune.checkpoint_path),
-             ("zero_shot.weights", config.zero_shot.weights)]
+             ("zero_shot.weights", config.zero_shot.weights), ("heatmaps.weights", config.heatmaps.weights)]
     sources = {"data": config.data} if config.data.sources is None else {
         f"data.sources.{name}": source for name, source in config.data.sources.items()}
     for key, source in sources.items():
@@ -90,6 +90,11 @@ def embed_weights(config: StudyConfig) -> list[Problem]:
 
 def zero_shot_weights(config: StudyConfig) -> list[Problem]:
     return _weights_problems([("zero_shot.weights", weights_spec(config.zero_shot))])
+
+
+def heatmaps_weights(config: StudyConfig) -> list[Problem]:
+    """The patch classifier's weights, when the heatmaps are asked for."""
+    return _weights_problems([("heatmaps.weights", weights_spec(config.heatmaps))] if config.heatmaps.enabled else [])
 
 
 def finetune_weights(config: StudyConfig) -> list[Problem]:

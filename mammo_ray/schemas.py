@@ -115,6 +115,20 @@ ZERO_SHOT_SCHEMA = pa.schema(
     ]
 )
 
+#: heatmaps/features/: per image the patch classifier's probabilities, one per patch of the grid over its crop
+#: (row-major; docs/design.md, "Heatmaps"), which with the crop's size and the stride draw both heatmaps.
+HEATMAPS_SCHEMA = pa.schema(
+    [
+        *_FEATURE_KEY_FIELDS,
+        pa.field("crop_height", pa.int32(), nullable=False),
+        pa.field("crop_width", pa.int32(), nullable=False),
+        pa.field("stride", pa.int32(), nullable=False),
+        pa.field("malignant", pa.list_(pa.float32()), nullable=False),
+        pa.field("benign", pa.list_(pa.float32()), nullable=False),
+        BREAST_SHARE_FIELD,
+    ]
+)
+
 #: _index.parquet of a model output: one row per manifest image of the stage's last run.
 INDEX_SCHEMA = pa.schema(
     [

@@ -19,8 +19,19 @@ from mammo_ray.current import CurrentInputs
 from mammo_ray.errors import ConfigError
 from mammo_ray.output_lock import hold_output
 from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray, work_placement
-from mammo_ray.stages import embed, finetune, grid, ingest, manifest, report, subgroups, transfer, zero_shot
-from mammo_ray.stages.inference import run_pass
+from mammo_ray.stages import (
+    embed,
+    finetune,
+    grid,
+    heatmaps,
+    ingest,
+    manifest,
+    report,
+    subgroups,
+    transfer,
+    zero_shot,
+)
+from mammo_ray.stages.inference import PassResult, run_pass
 from mammo_ray.stages.stage import Counts, Stage, stage_order
 from mammo_ray.writability import check_output_writable
 
@@ -28,8 +39,8 @@ log = logging.getLogger("mammo_ray.study")
 
 #: Every stage of the study, in the order the tables they read and write allow (ties: as listed).
 STAGES: tuple[Stage, ...] = stage_order([
-    manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, grid.STAGE, finetune.STAGE, transfer.STAGE,
-    subgroups.STAGE, report.STAGE,
+    manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, heatmaps.STAGE, grid.STAGE, finetune.STAGE,
+    transfer.STAGE, subgroups.STAGE, report.STAGE,
 ])
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}
@@ -80,6 +91,9 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[Stage]) -> dict[str
     config = current.config
     outputs = [stage.image_outputs for stage in stages if stage.image_outputs is not None]
     tasks = [task for declared in outputs for task in declared.tasks(current)]
+    if not tasks and not any(declared.ingest for declared in outputs):  # e.g. only heatmaps, switched off
+        return {stage.name: stage.image_outputs.counts(current, PassResult({}, None, 0, 0, 0))
+                for stage in stages if stage.image_outputs is not None}
     done = run_pass(current.readable_manifest(), config.output, tasks, config.embed, current.read,
                     ingest=any(declared.ingest for declared in outputs), placement=work_placement(config))
     log.info("image pass (%s): %d images, %d decoded, %d network forwards", ", ".join(s.name for s in stages),
@@ -178,6 +192,9 @@ def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[s
                                                                 key, dry_run, config.embed.part_bytes)
         removed["zero_shot"] = feature_store.prune(tables.zero_shot_uri(config.output), images,
                                                    current.zero_shot_key(), dry_run, config.embed.part_bytes)
+        removed["heatmaps"] = feature_store.prune(tables.heatmaps_uri(config.output), images,
+                                                  current.heatmaps_key() if config.heatmaps.enabled else None,
+                                                  dry_run, config.embed.part_bytes)
     return removed
 
 

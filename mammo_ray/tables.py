@@ -57,6 +57,10 @@ def zero_shot_uri(output_uri: str) -> str:
     return storage.join(output_uri, "zero_shot")
 
 
+def heatmaps_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "heatmaps")
+
+
 def features_uri(table_uri: str) -> str:
     """The feature store of a model output folder (embeddings/<extractor> or zero_shot)."""
     return storage.join(table_uri, "features")
@@ -175,6 +179,9 @@ ZERO_SHOT_ERRORS = Table("errors/zero_shot", lambda output_uri: errors_uri(outpu
                          schema=schemas.ERRORS_SCHEMA)
 ZERO_SHOT_FIGURE = Table("figures/zero_shot_by_birads.png",
                          lambda output_uri: figures_uri(output_uri, "zero_shot_by_birads.png"))
+HEATMAPS = Table("heatmaps", heatmaps_uri, schema=schemas.HEATMAPS_SCHEMA)
+HEATMAPS_ERRORS = Table("errors/heatmaps", lambda output_uri: errors_uri(output_uri, "heatmaps"),
+                        schema=schemas.ERRORS_SCHEMA)
 GRID = Table("results/grid", grid_uri, schema=schemas.GRID_SCHEMA)
 GRID_PREDICTIONS = Table("results/grid_predictions", grid_predictions_uri, schema=schemas.GRID_PREDICTIONS_SCHEMA)
 COMPARISONS = Table("results/comparisons", comparisons_uri, schema=schemas.COMPARISONS_SCHEMA)

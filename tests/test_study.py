@@ -122,6 +122,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
             "data": {"synthetic": {"patients": 12, "rows": 96}},
             "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
             "zero_shot": {"nyu_scale": 0.125},
+            # The 96-row images taken as 1/8-resolution ones and worked at that: one patch each.
+            "heatmaps": {"enabled": True, "scale": 0.125, "source_resolution": 0.125},
             "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "permutations": 2,
                      "oof": {"repeats": 1}},
             "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
@@ -130,15 +132,16 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     )
     touched = record_stage_access(monkeypatch)
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "grid", "finetune", "transfer", "subgroups",
-                          "report"]
+    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "heatmaps", "grid", "finetune", "transfer",
+                          "subgroups", "report"]
     # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))
-    # ingest, the extractor and zero-shot in one pass: each image decoded once for the three.
+    # ingest, the extractor, zero-shot and the heatmaps in one pass: each image decoded once for the four.
     images = result.counts["manifest_rows"]
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
-        3, images, images)
+        4, images, images)
+    assert result.counts["heatmaps_computed"] == images
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Verdict", "Provenance", "Preprocessing", "Figure 3", "Table 1", "Table 2",
                     "Fine-tuned networks against their frozen features"):

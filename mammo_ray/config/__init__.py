@@ -15,6 +15,7 @@ from mammo_ray.config.sections import (
     DataConfig,
     EmbedConfig,
     ExtractorConfig,
+    HeatmapsConfig,
     IngestConfig,
     NYUInputConfig,
     RayConfig,
@@ -27,7 +28,7 @@ from mammo_ray.config.study_config import StudyConfig, parse_config
 
 __all__ = [
     "AdapterSource", "AugmentConfig", "DataConfig", "EmbedConfig", "ExtractorConfig", "FinetuneConfig",
-    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "IngestConfig", "NYUInputConfig",
+    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "HeatmapsConfig", "IngestConfig", "NYUInputConfig",
     "RayConfig", "ReportConfig", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource", "ZeroShotConfig",
     "load_config", "parse_config",
 ]

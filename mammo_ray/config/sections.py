@@ -215,6 +215,23 @@ class ZeroShotConfig(NYUInputConfig):
     """
 
 
+class HeatmapsConfig(StrictModel):
+    """The NYU patch classifier's benign and malignant heatmaps (docs/design.md, "Heatmaps"), an output of the
+    image pass when `enabled`. `weights`: `random-init:<seed>` or the published `sample_patch_model.p` (path or
+    s3://), `sha256` its expected hash. `stride`: pixels between patches (the published 70; a coarser stride
+    costs fewer patches, about (70 / stride)^2 as many). `scale`: the crop's resolution relative to a
+    full-field mammogram, where the classifier was trained (1.0; lower is a cheaper, coarser approximation).
+    `batch_size`: patches per forward."""
+
+    enabled: bool = False
+    weights: str = Field("random-init:0", description="random-init:<seed>, or sample_patch_model.p (path or s3://)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    stride: int = Field(70, ge=8, le=256)
+    scale: float = Field(1.0, gt=0.0, le=1.0)
+    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
 class ReportConfig(StrictModel):
     published: str | None = Field(None, description="CSV of the paper's published values (report.published)")
 

@@ -32,6 +32,7 @@ class StudyConfig(StrictModel):
     ingest: sections.IngestConfig = Field(default_factory=sections.IngestConfig)
     embed: sections.EmbedConfig = Field(default_factory=sections.EmbedConfig)
     zero_shot: sections.ZeroShotConfig = Field(default_factory=sections.ZeroShotConfig)
+    heatmaps: sections.HeatmapsConfig = Field(default_factory=sections.HeatmapsConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
     report: sections.ReportConfig = Field(default_factory=sections.ReportConfig)

@@ -19,7 +19,7 @@ DEFAULT_STRIDE = 70  # the published stride, native pixels
 def patch_starts(length: int, patch: int = PATCH_SIZE, stride: int = DEFAULT_STRIDE) -> tuple[int, ...]:
     """Where patches start along an axis of `length` pixels: every `stride` from 0, then one flush with the
     far edge when the strides do not reach it, so every pixel is covered and no step exceeds `stride`.
-    An axis shorter than a patch gets one patch at 0 (the crop is padded to a patch, see `pad_to_patch`)."""
+    An axis shorter than a patch gets one patch at 0 (the crop is padded to a patch at its far edge)."""
     if stride < 1 or patch < 1:
         raise ValueError(f"patch and stride must be positive, got patch={patch}, stride={stride}")
     if length <= patch:
@@ -50,19 +50,8 @@ class PatchGrid:
 
     @property
     def corners(self) -> list[tuple[int, int]]:
-        """Each patch's (top, left), row-major: the order of `patches` and of the values `render` takes."""
+        """Each patch's (top, left), row-major: the order of the values `render` takes."""
         return [(r, c) for r in self.rows for c in self.cols]
-
-    def patches(self, image: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Patches start..stop (all by default) of `image` (the crop; padded by `pad_to_patch` when smaller than a
-        patch), (n, patch, patch) float32: a batch at a time, so a crop's ~1,100 patches never sit in memory
-        at once."""
-        padded = pad_to_patch(np.asarray(image, dtype=np.float32), self.patch)
-        corners = self.corners[start:stop]
-        out = np.empty((len(corners), self.patch, self.patch), dtype=np.float32)
-        for i, (r, c) in enumerate(corners):
-            out[i] = padded[r:r + self.patch, c:c + self.patch]
-        return out
 
     def render(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """The heatmap of one value per patch (row-major, as `patches`): float32 (round(height * scale),
@@ -89,13 +78,3 @@ class PatchGrid:
         last = np.clip(np.rint((np.asarray(starts) + self.patch) * scale).astype(np.int64), first + 1, length)
         return first, last
 
-
-def pad_to_patch(image: np.ndarray, patch: int = PATCH_SIZE) -> np.ndarray:
-    """A crop shorter than a patch along an axis, padded at the far edge with its own minimum (the background of
-    a standardised crop) up to one patch; a crop at least a patch in both axes is returned as it is."""
-    height, width = image.shape
-    if height >= patch and width >= patch:
-        return image
-    padded = np.full((max(height, patch), max(width, patch)), image.min(), dtype=np.float32)
-    padded[:height, :width] = image
-    return padded

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from mammo_ray.imaging.imagenet import ImageNetPreprocess
-from mammo_ray.imaging.nyu import NYUPreprocess, window_size
+from mammo_ray.imaging.nyu import NYUPreprocess, oriented_crop, standardise, window_size
 
 #: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
 #: windows are defined at. An input's resolution is estimated from its height against it.
@@ -103,4 +103,34 @@ class NYUTransform:
         return (windows[:, None] if windows.ndim == 3 else windows[None, None]), share
 
 
-ImageTransform = ImageNetTransform | NYUTransform
+@dataclass(frozen=True)
+class HeatmapCropTransform:
+    """What the patch classifier reads (docs/design.md, "Heatmaps"): the oriented breast crop at `scale` (1.0:
+    NYU's native resolution), standardised on its own: (1, 1, H, W), a size of its own per image."""
+
+    family: ClassVar[str] = "nyu-crop"
+    #: Right breasts are flipped (laterality breaks near-ties of the side the image shows).
+    uses_orientation: ClassVar[bool] = True
+    scale: float = 1.0
+    source_resolution: float | None = None  # None: estimated per image from its height
+
+    @property
+    def id(self) -> str:
+        source = "auto" if self.source_resolution is None else repr(float(self.source_resolution))
+        return f"nyu-crop:{_CROP_VERSION}:scale={float(self.scale)!r}:source={source}"
+
+    def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
+        return self.prepare(pixels, view, laterality)[0]
+
+    def prepare(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> tuple[np.ndarray, float]:
+        """The standardised crop (1, 1, H, W) and the share of it the breast covers."""
+        resolution = source_resolution_for(pixels.shape[0], self.source_resolution)
+        side = laterality if laterality in ("L", "R") else None
+        crop = oriented_crop(pixels, laterality=side, scale=self.scale, source_resolution=resolution)
+        share = float(np.count_nonzero(crop > 0)) / max(crop.size, 1)
+        return standardise(crop)[None, None], share
+
+
+_CROP_VERSION = "v1"  # bump whenever the crop for a given configuration changes
+
+ImageTransform = ImageNetTransform | NYUTransform | HeatmapCropTransform

@@ -12,13 +12,19 @@ from typing import TYPE_CHECKING
 from mammo_ray.feature_store import ModelKey
 from mammo_ray.imaging.decode import decode_id
 from mammo_ray.imaging.nyu import NYU_WINDOWS
-from mammo_ray.imaging.transforms import ImageNetTransform, ImageTransform, NYUTransform
+from mammo_ray.imaging.transforms import HeatmapCropTransform, ImageNetTransform, ImageTransform, NYUTransform
 from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.models.weights_resolver import weights_id
 
 if TYPE_CHECKING:  # pragma: no cover - types only: the config sits above models, which never import it
     from mammo_ray.config.finetune import FinetuneConfig
-    from mammo_ray.config.sections import ExtractorConfig, IngestConfig, NYUInputConfig, ZeroShotConfig
+    from mammo_ray.config.sections import (
+        ExtractorConfig,
+        HeatmapsConfig,
+        IngestConfig,
+        NYUInputConfig,
+        ZeroShotConfig,
+    )
 
 #: Extractor name -> (family, member): ImageNet backbones by torchvision name, NYU extractors by kind. The
 #: config's `ExtractorName` lists the same names.
@@ -49,8 +55,8 @@ def dim(extractor: ExtractorConfig) -> int:
     return IMAGENET_DIMS[member(extractor)] if family(extractor) == "imagenet" else NYU_DIMS[extractor.pool]
 
 
-def weights_spec(section: NYUInputConfig) -> WeightsSpec:
-    """The weights of an extractor or of the zero-shot model."""
+def weights_spec(section: NYUInputConfig | HeatmapsConfig) -> WeightsSpec:
+    """The weights of an extractor, of the zero-shot model or of the patch classifier."""
     return WeightsSpec(section.weights, section.sha256)
 
 
@@ -87,6 +93,22 @@ def preprocess_id(extractor: ExtractorConfig) -> str:
 def zero_shot_model_id(section: ZeroShotConfig) -> str:
     """The image-wise model's identity: its preprocessing settings (the weights are keyed apart)."""
     return f"nyu_image_wise:nyu_scale={section.nyu_scale!r}:source={_source(section)}:tta={section.tta}"
+
+
+def heatmaps_transform(section: HeatmapsConfig) -> HeatmapCropTransform:
+    """The patch classifier's input: the standardised breast crop at the section's scale."""
+    return HeatmapCropTransform(scale=section.scale, source_resolution=section.source_resolution)
+
+
+def heatmaps_model_id(section: HeatmapsConfig) -> str:
+    """The patch classifier's identity: the stride changes which patches it sees (the crop is keyed apart)."""
+    return f"nyu_patch:stride={section.stride}"
+
+
+def heatmaps_key(section: HeatmapsConfig, read: IngestConfig) -> ModelKey:
+    """The model key of the heatmaps."""
+    transform = heatmaps_transform(section)
+    return model_key(heatmaps_model_id(section), weights_spec(section), transform.id, read, transform.uses_orientation)
 
 
 def finetune_transform(config: FinetuneConfig, input_family: str, size: int, variant: str = "") -> ImageTransform:

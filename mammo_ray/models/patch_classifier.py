@@ -93,18 +93,30 @@ def patch_probabilities(model: nn.Module, patches: torch.Tensor) -> torch.Tensor
     return torch.softmax(model(patches.expand(-1, 3, -1, -1)).float(), dim=1)
 
 
+def crop_probabilities(
+    model: nn.Module, crop: torch.Tensor, stride: int = DEFAULT_STRIDE, batch_size: int = 32
+) -> tuple[PatchGrid, torch.Tensor]:
+    """The patch grid over a standardised breast crop (H, W), on the model's device, and its patches'
+    (malignant, benign) probabilities, (count, 2) float32 in grid order: `grid.render(probabilities[:, k])`
+    draws class k's heatmap. The patches are cut on the crop's device, `batch_size` per forward."""
+    height, width = crop.shape
+    grid = PatchGrid.over(height, width, stride=stride)
+    if height < grid.patch or width < grid.patch:  # as pad_to_patch: the far edges, with the background
+        crop = F.pad(crop, (0, max(0, grid.patch - width), 0, max(0, grid.patch - height)), value=float(crop.min()))
+    corners = grid.corners
+    out = []
+    for start in range(0, len(corners), batch_size):
+        batch = torch.stack([crop[r:r + grid.patch, c:c + grid.patch] for r, c in corners[start:start + batch_size]])
+        out.append(patch_probabilities(model, batch.unsqueeze(1))[:, [MALIGNANT, BENIGN]])
+    return grid, torch.cat(out)
+
+
 def patch_heatmaps(
     model: nn.Module, crop: np.ndarray, stride: int = DEFAULT_STRIDE, batch_size: int = 32
 ) -> tuple[PatchGrid, np.ndarray]:
-    """The patch grid over a standardised breast crop and its patches' (malignant, benign) probabilities,
-    (count, 2) float32 in grid order: `grid.render(probabilities[:, k])` draws class k's heatmap. Patches go
-    `batch_size` at a time to the model's device and dtype."""
-    grid = PatchGrid.over(*crop.shape, stride=stride)
+    """`crop_probabilities` of a numpy crop, on the model's device and dtype; the probabilities as numpy."""
     parameter = next(model.parameters())
-    out = []
+    tensor = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(parameter.device, parameter.dtype)
     with torch.inference_mode():
-        for start in range(0, grid.count, batch_size):
-            batch = torch.from_numpy(grid.patches(crop, start, start + batch_size)).unsqueeze(1)
-            batch = batch.to(device=parameter.device, dtype=parameter.dtype)
-            out.append(patch_probabilities(model, batch)[:, [MALIGNANT, BENIGN]].cpu().numpy())
-    return grid, np.concatenate(out).astype(np.float32)
+        grid, probabilities = crop_probabilities(model, tensor, stride, batch_size)
+    return grid, probabilities.cpu().numpy()

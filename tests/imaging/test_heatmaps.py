@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammo_ray.imaging.heatmaps import PatchGrid, pad_to_patch, patch_starts
+from mammo_ray.imaging.heatmaps import PatchGrid, patch_starts
 
 
 @pytest.mark.parametrize("length", [1, 100, 255, 256, 257, 326, 400, 1000, 3001])
@@ -42,14 +42,3 @@ def test_a_constant_patch_value_gives_a_constant_heatmap_at_any_scale():
         heatmap = grid.render(np.full(grid.count, 0.37), scale)
         assert heatmap.shape == (round(913 * scale), round(611 * scale))
         np.testing.assert_allclose(heatmap, 0.37, atol=1e-6)
-
-
-def test_patches_follow_the_grid_and_a_small_crop_is_padded_with_its_background():
-    image = np.arange(300 * 100, dtype=np.float32).reshape(300, 100)
-    grid = PatchGrid.over(*image.shape, stride=70)
-    patches = grid.patches(image)
-    assert patches.shape == (grid.count, 256, 256) and grid.cols == (0,)
-    np.testing.assert_array_equal(patches[1][:, :100], image[44:300])  # the flush patch at 300 - 256
-    np.testing.assert_array_equal(grid.patches(image, 1, 2), patches[1:2])
-    assert (patches[0][:, 100:] == image.min()).all()
-    assert pad_to_patch(np.zeros((400, 300), np.float32)).shape == (400, 300)

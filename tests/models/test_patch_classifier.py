@@ -120,3 +120,26 @@ def test_a_model_that_sees_one_bright_square_puts_the_malignant_maximum_on_it():
     rows, cols = np.nonzero(malignant == malignant.max())
     assert rows.min() > 400 - 256 and rows.max() < 460 + 256 and cols.min() > 120 - 256 and cols.max() < 180 + 256
     assert square.min() > malignant[:144].max()  # rows no patch over the square reaches: the floor
+
+
+class _Recorder(nn.Module):
+    """Keeps every patch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x[:, 0].clone())
+        return torch.zeros(x.shape[0], 4) + self.weight
+
+
+def test_patches_are_cut_at_the_grid_corners_and_a_small_crop_is_padded_with_its_background():
+    crop = np.arange(300 * 100, dtype=np.float32).reshape(300, 100) + 7
+    recorder = _Recorder()
+    grid, probabilities = patch_heatmaps(recorder, crop, stride=70, batch_size=1)
+    assert grid.corners == [(0, 0), (44, 0)] and probabilities.shape == (2, 2)  # the second flush at 300 - 256
+    first, second = (patches[0].numpy() for patches in recorder.seen)
+    np.testing.assert_array_equal(second[:, :100], crop[44:300])
+    assert (first[:, 100:] == 7).all()  # padded at the far edge with the crop's minimum, its background

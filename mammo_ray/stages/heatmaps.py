@@ -1,0 +1,153 @@
+"""Heatmaps (docs/design.md, "Heatmaps"): the NYU patch classifier over every image's breast crop, an output of
+the image pass beside ingest, the extractors and zero-shot, so the image is read and decoded once for all.
+
+Output: the feature store ``<output>/heatmaps/`` (schemas.HEATMAPS_SCHEMA: per image its crop's size, the stride
+and one malignant and one benign probability per patch, keyed like every model output by content, weights and
+every setting that changes them), errors in ``<output>/errors/heatmaps.parquet``. `read_heatmaps` gives the
+current manifest's rows; `heatmap_images` draws a row's two heatmaps at any scale.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mammo_ray import feature_store, preflight, schemas, tables
+from mammo_ray.config.sections import HeatmapsConfig, IngestConfig
+from mammo_ray.imaging.heatmaps import PatchGrid
+from mammo_ray.imaging.transforms import HeatmapCropTransform
+from mammo_ray.models import catalogue
+from mammo_ray.models.weights_resolver import resolve_weights
+from mammo_ray.stages.inference import PassResult
+from mammo_ray.stages.inference_task import InferenceTask, LoadedModel
+from mammo_ray.stages.stage import Counts, ImageOutputs, Stage, model_output_missing
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads this module's model key
+
+log = logging.getLogger("mammo_ray.heatmaps")
+
+NAME = "heatmaps"
+
+
+@dataclass(frozen=True)
+class HeatmapsTask(InferenceTask):
+    """The patch classifier as an inference task. Its output vector per image is (crop height, crop width, the
+    malignant probability of each patch, the benign one of each): crops differ in size, and the pass runs each
+    size as its own sub-batch, so one vector carries what `output_columns` needs to split it."""
+
+    spec: HeatmapsConfig
+
+    @property
+    def stage(self) -> str:  # type: ignore[override]
+        return NAME
+
+    @property
+    def model_id(self) -> str:
+        return catalogue.heatmaps_model_id(self.spec)
+
+    @property
+    def transform(self) -> HeatmapCropTransform:
+        return catalogue.heatmaps_transform(self.spec)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return schemas.HEATMAPS_SCHEMA
+
+    def table_uri(self, output_uri: str) -> str:
+        return tables.heatmaps_uri(output_uri)
+
+    def load(self) -> LoadedModel:
+        from mammo_ray.models.patch_classifier import build_patch_classifier  # torch: on the model's workers only
+
+        resolved = resolve_weights(self.weights_spec)
+        return LoadedModel(build_patch_classifier(resolved.state_dict, seed=resolved.seed, source=resolved.source),
+                           resolved.weights_id)
+
+    def forward(self, model: LoadedModel, inputs: torch.Tensor, group: str) -> torch.Tensor:
+        import torch
+
+        from mammo_ray.models.patch_classifier import crop_probabilities  # torch: on the model's workers only
+
+        rows = []
+        for crop in inputs[:, 0]:
+            _, probabilities = crop_probabilities(model.module, crop, self.spec.stride, self.spec.batch_size)
+            size = torch.tensor(crop.shape, dtype=probabilities.dtype, device=probabilities.device)
+            rows.append(torch.cat([size, probabilities[:, 0], probabilities[:, 1]]))
+        return torch.stack(rows)
+
+    def output_columns(self, outputs: Sequence[np.ndarray | None]) -> dict[str, list]:
+        # Rows without an output (errors) get placeholders: they are dropped before writing.
+        sizes = [(0, 0) if o is None else (int(round(o[0])), int(round(o[1]))) for o in outputs]
+        counts = [(len(o) - 2) // 2 if o is not None else 0 for o in outputs]
+        return {
+            "crop_height": [h for h, _ in sizes], "crop_width": [w for _, w in sizes],
+            "stride": [self.spec.stride] * len(outputs),
+            "malignant": [np.zeros(0, np.float32) if o is None else o[2:2 + n] for o, n in zip(outputs, counts,
+                                                                                                 strict=True)],
+            "benign": [np.zeros(0, np.float32) if o is None else o[2 + n:] for o, n in zip(outputs, counts,
+                                                                                            strict=True)],
+        }
+
+    def to_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        frame = super().to_frame(rows)
+        return frame.assign(crop_height=frame["crop_height"].astype(np.int32),
+                            crop_width=frame["crop_width"].astype(np.int32), stride=frame["stride"].astype(np.int32))
+
+
+def heatmaps_key(spec: HeatmapsConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
+    return catalogue.heatmaps_key(spec, read)
+
+
+def read_heatmaps(output_uri: str, manifest: pd.DataFrame, spec: HeatmapsConfig, read: IngestConfig = IngestConfig(),
+                  key: feature_store.ModelKey | None = None) -> pd.DataFrame:
+    """The heatmap rows of `manifest`'s images under `spec`, with the manifest's columns; StaleTableError when the
+    stage has not run for this manifest and these settings."""
+    return feature_store.read_view(tables.heatmaps_uri(output_uri), manifest, key or heatmaps_key(spec, read), NAME)
+
+
+def heatmap_images(row: Any, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(benign, malignant) heatmaps of one stored row, float32 in [0, 1], the crop's size times `scale`, in the
+    crop's orientation (chest wall on the left)."""
+    grid = PatchGrid.over(int(row.crop_height), int(row.crop_width), stride=int(row.stride))
+    return grid.render(np.asarray(row.benign), scale), grid.render(np.asarray(row.malignant), scale)
+
+
+def _tasks(current: CurrentInputs) -> list[InferenceTask]:
+    spec = current.config.heatmaps
+    return [HeatmapsTask(spec)] if spec.enabled else []
+
+
+def _counts(current: CurrentInputs, done: PassResult) -> Counts:
+    run = done.runs.get(NAME)
+    if run is None:
+        return {"heatmaps_computed": 0, "heatmaps_skipped": 0, "heatmaps_errors": 0}
+    return {"heatmaps_computed": run.written, "heatmaps_skipped": run.skipped, "heatmaps_errors": run.errors}
+
+
+def _fingerprint(current: CurrentInputs) -> object:
+    if not current.config.heatmaps.enabled:
+        return "off"
+    return current.digest("images"), current.heatmaps_key().as_dict()
+
+
+def _outputs_missing(current: CurrentInputs) -> str | None:
+    if not current.config.heatmaps.enabled:
+        return None
+    output = current.config.output
+    return model_output_missing(current, tables.heatmaps_uri(output), tables.errors_uri(output, NAME),
+                                current.heatmaps_key())
+
+
+STAGE = Stage(NAME, _fingerprint, sections=("ingest",), needs_ray=True, check=preflight.heatmaps_weights,
+              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
+              reads=(tables.MANIFEST, tables.COHORT), writes=(tables.HEATMAPS, tables.HEATMAPS_ERRORS),
+              outputs_missing=_outputs_missing)

@@ -1,0 +1,65 @@
+"""Heatmaps as an output of the one image pass: each image decoded once for every output, each output computing
+only what its own store lacks, and a stride change recomputing the heatmaps and nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mammo_ray.config import ExtractorConfig, HeatmapsConfig, parse_config
+from mammo_ray.datasets.manifest import read_manifest
+from mammo_ray.imaging.heatmaps import PatchGrid
+from mammo_ray.stages.embed import EmbedTask
+from mammo_ray.stages.heatmaps import HeatmapsTask, heatmap_images, read_heatmaps
+from mammo_ray.stages.inference import run_pass
+from mammo_ray.study import run_study
+
+EXTRACTOR = {"name": "imagenet_resnet18", "input_size": 32}
+# The synthetic images taken as half-resolution ones, worked at half resolution: crops of a few patches each.
+HEATMAPS = {"enabled": True, "stride": 70, "scale": 0.5, "source_resolution": 0.5, "batch_size": 8}
+
+
+def _config(tmp_path, **heatmaps):
+    return parse_config({"name": "heatmaps", "output": str(tmp_path / "study"),
+                         "data": {"synthetic": {"patients": 2, "rows": 384}},
+                         "embed": {"extractors": [EXTRACTOR]}, "heatmaps": {**HEATMAPS, **heatmaps}})
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_path):
+    stages = ["manifest", "ingest", "embed", "heatmaps"]
+    config = _config(tmp_path)
+    first = run_study(config, stages)
+    assert first.ran == stages
+    manifest = read_manifest(f"{config.output}/manifest.parquet")
+    images = len(manifest)
+    # One pass for ingest, the extractor and the heatmaps: each image decoded once.
+    assert first.counts["pass_images"] == first.counts["pass_decoded"] == images >= 4
+    assert first.counts["pass_outputs"] == 3
+    assert first.counts["heatmaps_computed"] == images and first.counts["heatmaps_errors"] == 0, str(first.counts)
+
+    rows = read_heatmaps(config.output, manifest, config.heatmaps)
+    assert sorted(rows["image_id"]) == sorted(manifest["image_id"])
+    for row in rows.itertuples():
+        grid = PatchGrid.over(row.crop_height, row.crop_width, stride=70)
+        assert len(row.malignant) == len(row.benign) == grid.count > 1
+        benign, malignant = heatmap_images(row)
+        assert benign.shape == malignant.shape == (row.crop_height, row.crop_width)
+        assert malignant.min() >= 0 and malignant.max() <= 1
+        np.testing.assert_allclose(malignant[:1, :1], row.malignant[0], atol=1e-6)  # only patch 0 covers (0, 0)
+
+    # A pass whose outputs are at different points: the extractor has every image, the heatmaps at stride 35
+    # none. Each computes what its own store lacks; the images are decoded once, for the heatmaps.
+    coarse = HeatmapsConfig(**{**HEATMAPS, "stride": 35})
+    done = run_pass(manifest, config.output, [EmbedTask(ExtractorConfig(**EXTRACTOR)), HeatmapsTask(coarse)],
+                    config.embed, config.ingest)
+    embedded, heatmaps = done.runs["embed:imagenet_resnet18"], done.runs["heatmaps"]
+    assert (embedded.written, embedded.skipped) == (0, images)
+    assert (heatmaps.written, heatmaps.skipped) == (images, 0) and done.decoded == images
+
+    # The study at stride 35: only the heatmaps stage runs, and finds its rows already stored by that pass.
+    again = run_study(_config(tmp_path, stride=35), stages)
+    assert again.ran == ["heatmaps"] and again.skipped == ["manifest", "ingest", "embed"]
+    assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (0, images)
+    strided = read_heatmaps(config.output, manifest, coarse)
+    assert (strided["stride"] == 35).all() and (strided["malignant"].map(len) > rows["malignant"].map(len)).all()
