@@ -22,7 +22,7 @@ from tests.random_data import blob_mask
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["crop", "grid", "train", "memory", "join", "manifest", "morphology", "engine", "embed", "study-images",
-            "scale"]
+            "scale", "heatmaps", "gpu-check"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:
@@ -124,3 +124,16 @@ def test_the_fixed_round_trip_store_lists_as_s3_does(monkeypatch) -> None:
         assert store.requests > s3_listing.SHARDS  # the ranges were listed
     assert listed == [f"s3://bench/{key}" for key in sorted(keys)]
     assert sorted(found) == [f"bench/{key}" for key in sorted(keys)]
+
+
+def test_the_gpu_check_runs_until_it_needs_cuda_and_says_so(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the whole check would run")
+    run = subprocess.run([str(REPO / "jobs" / "gpu_check.sh"), "--output", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert "[1] ok" in run.stdout  # the config of the GPU study was validated
+    assert "no CUDA device here" in run.stdout and "the steps from here need a GPU" in run.stdout
+    assert "[3]" not in run.stdout

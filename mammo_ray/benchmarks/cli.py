@@ -10,6 +10,7 @@ from mammo_ray.benchmarks import (
     crop,
     embed,
     engine,
+    gpu_check,
     grid,
     heatmaps,
     join,
@@ -23,7 +24,7 @@ from mammo_ray.benchmarks import (
 
 #: One module per subcommand, in the order `--help` lists them.
 BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images,
-                                  scale, heatmaps]
+                                  scale, heatmaps, gpu_check]
 
 
 def build_parser() -> argparse.ArgumentParser:
