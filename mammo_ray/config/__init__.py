@@ -28,7 +28,7 @@ from mammo_ray.config.study_config import StudyConfig, parse_config
 
 __all__ = [
     "AdapterSource", "AugmentConfig", "DataConfig", "EmbedConfig", "ExtractorConfig", "FinetuneConfig",
-    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "HeatmapsConfig", "IngestConfig", "NYUInputConfig",
-    "RayConfig", "ReportConfig", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource", "ZeroShotConfig",
-    "load_config", "parse_config",
+    "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "HeatmapsConfig", "IngestConfig",
+    "NYUInputConfig", "RayConfig", "ReportConfig", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource",
+    "ZeroShotConfig", "load_config", "parse_config",
 ]
