@@ -91,6 +91,9 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[Stage]) -> dict[str
     config = current.config
     outputs = [stage.image_outputs for stage in stages if stage.image_outputs is not None]
     tasks = [task for declared in outputs for task in declared.tasks(current)]
+    for declared in outputs:
+        if declared.announce is not None:
+            declared.announce(current)
     if not tasks and not any(declared.ingest for declared in outputs):  # e.g. only heatmaps, switched off
         return {stage.name: stage.image_outputs.counts(current, PassResult({}, None, 0, 0, 0))
                 for stage in stages if stage.image_outputs is not None}

@@ -3,6 +3,9 @@ only what its own store lacks, and a stride change recomputing the heatmaps and 
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 
@@ -26,11 +29,16 @@ def _config(tmp_path, **heatmaps):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_path):
+def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_path, caplog):
     stages = ["manifest", "ingest", "embed", "heatmaps"]
     config = _config(tmp_path)
-    first = run_study(config, stages)
+    with caplog.at_level(logging.WARNING, logger="mammo_ray.heatmaps"):
+        first = run_study(config, stages)
     assert first.ran == stages
+    # Before the pass, on CPUs, what the heatmaps will cost: measured seconds per patch, multiplied out.
+    (cost,) = [record.getMessage() for record in caplog.records if record.name == "mammo_ray.heatmaps"]
+    assert re.search(r"heatmaps on CPU: \d+\.\d+ s per patch measured here .* at scale 0\.5 is about \d+ patches "
+                     r"at stride 70: about \d+ s per image, .* at stride 256 about \d+ patches", cost), cost
     manifest = read_manifest(f"{config.output}/manifest.parquet")
     images = len(manifest)
     # One pass for ingest, the extractor and the heatmaps: each image decoded once.

@@ -24,7 +24,7 @@ from mammo_ray.imaging.heatmaps import PatchGrid
 from mammo_ray.imaging.transforms import HeatmapCropTransform
 from mammo_ray.models import catalogue
 from mammo_ray.models.weights_resolver import resolve_weights
-from mammo_ray.stages.inference import PassResult
+from mammo_ray.stages.inference import PassResult, gpus_per_actor
 from mammo_ray.stages.inference_task import InferenceTask, LoadedModel
 from mammo_ray.stages.stage import Counts, ImageOutputs, Stage, model_output_missing
 
@@ -126,6 +126,31 @@ def _tasks(current: CurrentInputs) -> list[InferenceTask]:
     return [HeatmapsTask(spec)] if spec.enabled else []
 
 
+#: The oriented breast crop of a full-field mammogram at NYU's native resolution, roughly (rows, columns).
+_FULL_FIELD_CROP = (3000, 2000)
+
+
+def _announce_cost(current: CurrentInputs) -> None:
+    """Before the pass, on CPUs: the patch classifier's cost on this machine, measured (one thread, as each CPU
+    actor runs it) and multiplied out for a full-field image and the manifest, at this stride and at 256."""
+    spec = current.config.heatmaps
+    if not spec.enabled or gpus_per_actor(current.config.embed) > 0:
+        return
+    from mammo_ray.models.patch_classifier import seconds_per_patch  # torch: only when the heatmaps are asked for
+
+    per_patch = seconds_per_patch(threads=current.config.embed.torch_threads or 1)
+    images = len(current.manifest())
+    crop = tuple(round(side * spec.scale) for side in _FULL_FIELD_CROP)
+    patches = {stride: PatchGrid.over(*crop, stride=stride).count for stride in dict.fromkeys((spec.stride, 256))}
+    log.warning(
+        "heatmaps on CPU: %.2f s per patch measured here (one thread); a full-field image's crop at scale %s is "
+        "about %d patches at stride %d: about %.0f s per image, %.1f CPU-hours for %d images (images already "
+        "stored are skipped); at stride 256 about %d patches, %.0f s per image. GPU actors (embed.num_gpus) "
+        "or a coarser heatmaps.stride cut it", per_patch, spec.scale, patches[spec.stride], spec.stride,
+        patches[spec.stride] * per_patch, images * patches[spec.stride] * per_patch / 3600, images, patches[256],
+        patches[256] * per_patch)
+
+
 def _counts(current: CurrentInputs, done: PassResult) -> Counts:
     run = done.runs.get(NAME)
     if run is None:
@@ -148,6 +173,6 @@ def _outputs_missing(current: CurrentInputs) -> str | None:
 
 
 STAGE = Stage(NAME, _fingerprint, sections=("ingest",), needs_ray=True, check=preflight.heatmaps_weights,
-              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
+              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts, announce=_announce_cost),
               reads=(tables.MANIFEST, tables.COHORT), writes=(tables.HEATMAPS, tables.HEATMAPS_ERRORS),
               outputs_missing=_outputs_missing)

@@ -36,6 +36,8 @@ class ImageOutputs:
     tasks: Callable[[CurrentInputs], Sequence[InferenceTask]]
     counts: Callable[[CurrentInputs, PassResult], Counts]
     ingest: bool = False
+    #: What a person should know before the pass starts (e.g. what the stage will cost), logged by the stage.
+    announce: Callable[[CurrentInputs], None] | None = None
 
 
 @dataclass(frozen=True)
