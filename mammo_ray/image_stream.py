@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from mammo_ray import storage
 from mammo_ray.config.sections import IngestConfig
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
-from mammo_ray.imaging.decode import check_modality, decode_image
+from mammo_ray.imaging.decode import DecodedImage, check_modality, decode_image
 from mammo_ray.imaging.modality import allowed_modalities
 from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.privacy import SOURCE_COLUMN, shown
@@ -147,8 +148,7 @@ def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[Cache
             check_modality(data, uri, allowed_modalities=allowed_modalities(options.allow_modalities))
             return {"pixels": _EMPTY_PIXELS, "height": 0, "width": 0, "content_sha256": digest, "cached": True,
                     "tag_laterality": None, "tag_view": None, "error_type": None, "error_message": None}
-        image = decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels,
-                             allowed_modalities=allowed_modalities(options.allow_modalities))
+        image = _decode(data, uri, options)
     except StoreUnavailableError:
         raise  # the store failed, not this image: the stage fails and its rerun does the work
     except Exception as error:  # noqa: BLE001 - a bad image is a row in the errors table, never a crash
@@ -162,6 +162,18 @@ def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[Cache
         "content_sha256": digest, "cached": False, "tag_laterality": image.laterality, "tag_view": image.view,
         "error_type": None, "error_message": None,
     }
+
+
+def _decode(data: bytes, uri: str, options: IngestConfig) -> DecodedImage:
+    return decode_image(data, uri, apply_voi_lut=options.apply_voi_lut, max_pixels=options.max_pixels,
+                        allowed_modalities=allowed_modalities(options.allow_modalities))
+
+
+def read_image(record: Mapping[str, Any], options: IngestConfig) -> DecodedImage:
+    """One manifest row's image read and decoded as the pass does it (its limits, modalities and VOI LUT), for
+    a figure of a few images; errors name the row's `uri`, never its real source."""
+    uri = record["uri"]
+    return _decode(_read(record.get(SOURCE_COLUMN) or uri, uri, options.max_bytes), uri, options)
 
 
 def _read(source: str, uri: str, max_bytes: int) -> bytes:

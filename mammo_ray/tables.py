@@ -182,6 +182,7 @@ ZERO_SHOT_FIGURE = Table("figures/zero_shot_by_birads.png",
 HEATMAPS = Table("heatmaps", heatmaps_uri, schema=schemas.HEATMAPS_SCHEMA)
 HEATMAPS_ERRORS = Table("errors/heatmaps", lambda output_uri: errors_uri(output_uri, "heatmaps"),
                         schema=schemas.ERRORS_SCHEMA)
+HEATMAPS_FIGURE = Table("figures/figure_2", lambda output_uri: figures_uri(output_uri, "figure_2"))
 GRID = Table("results/grid", grid_uri, schema=schemas.GRID_SCHEMA)
 GRID_PREDICTIONS = Table("results/grid_predictions", grid_predictions_uri, schema=schemas.GRID_PREDICTIONS_SCHEMA)
 COMPARISONS = Table("results/comparisons", comparisons_uri, schema=schemas.COMPARISONS_SCHEMA)

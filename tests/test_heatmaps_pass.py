@@ -3,8 +3,10 @@ only what its own store lacks, and a stride change recomputing the heatmaps and 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from mammo_ray.config import ExtractorConfig, HeatmapsConfig, parse_config
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.imaging.heatmaps import PatchGrid
 from mammo_ray.stages.embed import EmbedTask
-from mammo_ray.stages.heatmaps import HeatmapsTask, heatmap_images, read_heatmaps
+from mammo_ray.stages.heatmaps import HeatmapsTask, figure_uri, heatmap_images, heatmaps_key, read_heatmaps
 from mammo_ray.stages.inference import run_pass
 from mammo_ray.study import run_study
 
@@ -26,6 +28,10 @@ def _config(tmp_path, **heatmaps):
     return parse_config({"name": "heatmaps", "output": str(tmp_path / "study"),
                          "data": {"synthetic": {"patients": 2, "rows": 384}},
                          "embed": {"extractors": [EXTRACTOR]}, "heatmaps": {**HEATMAPS, **heatmaps}})
+
+
+def read_provenance_key(config) -> dict:
+    return heatmaps_key(config.heatmaps, config.ingest).as_dict()
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -45,6 +51,10 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
     assert first.counts["pass_images"] == first.counts["pass_decoded"] == images >= 4
     assert first.counts["pass_outputs"] == 3
     assert first.counts["heatmaps_computed"] == images and first.counts["heatmaps_errors"] == 0, str(first.counts)
+    # Figure 2 of the highest-BI-RADS image of each view, drawn from the stored heatmaps, with what it shows.
+    drawn = json.loads(Path(figure_uri(config.output), "figure.json").read_text())
+    assert first.counts["heatmaps_figure_images"] == len(drawn["image_ids"]) == 2
+    assert drawn["key"] == read_provenance_key(config) and Path(figure_uri(config.output), "figure.png").stat().st_size
 
     rows = read_heatmaps(config.output, manifest, config.heatmaps)
     assert sorted(rows["image_id"]) == sorted(manifest["image_id"])

@@ -230,6 +230,9 @@ class HeatmapsConfig(StrictModel):
     scale: float = Field(1.0, gt=0.0, le=1.0)
     source_resolution: float | None = Field(None, gt=0.0, le=4.0)
     batch_size: int = Field(32, ge=1, le=4096)
+    figure_images: list[str] | None = Field(
+        None, description="image ids of the report's Figure 2; None: the highest-BI-RADS image of each view; "
+                          "[]: no figure (it shows the images' pixels)")
 
 
 class ReportConfig(StrictModel):

@@ -151,7 +151,7 @@ def standardise(window: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Placed:
+class PlacedWindow:
     """An oriented breast crop and the chosen window on it."""
 
     crop: np.ndarray
@@ -191,16 +191,16 @@ def oriented_crop(
     return crop[:, ::-1] if chest_wall_side(crop, laterality) == "right" else crop
 
 
-def _place(
+def place_window(
     pixels: np.ndarray, view: str | None, laterality: str | None, scale: float, source_resolution: float
-) -> _Placed:
+) -> PlacedWindow:
     crop = oriented_crop(pixels, laterality=laterality, scale=scale, source_resolution=source_resolution)
     mask = crop > 0
     win_h, win_w = window_size(view, scale)
     # Nipple-side anchor: a crop deeper than the window loses columns at the chest wall, never the nipple.
     keep_from = max(0, crop.shape[1] - win_w)
     top, left = optimal_window(mask[:, keep_from:], (win_h, win_w), ANCHORS[window_view(view)])
-    return _Placed(crop, top, left + keep_from, (win_h, win_w))
+    return PlacedWindow(crop, top, left + keep_from, (win_h, win_w))
 
 
 def nyu_window(
@@ -216,7 +216,7 @@ def nyu_window(
     laterality ('L'/'R'/None) only breaks orientation near-ties; the image content decides.
     Raises NoBreastFoundError (from the crop) for an image without breast pixels.
     """
-    return _place(pixels, view, laterality, scale, source_resolution).window()
+    return place_window(pixels, view, laterality, scale, source_resolution).window()
 
 
 def nyu_augmented_windows(
@@ -236,7 +236,7 @@ def nyu_augmented_windows(
     (max_shift in native pixels), from numpy's default generator seeded with `seed`, so the same seed
     gives the same windows. Each window is standardised on its own.
     """
-    placed = _place(pixels, view, laterality, scale, source_resolution)
+    placed = place_window(pixels, view, laterality, scale, source_resolution)
     return np.stack([placed.window(dy, dx) for dy, dx in augment_shifts(n, seed, max_shift, scale)])
 
 
@@ -301,7 +301,7 @@ class NYUPreprocess:
         self, pixels: np.ndarray, view: str | None = None, laterality: str | None = None
     ) -> tuple[np.ndarray, float]:
         """The window(s) as __call__ gives them, and the share of them the breast covers (mean over windows)."""
-        placed = _place(pixels, self.view or view, laterality, self.scale, self.source_resolution)
+        placed = place_window(pixels, self.view or view, laterality, self.scale, self.source_resolution)
         if self.n_augment == 0:
             return placed.window(), placed.breast_share()
         shifts = augment_shifts(self.n_augment, self.seed, self.max_shift, self.scale)

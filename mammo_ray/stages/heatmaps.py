@@ -9,6 +9,7 @@ current manifest's rows; `heatmap_images` draws a row's two heatmaps at any scal
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import feature_store, preflight, schemas, tables
+from mammo_ray import feature_store, preflight, schemas, storage, tables
 from mammo_ray.config.sections import HeatmapsConfig, IngestConfig
+from mammo_ray.datasets.manifest import BIRADS_VALUES
+from mammo_ray.image_stream import read_image
 from mammo_ray.imaging.heatmaps import PatchGrid
-from mammo_ray.imaging.transforms import HeatmapCropTransform
+from mammo_ray.imaging.nyu import oriented_crop, place_window
+from mammo_ray.imaging.transforms import HeatmapCropTransform, source_resolution_for
 from mammo_ray.models import catalogue
 from mammo_ray.models.weights_resolver import resolve_weights
+from mammo_ray.report.heatmap_figure import Figure2Row, draw_figure_2
 from mammo_ray.stages.inference import PassResult, gpus_per_actor
 from mammo_ray.stages.inference_task import InferenceTask, LoadedModel
 from mammo_ray.stages.stage import Counts, ImageOutputs, Stage, model_output_missing
@@ -151,11 +156,72 @@ def _announce_cost(current: CurrentInputs) -> None:
         patches[256] * per_patch)
 
 
+def figure_images(rows: pd.DataFrame, chosen: list[str] | None) -> pd.DataFrame:
+    """The rows Figure 2 shows: `chosen` image ids in their order, or by default the highest-BI-RADS image of each
+    view (CC first; ties by image id), or the first image when no view is known."""
+    if chosen is not None:
+        by_id = rows.set_index("image_id", drop=False)
+        return by_id.loc[[image for image in chosen if image in by_id.index]].reset_index(drop=True)
+    rank = rows["birads"].map({value: i for i, value in enumerate(BIRADS_VALUES)}).fillna(-1)
+    ordered = rows.assign(_rank=rank).sort_values(["_rank", "image_id"], ascending=[False, True])
+    picked = [ordered[ordered["view"] == view].head(1) for view in ("CC", "MLO")]
+    picked = [frame for frame in picked if len(frame)] or [ordered.head(1)]
+    return pd.concat(picked).drop(columns="_rank").reset_index(drop=True)
+
+
+def figure_uri(output_uri: str) -> str:
+    """Figure 2 (figure.png) and what it was drawn from (figure.json: the heatmaps' key, the images)."""
+    return tables.figures_uri(output_uri, "figure_2")
+
+
+def _draw_figure(current: CurrentInputs) -> int:
+    """Figure 2 of the chosen images whose heatmaps are stored: each image read and decoded again here, on the
+    driver (a few images), its window placed as zero-shot places it. Returns how many images it shows."""
+    config, output = current.config, current.config.output
+    key = current.heatmaps_key()
+    rows = read_heatmaps(output, current.manifest(), config.heatmaps, key=key)
+    shown = figure_images(rows, config.heatmaps.figure_images)
+    sources = current.readable_manifest().set_index("image_id", drop=False)
+    panels = []
+    for row in shown.itertuples():
+        pixels = read_image(sources.loc[row.image_id].to_dict(), current.read).pixels
+        laterality = row.laterality if row.laterality in ("L", "R") else None
+        nyu = catalogue.nyu_transform(config.zero_shot).preprocess(pixels.shape[0])
+        placed = place_window(pixels, row.view, laterality, nyu.scale, nyu.source_resolution)
+        crop_transform = catalogue.heatmaps_transform(config.heatmaps)
+        crop = oriented_crop(pixels, laterality=laterality, scale=crop_transform.scale,
+                             source_resolution=source_resolution_for(pixels.shape[0], crop_transform.source_resolution))
+        benign, malignant = heatmap_images(row)
+        panels.append(Figure2Row(
+            label=f"{row.image_id}\n{row.view or '?'} {row.laterality or '?'}, BI-RADS {row.birads or '?'}",
+            view=pixels, crop=placed.crop, window=(placed.top, placed.left, *placed.window_hw),
+            nyu_input=placed.window(), heatmap_crop=crop, benign=_fit(benign, crop.shape),
+            malignant=_fit(malignant, crop.shape)))
+    uri = figure_uri(output)
+    note = (f"patch classifier weights {key.weights_id}, stride {config.heatmaps.stride}, scale "
+            f"{config.heatmaps.scale}; window as zero-shot's (nyu_scale {config.zero_shot.nyu_scale})")
+    storage.write_bytes(storage.join(uri, "figure.json"), json.dumps(
+        {"key": key.as_dict(), "images": current.digest("images"), "image_ids": list(shown["image_id"])}).encode())
+    draw_figure_2(panels, storage.join(uri, "figure.png"), note)
+    return len(panels)
+
+
+def _fit(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A heatmap drawn at its stored crop's size, on a crop recomputed here (the same, unless the decode settings
+    changed since): cut or padded to it."""
+    out = np.zeros(shape, dtype=np.float32)
+    rows, cols = min(shape[0], heatmap.shape[0]), min(shape[1], heatmap.shape[1])
+    out[:rows, :cols] = heatmap[:rows, :cols]
+    return out
+
+
 def _counts(current: CurrentInputs, done: PassResult) -> Counts:
     run = done.runs.get(NAME)
     if run is None:
         return {"heatmaps_computed": 0, "heatmaps_skipped": 0, "heatmaps_errors": 0}
-    return {"heatmaps_computed": run.written, "heatmaps_skipped": run.skipped, "heatmaps_errors": run.errors}
+    shown = _draw_figure(current) if current.config.heatmaps.figure_images != [] else 0
+    return {"heatmaps_computed": run.written, "heatmaps_skipped": run.skipped, "heatmaps_errors": run.errors,
+            "heatmaps_figure_images": shown}
 
 
 def _fingerprint(current: CurrentInputs) -> object:
@@ -174,5 +240,6 @@ def _outputs_missing(current: CurrentInputs) -> str | None:
 
 STAGE = Stage(NAME, _fingerprint, sections=("ingest",), needs_ray=True, check=preflight.heatmaps_weights,
               image_outputs=ImageOutputs(tasks=_tasks, counts=_counts, announce=_announce_cost),
-              reads=(tables.MANIFEST, tables.COHORT), writes=(tables.HEATMAPS, tables.HEATMAPS_ERRORS),
+              reads=(tables.MANIFEST, tables.COHORT),
+              writes=(tables.HEATMAPS, tables.HEATMAPS_ERRORS, tables.HEATMAPS_FIGURE),
               outputs_missing=_outputs_missing)

@@ -24,6 +24,7 @@ from mammo_ray.report.external import external_section
 from mammo_ray.report.figures import zero_shot_section
 from mammo_ray.report.finetune import finetune_section
 from mammo_ray.report.grid import grid_section
+from mammo_ray.report.heatmap_figure import figure_2_section
 from mammo_ray.report.preprocessing import preprocessing_section
 from mammo_ray.report.provenance import provenance_section, random_init_banner
 from mammo_ray.report.published import read_published
@@ -31,6 +32,7 @@ from mammo_ray.report.render import write_report
 from mammo_ray.report.subgroups import subgroups_section
 from mammo_ray.report.verdict import verdict_section
 from mammo_ray.stages.embed import read_embeddings
+from mammo_ray.stages.heatmaps import figure_uri
 from mammo_ray.stages.stage import Counts, Stage
 from mammo_ray.stages.zero_shot import read_zero_shot
 
@@ -54,6 +56,9 @@ class ReportInputs:
     expected_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: per current image output: (family, the breast's share of each image's input)
     breast_shares: Mapping[str, tuple[str, pd.Series]] = field(default_factory=dict)
+    #: the heatmaps' Figure 2 (PNG) when drawn from the current heatmaps and images; else None, with why not
+    figure_2: bytes | None = None
+    figure_2_problem: str | None = None
 
 
 def _shown_config(config: StudyConfig) -> dict[str, Any]:
@@ -106,6 +111,8 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
         provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors),
         preprocessing_section(current.breast_shares),
         zero_shot_section(current.zero_shot, current.zero_shot_problem),
+        *([figure_2_section(current.figure_2, current.figure_2_problem)]
+          if current.figure_2 is not None or current.figure_2_problem else []),
         finetune_section(finetune, predictions, published, finetune_problem),
         grid_section(grid, grid_predictions, published, grid_problem, compared_pipeline(comparisons)),
         comparisons_section(comparisons, comparisons_problem),
@@ -145,11 +152,31 @@ def report_inputs(current: CurrentInputs) -> ReportInputs:
     if zero_shot is not None:
         weights.append(current.zero_shot_key().weights_id)
     stages = ["ingest", *(f"embed:{spec.name}" for spec in config.embed.extractors), "zero_shot"]
+    figure, figure_problem = _current_figure_2(current)
     return ReportInputs(
         manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem,
         error_uris=[tables.errors_uri(config.output, stage) for stage in stages],
         weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
+        figure_2=figure, figure_2_problem=figure_problem,
     )
+
+
+def _current_figure_2(current: CurrentInputs) -> tuple[bytes | None, str | None]:
+    """Figure 2 when the heatmaps are asked for and it was drawn from the current heatmaps of the current images."""
+    if not current.config.heatmaps.enabled or current.config.heatmaps.figure_images == []:
+        return None, None
+    folder = figure_uri(current.config.output)
+    record_uri = storage.join(folder, "figure.json")
+    if not storage.exists(record_uri):
+        return None, "the heatmaps stage has not drawn it for this study"
+    record = json.loads(storage.read_bytes(record_uri))
+    try:
+        key = current.heatmaps_key().as_dict()
+    except MammoRayError as error:  # its weights are not here: nothing can be current
+        return None, f"the heatmaps' model key cannot be computed: {error}"
+    if record.get("key") != key or record.get("images") != current.digest("images"):
+        return None, f"{folder} was drawn from other heatmaps or other images (out of date)"
+    return storage.read_bytes(storage.join(folder, "figure.png")), None
 
 
 def _breast_shares(current: CurrentInputs, zero_shot: pd.DataFrame | None) -> dict[str, tuple[str, pd.Series]]:
@@ -183,7 +210,7 @@ STAGE = Stage("report", None, run=_run, check=preflight.published_values,
               reads=(tables.MANIFEST, tables.INGEST_ERRORS, tables.EMBEDDINGS, tables.EMBED_ERRORS, tables.ZERO_SHOT,
                      tables.ZERO_SHOT_ERRORS, tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
-                     tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE),
+                     tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_FIGURE),
               writes=(tables.REPORT,))
 
 
