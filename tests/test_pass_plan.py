@@ -19,8 +19,12 @@ def test_the_cpu_inference_pool_has_one_single_thread_actor_per_cpu_and_one_acto
     assert actor_count(EmbedConfig(num_gpus=0.5), cluster_gpus=4, node_cpus=[16.0], batches=100) == 8
     assert actor_count(EmbedConfig(num_gpus=0), cluster_gpus=4, node_cpus=[2.0, 2.0], batches=100) == 4
     assert actor_count(EmbedConfig(max_actors=2), cluster_gpus=4, node_cpus=[16.0], batches=100) == 2
-    # Never more actors than batches: each would load every network for nothing.
-    assert actor_count(EmbedConfig(), cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
+    # A derived pool has one actor per 4 batches at most (an actor's start costs more than it wins on fewer);
+    # an explicit max_actors is never more than the batches: each would load every network for nothing.
+    assert actor_count(EmbedConfig(), cluster_gpus=0, node_cpus=[16.0], batches=3) == 1
+    assert actor_count(EmbedConfig(), cluster_gpus=0, node_cpus=[16.0], batches=9) == 3
+    assert actor_count(EmbedConfig(), cluster_gpus=4, node_cpus=[16.0], batches=5) == 2
+    assert actor_count(EmbedConfig(max_actors=8), cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
     assert actor_count(EmbedConfig(max_actors=8), cluster_gpus=0, node_cpus=[16.0], batches=0) == 1
 
 

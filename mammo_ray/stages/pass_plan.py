@@ -16,17 +16,22 @@ def actor_torch_threads(options: EmbedConfig) -> int:
     return options.torch_threads or 1
 
 
+#: A derived pool has one actor per this many batches at most: an actor's start (importing torch, building every
+#: network of the pass) costs seconds of CPU, which a pass of fewer batches per actor does not win back
+#: (docs/benchmarks.md, "Image pass").
+BATCHES_PER_ACTOR = 4
+
+
 def actor_count(options: EmbedConfig, cluster_gpus: float, node_cpus: Sequence[float], batches: int) -> int:
-    """The inference pool's size: `max_actors`, else one actor per GPU the actors can have (each holds
-    every network of the pass, so no GPU waits for another pool), else one actor per
-    `actor_torch_threads` CPUs of each alive node; never more actors than the pass has batches.
+    """The inference pool's size: `max_actors` (never more than the pass has batches), else one actor per GPU
+    the actors can have (each holds every network of the pass, so no GPU waits for another pool), else one
+    actor per `actor_torch_threads` CPUs of each alive node, and at most one per BATCHES_PER_ACTOR batches.
     Each actor holds a copy of every network of the pass: memory grows with the count."""
     if options.max_actors is not None:
-        wanted = options.max_actors
+        return max(1, min(options.max_actors, batches))
+    per_actor = 1.0 if options.num_gpus is None else options.num_gpus
+    if cluster_gpus > 0 and per_actor > 0:
+        wanted = int(cluster_gpus // per_actor)
     else:
-        per_actor = 1.0 if options.num_gpus is None else options.num_gpus
-        if cluster_gpus > 0 and per_actor > 0:
-            wanted = int(cluster_gpus // per_actor)
-        else:
-            wanted = sum(int(cpus // actor_torch_threads(options)) for cpus in node_cpus)
-    return max(1, min(wanted, batches))
+        wanted = sum(int(cpus // actor_torch_threads(options)) for cpus in node_cpus)
+    return max(1, min(wanted, -(-batches // BATCHES_PER_ACTOR)))
