@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 import yaml
 
 from mammo_ray import storage, tables
@@ -25,14 +26,14 @@ from tests.ray_train_state import checkpoint_committed
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def _write_config(tmp_path: Path, **sections) -> tuple[Path, Path]:
     output = tmp_path / "study"
     config = tmp_path / "study.yaml"
     settings = {"name": "crash", "output": str(output), "data": {"synthetic": {"patients": 8, "rows": 256}},
-                "ray": {"num_cpus": 2}, **sections}
+                **sections}
     config.write_text(yaml.safe_dump(settings))
     return config, output
 
@@ -83,7 +84,9 @@ def _armed_then_dead(folder: str, point: str, when: Callable[[], bool] = lambda:
 
 
 def _rerun(command: list[str]) -> str:
-    rerun = subprocess.run(command, check=False, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    """The study again, as a job joining this session's Ray (the killed run took its own Ray down with it)."""
+    env = {**_env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    rerun = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return rerun.stdout + rerun.stderr
 

@@ -67,9 +67,10 @@ def test_one_pass_writes_what_separate_stages_write_and_decodes_each_image_once(
     counts = [(r.written, r.skipped, r.errors) for r in result.runs.values()]
     assert counts == [(readable, 0, 1)] * 3 + [(readable - 1, 0, 2)]
 
+    # Apart: ingest alone, zero-shot alone, the extractors without them (sharing the NYU trunks only between
+    # nyu_lcc and nyu_avg).
     run_ingest(manifest, apart, READ)
-    for spec in EXTRACTORS:
-        run_embed(manifest, apart, spec, OPTIONS, READ)
+    run_pass(manifest, apart, [EmbedTask(spec) for spec in EXTRACTORS], OPTIONS, READ)
     run_zero_shot(manifest, apart, ZERO_SHOT_CONFIG, OPTIONS, READ)
     compared = compare_outputs(together, apart, atol=1e-5)
     assert all(r.equal for r in compared), [(r.table, r.problems) for r in compared if not r.equal]
