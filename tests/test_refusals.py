@@ -343,6 +343,17 @@ def test_one_refusal_names_every_missing_weight_file_of_a_study(tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+def test_heatmaps_asked_for_without_the_patch_classifier_file_are_refused_naming_it(tmp_path, monkeypatch) -> None:
+    config = load_config(CONFIGS / "mini_mias.yaml")  # heatmaps on, from weights/sample_patch_model.p
+    monkeypatch.chdir(tmp_path)  # no weights/ folder here
+    with pytest.raises(ConfigError) as caught:
+        run_study(config.model_copy(update={"output": str(tmp_path / "out")}))
+    message = str(caught.value)
+    assert "heatmaps.weights: weights/sample_patch_model.p: weight file not found" in message
+    assert _fetched_files(message)["nyu-patch"] == "sample_patch_model.p"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_single_missing_nyu_file_suggests_a_fetch_name_the_command_accepts(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as caught:
         check_weights_available(str(tmp_path / NYU_FILES["nyu-image-wise"]))
