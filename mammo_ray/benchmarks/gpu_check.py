@@ -16,17 +16,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from mammo_ray import storage, tables
+from mammo_ray.config import StudyConfig, parse_config
+from mammo_ray.imaging.heatmaps import PatchGrid
+from mammo_ray.models.patch_classifier import build_patch_classifier, crop_probabilities
+from mammo_ray.study import run_study
 
 NO_CUDA_EXIT = 3
 _STAGES = ["manifest", "ingest", "embed", "zero_shot", "heatmaps"]
 
 
-def check_config(output: str) -> Any:  # noqa: ANN401 - a StudyConfig (imported lazily, like torch)
+def check_config(output: str) -> StudyConfig:
     """The GPU check's study: 16 full-field-sized synthetic images, GPU actors, heatmaps at the published stride,
     one mixed-precision fine-tuning epoch on one GPU worker. Random-init weights: the cost is the same."""
-    from mammo_ray.config import parse_config
-
     return parse_config({
         "name": "gpu-check", "output": output,
         "data": {"synthetic": {"patients": 4, "rows": 3000}},
@@ -60,9 +63,6 @@ def _cuda_device() -> str:
 def _heatmaps_on_device(rows: dict[str, str]) -> str:
     import torch
 
-    from mammo_ray.imaging.heatmaps import PatchGrid
-    from mammo_ray.models.patch_classifier import build_patch_classifier, crop_probabilities
-
     model = build_patch_classifier(seed=0).cuda().to(memory_format=torch.channels_last)
     crop = torch.randn(3000, 2000, device="cuda")
     timings = {}
@@ -82,9 +82,7 @@ def _heatmaps_on_device(rows: dict[str, str]) -> str:
     return f"{patches} patches at stride 70 in {timings[70]:.2f} s ({patches / timings[70]:.0f} patches/s)"
 
 
-def _image_pass(config: Any, rows: dict[str, str]) -> str:  # noqa: ANN401
-    from mammo_ray.study import run_study
-
+def _image_pass(config: StudyConfig, rows: dict[str, str]) -> str:
     start = time.perf_counter()
     result = run_study(config, _STAGES)
     elapsed = time.perf_counter() - start
@@ -97,10 +95,7 @@ def _image_pass(config: Any, rows: dict[str, str]) -> str:  # noqa: ANN401
     return f"{images} images, {counts['pass_forwards']} forwards, {elapsed:.1f} s"
 
 
-def _finetune(config: Any, rows: dict[str, str]) -> str:  # noqa: ANN401
-    from mammo_ray import storage, tables
-    from mammo_ray.study import run_study
-
+def _finetune(config: StudyConfig, rows: dict[str, str]) -> str:
     start = time.perf_counter()
     run_study(config, ["manifest", "finetune"])
     elapsed = time.perf_counter() - start

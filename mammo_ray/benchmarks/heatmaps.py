@@ -14,11 +14,15 @@ import argparse
 import resource
 import tempfile
 
-from mammo_ray.benchmarks.common import load_average, median_time, real_image_sets, timed
+from mammo_ray import storage, tables
+from mammo_ray.benchmarks.common import load_average, median_time, mias_manifest, real_image_sets, timed
+from mammo_ray.config import EmbedConfig, HeatmapsConfig
 from mammo_ray.imaging.heatmaps import PatchGrid
 from mammo_ray.imaging.nyu import oriented_crop, standardise
 from mammo_ray.imaging.transforms import source_resolution_for
 from mammo_ray.models.patch_classifier import build_patch_classifier, patch_heatmaps
+from mammo_ray.stages.heatmaps import HeatmapsTask
+from mammo_ray.stages.inference import run_pass
 
 STRIDES = (70, 256)
 
@@ -94,12 +98,6 @@ def _in_the_pass(args: argparse.Namespace) -> None:
     against the classifier alone on 2 threads and on 1."""
     import ray
     import torch
-
-    from mammo_ray import storage, tables
-    from mammo_ray.benchmarks.common import mias_manifest
-    from mammo_ray.config import EmbedConfig, HeatmapsConfig
-    from mammo_ray.stages.heatmaps import HeatmapsTask
-    from mammo_ray.stages.inference import run_pass
 
     model = _model_on("cpu")
     alone = {}
