@@ -43,7 +43,7 @@ test: setup
 	$(BIN)/lint-imports
 	@rm -f .tests-*.log; \
 	MAMMO_RAY_TESTS_WITHOUT_RAY=1 $(PYTEST) $(RAYLESS_TESTS) > .tests-without-ray.log 2>&1 & rayless=$$!; \
-	$(PYTEST) $(addprefix --ignore=,$(RAYLESS_TESTS)); status=$$?; \
+	$(PYTEST) --durations=25 $(addprefix --ignore=,$(RAYLESS_TESTS)); status=$$?; \
 	wait $$rayless || status=1; \
 	echo "--- the tests without Ray (run beside the others):"; cat .tests-without-ray.log; exit $$status
 

@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo_ray.config import ExtractorConfig, HeatmapsConfig, parse_config
+from mammo_ray.config import HeatmapsConfig, parse_config
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.imaging.heatmaps import PatchGrid
-from mammo_ray.stages.embed import EmbedTask
-from mammo_ray.stages.heatmaps import HeatmapsTask, figure_uri, heatmap_images, heatmaps_key, read_heatmaps
-from mammo_ray.stages.inference import run_pass
+from mammo_ray.stages.heatmaps import figure_uri, heatmap_images, heatmaps_key, read_heatmaps
 from mammo_ray.study import run_study
 
 EXTRACTOR = {"name": "imagenet_resnet18", "input_size": 32}
@@ -66,18 +64,12 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
         assert malignant.min() >= 0 and malignant.max() <= 1
         np.testing.assert_allclose(malignant[:1, :1], row.malignant[0], atol=1e-6)  # only patch 0 covers (0, 0)
 
-    # A pass whose outputs are at different points: the extractor has every image, the heatmaps at stride 35
-    # none. Each computes what its own store lacks; the images are decoded once, for the heatmaps.
+    # Another stride: the heatmaps, and only they, are computed again (the pass decodes each image for them
+    # alone; an output resuming beside complete ones: tests/test_image_pass.py).
     coarse = HeatmapsConfig(**{**HEATMAPS, "stride": 35})
-    done = run_pass(manifest, config.output, [EmbedTask(ExtractorConfig(**EXTRACTOR)), HeatmapsTask(coarse)],
-                    config.embed, config.ingest)
-    embedded, heatmaps = done.runs["embed:imagenet_resnet18"], done.runs["heatmaps"]
-    assert (embedded.written, embedded.skipped) == (0, images)
-    assert (heatmaps.written, heatmaps.skipped) == (images, 0) and done.decoded == images
-
-    # The study at stride 35: only the heatmaps stage runs, and finds its rows already stored by that pass.
     again = run_study(_config(tmp_path, stride=35), stages)
     assert again.ran == ["heatmaps"] and again.skipped == ["manifest", "ingest", "embed"]
-    assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (0, images)
+    assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (images, 0)
+    assert again.counts["pass_decoded"] == images and again.counts["pass_outputs"] == 1
     strided = read_heatmaps(config.output, manifest, coarse)
     assert (strided["stride"] == 35).all() and (strided["malignant"].map(len) > rows["malignant"].map(len)).all()
