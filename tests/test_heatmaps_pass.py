@@ -42,7 +42,7 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
     # Before the pass, on CPUs, what the heatmaps will cost: measured seconds per patch, multiplied out.
     (cost,) = [record.getMessage() for record in caplog.records if record.name == "mammo_ray.heatmaps"]
     assert re.search(r"heatmaps on CPU: \d+\.\d+ s per patch measured here .* at scale 0\.5 is about \d+ patches "
-                     r"at stride 70: about \d+ s per image, .* at stride 256 about \d+ patches", cost), cost
+                     r"at stride 70: about \d+\.\d s per image, .* at stride 256 about \d+ patches", cost), cost
     manifest = read_manifest(f"{config.output}/manifest.parquet")
     images = len(manifest)
     # One pass for ingest, the extractor and the heatmaps: each image decoded once.

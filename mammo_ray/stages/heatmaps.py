@@ -149,10 +149,10 @@ def _announce_cost(current: CurrentInputs) -> None:
     patches = {stride: PatchGrid.over(*crop, stride=stride).count for stride in dict.fromkeys((spec.stride, 256))}
     log.warning(
         "heatmaps on CPU: %.2f s per patch measured here (one thread); a full-field image's crop at scale %s is "
-        "about %d patches at stride %d: about %.0f s per image, %.1f CPU-hours for %d images (images already "
-        "stored are skipped); at stride 256 about %d patches, %.0f s per image. GPU actors (embed.num_gpus) "
+        "about %d patches at stride %d: about %.1f s per image, %.1f CPU-minutes for %d images (images already "
+        "stored are skipped); at stride 256 about %d patches, %.1f s per image. GPU actors (embed.num_gpus) "
         "or a coarser heatmaps.stride cut it", per_patch, spec.scale, patches[spec.stride], spec.stride,
-        patches[spec.stride] * per_patch, images * patches[spec.stride] * per_patch / 3600, images, patches[256],
+        patches[spec.stride] * per_patch, images * patches[spec.stride] * per_patch / 60, images, patches[256],
         patches[256] * per_patch)
 
 
