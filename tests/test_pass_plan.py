@@ -25,6 +25,8 @@ def test_the_cpu_inference_pool_has_one_single_thread_actor_per_cpu_and_one_acto
     assert actor_count(EmbedConfig(), cluster_gpus=0, node_cpus=[16.0], batches=9) == 3
     assert actor_count(EmbedConfig(), cluster_gpus=4, node_cpus=[16.0], batches=5) == 2
     assert actor_count(EmbedConfig(max_actors=8), cluster_gpus=0, node_cpus=[16.0], batches=3) == 3
+    # Where one image costs seconds (the heatmaps), one actor per batch.
+    assert actor_count(EmbedConfig(), cluster_gpus=0, node_cpus=[16.0], batches=3, batches_per_actor=1) == 3
     assert actor_count(EmbedConfig(max_actors=8), cluster_gpus=0, node_cpus=[16.0], batches=0) == 1
 
 

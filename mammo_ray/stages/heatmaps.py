@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,7 @@ class HeatmapsTask(InferenceTask):
     size as its own sub-batch, so one vector carries what `output_columns` needs to split it."""
 
     spec: HeatmapsConfig
+    heavy: ClassVar[bool] = True  # hundreds of patches an image: a second actor pays for itself on a single batch
 
     @property
     def stage(self) -> str:  # type: ignore[override]

@@ -33,7 +33,7 @@ from mammo_ray.stages.pass_batches import (
     result_schema,
     write_batch,
 )
-from mammo_ray.stages.pass_plan import actor_count
+from mammo_ray.stages.pass_plan import BATCHES_PER_ACTOR, actor_count
 
 log = logging.getLogger("mammo_ray.inference")
 
@@ -145,8 +145,11 @@ def run_pass(
     # InferenceActor); a GPU actor's reads and writes, and ingest's alone, go to tasks.
     actor_writes = bool(tasks) and num_gpus == 0
     actor_reads = actor_writes and placement.resources("decode") == placement.resources("inference")
+    heavy = any(task.heavy for task in tasks)
     if actor_reads:
         rows_per_block = block_rows(read, len(manifest), ray.cluster_resources().get("CPU", 1.0))
+        if heavy and read.rows_per_block is None:  # a block goes to one actor whole: one batch each, to spread
+            rows_per_block = min(rows_per_block, options.batch_size)
         stream = manifest_dataset(manifest, rows_per_block)
     else:
         stream = read_images(manifest, read, skip_decode, placement).map_batches(
@@ -155,14 +158,18 @@ def run_pass(
             resources=placement.resources("decode"))
     if tasks:
         actors = actor_count(options, ray.cluster_resources().get("GPU", 0.0), _inference_node_cpus(placement),
-                             batches=-(-len(manifest) // options.batch_size))
+                             batches=-(-len(manifest) // options.batch_size),
+                             batches_per_actor=1 if heavy else BATCHES_PER_ACTOR)
         stream = stream.map_batches(
             InferenceActor,
             fn_constructor_kwargs={"tasks": list(tasks), "keys": keys, "use_gpu": num_gpus > 0, "options": options,
                                    "output_uri": output_uri if actor_writes else None, "ingest": ingest,
                                    "reading": (ImageReading(read, skip_decode, tuple(cached))
                                                if actor_reads else None)},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+            # A heavy block goes to an actor only when it is free: queued behind a busy actor it would wait there
+            # while a starting actor sits idle.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors,
+                                               max_tasks_in_flight_per_actor=1 if heavy else None),
             num_gpus=num_gpus,
             resources=placement.resources("inference"),
             # Ray Data replaces a dead actor and retries the batches it held (its default for actor pools; an

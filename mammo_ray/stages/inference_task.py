@@ -65,6 +65,9 @@ class InferenceTask(ABC):
     spec: Any
     #: Whether the preprocessing uses each image's laterality and view (flips, windows, heads).
     orientation: bool = True
+    #: Whether one image costs seconds of compute (the patch classifier's hundreds of patches): then even a single
+    #: batch is worth an actor's start (stages.pass_plan.actor_count).
+    heavy: bool = False
 
     @property
     @abstractmethod

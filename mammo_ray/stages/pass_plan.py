@@ -22,11 +22,13 @@ def actor_torch_threads(options: EmbedConfig) -> int:
 BATCHES_PER_ACTOR = 4
 
 
-def actor_count(options: EmbedConfig, cluster_gpus: float, node_cpus: Sequence[float], batches: int) -> int:
+def actor_count(options: EmbedConfig, cluster_gpus: float, node_cpus: Sequence[float], batches: int,
+                batches_per_actor: int = BATCHES_PER_ACTOR) -> int:
     """The inference pool's size: `max_actors` (never more than the pass has batches), else one actor per GPU
     the actors can have (each holds every network of the pass, so no GPU waits for another pool), else one
-    actor per `actor_torch_threads` CPUs of each alive node, and at most one per BATCHES_PER_ACTOR batches.
-    Each actor holds a copy of every network of the pass: memory grows with the count."""
+    actor per `actor_torch_threads` CPUs of each alive node, and at most one per `batches_per_actor` batches
+    (1 where a batch costs far more than an actor's start, as the heatmaps' do). Each actor holds a copy of every
+    network of the pass: memory grows with the count."""
     if options.max_actors is not None:
         return max(1, min(options.max_actors, batches))
     per_actor = 1.0 if options.num_gpus is None else options.num_gpus
@@ -34,4 +36,4 @@ def actor_count(options: EmbedConfig, cluster_gpus: float, node_cpus: Sequence[f
         wanted = int(cluster_gpus // per_actor)
     else:
         wanted = sum(int(cpus // actor_torch_threads(options)) for cpus in node_cpus)
-    return max(1, min(wanted, -(-batches // BATCHES_PER_ACTOR)))
+    return max(1, min(wanted, -(-batches // batches_per_actor)))
