@@ -163,6 +163,7 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     assert "finetuned:small_cnn (best)" in transfer  # small_cnn has no frozen twin: only the best-vs-best row
     assert "figures/zero_shot_by_birads.png" in markdown
     assert "## Figure 2: NYU patch heatmaps" in markdown and "figures/figure_2.png" in markdown
+    assert any(stage == "report" and uri.endswith("errors/heatmaps.parquet") for stage, uri in touched)
     assert (output / "report" / "figures" / "zero_shot_by_birads.png").exists()
     subgroups = markdown.split("## Subgroups")[1].split("\n## ")[0]
     # lasso/smote/logreg (grid.compare) failed on 12 patients (too few for SMOTE's neighbours); the nested

@@ -54,7 +54,7 @@ class PatchGrid:
         return [(r, c) for r in self.rows for c in self.cols]
 
     def render(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        """The heatmap of one value per patch (row-major, as `patches`): float32 (round(height * scale),
+        """The heatmap of one value per patch (row-major, as `corners`): float32 (round(height * scale),
         round(width * scale)), each pixel the mean value of the patches covering it. At scale != 1 the patch
         edges move to the nearest pixel of the scaled grid."""
         values = np.asarray(values, dtype=np.float64).reshape(len(self.rows), len(self.cols))

@@ -5,6 +5,7 @@ report.html under `<output>/report/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -152,6 +153,10 @@ def report_inputs(current: CurrentInputs) -> ReportInputs:
     if zero_shot is not None:
         weights.append(current.zero_shot_key().weights_id)
     stages = ["ingest", *(f"embed:{spec.name}" for spec in config.embed.extractors), "zero_shot"]
+    if config.heatmaps.enabled:
+        stages.append("heatmaps")
+        with contextlib.suppress(MammoRayError):  # its weights are not here: nothing of it can be current
+            weights.append(current.heatmaps_key().weights_id)
     figure, figure_problem = _current_figure_2(current)
     return ReportInputs(
         manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem,
@@ -210,7 +215,8 @@ STAGE = Stage("report", None, run=_run, check=preflight.published_values,
               reads=(tables.MANIFEST, tables.INGEST_ERRORS, tables.EMBEDDINGS, tables.EMBED_ERRORS, tables.ZERO_SHOT,
                      tables.ZERO_SHOT_ERRORS, tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
-                     tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_FIGURE),
+                     tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_ERRORS,
+                     tables.HEATMAPS_FIGURE),
               writes=(tables.REPORT,))
 
 
