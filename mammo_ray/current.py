@@ -13,7 +13,7 @@ from mammo_ray.config import ExtractorConfig, StudyConfig
 from mammo_ray.datasets.manifest import read_manifest
 from mammo_ray.errors import ConfigError
 from mammo_ray.feature_store import ModelKey
-from mammo_ray.models.catalogue import embedding_key, heatmaps_key, zero_shot_key
+from mammo_ray.models.catalogue import embedding_key, family, heatmaps_key, zero_shot_heatmaps_key, zero_shot_key
 from mammo_ray.models.finetune_models import resolve_models, weights_key
 from mammo_ray.models.weights_resolver import weights_id
 from mammo_ray.privacy import is_locator, with_sources
@@ -66,13 +66,26 @@ class CurrentInputs:
 
     def embedding_key(self, spec: ExtractorConfig) -> ModelKey:
         if spec.name not in self._keys:
-            self._keys[spec.name] = embedding_key(spec, self.read)
+            self._keys[spec.name] = embedding_key(spec, self.read, self.heatmaps_input(spec))
         return self._keys[spec.name]
+
+    def heatmaps_input(self, spec: ExtractorConfig) -> ModelKey | None:
+        """The key of the heatmaps an image+heatmaps extractor reads; None for the others."""
+        return self.heatmaps_key() if family(spec) == "nyu_heatmaps" else None
 
     def zero_shot_key(self) -> ModelKey:
         if "zero_shot" not in self._keys:
             self._keys["zero_shot"] = zero_shot_key(self.config.zero_shot, self.read)
         return self._keys["zero_shot"]
+
+    def zero_shot_heatmaps_key(self) -> ModelKey | None:
+        """The key of the zero-shot image+heatmaps model's probabilities; None when it is not asked for."""
+        if self.config.zero_shot.heatmaps_weights is None:
+            return None
+        if "zero_shot_heatmaps" not in self._keys:
+            self._keys["zero_shot_heatmaps"] = zero_shot_heatmaps_key(self.config.zero_shot, self.read,
+                                                                      self.heatmaps_key())
+        return self._keys["zero_shot_heatmaps"]
 
     def heatmaps_key(self) -> ModelKey:
         if "heatmaps" not in self._keys:

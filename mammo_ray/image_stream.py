@@ -28,6 +28,7 @@ from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import DecodedImage, check_modality, decode_image
 from mammo_ray.imaging.modality import allowed_modalities
+from mammo_ray.imaging.transforms import INPUT_PREFIX
 from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.privacy import SOURCE_COLUMN, shown
 from mammo_ray.schemas import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
@@ -90,7 +91,18 @@ def manifest_dataset(manifest: pd.DataFrame, rows_per_block: int) -> ray.data.Da
     table = to_table(validate_manifest(manifest, source="<manifest>"))
     if SOURCE_COLUMN in manifest:
         table = table.append_column(SOURCE_COLUMN, pa.array(list(manifest[SOURCE_COLUMN]), pa.string()))
+    for column in input_columns(manifest):  # another output's stored values, for the transforms (INPUT_PREFIX)
+        table = table.append_column(column, pa.array([None if _absent(v) else v for v in manifest[column]]))
     return blocks_dataset(table, rows_per_block)
+
+
+def input_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of `frame` that carry inputs of the transforms (`INPUT_PREFIX`)."""
+    return [column for column in frame.columns if str(column).startswith(INPUT_PREFIX)]
+
+
+def _absent(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def read_images(
@@ -131,7 +143,7 @@ def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: Sequence[Ca
     out["height"] = out["height"].astype(np.int32)
     out["width"] = out["width"].astype(np.int32)
     out["cached"] = out["cached"].astype(bool)
-    return out[DECODED_COLUMNS]
+    return out[DECODED_COLUMNS + input_columns(batch)]
 
 
 def _read_and_decode(record: dict, options: IngestConfig, cached: Sequence[CachedContent]) -> dict:
@@ -188,7 +200,7 @@ def _read(source: str, uri: str, max_bytes: int) -> bytes:
 
 
 def _present(value: object) -> object:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    return None if _absent(value) else value
 
 
 def error_records(batch: pd.DataFrame, stage: str) -> pd.DataFrame:

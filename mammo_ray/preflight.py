@@ -10,7 +10,7 @@ from mammo_ray import storage
 from mammo_ray.config import StudyConfig
 from mammo_ray.config.finetune import DEFAULT_WEIGHTS
 from mammo_ray.errors import ConfigError, MammoRayError
-from mammo_ray.models.catalogue import weights_spec
+from mammo_ray.models.catalogue import weights_spec, zero_shot_heatmaps_weights
 from mammo_ray.models.finetune_models import resolve_models
 from mammo_ray.models.weights import WeightsError
 from mammo_ray.models.weights_catalogue import FETCH_HINT, NYU_IMAGE_WISE_FILE, missing_files_hint, weights_file_of
@@ -25,7 +25,8 @@ def _paths(config: StudyConfig) -> list[tuple[str, str]]:
     """(key path, value) of every path or URI the config names."""
     paths = [("output", config.output), ("report.published", config.report.published),
              ("finetune.checkpoint_path", config.finetune.checkpoint_path),
-             ("zero_shot.weights", config.zero_shot.weights), ("heatmaps.weights", config.heatmaps.weights)]
+             ("zero_shot.weights", config.zero_shot.weights), ("heatmaps.weights", config.heatmaps.weights),
+             ("zero_shot.heatmaps_weights", config.zero_shot.heatmaps_weights)]
     sources = {"data": config.data} if config.data.sources is None else {
         f"data.sources.{name}": source for name, source in config.data.sources.items()}
     for key, source in sources.items():
@@ -89,7 +90,11 @@ def embed_weights(config: StudyConfig) -> list[Problem]:
 
 
 def zero_shot_weights(config: StudyConfig) -> list[Problem]:
-    return _weights_problems([("zero_shot.weights", weights_spec(config.zero_shot))])
+    """The image-wise model's weights, and the image+heatmaps model's when it is asked for."""
+    specs = [("zero_shot.weights", weights_spec(config.zero_shot))]
+    if config.zero_shot.heatmaps_weights is not None:
+        specs.append(("zero_shot.heatmaps_weights", zero_shot_heatmaps_weights(config.zero_shot)))
+    return _weights_problems(specs)
 
 
 def heatmaps_weights(config: StudyConfig) -> list[Problem]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mammo_ray import feature_store, preflight, storage, tables
-from mammo_ray.config import HeatmapsConfig, StudyConfig, load_config
+from mammo_ray.config import HeatmapsConfig, StudyConfig, ZeroShotConfig, load_config
 from mammo_ray.current import CurrentInputs
 from mammo_ray.errors import ConfigError
 from mammo_ray.output_lock import hold_output
@@ -94,11 +94,22 @@ def _run_image_pass(current: CurrentInputs, stages: Sequence[Stage]) -> dict[str
     for declared in outputs:
         if declared.announce is not None:
             declared.announce(current)
-    if not tasks and not any(declared.ingest for declared in outputs):  # e.g. only heatmaps, switched off
-        return {stage.name: stage.image_outputs.counts(current, PassResult({}, None, 0, 0, 0))
-                for stage in stages if stage.image_outputs is not None}
-    done = run_pass(current.readable_manifest(), config.output, tasks, config.embed, current.read,
-                    ingest=any(declared.ingest for declared in outputs), placement=work_placement(config))
+    ingest = any(declared.ingest for declared in outputs)
+    first, later = [task for task in tasks if not task.after], [task for task in tasks if task.after]
+    done = PassResult({}, None, 0, 0, 0)
+    if first or ingest:  # else e.g. only heatmaps, switched off
+        done = run_pass(current.readable_manifest(), config.output, first, config.embed, current.read,
+                        ingest=ingest, placement=work_placement(config))
+    if later:
+        # Outputs that read others' stored outputs (the image+heatmaps model reads the heatmaps): a second pass,
+        # its rows carrying those outputs.
+        rows = current.readable_manifest()
+        for name in sorted({name for task in later for name in task.after}):
+            provider = _BY_NAME[name].image_outputs
+            assert provider is not None and provider.inputs_for_later is not None, f"{name} gives no pass inputs"
+            rows = provider.inputs_for_later(current, rows)
+        done = done.then(run_pass(rows, config.output, later, config.embed, current.read,
+                                  placement=work_placement(config)))
     log.info("image pass (%s): %d images, %d decoded, %d network forwards", ", ".join(s.name for s in stages),
              done.images, done.decoded, done.forwards)
     shared = {"pass_images": done.images, "pass_decoded": done.decoded, "pass_forwards": done.forwards,
@@ -195,6 +206,9 @@ def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[s
                                                                 key, dry_run, config.embed.part_bytes)
         removed["zero_shot"] = feature_store.prune(tables.zero_shot_uri(config.output), images,
                                                    current.zero_shot_key(), dry_run, config.embed.part_bytes)
+        removed["zero_shot_heatmaps"] = feature_store.prune(tables.zero_shot_heatmaps_uri(config.output), images,
+                                                            current.zero_shot_heatmaps_key(), dry_run,
+                                                            config.embed.part_bytes)
         removed["heatmaps"] = feature_store.prune(tables.heatmaps_uri(config.output), images,
                                                   current.heatmaps_key() if config.heatmaps.enabled else None,
                                                   dry_run, config.embed.part_bytes)
@@ -204,8 +218,9 @@ def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[s
 def demo_config(output: str = "output/demo") -> StudyConfig:
     """The embedded default: a synthetic cohort generated on the fly, local Ray, no network. Its heatmaps run at
     the small images' own resolution and stride 128 (six patches an image), so they cost well under a minute on
-    a laptop's CPUs."""
+    a laptop's CPUs; the zero-shot image+heatmaps model reads them beside the image-only one."""
     return StudyConfig(name="demo", output=output,
+                       zero_shot=ZeroShotConfig(heatmaps_weights="random-init:1"),
                        heatmaps=HeatmapsConfig(enabled=True, scale=0.125, stride=128))
 
 

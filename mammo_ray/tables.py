@@ -57,6 +57,10 @@ def zero_shot_uri(output_uri: str) -> str:
     return storage.join(output_uri, "zero_shot")
 
 
+def zero_shot_heatmaps_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "zero_shot_heatmaps")
+
+
 def heatmaps_uri(output_uri: str) -> str:
     return storage.join(output_uri, "heatmaps")
 
@@ -179,6 +183,10 @@ ZERO_SHOT_ERRORS = Table("errors/zero_shot", lambda output_uri: errors_uri(outpu
                          schema=schemas.ERRORS_SCHEMA)
 ZERO_SHOT_FIGURE = Table("figures/zero_shot_by_birads.png",
                          lambda output_uri: figures_uri(output_uri, "zero_shot_by_birads.png"))
+ZERO_SHOT_HEATMAPS = Table("zero_shot_heatmaps", zero_shot_heatmaps_uri, schema=schemas.ZERO_SHOT_SCHEMA)
+ZERO_SHOT_HEATMAPS_ERRORS = Table("errors/zero_shot_heatmaps",
+                                  lambda output_uri: errors_uri(output_uri, "zero_shot_heatmaps"),
+                                  schema=schemas.ERRORS_SCHEMA)
 HEATMAPS = Table("heatmaps", heatmaps_uri, schema=schemas.HEATMAPS_SCHEMA)
 HEATMAPS_ERRORS = Table("errors/heatmaps", lambda output_uri: errors_uri(output_uri, "heatmaps"),
                         schema=schemas.ERRORS_SCHEMA)

@@ -128,7 +128,8 @@ def test_pretrained_configs_fail_at_start_naming_the_missing_weights(name, tmp_p
     monkeypatch.chdir(tmp_path)  # no weights/ folder here
     with pytest.raises(ConfigError) as caught:
         run_study(config.model_copy(update={"output": str(tmp_path / "out")}))
-    assert caught.value.key_path == "embed.extractors.0.weights"
+    # The first in the study's order: the heatmaps run before the extractors, which may read them.
+    assert caught.value.key_path == ("heatmaps.weights" if config.heatmaps.enabled else "embed.extractors.0.weights")
     assert "resnet50-11ad3fa6.pth" in str(caught.value) and "mammo-ray weights fetch" in str(caught.value)
     assert not (tmp_path / "out").exists()
 
@@ -146,3 +147,15 @@ def test_ordinary_source_names_pass(tmp_path):
     sources = {"site_a": {"synthetic": {"patients": 2}}, "CBIS-DDSM.v2": {"synthetic": {"patients": 2, "seed": 1}}}
     assert list(parse_config({"output": str(tmp_path), "data": {"sources": sources}}).data.sources) == [
         "site_a", "CBIS-DDSM.v2"]
+
+
+@pytest.mark.parametrize(("section", "named"), [
+    ({"embed": {"extractors": [{"name": "nyu_lcc"}, {"name": "nyu_avg_heatmaps"}]}},
+     "embed.extractors: nyu_avg_heatmaps"),
+    ({"zero_shot": {"heatmaps_weights": "random-init:1"}}, "zero_shot.heatmaps_weights"),
+])
+def test_the_image_heatmaps_model_without_the_heatmaps_fails_before_work_naming_both(section, named):
+    with pytest.raises(ConfigError, match=rf"{named}: the image\+heatmaps model reads the heatmaps; set "
+                                          r"heatmaps.enabled: true"):
+        parse_config(section, source="study.yaml")
+    parse_config({**section, "heatmaps": {"enabled": True}})

@@ -18,6 +18,8 @@ from mammo_ray.stages.heatmaps import figure_uri, heatmap_images, heatmaps_key, 
 from mammo_ray.study import run_study
 
 EXTRACTOR = {"name": "imagenet_resnet18", "input_size": 32}
+# The image+heatmaps model as an extractor, on small windows (a tenth of NYU's).
+WITH_HEATMAPS = {"name": "nyu_lcc_heatmaps", "weights": "random-init:3", "nyu_scale": 0.1}
 # The synthetic images taken as half-resolution ones, worked at half resolution: crops of a few patches each.
 HEATMAPS = {"enabled": True, "stride": 70, "scale": 0.5, "source_resolution": 0.5, "batch_size": 8}
 
@@ -25,7 +27,9 @@ HEATMAPS = {"enabled": True, "stride": 70, "scale": 0.5, "source_resolution": 0.
 def _config(tmp_path, **heatmaps):
     return parse_config({"name": "heatmaps", "output": str(tmp_path / "study"),
                          "data": {"synthetic": {"patients": 2, "rows": 384}},
-                         "embed": {"extractors": [EXTRACTOR]}, "heatmaps": {**HEATMAPS, **heatmaps}})
+                         "embed": {"extractors": [EXTRACTOR, WITH_HEATMAPS]},
+                         "zero_shot": {"nyu_scale": 0.1, "heatmaps_weights": "random-init:4"},
+                         "heatmaps": {**HEATMAPS, **heatmaps}})
 
 
 def read_provenance_key(config) -> dict:
@@ -34,7 +38,7 @@ def read_provenance_key(config) -> dict:
 
 @pytest.mark.usefixtures("ray_session")
 def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_path, caplog):
-    stages = ["manifest", "ingest", "embed", "heatmaps"]
+    stages = ["manifest", "ingest", "heatmaps", "embed", "zero_shot"]
     config = _config(tmp_path)
     with caplog.at_level(logging.WARNING, logger="mammo_ray.heatmaps"):
         first = run_study(config, stages)
@@ -45,9 +49,11 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
                      r"at stride 70: about \d+\.\d s per image, .* at stride 256 about \d+ patches", cost), cost
     manifest = read_manifest(f"{config.output}/manifest.parquet")
     images = len(manifest)
-    # One pass for ingest, the extractor and the heatmaps: each image decoded once.
-    assert first.counts["pass_images"] == first.counts["pass_decoded"] == images >= 4
-    assert first.counts["pass_outputs"] == 3
+    # One pass for ingest, the extractor, the heatmaps and the image-only zero-shot model: each image decoded once;
+    # then one for the outputs that read the stored heatmaps (the image+heatmaps extractor and zero-shot model).
+    assert first.counts["pass_images"] == images >= 4 and first.counts["pass_decoded"] == 2 * images
+    assert first.counts["pass_outputs"] == 6
+    assert first.counts["embedded:nyu_lcc_heatmaps"] == first.counts["zero_shot_heatmaps_scored"] == images
     assert first.counts["heatmaps_computed"] == images and first.counts["heatmaps_errors"] == 0, str(first.counts)
     # Figure 2 of the highest-BI-RADS image of each view, drawn from the stored heatmaps, with what it shows.
     drawn = json.loads(Path(figure_uri(config.output), "figure.json").read_text())
@@ -64,12 +70,29 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
         assert malignant.min() >= 0 and malignant.max() <= 1
         np.testing.assert_allclose(malignant[:1, :1], row.malignant[0], atol=1e-6)  # only patch 0 covers (0, 0)
 
-    # Another stride: the heatmaps, and only they, are computed again (the pass decodes each image for them
-    # alone; an output resuming beside complete ones: tests/test_image_pass.py).
+    # Another stride: the heatmaps and what reads them (the image+heatmaps extractor and zero-shot model) are
+    # computed again, nothing else (an output resuming beside complete ones: tests/test_image_pass.py).
     coarse = HeatmapsConfig(**{**HEATMAPS, "stride": 35})
     again = run_study(_config(tmp_path, stride=35), stages)
-    assert again.ran == ["heatmaps"] and again.skipped == ["manifest", "ingest", "embed"]
+    assert again.ran == ["heatmaps", "embed", "zero_shot"] and again.skipped == ["manifest", "ingest"]
     assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (images, 0)
-    assert again.counts["pass_decoded"] == images and again.counts["pass_outputs"] == 1
+    assert (again.counts["embedded:nyu_lcc_heatmaps"], again.counts["zero_shot_heatmaps_scored"]) == (images, images)
+    assert (again.counts["embedded:imagenet_resnet18"], again.counts["skipped:imagenet_resnet18"]) == (0, images)
+    assert (again.counts["zero_shot_scored"], again.counts["zero_shot_skipped"]) == (0, images)
     strided = read_heatmaps(config.output, manifest, coarse)
     assert (strided["stride"] == 35).all() and (strided["malignant"].map(len) > rows["malignant"].map(len)).all()
+
+    # Figure 2 follows what it shows: another image asked for is stale until the heatmaps stage draws it again
+    # (from the stored heatmaps: nothing is computed), and the report then shows it as current.
+    from mammo_ray.current import CurrentInputs
+    from mammo_ray.stages.report import _current_figure_2
+
+    chosen = _config(tmp_path, stride=35, figure_images=[manifest["image_id"].iloc[-1]])
+    figure, problem = _current_figure_2(CurrentInputs(chosen))
+    assert figure is None and "out of date" in problem
+    redrawn = run_study(chosen, stages)
+    assert redrawn.ran == ["heatmaps"] and redrawn.counts["heatmaps_computed"] == 0
+    drawn = json.loads(Path(figure_uri(config.output), "figure.json").read_text())
+    assert drawn["image_ids"] == [manifest["image_id"].iloc[-1]] == chosen.heatmaps.figure_images
+    assert _current_figure_2(CurrentInputs(chosen)) == (Path(figure_uri(config.output), "figure.png").read_bytes(),
+                                                        None)

@@ -120,8 +120,9 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
             "name": "report-test",
             "output": str(output),
             "data": {"synthetic": {"patients": 12, "rows": 96}},
-            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64}]},
-            "zero_shot": {"nyu_scale": 0.125},
+            "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 64},
+                                     {"name": "nyu_lcc_heatmaps", "nyu_scale": 0.125}]},
+            "zero_shot": {"nyu_scale": 0.125, "heatmaps_weights": "random-init:1"},
             # The 96-row images taken as 1/8-resolution ones and worked at that: one patch each.
             "heatmaps": {"enabled": True, "scale": 0.125, "source_resolution": 0.125},
             "grid": {"cv_folds": 2, "bootstrap": 20, "classifiers": ["logreg"], "permutations": 2,
@@ -132,16 +133,17 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     )
     touched = record_stage_access(monkeypatch)
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "embed", "zero_shot", "heatmaps", "grid", "finetune", "transfer",
+    assert result.ran == ["manifest", "ingest", "heatmaps", "embed", "zero_shot", "grid", "finetune", "transfer",
                           "subgroups", "report"]
     # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))
-    # ingest, the extractor, zero-shot and the heatmaps in one pass: each image decoded once for the four.
+    # ingest, the extractor, zero-shot and the heatmaps in one pass: each image decoded once for the four; then
+    # the image+heatmaps extractor and zero-shot model in a second, reading the stored heatmaps.
     images = result.counts["manifest_rows"]
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
-        4, images, images)
-    assert result.counts["heatmaps_computed"] == images
+        6, images, 2 * images)
+    assert result.counts["heatmaps_computed"] == images == result.counts["embedded:nyu_lcc_heatmaps"]
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Verdict", "Provenance", "Preprocessing", "Figure 3", "Table 1", "Table 2",
                     "Fine-tuned networks against their frozen features"):
@@ -150,6 +152,11 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown
     figure_3 = markdown.split("## Figure 3")[1].split("## Table 1")[0]
     assert "Caveat: the paper's Figure 3 is a bar chart" in figure_3 and "The weights are random-init" in figure_3
+    assert "per BI-RADS (image only)" in figure_3 and "per BI-RADS (image+heatmaps)" in figure_3
+    # The image+heatmaps extractor is an extractor of its own: its grid rows beside the others' (compared on the
+    # same images where the compare pipeline fits: tests/test_grid.py).
+    grid_rows = pd.read_parquet(output / "results" / "grid.parquet")
+    assert set(grid_rows["extractor"]) == {"nyu_lcc_heatmaps", "imagenet_resnet18"}
     appendix = markdown.split("## Appendix: reporting checklist")[1]
     assert "| Class counts |" in appendix and "| Ethics approval and data access |  | left to the author |" in appendix
     assert "small_cnn" in markdown.split("## Table 1")[1].split("## Table 2")[0]  # the fine-tuning rows

@@ -146,7 +146,8 @@ class IngestConfig(StrictModel):
 
 
 #: The extractors a study may name (`mammo_ray.models.catalogue.EXTRACTORS` says what each one is).
-ExtractorName = Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg"]
+ExtractorName = Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg",
+                        "nyu_lcc_heatmaps", "nyu_avg_heatmaps"]
 
 
 class NYUInputConfig(StrictModel):
@@ -170,7 +171,9 @@ class ExtractorConfig(NYUInputConfig):
     """One feature extractor (docs/design.md, "Extractors"): its weights and preprocessing.
 
     `input_size` applies to ImageNet extractors; `pool`, `nyu_scale` and `tta` to NYU ones;
-    `source_resolution` to both.
+    `source_resolution` to both. `nyu_lcc_heatmaps` / `nyu_avg_heatmaps` are the NYU extractors of the
+    image+heatmaps model (weights: `ImageHeatmaps__ModeImage_weights.p`), whose inputs add the image's benign and
+    malignant heatmaps (the `heatmaps` section, which must be enabled) cut with the image's window.
     """
 
     name: ExtractorName
@@ -211,8 +214,14 @@ class ZeroShotConfig(NYUInputConfig):
     """Zero-shot NYU inference (Figure 3): the image-wise model's own benign/malignant heads.
 
     `weights`: `random-init:<seed>` or the published `ImageOnly__ModeImage_weights.p` (path or s3://),
-    `sha256` its expected hash; the window settings as an NYU extractor's.
+    `sha256` its expected hash; the window settings as an NYU extractor's. `heatmaps_weights`: also run the
+    image+heatmaps model (`random-init:<seed>` or `ImageHeatmaps__ModeImage_weights.p`) with the same windows, on
+    the heatmaps of the `heatmaps` section (which must be enabled); None: the image-only model alone.
     """
+
+    heatmaps_weights: str | None = Field(
+        None, description="None, random-init:<seed>, or ImageHeatmaps__ModeImage_weights.p (path or s3://)")
+    heatmaps_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class HeatmapsConfig(StrictModel):

@@ -57,6 +57,16 @@ class StudyConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _heatmaps_for_their_models(self) -> StudyConfig:
+        needing = [f"embed.extractors: {e.name}" for e in self.embed.extractors if e.name.endswith("_heatmaps")]
+        if self.zero_shot.heatmaps_weights is not None:
+            needing.append("zero_shot.heatmaps_weights")
+        if needing and not self.heatmaps.enabled:
+            raise ValueError(f"{', '.join(needing)}: the image+heatmaps model reads the heatmaps; set "
+                             "heatmaps.enabled: true")
+        return self
+
+    @model_validator(mode="after")
     def _external_sources_exist(self) -> StudyConfig:
         names = sorted(self.data.sources or {})
         for pair in self.grid.external:

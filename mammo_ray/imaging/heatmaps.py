@@ -78,3 +78,21 @@ class PatchGrid:
         last = np.clip(np.rint((np.asarray(starts) + self.patch) * scale).astype(np.int64), first + 1, length)
         return first, last
 
+
+
+@dataclass(frozen=True)
+class StoredHeatmaps:
+    """One image's heatmaps as a store keeps them: its crop's size, the stride and one benign and one malignant
+    probability per patch (row-major, as `PatchGrid.corners`)."""
+
+    crop_height: int
+    crop_width: int
+    stride: int
+    benign: np.ndarray
+    malignant: np.ndarray
+
+    def images(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(benign, malignant) heatmaps, float32 in [0, 1], the crop's size times `scale`, in the crop's
+        orientation (chest wall on the left)."""
+        grid = PatchGrid.over(self.crop_height, self.crop_width, stride=self.stride)
+        return grid.render(self.benign, scale), grid.render(self.malignant, scale)

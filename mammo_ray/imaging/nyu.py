@@ -301,12 +301,22 @@ class NYUPreprocess:
         self, pixels: np.ndarray, view: str | None = None, laterality: str | None = None
     ) -> tuple[np.ndarray, float]:
         """The window(s) as __call__ gives them, and the share of them the breast covers (mean over windows)."""
-        placed = place_window(pixels, self.view or view, laterality, self.scale, self.source_resolution)
+        placed = self.place(pixels, view, laterality)
         if self.n_augment == 0:
             return placed.window(), placed.breast_share()
-        shifts = augment_shifts(self.n_augment, self.seed, self.max_shift, self.scale)
+        shifts = self.shifts()
         windows = np.stack([placed.window(dy, dx) for dy, dx in shifts])
         return windows, float(np.mean([placed.breast_share(dy, dx) for dy, dx in shifts]))
+
+    def place(self, pixels: np.ndarray, view: str | None = None, laterality: str | None = None) -> PlacedWindow:
+        """The oriented crop and the window on it (the fixed `view`'s, else the image's own)."""
+        return place_window(pixels, self.view or view, laterality, self.scale, self.source_resolution)
+
+    def shifts(self) -> list[tuple[int, int]]:
+        """The (dy, dx) of each window: (0, 0) alone, or the test-time augmentation's `n_augment` shifts."""
+        if self.n_augment == 0:
+            return [(0, 0)]
+        return augment_shifts(self.n_augment, self.seed, self.max_shift, self.scale)
 
 
 def _check_scale(value: float, name: str = "scale") -> None:

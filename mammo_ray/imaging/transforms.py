@@ -15,8 +15,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from mammo_ray.imaging.imagenet import ImageNetPreprocess
-from mammo_ray.imaging.nyu import NYUPreprocess, oriented_crop, standardise, window_size
+from mammo_ray.errors import MammoRayError
+from mammo_ray.imaging.heatmaps import StoredHeatmaps
+from mammo_ray.imaging.imagenet import ImageNetPreprocess, resize_grey
+from mammo_ray.imaging.nyu import NYUPreprocess, extract_window, oriented_crop, standardise, window_size
 
 #: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
 #: windows are defined at. An input's resolution is estimated from its height against it.
@@ -41,6 +43,8 @@ class ImageNetTransform:
     family: ClassVar[str] = "imagenet"
     #: Whether the output depends on the image's laterality and view (it does not: no flip, no window).
     uses_orientation: ClassVar[bool] = False
+    #: Whether `prepare` takes the image's stored heatmaps (only the image+heatmaps model's inputs do).
+    needs_heatmaps: ClassVar[bool] = False
     size: int = 224
     crop_to_breast: bool = True
     source_resolution: float | None = None  # None: estimated per image from its height
@@ -75,6 +79,7 @@ class NYUTransform:
     family: ClassVar[str] = "nyu"
     #: Right breasts are flipped and the window follows the view: the output depends on both.
     uses_orientation: ClassVar[bool] = True
+    needs_heatmaps: ClassVar[bool] = False
     scale: float = 0.25
     source_resolution: float | None = None  # None: estimated per image from its height
     n_augment: int = 0
@@ -111,6 +116,7 @@ class HeatmapCropTransform:
     family: ClassVar[str] = "nyu-crop"
     #: Right breasts are flipped (laterality breaks near-ties of the side the image shows).
     uses_orientation: ClassVar[bool] = True
+    needs_heatmaps: ClassVar[bool] = False
     scale: float = 1.0
     source_resolution: float | None = None  # None: estimated per image from its height
 
@@ -133,4 +139,71 @@ class HeatmapCropTransform:
 
 _CROP_VERSION = "v1"  # bump whenever the crop for a given configuration changes
 
-ImageTransform = ImageNetTransform | NYUTransform | HeatmapCropTransform
+
+#: Manifest columns named with this prefix travel with each image through the pass to its transforms (and no
+#: further): what one output of the pass stored, given to another as an input.
+INPUT_PREFIX = "input_"
+#: The stored heatmaps' columns (schemas.HEATMAPS_SCHEMA) as inputs of the image+heatmaps model.
+HEATMAPS_INPUTS: dict[str, str] = {name: f"{INPUT_PREFIX}heatmaps_{name}"
+                                   for name in ("crop_height", "crop_width", "stride", "benign", "malignant")}
+
+
+def heatmaps_of(row: object) -> StoredHeatmaps | None:
+    """The stored heatmaps a pass row carries (`HEATMAPS_INPUTS`), or None when the image has none."""
+    values = {name: getattr(row, column, None) for name, column in HEATMAPS_INPUTS.items()}
+    if any(value is None or (isinstance(value, float) and np.isnan(value)) for value in values.values()):
+        return None
+    return StoredHeatmaps(int(values["crop_height"]), int(values["crop_width"]), int(values["stride"]),
+                          np.asarray(values["benign"], dtype=np.float32),
+                          np.asarray(values["malignant"], dtype=np.float32))
+
+
+class MissingHeatmapsError(MammoRayError):
+    """The image has no stored heatmaps (the heatmaps stage made it an errors row), so the image+heatmaps model
+    has no input for it."""
+
+
+@dataclass(frozen=True)
+class NYUHeatmapsTransform:
+    """The image+heatmaps model's inputs (docs/design.md, "Heatmaps"): channel 0 the standardised NYU window of
+    `window`, channels 1 and 2 the same window cut from the image's benign and malignant heatmaps, which are not
+    standardised: (n, 3, h, w). The heatmaps (drawn on the heatmaps' own crop, `heatmaps.scale`) are resampled to
+    the window's crop first; both crops cover the same breast box, so one window placement fits both.
+    `heatmaps_id` names the heatmaps it reads (their model key): other heatmaps make other inputs."""
+
+    family: ClassVar[str] = "nyu-heatmaps"
+    uses_orientation: ClassVar[bool] = True
+    needs_heatmaps: ClassVar[bool] = True
+    window: NYUTransform
+    heatmaps_id: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.window.id}+heatmaps:{_HEATMAPS_INPUT_VERSION}[{self.heatmaps_id}]"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, *self.window.shape[1:])
+
+    def prepare(self, pixels: np.ndarray, view: object = None, laterality: object = None,
+                heatmaps: StoredHeatmaps | None = None) -> tuple[np.ndarray, float]:
+        """(n, 3, h, w) inputs from the image and its stored heatmaps, and the share of the image windows the
+        breast covers. MissingHeatmapsError without heatmaps."""
+        if heatmaps is None:
+            raise MissingHeatmapsError("no heatmaps are stored for this image (see errors/heatmaps.parquet): the "
+                                       "image+heatmaps model has no input for it")
+        preprocess = self.window.preprocess(pixels.shape[0])
+        placed = preprocess.place(pixels, view, laterality)  # type: ignore[arg-type]
+        benign, malignant = (resize_grey(heatmap, placed.crop.shape) for heatmap in heatmaps.images())
+        shifts = preprocess.shifts()
+        inputs = np.stack([
+            np.stack([placed.window(dy, dx),
+                      extract_window(benign, placed.top + dy, placed.left + dx, placed.window_hw),
+                      extract_window(malignant, placed.top + dy, placed.left + dx, placed.window_hw)])
+            for dy, dx in shifts])
+        return inputs.astype(np.float32), float(np.mean([placed.breast_share(dy, dx) for dy, dx in shifts]))
+
+
+_HEATMAPS_INPUT_VERSION = "v1"  # bump whenever the heatmap channels for a given configuration change
+
+ImageTransform = ImageNetTransform | NYUTransform | HeatmapCropTransform | NYUHeatmapsTransform

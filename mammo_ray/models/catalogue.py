@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 from mammo_ray.feature_store import ModelKey
 from mammo_ray.imaging.decode import decode_id
 from mammo_ray.imaging.nyu import NYU_WINDOWS
-from mammo_ray.imaging.transforms import HeatmapCropTransform, ImageNetTransform, ImageTransform, NYUTransform
+from mammo_ray.imaging.transforms import (
+    HeatmapCropTransform,
+    ImageNetTransform,
+    ImageTransform,
+    NYUHeatmapsTransform,
+    NYUTransform,
+)
 from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.models.weights_resolver import weights_id
 
@@ -34,14 +40,18 @@ EXTRACTORS: dict[str, tuple[str, str]] = {
     "imagenet_squeezenet": ("imagenet", "squeezenet1_1"),
     "nyu_lcc": ("nyu", "lcc"),
     "nyu_avg": ("nyu", "avg"),
+    "nyu_lcc_heatmaps": ("nyu_heatmaps", "lcc"),
+    "nyu_avg_heatmaps": ("nyu_heatmaps", "avg"),
 }
+#: Input channels of the NYU model per family: the window alone, or with its benign and malignant heatmaps.
+NYU_CHANNELS: dict[str, int] = {"nyu": 1, "nyu_heatmaps": 3}
 #: Vector length of an ImageNet backbone (by member) and of an NYU extractor (by pool).
 IMAGENET_DIMS: dict[str, int] = {"resnet50": 2048, "resnet18": 512, "squeezenet1_1": 512}
 NYU_DIMS: dict[str, int] = {"global": 256, "4x4": 4096}
 
 
 def family(extractor: ExtractorConfig) -> str:
-    """'imagenet' or 'nyu'."""
+    """'imagenet', 'nyu' or 'nyu_heatmaps' (the image+heatmaps model)."""
     return EXTRACTORS[extractor.name][0]
 
 
@@ -60,15 +70,37 @@ def weights_spec(section: NYUInputConfig | HeatmapsConfig) -> WeightsSpec:
     return WeightsSpec(section.weights, section.sha256)
 
 
+def zero_shot_heatmaps_weights(section: ZeroShotConfig) -> WeightsSpec:
+    """The weights of the zero-shot image+heatmaps model (asked for: `heatmaps_weights` is set)."""
+    if section.heatmaps_weights is None:
+        raise ValueError("zero_shot.heatmaps_weights is not set: the image+heatmaps model is not asked for")
+    return WeightsSpec(section.heatmaps_weights, section.heatmaps_sha256)
+
+
+def heatmaps_input_id(heatmaps: ModelKey) -> str:
+    """Names the heatmaps an image+heatmaps input reads: their model, weights and preprocessing."""
+    return f"{heatmaps.model_id}@{heatmaps.weights_id}|{heatmaps.preprocess_id}"
+
+
+def with_heatmaps(window: NYUTransform, heatmaps: ModelKey | None) -> NYUHeatmapsTransform:
+    """The image+heatmaps model's inputs: `window` and the heatmaps of key `heatmaps` cut with it."""
+    if heatmaps is None:
+        raise ValueError("the image+heatmaps model's inputs need the heatmaps' key")
+    return NYUHeatmapsTransform(window, heatmaps_input_id(heatmaps))
+
+
 def nyu_transform(section: NYUInputConfig) -> NYUTransform:
     """Each image's own view window, `tta` augmented windows when tta > 0."""
     return NYUTransform(scale=section.nyu_scale, source_resolution=section.source_resolution, n_augment=section.tta)
 
 
-def transform(extractor: ExtractorConfig) -> ImageTransform:
-    """The extractor's inputs: its family's preprocessing with its settings."""
+def transform(extractor: ExtractorConfig, heatmaps: ModelKey | None = None) -> ImageTransform:
+    """The extractor's inputs: its family's preprocessing with its settings (an image+heatmaps extractor's with
+    the heatmaps of key `heatmaps`)."""
     if family(extractor) == "imagenet":
         return ImageNetTransform(size=extractor.input_size, source_resolution=extractor.source_resolution)
+    if family(extractor) == "nyu_heatmaps":
+        return with_heatmaps(nyu_transform(extractor), heatmaps)
     return nyu_transform(extractor)
 
 
@@ -84,15 +116,17 @@ def model_id(extractor: ExtractorConfig) -> str:
             f":tta={extractor.tta}")
 
 
-def preprocess_id(extractor: ExtractorConfig) -> str:
+def preprocess_id(extractor: ExtractorConfig, heatmaps: ModelKey | None = None) -> str:
     """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
-    pool = f":pool={extractor.pool}" if family(extractor) == "nyu" else ""  # kept so stored ids stay as they were
-    return transform(extractor).id + pool
+    pool = f":pool={extractor.pool}" if family(extractor) != "imagenet" else ""  # kept as stored ids had it
+    return transform(extractor, heatmaps).id + pool
 
 
-def zero_shot_model_id(section: ZeroShotConfig) -> str:
-    """The image-wise model's identity: its preprocessing settings (the weights are keyed apart)."""
-    return f"nyu_image_wise:nyu_scale={section.nyu_scale!r}:source={_source(section)}:tta={section.tta}"
+def zero_shot_model_id(section: ZeroShotConfig, with_heatmaps: bool = False) -> str:
+    """The image-wise model's identity (image-only, or image+heatmaps): its preprocessing settings (the weights
+    are keyed apart)."""
+    model = "nyu_image_heatmaps_wise" if with_heatmaps else "nyu_image_wise"
+    return f"{model}:nyu_scale={section.nyu_scale!r}:source={_source(section)}:tta={section.tta}"
 
 
 def heatmaps_transform(section: HeatmapsConfig) -> HeatmapCropTransform:
@@ -129,12 +163,19 @@ def model_key(model_id: str, weights: WeightsSpec, preprocess_id: str, read: Ing
                     preprocess_id=f"{preprocess_id}|{decode_id(read.apply_voi_lut)}", orientation=orientation)
 
 
-def embedding_key(extractor: ExtractorConfig, read: IngestConfig) -> ModelKey:
-    """The model key of an extractor's vectors."""
-    return model_key(model_id(extractor), weights_spec(extractor), preprocess_id(extractor), read,
-                     transform(extractor).uses_orientation)
+def embedding_key(extractor: ExtractorConfig, read: IngestConfig, heatmaps: ModelKey | None = None) -> ModelKey:
+    """The model key of an extractor's vectors (an image+heatmaps extractor's: on the heatmaps of key
+    `heatmaps`)."""
+    return model_key(model_id(extractor), weights_spec(extractor), preprocess_id(extractor, heatmaps), read,
+                     transform(extractor, heatmaps).uses_orientation)
 
 
 def zero_shot_key(section: ZeroShotConfig, read: IngestConfig) -> ModelKey:
     """The model key of the zero-shot probabilities."""
     return model_key(zero_shot_model_id(section), weights_spec(section), nyu_transform(section).id, read)
+
+
+def zero_shot_heatmaps_key(section: ZeroShotConfig, read: IngestConfig, heatmaps: ModelKey) -> ModelKey:
+    """The model key of the zero-shot image+heatmaps model's probabilities, on the heatmaps of key `heatmaps`."""
+    return model_key(zero_shot_model_id(section, with_heatmaps=True), zero_shot_heatmaps_weights(section),
+                     with_heatmaps(nyu_transform(section), heatmaps).id, read)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mammo_ray.models.catalogue import family, member, weights_spec
+from mammo_ray.models.catalogue import NYU_CHANNELS, family, member, weights_spec
 from mammo_ray.models.weights_resolver import resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +36,8 @@ class LoadedExtractor:
         else:
             from mammo_ray.models.nyu import build_nyu_model  # torch: built in the actors that run it only
 
-            self.module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
+            self.module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source,
+                                          in_channels=NYU_CHANNELS[self.family])
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.family == "imagenet":

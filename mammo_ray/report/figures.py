@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,12 @@ def zero_shot_group(birads: object, pathology: object) -> str:
     return NO_GROUP
 
 
+def _ordered(groups: set[str]) -> list[str]:
+    """Groups in the figure's order: BI-RADS, then pathology, then n/a (others by name at the end)."""
+    rank = {group: index for index, group in enumerate(_GROUP_ORDER)}
+    return sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))
+
+
 def zero_shot_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Per group (see the module doc), how many images are predicted benign and predicted malignant.
 
@@ -63,50 +70,58 @@ def zero_shot_counts(frame: pd.DataFrame) -> pd.DataFrame:
     p_benign = scored["p_benign"].to_numpy(dtype=np.float64)
     malignant = scored["p_malignant"].to_numpy(dtype=np.float64) > p_benign
     table = pd.DataFrame({"birads": groups, "malignant": malignant})
-    rank = {group: index for index, group in enumerate(_GROUP_ORDER)}
     rows = []
-    for group in sorted(set(groups), key=lambda g: (rank.get(g, len(rank)), g)):
+    for group in _ordered(set(groups)):
         chosen = table.loc[table["birads"] == group, "malignant"]
         rows.append((group, int((~chosen).sum()), int(chosen.sum())))
     counts = pd.DataFrame(rows, columns=COUNT_COLUMNS)
     return counts.astype({"birads": object, "predicted_benign": np.int64, "predicted_malignant": np.int64})
 
 
-def zero_shot_by_birads(frame: pd.DataFrame, path_or_uri: str, *, title: str | None = None) -> None:
-    """Grouped bar chart of `zero_shot_counts(frame)` as a PNG at `path_or_uri` (local or s3://)."""
+def zero_shot_by_birads(models: pd.DataFrame | Mapping[str, pd.DataFrame], path_or_uri: str, *,
+                        title: str | None = None) -> None:
+    """Grouped bar chart of `zero_shot_counts` as a PNG at `path_or_uri` (local or s3://): one frame, or one per
+    model by name (the image-only and the image+heatmaps model), each model's bars side by side per group."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    counts = zero_shot_counts(frame)
-    n_images = int(counts[["predicted_benign", "predicted_malignant"]].to_numpy().sum())
-    figure = Figure(figsize=(max(7.0, 1.0 * len(counts) + 4.0), 4.8), dpi=120)
+    frames = {"": models} if isinstance(models, pd.DataFrame) else dict(models)
+    counts = {name: zero_shot_counts(frame) for name, frame in frames.items()}
+    groups = _ordered({group for table in counts.values() for group in table["birads"]})
+    n_images = max(int(table[["predicted_benign", "predicted_malignant"]].to_numpy().sum())
+                   for table in counts.values())
+    figure = Figure(figsize=(max(7.0, (0.6 + 0.5 * len(counts)) * len(groups) + 4.0), 4.8), dpi=120)
     FigureCanvasAgg(figure)  # the Agg canvas: renders without a display
     axes = figure.add_subplot()
-    positions = np.arange(len(counts))
-    width = 0.38
-    bars = [
-        axes.bar(positions - width / 2, counts["predicted_benign"], width, label="predicted benign",
-                 color=_BENIGN_COLOUR),
-        axes.bar(positions + width / 2, counts["predicted_malignant"], width, label="predicted malignant",
-                 color=_MALIGNANT_COLOUR),
-    ]
-    for container in bars:
-        axes.bar_label(container, padding=2, fontsize=9)
-    totals = counts["predicted_benign"] + counts["predicted_malignant"]
-    names = [group.replace(PATHOLOGY_PREFIX, "pathology:\n") for group in counts["birads"]]
+    positions = np.arange(len(groups))
+    width = 0.76 / (2 * len(counts))
+    for index, (name, table) in enumerate(counts.items()):
+        table = table.set_index("birads").reindex(groups, fill_value=0)
+        hatch = "//" if index else None  # the second model's bars hatched, beside the first's
+        suffix = f" ({name})" if name else ""
+        for column, label, colour, offset in (
+                ("predicted_benign", "predicted benign", _BENIGN_COLOUR, 2 * index),
+                ("predicted_malignant", "predicted malignant", _MALIGNANT_COLOUR, 2 * index + 1)):
+            container = axes.bar(positions - 0.38 + width * (offset + 0.5), table[column], width,
+                                 label=label + suffix, color=colour, hatch=hatch, edgecolor="white")
+            axes.bar_label(container, padding=2, fontsize=8 if len(counts) > 1 else 9)
+    first = next(iter(counts.values())).set_index("birads").reindex(groups, fill_value=0)
+    totals = first["predicted_benign"] + first["predicted_malignant"]
+    names = [group.replace(PATHOLOGY_PREFIX, "pathology:\n") for group in groups]
     labels = [f"{name}\nn={total}" for name, total in zip(names, totals, strict=True)]
     axes.set_xticks(positions, labels)
-    has_other = any(g not in BIRADS_VALUES for g in counts["birads"])
+    has_other = any(g not in BIRADS_VALUES for g in groups)
     axes.set_xlabel("BI-RADS" + (" (pathology or n/a where no BI-RADS)" if has_other else ""))
     axes.set_ylabel("images")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.margins(y=0.12)
     axes.spines[["top", "right"]].set_visible(False)
-    axes.set_title(title or "Zero-shot NYU image-wise model: predictions per BI-RADS", fontsize=11)
+    default = ("Zero-shot NYU image-wise models" if len(counts) > 1 else "Zero-shot NYU image-wise model")
+    axes.set_title(title or f"{default}: predictions per BI-RADS", fontsize=11)
     figure.text(0.5, 0.005, f"{n_images} images; predicted malignant = p_malignant > p_benign",
                 ha="center", va="bottom", fontsize=8, color="#555555")
-    if len(counts):
+    if groups:
         axes.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     else:
         axes.set_ylim(0, 1)
@@ -118,25 +133,34 @@ def zero_shot_by_birads(frame: pd.DataFrame, path_or_uri: str, *, title: str | N
     storage.write_bytes(path_or_uri, buffer.getvalue())
 
 
-def zero_shot_section(zero_shot: pd.DataFrame | None, problem: str | None = None) -> Section:
-    """Figure 3 with its counts, from the zero-shot view of the current manifest (None: not run, or `problem`)."""
+def zero_shot_section(zero_shot: pd.DataFrame | Mapping[str, pd.DataFrame] | None,
+                      problem: str | None = None) -> Section:
+    """Figure 3 with its counts, from the zero-shot views of the current manifest: one frame, or one per model
+    by name (image only, image+heatmaps); None: not run, or `problem`."""
     section = Section("Figure 3: zero-shot NYU predictions by BI-RADS")
-    if zero_shot is None or zero_shot.empty:
+    models = {"": zero_shot} if isinstance(zero_shot, pd.DataFrame) or zero_shot is None else dict(zero_shot)
+    if not models or any(frame is None or frame.empty for frame in models.values()):
         missing = f"Not shown: {problem}." if problem else "The zero_shot stage has not run for this study."
         section.paragraphs.append(missing)
         return section
-    section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper.")
-    weights = sorted(map(str, zero_shot["weights_id"].dropna().unique())) if "weights_id" in zero_shot else []
+    section.paragraphs.append("An image counts as predicted malignant when p_malignant > p_benign, as in the paper."
+                              + (" The image+heatmaps model (hatched bars) reads the same windows with the "
+                                 "image's benign and malignant heatmaps as two more channels: the paper's "
+                                 "second model." if len(models) > 1 else ""))
+    weights = sorted({str(w) for frame in models.values() if "weights_id" in frame
+                      for w in frame["weights_id"].dropna().unique()})
     caveat = ("Caveat: the paper's Figure 3 is a bar chart without printed numbers, so nothing published sits "
               "beside these counts; they are image-level, with no interval.")
     if any(w.startswith("random-init") for w in weights):
         caveat += (f" The weights are random-init ({', '.join(weights)}): these predictions say nothing about the "
                    "published model.")
     section.paragraphs.append(caveat)
-    section.tables.append(("Images predicted benign / malignant per BI-RADS", zero_shot_counts(zero_shot)))
+    for name, frame in models.items():
+        section.tables.append((f"Images predicted benign / malignant per BI-RADS{f' ({name})' if name else ''}",
+                               zero_shot_counts(frame)))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "zero_shot.png"
-        zero_shot_by_birads(zero_shot, str(path))
+        zero_shot_by_birads(models if len(models) > 1 else next(iter(models.values())), str(path))
         section.figures.append(("Zero-shot NYU predictions per BI-RADS category", "zero_shot_by_birads.png",
                                 path.read_bytes()))
     return section

@@ -63,10 +63,16 @@ class EmbedTask(InferenceTask):
     """One extractor as an inference task: its preprocessing, its model's features, its feature store."""
 
     spec: ExtractorConfig
+    #: An image+heatmaps extractor's heatmaps (their model key), which its inputs read.
+    heatmaps: feature_store.ModelKey | None = None
 
     @property
     def orientation(self) -> bool:  # type: ignore[override]
         return self.transform.uses_orientation
+
+    @property
+    def after(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("heatmaps",) if self.transform.needs_heatmaps else ()
 
     @property
     def model_id(self) -> str:
@@ -74,11 +80,11 @@ class EmbedTask(InferenceTask):
 
     @property
     def preprocess_id(self) -> str:
-        return catalogue.preprocess_id(self.spec)
+        return catalogue.preprocess_id(self.spec, self.heatmaps)
 
     @property
     def transform(self) -> ImageTransform:
-        return catalogue.transform(self.spec)
+        return catalogue.transform(self.spec, self.heatmaps)
 
     @property
     def stage(self) -> str:  # type: ignore[override]
@@ -101,7 +107,7 @@ class EmbedTask(InferenceTask):
         # torch: only where the model runs (the Ray tasks that unpickle this task decode without it)
         from mammo_ray.models.nyu import trunks_of
 
-        return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) == "nyu" else ()
+        return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) != "imagenet" else ()
 
     def from_trunks(self, model: LoadedExtractor, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
         from mammo_ray.models.nyu import features_from_maps  # torch: in the actors only (see shared_trunks)
@@ -118,9 +124,11 @@ class EmbedTask(InferenceTask):
         return frame.assign(embedding=[np.asarray(e, dtype=np.float32) for e in frame["embedding"]])
 
 
-def embedding_key(spec: ExtractorConfig, read: IngestConfig = IngestConfig()) -> feature_store.ModelKey:
-    """The model key of an extractor's vectors (identity, weights_id, preprocessing with decode settings)."""
-    return catalogue.embedding_key(spec, read)
+def embedding_key(spec: ExtractorConfig, read: IngestConfig = IngestConfig(),
+                  heatmaps: feature_store.ModelKey | None = None) -> feature_store.ModelKey:
+    """The model key of an extractor's vectors (identity, weights_id, preprocessing with decode settings; an
+    image+heatmaps extractor's with the key of the heatmaps it reads)."""
+    return catalogue.embedding_key(spec, read, heatmaps)
 
 
 def read_embeddings(output_uri: str, manifest: pd.DataFrame, spec: ExtractorConfig,
@@ -156,7 +164,7 @@ __all__ = [
 
 
 def _tasks(current: CurrentInputs) -> list[EmbedTask]:
-    return [EmbedTask(spec) for spec in current.config.embed.extractors]
+    return [EmbedTask(spec, current.heatmaps_input(spec)) for spec in current.config.embed.extractors]
 
 
 def _counts(current: CurrentInputs, done: PassResult) -> Counts:
@@ -182,5 +190,6 @@ def _depends_on(current: CurrentInputs) -> object:
 
 STAGE = Stage("embed", _depends_on, sections=("ingest",), needs_ray=True, check=preflight.embed_weights,
               image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
-              reads=(tables.MANIFEST, tables.COHORT), writes=(tables.EMBEDDINGS, tables.EMBED_ERRORS),
+              reads=(tables.MANIFEST, tables.COHORT, tables.HEATMAPS),
+              writes=(tables.EMBEDDINGS, tables.EMBED_ERRORS),
               outputs_missing=_outputs_missing)

@@ -9,6 +9,7 @@ current manifest's rows; `heatmap_images` draws a row's two heatmaps at any scal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -23,9 +24,9 @@ from mammo_ray import feature_store, preflight, schemas, storage, tables
 from mammo_ray.config.sections import HeatmapsConfig, IngestConfig
 from mammo_ray.datasets.manifest import BIRADS_VALUES
 from mammo_ray.image_stream import read_image
-from mammo_ray.imaging.heatmaps import PatchGrid
+from mammo_ray.imaging.heatmaps import PatchGrid, StoredHeatmaps
 from mammo_ray.imaging.nyu import oriented_crop, place_window
-from mammo_ray.imaging.transforms import HeatmapCropTransform, source_resolution_for
+from mammo_ray.imaging.transforms import HEATMAPS_INPUTS, HeatmapCropTransform, source_resolution_for
 from mammo_ray.models import catalogue
 from mammo_ray.models.weights_resolver import resolve_weights
 from mammo_ray.report.heatmap_figure import Figure2Row, draw_figure_2
@@ -123,8 +124,22 @@ def read_heatmaps(output_uri: str, manifest: pd.DataFrame, spec: HeatmapsConfig,
 def heatmap_images(row: Any, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(benign, malignant) heatmaps of one stored row, float32 in [0, 1], the crop's size times `scale`, in the
     crop's orientation (chest wall on the left)."""
-    grid = PatchGrid.over(int(row.crop_height), int(row.crop_width), stride=int(row.stride))
-    return grid.render(np.asarray(row.benign), scale), grid.render(np.asarray(row.malignant), scale)
+    return stored(row).images(scale)
+
+
+def stored(row: Any) -> StoredHeatmaps:
+    """One stored row's heatmaps."""
+    return StoredHeatmaps(int(row.crop_height), int(row.crop_width), int(row.stride), np.asarray(row.benign),
+                          np.asarray(row.malignant))
+
+
+def with_heatmaps(current: CurrentInputs, manifest: pd.DataFrame) -> pd.DataFrame:
+    """`manifest` (the pass's rows) with each image's stored heatmaps as pass inputs (`HEATMAPS_INPUTS`: null
+    where the heatmaps stage made the image an errors row), for the outputs that read them."""
+    rows = read_heatmaps(current.config.output, current.manifest(), current.config.heatmaps, current.read,
+                         key=current.heatmaps_key())
+    inputs = rows[["image_id", *HEATMAPS_INPUTS]].rename(columns=HEATMAPS_INPUTS)
+    return manifest.merge(inputs, on="image_id", how="left", validate="one_to_one")
 
 
 def _tasks(current: CurrentInputs) -> list[InferenceTask]:
@@ -202,9 +217,19 @@ def _draw_figure(current: CurrentInputs) -> int:
     note = (f"patch classifier weights {key.weights_id}, stride {config.heatmaps.stride}, scale "
             f"{config.heatmaps.scale}; window as zero-shot's (nyu_scale {config.zero_shot.nyu_scale})")
     storage.write_bytes(storage.join(uri, "figure.json"), json.dumps(
-        {"key": key.as_dict(), "images": current.digest("images"), "image_ids": list(shown["image_id"])}).encode())
+        {"key": key.as_dict(), "inputs": figure_inputs(current), "image_ids": list(shown["image_id"])}).encode())
     draw_figure_2(panels, storage.join(uri, "figure.png"), note)
     return len(panels)
+
+
+def figure_inputs(current: CurrentInputs) -> dict[str, object]:
+    """What Figure 2 shows besides the heatmaps (their key is recorded apart): the images' content, the manifest
+    columns it picks and labels the images by, the images asked for, and the window drawn on the crop."""
+    picked_by = current.manifest()[["image_id", "view", "laterality", "birads"]].sort_values("image_id")
+    return {"images": current.digest("images"),
+            "picked_by": hashlib.sha256(picked_by.to_json(orient="values").encode()).hexdigest()[:16],
+            "figure_images": current.config.heatmaps.figure_images,
+            "window": catalogue.zero_shot_model_id(current.config.zero_shot)}
 
 
 def _fit(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -228,7 +253,8 @@ def _counts(current: CurrentInputs, done: PassResult) -> Counts:
 def _fingerprint(current: CurrentInputs) -> object:
     if not current.config.heatmaps.enabled:
         return "off"
-    return current.digest("images"), current.heatmaps_key().as_dict()
+    figure = figure_inputs(current) if current.config.heatmaps.figure_images != [] else None
+    return current.digest("images"), current.heatmaps_key().as_dict(), figure
 
 
 def _outputs_missing(current: CurrentInputs) -> str | None:
@@ -240,7 +266,8 @@ def _outputs_missing(current: CurrentInputs) -> str | None:
 
 
 STAGE = Stage(NAME, _fingerprint, sections=("ingest",), needs_ray=True, check=preflight.heatmaps_weights,
-              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts, announce=_announce_cost),
+              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts, announce=_announce_cost,
+                                         inputs_for_later=with_heatmaps),
               reads=(tables.MANIFEST, tables.COHORT),
               writes=(tables.HEATMAPS, tables.HEATMAPS_ERRORS, tables.HEATMAPS_FIGURE),
               outputs_missing=_outputs_missing)

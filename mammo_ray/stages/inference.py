@@ -121,6 +121,13 @@ class PassResult:
     decoded: int
     forwards: int
 
+    def then(self, second: PassResult) -> PassResult:
+        """This pass and a second one over the same images (for outputs that read this one's): both passes' runs,
+        decodes and forwards."""
+        return PassResult({**self.runs, **second.runs}, self.ingest or second.ingest,
+                          max(self.images, second.images), self.decoded + second.decoded,
+                          self.forwards + second.forwards)
+
 
 def run_pass(
     manifest: pd.DataFrame,

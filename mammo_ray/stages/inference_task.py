@@ -68,6 +68,9 @@ class InferenceTask(ABC):
     #: Whether one image costs seconds of compute (the patch classifier's hundreds of patches): then even a single
     #: batch is worth an actor's start (stages.pass_plan.actor_count).
     heavy: bool = False
+    #: The image stages whose stored outputs this output reads as inputs (ImageOutputs.inputs_for_later): it runs
+    #: in a pass after theirs.
+    after: tuple[str, ...] = ()
 
     @property
     @abstractmethod

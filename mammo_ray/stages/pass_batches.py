@@ -21,7 +21,8 @@ from mammo_ray.config.sections import EmbedConfig, IngestConfig
 from mammo_ray.errors import describe
 from mammo_ray.faults import crash_point
 from mammo_ray.feature_store import ModelKey
-from mammo_ray.image_stream import CachedContent, decode_batch
+from mammo_ray.image_stream import CachedContent, decode_batch, input_columns
+from mammo_ray.imaging.transforms import heatmaps_of
 from mammo_ray.stages.inference_task import InferenceTask, WeightsChangedError
 from mammo_ray.stages.pass_plan import actor_torch_threads
 
@@ -72,7 +73,7 @@ def prepare_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], cached: S
     # Ray hands string nulls over as pd.NA, whose truth value raises: tasks see None instead.
     rows = batch.drop(columns=["pixels"]).astype(object)
     rows = rows.where(rows.notna(), None)
-    out = batch.drop(columns=["pixels"])
+    out = batch.drop(columns=["pixels", *input_columns(batch)])  # inputs reach the transforms, and no further
     pixels_of = [np.asarray(p, dtype=np.float32) for p in batch["pixels"]]
     out["decoded"] = [p.size > 0 for p in pixels_of]
     if ingest:
@@ -141,7 +142,8 @@ def _prepare(transform: ImageTransform, pixels: np.ndarray, row: Any) -> tuple[n
     """The transform's inputs for one image and the share of them the breast covers, or the error it raised
     (shared by the outputs that use it)."""
     try:
-        prepared, share = transform.prepare(pixels, row.view, row.laterality)
+        inputs = {"heatmaps": heatmaps_of(row)} if transform.needs_heatmaps else {}
+        prepared, share = transform.prepare(pixels, row.view, row.laterality, **inputs)
         if prepared.ndim != 4 or prepared.shape[0] < 1:
             raise ValueError(f"prepared inputs must be (n>=1, C, h, w), got shape {prepared.shape}")
         return np.ascontiguousarray(prepared, dtype=np.float32), float(share)

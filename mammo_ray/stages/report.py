@@ -33,9 +33,11 @@ from mammo_ray.report.render import write_report
 from mammo_ray.report.subgroups import subgroups_section
 from mammo_ray.report.verdict import verdict_section
 from mammo_ray.stages.embed import read_embeddings
-from mammo_ray.stages.heatmaps import figure_uri
+from mammo_ray.stages.heatmaps import figure_inputs, figure_uri
 from mammo_ray.stages.stage import Counts, Stage
-from mammo_ray.stages.zero_shot import read_zero_shot
+from mammo_ray.stages.zero_shot import HEATMAPS_NAME as ZERO_SHOT_HEATMAPS
+from mammo_ray.stages.zero_shot import MODEL_LABELS, read_zero_shot, read_zero_shot_heatmaps
+from mammo_ray.stages.zero_shot import NAME as ZERO_SHOT
 
 if TYPE_CHECKING:  # pragma: no cover
     from mammo_ray.current import CurrentInputs  # types only: CurrentInputs reads the image stages' model keys
@@ -52,6 +54,8 @@ class ReportInputs:
     manifest: pd.DataFrame
     zero_shot: pd.DataFrame | None = None
     zero_shot_problem: str | None = None
+    #: the image+heatmaps model's zero-shot view, when it is asked for (None: not asked for, or a problem)
+    zero_shot_heatmaps: pd.DataFrame | None = None
     error_uris: list[str] = field(default_factory=list)
     weights_ids: list[str] = field(default_factory=list)
     expected_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -111,7 +115,10 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
         verdict_section(grid, comparisons, transfer, finetune),
         provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors),
         preprocessing_section(current.breast_shares),
-        zero_shot_section(current.zero_shot, current.zero_shot_problem),
+        zero_shot_section(current.zero_shot if current.zero_shot_heatmaps is None else
+                          {MODEL_LABELS[ZERO_SHOT]: current.zero_shot,
+                           MODEL_LABELS[ZERO_SHOT_HEATMAPS]: current.zero_shot_heatmaps},
+                          current.zero_shot_problem),
         *([figure_2_section(current.figure_2, current.figure_2_problem)]
           if current.figure_2 is not None or current.figure_2_problem else []),
         finetune_section(finetune, predictions, published, finetune_problem),
@@ -135,14 +142,23 @@ def report_inputs(current: CurrentInputs) -> ReportInputs:
     (its weights are not here) is expected to name that, so it is never shown as current."""
     config, manifest = current.config, current.manifest()
     zero_shot, problem = None, None
+    weights: list[str] = []
     try:
         zero_shot = read_zero_shot(config.output, manifest, key=current.zero_shot_key())
     except StaleTableError as error:
         problem = None if "has not run" in error.reason else str(error)
     except MammoRayError as error:  # e.g. its weights are not here: nothing can be current
         problem = f"the zero-shot model key cannot be computed: {error}"
+    zero_shot_heatmaps = None
+    if zero_shot is not None and config.zero_shot.heatmaps_weights is not None:
+        try:
+            key = current.zero_shot_heatmaps_key()
+            assert key is not None  # asked for
+            zero_shot_heatmaps = read_zero_shot_heatmaps(config.output, manifest, key)
+            weights.append(key.weights_id)
+        except MammoRayError as error:  # not run for these inputs, or its weights are not here
+            zero_shot, problem = None, f"the image+heatmaps model's zero-shot rows are not current: {error}"
     expected: dict[str, Any] = {}
-    weights: list[str] = []
     for name, inputs in (("grid", current.grid_inputs), ("finetune", current.finetune_inputs)):
         try:
             expected[name] = inputs()
@@ -153,13 +169,15 @@ def report_inputs(current: CurrentInputs) -> ReportInputs:
     if zero_shot is not None:
         weights.append(current.zero_shot_key().weights_id)
     stages = ["ingest", *(f"embed:{spec.name}" for spec in config.embed.extractors), "zero_shot"]
+    if config.zero_shot.heatmaps_weights is not None:
+        stages.append(ZERO_SHOT_HEATMAPS)
     if config.heatmaps.enabled:
         stages.append("heatmaps")
         with contextlib.suppress(MammoRayError):  # its weights are not here: nothing of it can be current
             weights.append(current.heatmaps_key().weights_id)
     figure, figure_problem = _current_figure_2(current)
     return ReportInputs(
-        manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem,
+        manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem, zero_shot_heatmaps=zero_shot_heatmaps,
         error_uris=[tables.errors_uri(config.output, stage) for stage in stages],
         weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
         figure_2=figure, figure_2_problem=figure_problem,
@@ -179,8 +197,9 @@ def _current_figure_2(current: CurrentInputs) -> tuple[bytes | None, str | None]
         key = current.heatmaps_key().as_dict()
     except MammoRayError as error:  # its weights are not here: nothing can be current
         return None, f"the heatmaps' model key cannot be computed: {error}"
-    if record.get("key") != key or record.get("images") != current.digest("images"):
-        return None, f"{folder} was drawn from other heatmaps or other images (out of date)"
+    if record.get("key") != key or record.get("inputs") != figure_inputs(current):
+        return None, (f"{folder} was drawn from other heatmaps, other images, other image choices or another "
+                      "window (out of date)")
     return storage.read_bytes(storage.join(folder, "figure.png")), None
 
 
@@ -213,7 +232,8 @@ def _run(current: CurrentInputs) -> Counts:
 # Cheap, and its inputs are every other table: always rebuilt.
 STAGE = Stage("report", None, run=_run, check=preflight.published_values,
               reads=(tables.MANIFEST, tables.INGEST_ERRORS, tables.EMBEDDINGS, tables.EMBED_ERRORS, tables.ZERO_SHOT,
-                     tables.ZERO_SHOT_ERRORS, tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
+                     tables.ZERO_SHOT_ERRORS, tables.ZERO_SHOT_HEATMAPS, tables.ZERO_SHOT_HEATMAPS_ERRORS,
+                     tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
                      tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_ERRORS,
                      tables.HEATMAPS_FIGURE),

@@ -20,6 +20,8 @@ from mammo_ray.feature_store import ModelKey
 from mammo_ray.tables import Table
 
 if TYPE_CHECKING:  # pragma: no cover - types only (CurrentInputs reads the stages' model keys: a circle)
+    import pandas as pd
+
     from mammo_ray.current import CurrentInputs
     from mammo_ray.stages.inference import PassResult
     from mammo_ray.stages.inference_task import InferenceTask
@@ -38,6 +40,9 @@ class ImageOutputs:
     ingest: bool = False
     #: What a person should know before the pass starts (e.g. what the stage will cost), logged by the stage.
     announce: Callable[[CurrentInputs], None] | None = None
+    #: The pass's rows with this stage's stored outputs as inputs of other outputs (the tasks whose `after` names
+    #: this stage), which then run in a second pass once these outputs are stored.
+    inputs_for_later: Callable[[CurrentInputs, pd.DataFrame], pd.DataFrame] | None = None
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ import pyarrow as pa
 from mammo_ray import feature_store, preflight, schemas, tables
 from mammo_ray.config.sections import EmbedConfig, IngestConfig, ZeroShotConfig
 from mammo_ray.errors import MammoRayError
-from mammo_ray.imaging.transforms import NYUTransform
+from mammo_ray.imaging.transforms import NYUHeatmapsTransform, NYUTransform
 from mammo_ray.models import catalogue
+from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.models.weights_resolver import resolve_weights
 from mammo_ray.stages.inference import PassResult, run_inference
 from mammo_ray.stages.inference_task import InferenceRun, InferenceTask, LoadedModel
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("mammo_ray.zero_shot")
 
 NAME = "zero_shot"
+HEATMAPS_NAME = "zero_shot_heatmaps"  # the image+heatmaps model's output
 FIGURE_NAME = "zero_shot_by_birads.png"
 
 class UnknownLateralityError(MammoRayError):
@@ -93,28 +95,42 @@ def head_for(laterality: object, view: object) -> str:
 
 @dataclass(frozen=True)
 class ZeroShotTask(InferenceTask):
-    """The zero-shot run as an inference task: own-view window, own-side-and-view head, two probabilities."""
+    """The zero-shot run as an inference task: own-view window, own-side-and-view head, two probabilities. With
+    `heatmaps` (their key), the image+heatmaps model on the same windows and those heatmaps (its own output,
+    `zero_shot_heatmaps`)."""
 
     spec: ZeroShotConfig
+    heatmaps: feature_store.ModelKey | None = None
 
     @property
     def stage(self) -> str:  # type: ignore[override]
-        return NAME
+        return NAME if self.heatmaps is None else HEATMAPS_NAME
+
+    @property
+    def after(self) -> tuple[str, ...]:  # type: ignore[override]
+        return () if self.heatmaps is None else ("heatmaps",)
+
+    @property
+    def weights_spec(self) -> WeightsSpec:
+        if self.heatmaps is None:
+            return catalogue.weights_spec(self.spec)
+        return catalogue.zero_shot_heatmaps_weights(self.spec)
 
     @property
     def model_id(self) -> str:
-        return catalogue.zero_shot_model_id(self.spec)
+        return catalogue.zero_shot_model_id(self.spec, with_heatmaps=self.heatmaps is not None)
 
     @property
-    def transform(self) -> NYUTransform:
-        return catalogue.nyu_transform(self.spec)
+    def transform(self) -> NYUTransform | NYUHeatmapsTransform:
+        window = catalogue.nyu_transform(self.spec)
+        return window if self.heatmaps is None else catalogue.with_heatmaps(window, self.heatmaps)
 
     @property
     def schema(self) -> pa.Schema:
         return schemas.ZERO_SHOT_SCHEMA
 
     def table_uri(self, output_uri: str) -> str:
-        return zero_shot_uri(output_uri)
+        return zero_shot_uri(output_uri) if self.heatmaps is None else tables.zero_shot_heatmaps_uri(output_uri)
 
     def group(self, row: Any) -> str:
         return head_for(row.laterality, row.view)  # the image's own head: a missing side fails fast
@@ -123,7 +139,8 @@ class ZeroShotTask(InferenceTask):
         from mammo_ray.models.nyu import build_nyu_model  # imports torch: on the workers that load the model only
 
         resolved = resolve_weights(self.weights_spec)
-        module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source)
+        module = build_nyu_model(resolved.state_dict, seed=resolved.seed, source=resolved.source,
+                                 in_channels=self.transform.shape[0])
         return LoadedModel(module, resolved.weights_id)
 
     def forward(self, model: LoadedModel, inputs: torch.Tensor, group: str) -> torch.Tensor:
@@ -182,35 +199,74 @@ def run_zero_shot(
     return zero_shot_result(output_uri, manifest, run)
 
 
-def zero_shot_result(output_uri: str, manifest: pd.DataFrame, run: InferenceRun) -> ZeroShotResult:
-    """After zero-shot ran (alone or in the image pass): draw the figure of the manifest's images."""
+def read_zero_shot_heatmaps(output_uri: str, manifest: pd.DataFrame, key: feature_store.ModelKey) -> pd.DataFrame:
+    """The image+heatmaps model's probabilities of `manifest`'s images under `key` (as `read_zero_shot`)."""
+    return feature_store.read_view(tables.zero_shot_heatmaps_uri(output_uri), manifest, key, NAME)
+
+
+#: The zero-shot models' names in the figure and the report.
+MODEL_LABELS = {NAME: "image only", HEATMAPS_NAME: "image+heatmaps"}
+
+
+def zero_shot_result(output_uri: str, manifest: pd.DataFrame, run: InferenceRun,
+                     heatmaps_run: InferenceRun | None = None) -> ZeroShotResult:
+    """After zero-shot ran (alone or in the image pass): draw the figure of the manifest's images, with the
+    image+heatmaps model's bars beside the image-only ones when it ran too."""
     from mammo_ray.report.figures import zero_shot_by_birads  # matplotlib: the driver draws; workers unpickle tasks
 
-    rows = read_zero_shot(output_uri, manifest, key=run.key)
+    models = {MODEL_LABELS[NAME]: read_zero_shot(output_uri, manifest, key=run.key)}
+    if heatmaps_run is not None:
+        models[MODEL_LABELS[HEATMAPS_NAME]] = read_zero_shot_heatmaps(output_uri, manifest, heatmaps_run.key)
     figure = figure_uri(output_uri)
-    zero_shot_by_birads(rows, figure)
-    log.info("zero-shot: %d scored, %d already stored (skipped), %d errors; figure %s",
-             run.written, run.skipped, run.errors, figure)
+    zero_shot_by_birads(models, figure)
+    for label, done in ((NAME, run), (HEATMAPS_NAME, heatmaps_run)):
+        if done is not None:
+            log.info("%s: %d scored, %d already stored (skipped), %d errors", label, done.written, done.skipped,
+                     done.errors)
+    log.info("zero-shot figure: %s", figure)
     return ZeroShotResult(
         scored=run.written, skipped=run.skipped, errors=run.errors, uri=run.uri, errors_uri=run.errors_uri,
         figure_uri=figure, weights_id=run.weights_id, preprocess_id=run.key.preprocess_id,
     )
 
 
+def _tasks(current: CurrentInputs) -> list[ZeroShotTask]:
+    with_heatmaps = current.zero_shot_heatmaps_key()
+    tasks = [ZeroShotTask(current.config.zero_shot)]
+    return tasks if with_heatmaps is None else [*tasks, ZeroShotTask(current.config.zero_shot, current.heatmaps_key())]
+
+
 def _counts(current: CurrentInputs, done: PassResult) -> Counts:
-    scored = zero_shot_result(current.config.output, current.manifest(), done.runs[NAME])
-    return {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped, "zero_shot_errors": scored.errors}
+    heatmaps_run = done.runs.get(HEATMAPS_NAME)
+    scored = zero_shot_result(current.config.output, current.manifest(), done.runs[NAME], heatmaps_run)
+    counts = {"zero_shot_scored": scored.scored, "zero_shot_skipped": scored.skipped,
+              "zero_shot_errors": scored.errors}
+    if heatmaps_run is not None:
+        counts.update({"zero_shot_heatmaps_scored": heatmaps_run.written,
+                       "zero_shot_heatmaps_skipped": heatmaps_run.skipped,
+                       "zero_shot_heatmaps_errors": heatmaps_run.errors})
+    return counts
 
 
 def _outputs_missing(current: CurrentInputs) -> str | None:
     output = current.config.output
-    return model_output_missing(current, zero_shot_uri(output), errors_uri(output), current.zero_shot_key())
+    problem = model_output_missing(current, zero_shot_uri(output), errors_uri(output), current.zero_shot_key())
+    with_heatmaps = current.zero_shot_heatmaps_key()
+    if problem is None and with_heatmaps is not None:
+        problem = model_output_missing(current, tables.zero_shot_heatmaps_uri(output),
+                                       tables.errors_uri(output, HEATMAPS_NAME), with_heatmaps)
+    return problem
 
 
-STAGE = Stage(NAME, lambda current: (current.digest("images"), current.zero_shot_key().as_dict()),
-              sections=("ingest",), needs_ray=True, check=preflight.zero_shot_weights,
-              image_outputs=ImageOutputs(tasks=lambda current: [ZeroShotTask(current.config.zero_shot)],
-                                         counts=_counts),
-              reads=(tables.MANIFEST, tables.COHORT),
-              writes=(tables.ZERO_SHOT, tables.ZERO_SHOT_ERRORS, tables.ZERO_SHOT_FIGURE),
+def _depends_on(current: CurrentInputs) -> object:
+    with_heatmaps = current.zero_shot_heatmaps_key()
+    return (current.digest("images"), current.zero_shot_key().as_dict(),
+            None if with_heatmaps is None else with_heatmaps.as_dict())
+
+
+STAGE = Stage(NAME, _depends_on, sections=("ingest",), needs_ray=True, check=preflight.zero_shot_weights,
+              image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
+              reads=(tables.MANIFEST, tables.COHORT, tables.HEATMAPS),
+              writes=(tables.ZERO_SHOT, tables.ZERO_SHOT_ERRORS, tables.ZERO_SHOT_HEATMAPS,
+                      tables.ZERO_SHOT_HEATMAPS_ERRORS, tables.ZERO_SHOT_FIGURE),
               outputs_missing=_outputs_missing)

@@ -344,3 +344,22 @@ def test_an_image_only_file_in_the_heatmaps_model_is_refused_naming_the_first_co
     with pytest.raises(WeightsError, match=r"first_conv\.weight: checkpoint \(16, 1, 7, 7\) vs model \(16, 3, 7, 7\)"
                        r"(?s:.*)ImageHeatmaps__ModeImage_weights\.p"):
         build_nyu_model({"model": image_only}, in_channels=3, source="ImageOnly__ModeImage_weights.p")
+
+
+def test_the_image_heatmaps_extractors_load_the_image_heatmaps_file_by_their_name(tmp_path) -> None:
+    from mammo_ray.config import ExtractorConfig
+    from mammo_ray.models.extractors import LoadedExtractor
+
+    published = build_nyu_model(seed=6, in_channels=3)
+    path = tmp_path / "ImageHeatmaps__ModeImage_weights.p"
+    path.write_bytes(_save({"model": published_state_dict(published)}))
+    x = torch.randn(2, 3, 256, 256)
+    for name, member in (("nyu_lcc_heatmaps", "lcc"), ("nyu_avg_heatmaps", "avg")):
+        extractor = LoadedExtractor(ExtractorConfig(name=name, weights=str(path), pool="4x4"))
+        with torch.no_grad():
+            torch.testing.assert_close(extractor(x), published.extract(x, member, "4x4"), rtol=0, atol=0)
+    # The image-only extractors' file in an image+heatmaps extractor: refused, naming the file it expects.
+    image_only = tmp_path / "ImageOnly__ModeImage_weights.p"
+    image_only.write_bytes(_save({"model": published_state_dict(build_nyu_model(seed=1))}))
+    with pytest.raises(WeightsError, match=r"ImageHeatmaps__ModeImage_weights\.p"):
+        LoadedExtractor(ExtractorConfig(name="nyu_lcc_heatmaps", weights=str(image_only)))
