@@ -129,6 +129,18 @@ HEATMAPS_SCHEMA = pa.schema(
     ]
 )
 
+#: thumbnails/<family>/features/: per image its network input shrunk for the eye (channel 0, or the mean of an
+#: ImageNet input's three), grey levels 0-255 row-major, for the report's contact sheet.
+THUMBNAILS_SCHEMA = pa.schema(
+    [
+        *_FEATURE_KEY_FIELDS,
+        pa.field("thumb_height", pa.int32(), nullable=False),
+        pa.field("thumb_width", pa.int32(), nullable=False),
+        pa.field("pixels", pa.list_(pa.uint8()), nullable=False),
+        BREAST_SHARE_FIELD,
+    ]
+)
+
 #: _index.parquet of a model output: one row per manifest image of the stage's last run.
 INDEX_SCHEMA = pa.schema(
     [

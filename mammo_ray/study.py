@@ -28,6 +28,7 @@ from mammo_ray.stages import (
     manifest,
     report,
     subgroups,
+    thumbnails,
     transfer,
     zero_shot,
 )
@@ -39,8 +40,8 @@ log = logging.getLogger("mammo_ray.study")
 
 #: Every stage of the study, in the order the tables they read and write allow (ties: as listed).
 STAGES: tuple[Stage, ...] = stage_order([
-    manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, heatmaps.STAGE, grid.STAGE, finetune.STAGE,
-    transfer.STAGE, subgroups.STAGE, report.STAGE,
+    manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, heatmaps.STAGE, thumbnails.STAGE, grid.STAGE,
+    finetune.STAGE, transfer.STAGE, subgroups.STAGE, report.STAGE,
 ])
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}
@@ -209,6 +210,11 @@ def prune_output(config: StudyConfig, dry_run: bool = False) -> dict[str, dict[s
         removed["zero_shot_heatmaps"] = feature_store.prune(tables.zero_shot_heatmaps_uri(config.output), images,
                                                             current.zero_shot_heatmaps_key(), dry_run,
                                                             config.embed.part_bytes)
+        shown = {family.family: thumbnails.ThumbnailTask(family) for family in thumbnails.families(current)}
+        for name in sorted(set(feature_store.subfolders(tables.thumbnails_uri(config.output))) | set(shown)):
+            key = shown[name].key(current.read) if name in shown else None
+            removed[f"thumbnails/{name}"] = feature_store.prune(tables.thumbnails_uri(config.output, name), images,
+                                                                key, dry_run, config.embed.part_bytes)
         removed["heatmaps"] = feature_store.prune(tables.heatmaps_uri(config.output), images,
                                                   current.heatmaps_key() if config.heatmaps.enabled else None,
                                                   dry_run, config.embed.part_bytes)

@@ -61,6 +61,11 @@ def zero_shot_heatmaps_uri(output_uri: str) -> str:
     return storage.join(output_uri, "zero_shot_heatmaps")
 
 
+def thumbnails_uri(output_uri: str, family: str | None = None) -> str:
+    """The folder of one input family's thumbnails (or of all of them)."""
+    return storage.join(output_uri, "thumbnails", *([family] if family else []))
+
+
 def heatmaps_uri(output_uri: str) -> str:
     return storage.join(output_uri, "heatmaps")
 
@@ -188,6 +193,10 @@ ZERO_SHOT_HEATMAPS_ERRORS = Table("errors/zero_shot_heatmaps",
                                   lambda output_uri: errors_uri(output_uri, "zero_shot_heatmaps"),
                                   schema=schemas.ERRORS_SCHEMA)
 HEATMAPS = Table("heatmaps", heatmaps_uri, schema=schemas.HEATMAPS_SCHEMA)
+THUMBNAILS = Table("thumbnails/<family>", thumbnails_uri, ("family",))
+THUMBNAILS_ERRORS = Table("errors/thumbnails-<family>",
+                          lambda output_uri, family: errors_uri(output_uri, f"thumbnails:{family}"), ("family",),
+                          schemas.ERRORS_SCHEMA)
 HEATMAPS_ERRORS = Table("errors/heatmaps", lambda output_uri: errors_uri(output_uri, "heatmaps"),
                         schema=schemas.ERRORS_SCHEMA)
 HEATMAPS_FIGURE = Table("figures/figure_2", lambda output_uri: figures_uri(output_uri, "figure_2"))

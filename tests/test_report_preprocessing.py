@@ -30,3 +30,27 @@ def test_no_warning_when_the_breast_fills_the_window_and_a_note_without_outputs(
     section = preprocessing_section({"nyu_avg": ("nyu", _shares(0.66))})
     assert not any(p.startswith("Warning") for p in section.paragraphs) and len(section.tables) == 1
     assert "No image output" in preprocessing_section({}).paragraphs[0]
+
+
+def test_the_contact_sheet_spreads_its_sample_over_every_view_and_side_and_draws_each_group():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mammo_ray.report.contact_sheet import SheetImage, draw_contact_sheet, spread
+
+    rows = pd.DataFrame({"image_id": [f"i{n:03d}" for n in range(40)],
+                         "view": ["CC", "MLO"] * 20, "laterality": ["L"] * 20 + ["R"] * 20})
+    sample = spread(rows, 8)
+    assert len(sample) == 8 and sample.groupby(["view", "laterality"]).size().tolist() == [2, 2, 2, 2]
+    assert spread(rows, None).equals(spread(rows, 100))  # None and a limit above the rows: every image
+    thumb = np.tile(np.arange(64, dtype=np.uint8), (96, 1))
+    images = [SheetImage(row.image_id, row.view, row.laterality, (thumb, None if row.Index == 0 else thumb),
+                         0.66 if row.Index else None) for row in sample.itertuples()]
+    sheet = Image.open(io.BytesIO(draw_contact_sheet(images, ["nyu", "imagenet"])))
+    assert sheet.mode == "L" and sheet.width == 1400
+    # Four group headers of 22 pixels and one row of cells each (96-pixel thumbnails, a label under them).
+    assert sheet.height == 4 + 4 * (22 + 96 + 24 + 4)
+    pixels = np.asarray(sheet)
+    assert (pixels[26:26 + 96, 4:4 + 64] == thumb).all()  # the first image's first thumbnail, as stored

@@ -133,16 +133,17 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     )
     touched = record_stage_access(monkeypatch)
     result = run_study(config)
-    assert result.ran == ["manifest", "ingest", "heatmaps", "embed", "zero_shot", "grid", "finetune", "transfer",
-                          "subgroups", "report"]
+    assert result.ran == ["manifest", "ingest", "heatmaps", "embed", "zero_shot", "thumbnails", "grid", "finetune",
+                          "transfer", "subgroups", "report"]
     # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))
-    # ingest, the extractor, zero-shot and the heatmaps in one pass: each image decoded once for the four; then
-    # the image+heatmaps extractor and zero-shot model in a second, reading the stored heatmaps.
+    # ingest, the extractor, zero-shot, the heatmaps and the two thumbnails in one pass: each image decoded once
+    # for the six; then the image+heatmaps extractor and zero-shot model in a second, reading the stored heatmaps.
     images = result.counts["manifest_rows"]
     assert (result.counts["pass_outputs"], result.counts["pass_images"], result.counts["pass_decoded"]) == (
-        6, images, 2 * images)
+        8, images, 2 * images)
+    assert result.counts["thumbnails:nyu"] == result.counts["thumbnails:imagenet"] == images
     assert result.counts["heatmaps_computed"] == images == result.counts["embedded:nyu_lcc_heatmaps"]
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Verdict", "Provenance", "Preprocessing", "Figure 3", "Table 1", "Table 2",
@@ -166,6 +167,8 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     assert "random-init" in markdown.split("## Provenance")[0]  # the banner, above everything else
     preprocessing = markdown.split("## Preprocessing")[1].split("\n## ")[0]
     assert "| imagenet_resnet18 | ImageNet square |" in preprocessing
+    assert "figures/contact_sheet.png" in preprocessing
+    assert (output / "report" / "figures" / "contact_sheet.png").exists()
     transfer = markdown.split("## Fine-tuned networks against their frozen features")[1].split("\n## ")[0]
     assert "finetuned:small_cnn (best)" in transfer  # small_cnn has no frozen twin: only the best-vs-best row
     assert "figures/zero_shot_by_birads.png" in markdown

@@ -246,4 +246,8 @@ class HeatmapsConfig(StrictModel):
 
 class ReportConfig(StrictModel):
     published: str | None = Field(None, description="CSV of the paper's published values (report.published)")
+    contact_sheet: int | None = Field(
+        64, ge=0, description="images on the preprocessing contact sheet (each one's NYU window and ImageNet input "
+                              "as thumbnails, grouped by view and side), spread over the manifest; None: all; "
+                              "0: no sheet (it shows the images' pixels)")
 

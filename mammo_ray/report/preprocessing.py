@@ -55,8 +55,16 @@ def implausible(summary: pd.DataFrame) -> list[str]:
     return nyu["output"].tolist()
 
 
-def preprocessing_section(shares: Mapping[str, tuple[str, pd.Series]]) -> Section:
+def preprocessing_section(shares: Mapping[str, tuple[str, pd.Series]], contact_sheet: bytes | None = None,
+                          sheet_problem: str | None = None) -> Section:
+    """The breast-share summary, and the contact sheet (PNG) when there is one (else why not, when asked for)."""
     section = Section("Preprocessing: the breast in each network input")
+    if contact_sheet is not None:
+        section.figures.append(("Contact sheet: each image's NYU window (and ImageNet input), grouped by view and "
+                                "side, with the breast's share of the window; look for a wrong flip, a bad crop, "
+                                "a window on the label", "contact_sheet.png", contact_sheet))
+    elif sheet_problem:
+        section.paragraphs.append(f"Contact sheet not shown: {sheet_problem}.")
     summary = breast_share_summary(shares)
     if summary.empty:
         section.paragraphs.append("No image output of this study records the breast's share of its input yet.")

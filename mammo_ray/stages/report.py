@@ -21,6 +21,7 @@ from mammo_ray.errors import MammoRayError, StaleTableError
 from mammo_ray.models.catalogue import family
 from mammo_ray.report.checklist import checklist_section
 from mammo_ray.report.comparisons import TRANSFER_TITLE, compared_pipeline, comparisons_section
+from mammo_ray.report.contact_sheet import SheetImage, draw_contact_sheet, spread
 from mammo_ray.report.external import external_section
 from mammo_ray.report.figures import zero_shot_section
 from mammo_ray.report.finetune import finetune_section
@@ -35,6 +36,8 @@ from mammo_ray.report.verdict import verdict_section
 from mammo_ray.stages.embed import read_embeddings
 from mammo_ray.stages.heatmaps import figure_inputs, figure_uri
 from mammo_ray.stages.stage import Counts, Stage
+from mammo_ray.stages.thumbnails import families as thumbnail_families
+from mammo_ray.stages.thumbnails import read_thumbnails, thumbnail
 from mammo_ray.stages.zero_shot import HEATMAPS_NAME as ZERO_SHOT_HEATMAPS
 from mammo_ray.stages.zero_shot import MODEL_LABELS, read_zero_shot, read_zero_shot_heatmaps
 from mammo_ray.stages.zero_shot import NAME as ZERO_SHOT
@@ -64,6 +67,9 @@ class ReportInputs:
     #: the heatmaps' Figure 2 (PNG) when drawn from the current heatmaps and images; else None, with why not
     figure_2: bytes | None = None
     figure_2_problem: str | None = None
+    #: the preprocessing contact sheet (PNG) from the current thumbnails; else None, with why not (None: not asked)
+    contact_sheet: bytes | None = None
+    contact_sheet_problem: str | None = None
 
 
 def _shown_config(config: StudyConfig) -> dict[str, Any]:
@@ -114,7 +120,7 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
     sections = [
         verdict_section(grid, comparisons, transfer, finetune),
         provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors),
-        preprocessing_section(current.breast_shares),
+        preprocessing_section(current.breast_shares, current.contact_sheet, current.contact_sheet_problem),
         zero_shot_section(current.zero_shot if current.zero_shot_heatmaps is None else
                           {MODEL_LABELS[ZERO_SHOT]: current.zero_shot,
                            MODEL_LABELS[ZERO_SHOT_HEATMAPS]: current.zero_shot_heatmaps},
@@ -176,11 +182,12 @@ def report_inputs(current: CurrentInputs) -> ReportInputs:
         with contextlib.suppress(MammoRayError):  # its weights are not here: nothing of it can be current
             weights.append(current.heatmaps_key().weights_id)
     figure, figure_problem = _current_figure_2(current)
+    sheet, sheet_problem = _contact_sheet(current)
     return ReportInputs(
         manifest=manifest, zero_shot=zero_shot, zero_shot_problem=problem, zero_shot_heatmaps=zero_shot_heatmaps,
         error_uris=[tables.errors_uri(config.output, stage) for stage in stages],
         weights_ids=weights, expected_inputs=expected, breast_shares=_breast_shares(current, zero_shot),
-        figure_2=figure, figure_2_problem=figure_problem,
+        figure_2=figure, figure_2_problem=figure_problem, contact_sheet=sheet, contact_sheet_problem=sheet_problem,
     )
 
 
@@ -201,6 +208,31 @@ def _current_figure_2(current: CurrentInputs) -> tuple[bytes | None, str | None]
         return None, (f"{folder} was drawn from other heatmaps, other images, other image choices or another "
                       "window (out of date)")
     return storage.read_bytes(storage.join(folder, "figure.png")), None
+
+
+def _contact_sheet(current: CurrentInputs) -> tuple[bytes | None, str | None]:
+    """The contact sheet of `report.contact_sheet` images spread over the manifest, from the current thumbnails."""
+    shown = thumbnail_families(current)
+    if not shown:
+        return None, None
+    stored = {}
+    for inputs in shown:
+        try:
+            stored[inputs.family] = read_thumbnails(current, inputs).set_index("image_id")
+        except StaleTableError:
+            return None, "the thumbnails stage has not run for the current images and settings"
+    images = []
+    for row in spread(current.manifest(), current.config.report.contact_sheet).itertuples():
+        thumbs = tuple(thumbnail(stored[f.family].loc[row.image_id]) if row.image_id in stored[f.family].index
+                       else None for f in shown)
+        nyu = stored["nyu"]
+        share = float(nyu.loc[row.image_id, "breast_share"]) if row.image_id in nyu.index else None
+        images.append(SheetImage(str(row.image_id), _text(row.view), _text(row.laterality), thumbs, share))
+    return draw_contact_sheet(images, [family.family for family in shown]), None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _breast_shares(current: CurrentInputs, zero_shot: pd.DataFrame | None) -> dict[str, tuple[str, pd.Series]]:
@@ -236,7 +268,7 @@ STAGE = Stage("report", None, run=_run, check=preflight.published_values,
                      tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
                      tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_ERRORS,
-                     tables.HEATMAPS_FIGURE),
+                     tables.HEATMAPS_FIGURE, tables.THUMBNAILS, tables.THUMBNAILS_ERRORS),
               writes=(tables.REPORT,))
 
 
