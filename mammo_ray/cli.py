@@ -23,6 +23,7 @@ from mammo_ray.datasets.adapters import ADAPTERS, build_with_adapter
 from mammo_ray.datasets.manifest import read_manifest, write_manifest
 from mammo_ray.datasets.synthetic import generate_cohort
 from mammo_ray.errors import MammoRayError, StoreUnavailableError, declared_cause
+from mammo_ray.models import registry
 from mammo_ray.models.fetch import fetch_weights
 from mammo_ray.models.weights_catalogue import DEFAULT_FETCH_NAMES
 
@@ -61,6 +62,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     fetch.add_argument("--to", required=True, help="folder URI (local or s3://) the cluster's workers can read")
     fetch.add_argument("names", nargs="*", help="files to fetch (default: all known)")
+    listed = weights_commands.add_parser(
+        "list", help="the weights registry: every known file, its licence, what it was pretrained on, its input")
+    listed.add_argument("--json", action="store_true", help="as JSON rows instead of blocks of text")
 
     run = commands.add_parser("run", help="run the study from a YAML config")
     run.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
@@ -173,6 +177,8 @@ def _command(args: argparse.Namespace) -> int:
 
         result = run_ingest(read_manifest(args.manifest), args.output)
         print(json.dumps(result.__dict__))
+    elif args.command == "weights" and args.weights_command == "list":
+        print(json.dumps(registry.rows(), indent=2) if args.json else registry.format_list())
     elif args.command == "weights":
         fetched = fetch_weights(args.to, tuple(args.names) or DEFAULT_FETCH_NAMES)
         print(json.dumps({name: {"uri": uri, "sha256": digest} for name, (uri, digest) in fetched.items()}))

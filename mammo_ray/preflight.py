@@ -12,6 +12,7 @@ from mammo_ray.config.finetune import DEFAULT_WEIGHTS
 from mammo_ray.errors import ConfigError, MammoRayError
 from mammo_ray.models.catalogue import weights_spec, zero_shot_heatmaps_weights
 from mammo_ray.models.finetune_models import resolve_models
+from mammo_ray.models.registry import pretraining_of
 from mammo_ray.models.weights import WeightsError
 from mammo_ray.models.weights_catalogue import FETCH_HINT, NYU_IMAGE_WISE_FILE, missing_files_hint, weights_file_of
 from mammo_ray.models.weights_resolver import check_weights_available
@@ -87,6 +88,36 @@ def embed_weights(config: StudyConfig) -> list[Problem]:
     """Every extractor's weights are there (and match their sha256)."""
     return _weights_problems([(f"embed.extractors.{i}.weights", weights_spec(spec))
                               for i, spec in enumerate(config.embed.extractors)])
+
+
+def extractors(config: StudyConfig) -> list[Problem]:
+    """Every extractor's weights are there, and none was pretrained on a collection the study tests on."""
+    return embed_weights(config) + contamination(config)
+
+
+def _study_collections(config: StudyConfig) -> dict[str, str]:
+    """The collections the study reads (as the adapters name them) -> where the config names each."""
+    sources = {"data": config.data} if config.data.sources is None else {
+        f"data.sources.{name}": source for name, source in config.data.sources.items()}
+    return {source.adapter.name: f"{key}.adapter" for key, source in sources.items() if source.adapter is not None}
+
+
+def contamination(config: StudyConfig) -> list[Problem]:
+    """An extractor pretrained on a collection the study evaluates on gives numbers that are not external: refused
+    before any work, naming both, unless the extractor says `pretraining_acknowledged`."""
+    tested = _study_collections(config)
+    problems: list[Problem] = []
+    for i, spec in enumerate(config.embed.extractors):
+        pretraining, _licence = pretraining_of(spec)
+        shared = sorted(set(pretraining.collections) & set(tested))
+        if shared and not spec.pretraining_acknowledged:
+            where = ", ".join(tested[name] for name in shared)
+            problems.append((f"embed.extractors.{i}", spec.weights, ConfigError(
+                f"embed.extractors.{i}", f"{spec.name} was pretrained on {', '.join(shared)} ({pretraining.modality}) "
+                f"and the study tests on it ({where}): its numbers there would not be external. Use another "
+                "collection, or set pretraining_acknowledged: true on the extractor (the report then marks its rows "
+                "as not external)")))
+    return problems
 
 
 def zero_shot_weights(config: StudyConfig) -> list[Problem]:

@@ -41,3 +41,8 @@ def normalise_view(value: object) -> str | None:
     if text in {"MLO", "ML"}:
         return "MLO"
     return "other"
+
+
+#: What an extractor was pretrained on, coarsely: the paper's first question compares the best of each group
+#: (`unknown`: a file the weights registry does not know and the config does not describe).
+PRETRAINING_GROUPS: tuple[str, ...] = ("mammography", "other medical", "natural images", "none", "unknown")

@@ -49,8 +49,8 @@ def test_the_contact_sheet_spreads_its_sample_over_every_view_and_side_and_draws
     images = [SheetImage(row.image_id, row.view, row.laterality, (thumb, None if row.Index == 0 else thumb),
                          0.66 if row.Index else None) for row in sample.itertuples()]
     sheet = Image.open(io.BytesIO(draw_contact_sheet(images, ["nyu", "imagenet"])))
-    assert sheet.mode == "L" and sheet.width == 1400
-    # Four group headers of 22 pixels and one row of cells each (96-pixel thumbnails, a label under them).
-    assert sheet.height == 4 + 4 * (22 + 96 + 24 + 4)
+    assert sheet.mode == "L" and sheet.width == 900
+    # Four group headers of 24 pixels and one row of cells each (96-pixel thumbnails, a label of 30 under them).
+    assert sheet.height == 4 + 4 * (24 + 96 + 30 + 4)
     pixels = np.asarray(sheet)
-    assert (pixels[26:26 + 96, 4:4 + 64] == thumb).all()  # the first image's first thumbnail, as stored
+    assert (pixels[28:28 + 96, 4:4 + 64] == thumb).all()  # the first image's first thumbnail, as stored

@@ -7,13 +7,14 @@ place (here) and never mirrored by a second class.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from mammo_ray.config.base import StrictModel
 from mammo_ray.placement import NodeTypesMode
 from mammo_ray.s3_settings import S3Config
+from mammo_ray.vocabulary import PRETRAINING_GROUPS
 
 #: A data source's name (a key of data.sources).
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -176,9 +177,61 @@ class ExtractorConfig(NYUInputConfig):
     malignant heatmaps (the `heatmaps` section, which must be enabled) cut with the image's window.
     """
 
-    name: ExtractorName
+    name: str = Field(description="one of ExtractorName, or a name of your own for an extractor by `architecture`")
     pool: Literal["global", "4x4"] = "global"
     input_size: int = Field(224, ge=32, le=2048)
+    # Any backbone by architecture (docs/design.md, "Extractors by architecture"): a torchvision classification
+    # model or a timm model by name, its pooled penultimate features, with a weights file (.pth, .safetensors, or
+    # a checkpoint dict: `checkpoint_key` names the sub-dict, `key_prefix` is stripped from its keys) and the
+    # input convention (channels, mean, std of the [0, 1] intensities; None: the architecture's defaults).
+    architecture: str | None = Field(None, pattern=r"^(torchvision|timm):[A-Za-z0-9_.\-]+$",
+                                     description="torchvision:<model> or timm:<model>")
+    checkpoint_key: str | None = Field(None, min_length=1)
+    key_prefix: str | None = Field(None, min_length=1)
+    channels: int | None = Field(None, ge=1, le=4)
+    mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4)
+    std: tuple[float, ...] | None = Field(None, min_length=1, max_length=4)
+    # What the weights were pretrained on, for a file the weights registry does not know (or to correct it):
+    # collection names as the adapters name them (cmmd, vindr, inbreast, ...) and the group the paper's first
+    # question compares. A study whose data is among them is refused unless `pretraining_acknowledged`, and then
+    # the report says its rows are not external.
+    pretrained_on: tuple[str, ...] | None = None
+    pretraining_group: str | None = None
+    pretraining_acknowledged: bool = False
+
+    @field_validator("pretrained_on")
+    @classmethod
+    def _collection_names(cls, values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if values is None else tuple(sorted({value.strip().lower() for value in values}))
+
+    @field_validator("pretraining_group")
+    @classmethod
+    def _known_group(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRETRAINING_GROUPS:
+            raise ValueError(f"pretraining_group {value!r}: one of {list(PRETRAINING_GROUPS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _named_by_catalogue_or_architecture(self) -> ExtractorConfig:
+        known = get_args(ExtractorName)
+        if self.architecture is None:
+            if self.name not in known:
+                raise ValueError(f"extractor {self.name!r}: not one of {list(known)}; an extractor of your own "
+                                 "names its `architecture` (torchvision:<model> or timm:<model>)")
+            generic = [field for field in ("checkpoint_key", "key_prefix", "channels", "mean", "std")
+                       if getattr(self, field) is not None]
+            if generic:
+                raise ValueError(f"extractor {self.name!r}: {generic} apply to extractors by `architecture` only")
+            return self
+        if self.name in known or not SOURCE_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ValueError(f"extractor {self.name!r} by architecture: give it a name of your own (letters, digits, "
+                             f"'_', '.', '-'), not one of {list(known)}")
+        if self.architecture.startswith("torchvision:") and self.channels not in (None, 3):
+            raise ValueError(f"extractor {self.name!r}: torchvision models take 3 channels (timm models take "
+                             "`channels`)")
+        if self.std is not None and not all(value > 0 for value in self.std):
+            raise ValueError(f"extractor {self.name!r}: std must be positive, got {self.std}")
+        return self
 
 
 def _default_extractors() -> list[ExtractorConfig]:

@@ -58,7 +58,8 @@ class StudyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _heatmaps_for_their_models(self) -> StudyConfig:
-        needing = [f"embed.extractors: {e.name}" for e in self.embed.extractors if e.name.endswith("_heatmaps")]
+        needing = [f"embed.extractors: {e.name}" for e in self.embed.extractors
+                   if e.architecture is None and e.name.endswith("_heatmaps")]
         if self.zero_shot.heatmaps_weights is not None:
             needing.append("zero_shot.heatmaps_weights")
         if needing and not self.heatmaps.enabled:

@@ -24,6 +24,8 @@ from mammo_ray.imaging.crop import NoBreastFoundError, breast_box, scaled_crop_p
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+#: The ImageNet normalisation as config values (one per channel).
+IMAGENET_MEAN_STD: tuple[tuple[float, ...], tuple[float, ...]] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 ROBUST_MAX_PERCENTILE = 99.9
 _VERSION = "v2"  # bump whenever the output for a given configuration changes (v2: records breast_share)
 
@@ -77,20 +79,32 @@ class ImageNetPreprocess:
     size: int = 224
     crop_to_breast: bool = True
     source_resolution: float = 1.0
+    #: The network's input convention: channels (the grey image replicated), and the mean and std subtracted
+    #: and divided per channel from the [0, 1] intensities (ImageNet's by default).
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN_STD[0]
+    std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"size must be positive, got {self.size}")
         if not self.source_resolution > 0:
             raise ValueError(f"source_resolution must be positive, got {self.source_resolution}")
+        if self.channels < 1 or len(self.mean) not in (1, self.channels) or len(self.std) not in (1, self.channels):
+            raise ValueError(f"mean and std need 1 or {self.channels} values, got {self.mean} and {self.std}")
+        if not all(value > 0 for value in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
 
     @property
     def id(self) -> str:
         crop = "breast" if self.crop_to_breast else "none"
         if self.crop_to_breast and self.source_resolution != 1.0:
             crop += f":source={float(self.source_resolution)!r}"
+        convention = "" if (self.channels, self.mean, self.std) == (3, *IMAGENET_MEAN_STD) else (
+            f":channels={self.channels}:mean={','.join(map(repr, self.mean))}:std={','.join(map(repr, self.std))}")
         return (
             f"imagenet:{_VERSION}:size={self.size}:crop={crop}:fit=pad-square:max=p{ROBUST_MAX_PERCENTILE:g}"
+            + convention
         )
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
@@ -106,6 +120,8 @@ class ImageNetPreprocess:
             image = image[breast_box(image, iterations=iterations, margin=margin).slices()]
         # Scale after resizing: the percentile is then taken over ~size^2 pixels, not millions.
         grey = scale_to_unit(fit_square(image, self.size))
-        rgb = np.repeat(grey[None], 3, axis=0)
-        normalised = ((rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+        channels = np.repeat(grey[None], self.channels, axis=0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        normalised = ((channels - mean) / std).astype(np.float32)
         return normalised, float(np.count_nonzero(grey > 0)) / grey.size

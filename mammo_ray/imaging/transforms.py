@@ -17,7 +17,7 @@ import numpy as np
 
 from mammo_ray.errors import MammoRayError
 from mammo_ray.imaging.heatmaps import StoredHeatmaps
-from mammo_ray.imaging.imagenet import ImageNetPreprocess, resize_grey
+from mammo_ray.imaging.imagenet import IMAGENET_MEAN_STD, ImageNetPreprocess, resize_grey
 from mammo_ray.imaging.nyu import NYUPreprocess, extract_window, oriented_crop, standardise, window_size
 
 #: Rows of a full-field digital mammogram (~4000 at 70-100 um): the resolution the published crop and NYU
@@ -48,10 +48,14 @@ class ImageNetTransform:
     size: int = 224
     crop_to_breast: bool = True
     source_resolution: float | None = None  # None: estimated per image from its height
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN_STD[0]
+    std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
 
     def preprocess(self, height: int) -> ImageNetPreprocess:
         resolution = source_resolution_for(height, self.source_resolution)
-        return ImageNetPreprocess(size=self.size, crop_to_breast=self.crop_to_breast, source_resolution=resolution)
+        return ImageNetPreprocess(size=self.size, crop_to_breast=self.crop_to_breast, source_resolution=resolution,
+                                  channels=self.channels, mean=self.mean, std=self.std)
 
     @property
     def id(self) -> str:
@@ -59,7 +63,7 @@ class ImageNetTransform:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return 3, self.size, self.size
+        return self.channels, self.size, self.size
 
     def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
         return self.prepare(pixels, view, laterality)[0]

@@ -19,6 +19,7 @@ from mammo_ray.imaging.transforms import (
     NYUHeatmapsTransform,
     NYUTransform,
 )
+from mammo_ray.models.generic import InputConvention
 from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.models.weights_resolver import weights_id
 
@@ -50,24 +51,42 @@ IMAGENET_DIMS: dict[str, int] = {"resnet50": 2048, "resnet18": 512, "squeezenet1
 NYU_DIMS: dict[str, int] = {"global": 256, "4x4": 4096}
 
 
+#: The family of an extractor by architecture: its input is the ImageNet-style square, with its own convention.
+GENERIC = "architecture"
+
+
 def family(extractor: ExtractorConfig) -> str:
-    """'imagenet', 'nyu' or 'nyu_heatmaps' (the image+heatmaps model)."""
-    return EXTRACTORS[extractor.name][0]
+    """'imagenet', 'nyu', 'nyu_heatmaps' (the image+heatmaps model) or 'architecture' (any torchvision or timm
+    model by name)."""
+    return GENERIC if extractor.architecture is not None else EXTRACTORS[extractor.name][0]
 
 
 def member(extractor: ExtractorConfig) -> str:
-    """The torchvision backbone ('resnet50', ...) or the NYU extractor kind ('lcc', 'avg')."""
-    return EXTRACTORS[extractor.name][1]
+    """The torchvision backbone ('resnet50', ...), the NYU extractor kind ('lcc', 'avg') or the architecture."""
+    return extractor.architecture if extractor.architecture is not None else EXTRACTORS[extractor.name][1]
 
 
 def dim(extractor: ExtractorConfig) -> int:
     """The length of the extractor's vectors."""
+    if family(extractor) == GENERIC:
+        from mammo_ray.models.generic import feature_dim  # builds the network on the meta device: torch, lazily
+
+        return feature_dim(member(extractor), input_convention(extractor).channels)
     return IMAGENET_DIMS[member(extractor)] if family(extractor) == "imagenet" else NYU_DIMS[extractor.pool]
 
 
+def input_convention(extractor: ExtractorConfig) -> InputConvention:
+    """An extractor by architecture's input: the config's channels, mean and std, else the architecture's."""
+    from mammo_ray.models.generic import input_convention as default  # timm's pretrained config: lazily
+
+    assert extractor.architecture is not None
+    stated = default(extractor.architecture, extractor.channels)
+    return InputConvention(stated.channels, extractor.mean or stated.mean, extractor.std or stated.std)
+
+
 def weights_spec(section: NYUInputConfig | HeatmapsConfig) -> WeightsSpec:
-    """The weights of an extractor, of the zero-shot model or of the patch classifier."""
-    return WeightsSpec(section.weights, section.sha256)
+    """The weights of an extractor (with its checkpoint key), of the zero-shot model or of the patch classifier."""
+    return WeightsSpec(section.weights, section.sha256, getattr(section, "checkpoint_key", None))
 
 
 def zero_shot_heatmaps_weights(section: ZeroShotConfig) -> WeightsSpec:
@@ -99,6 +118,10 @@ def transform(extractor: ExtractorConfig, heatmaps: ModelKey | None = None) -> I
     the heatmaps of key `heatmaps`)."""
     if family(extractor) == "imagenet":
         return ImageNetTransform(size=extractor.input_size, source_resolution=extractor.source_resolution)
+    if family(extractor) == GENERIC:
+        convention = input_convention(extractor)
+        return ImageNetTransform(size=extractor.input_size, source_resolution=extractor.source_resolution,
+                                 channels=convention.channels, mean=convention.mean, std=convention.std)
     if family(extractor) == "nyu_heatmaps":
         return with_heatmaps(nyu_transform(extractor), heatmaps)
     return nyu_transform(extractor)
@@ -112,13 +135,17 @@ def model_id(extractor: ExtractorConfig) -> str:
     """The extractor's identity: its name and every setting of its family that changes the vector."""
     if family(extractor) == "imagenet":
         return f"{extractor.name}:input_size={extractor.input_size}:source={_source(extractor)}"
+    if family(extractor) == GENERIC:  # the input convention is in the preprocessing id
+        return (f"{extractor.name}:arch={extractor.architecture}:input_size={extractor.input_size}"
+                f":source={_source(extractor)}:checkpoint_key={extractor.checkpoint_key}"
+                f":key_prefix={extractor.key_prefix}")
     return (f"{extractor.name}:pool={extractor.pool}:nyu_scale={extractor.nyu_scale!r}:source={_source(extractor)}"
             f":tta={extractor.tta}")
 
 
 def preprocess_id(extractor: ExtractorConfig, heatmaps: ModelKey | None = None) -> str:
     """Names the preprocessing: any change to it gives new rows instead of mixing old and new."""
-    pool = f":pool={extractor.pool}" if family(extractor) != "imagenet" else ""  # kept as stored ids had it
+    pool = f":pool={extractor.pool}" if family(extractor) in NYU_CHANNELS else ""  # kept as stored ids had it
     return transform(extractor, heatmaps).id + pool
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mammo_ray.models.catalogue import NYU_CHANNELS, family, member, weights_spec
+from mammo_ray.models.catalogue import GENERIC, NYU_CHANNELS, family, input_convention, member, weights_spec
 from mammo_ray.models.weights_resolver import resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +33,12 @@ class LoadedExtractor:
             self.module, _ = build_feature_extractor(
                 self.member, resolved.state_dict, seed=resolved.seed, source=resolved.source
             )
+        elif self.family == GENERIC:
+            from mammo_ray.models.generic import build_generic_extractor  # torchvision or timm: when asked for
+
+            self.module = build_generic_extractor(
+                self.member, resolved.state_dict, seed=resolved.seed, source=resolved.source,
+                channels=input_convention(spec).channels, key_prefix=spec.key_prefix)
         else:
             from mammo_ray.models.nyu import build_nyu_model  # torch: built in the actors that run it only
 
@@ -40,6 +46,6 @@ class LoadedExtractor:
                                           in_channels=NYU_CHANNELS[self.family])
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.family == "imagenet":
+        if self.family in ("imagenet", GENERIC):
             return self.module(inputs)
         return self.module.extract(inputs, self.member, self.spec.pool)

@@ -36,9 +36,17 @@ def seeded_init(seed: int | None) -> Iterator[None]:
         yield
 
 
-def as_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """A flat name -> tensor dict from a loaded object: a state dict, or one under "model"/"state_dict"."""
+def as_state_dict(obj: Any, source: str, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from a loaded object: a state dict, or one under "model"/"state_dict", or the
+    one at `checkpoint_key` (dotted keys into nested dicts)."""
     import torch
+
+    if checkpoint_key is not None:
+        for part in checkpoint_key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                shown = sorted(map(str, obj))[:12] if isinstance(obj, Mapping) else type(obj).__name__
+                raise WeightsError(source, f"has no checkpoint key {checkpoint_key!r} (at {part!r}: {shown})")
+            obj = obj[part]
 
     def is_flat(candidate: Any) -> bool:
         return (
@@ -60,17 +68,23 @@ def as_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     )
 
 
-def load_state_dict_bytes(data: bytes, source: str) -> dict[str, torch.Tensor]:
-    """Unpickle weight-file bytes safely (weights_only, on CPU) into a flat state dict."""
+def load_state_dict_bytes(data: bytes, source: str, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
+    """Weight-file bytes into a flat state dict: a `.safetensors` file (no code in it by design), else a PyTorch
+    file unpickled safely (weights_only, on CPU); `checkpoint_key` as `as_state_dict`."""
     import torch
 
     try:
-        obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        if source.endswith(".safetensors"):
+            from safetensors.torch import load as load_safetensors
+
+            obj: Any = load_safetensors(data)
+        else:
+            obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - any unpickling failure is one declared error
         raise WeightsError(
             source, f"cannot be loaded as PyTorch weights (weights_only): {type(error).__name__}: {error}"
         ) from error
-    return as_state_dict(obj, source)
+    return as_state_dict(obj, source, checkpoint_key)
 
 
 def load_state_dict_strict(

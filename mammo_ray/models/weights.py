@@ -82,6 +82,9 @@ class WeightsSpec:
 
     source: str
     sha256: str | None = None
+    #: Where the state dict sits in a checkpoint dict (dotted keys, e.g. `model` or `network.ema`); None: the
+    #: file is a state dict, or holds one under `model` or `state_dict`.
+    checkpoint_key: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():

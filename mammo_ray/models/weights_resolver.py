@@ -137,7 +137,7 @@ def resolve_weights(
     data = _read(location)
     digest = sha256_hex(data)
     _verify_sha256(spec, location, digest)
-    state = load_state_dict_bytes(data, location)
+    state = load_state_dict_bytes(data, location, spec.checkpoint_key)
     return ResolvedWeights(state, digest, spec.source, location, None)
 
 

@@ -13,9 +13,10 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 _GAP = 4
-_LABEL = 24  # pixels under each cell for its id and share
-_HEADER = 22
-_WIDTH = 1400  # the sheet's width in pixels: cells wrap to it
+_FONT = 12  # pixels: legible where the report shows the sheet at its own size
+_LABEL = 2 * _FONT + 6  # pixels under each cell for its id and share
+_HEADER = _FONT + 12
+_WIDTH = 900  # the sheet's width in pixels, about the report's text column: cells wrap to it
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def spread(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 def draw_contact_sheet(images: Sequence[SheetImage], families: Sequence[str]) -> bytes:
     """The sheet as PNG bytes: a header per (view, side) group, then its images' thumbnails side by side (one per
     family, in `families`' order), each cell labelled with the image id and the NYU window's breast share."""
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=_FONT)
     cells = [_cell(image, len(families)) for image in images]
     cell_width = max([cell.width for cell in cells] or [1])
     per_row = max(1, (_WIDTH - _GAP) // (cell_width + _GAP))
@@ -56,7 +57,7 @@ def draw_contact_sheet(images: Sequence[SheetImage], families: Sequence[str]) ->
     draw = ImageDraw.Draw(sheet)
     top = _GAP
     for name, members in groups.items():
-        draw.text((_GAP, top + 4), f"{name}: {len(members)} images  (inputs: {', '.join(families)})", fill=0,
+        draw.text((_GAP, top + 5), f"{name}: {len(members)} images  (inputs: {', '.join(families)})", fill=0,
                   font=font)
         top += _HEADER
         for index, (image, cell) in enumerate(members):
@@ -64,8 +65,8 @@ def draw_contact_sheet(images: Sequence[SheetImage], families: Sequence[str]) ->
             row_top = top + (index // per_row) * (cell_height + _GAP)
             sheet.paste(cell, (left, row_top))
             share = "share ?" if image.share is None else f"share {image.share:.2f}"
-            draw.text((left, row_top + cell.height + 2), image.image_id[:22], fill=0, font=font)
-            draw.text((left, row_top + cell.height + 12), share, fill=0 if (image.share or 0) >= 0.2 else 96,
+            draw.text((left, row_top + cell.height + 2), image.image_id[-20:], fill=0, font=font)
+            draw.text((left, row_top + cell.height + 3 + _FONT), share, fill=0 if (image.share or 0) >= 0.2 else 96,
                       font=font)
         top += -(-len(members) // per_row) * (cell_height + _GAP)
     buffer = io.BytesIO()

@@ -31,6 +31,11 @@ ADVICE = (
 )
 
 
+#: The input each family's networks read, as the summary names it.
+_INPUTS = {"nyu": "NYU window", "nyu_heatmaps": "NYU window + heatmaps", "imagenet": "ImageNet square",
+           "architecture": "square (the architecture's convention)"}
+
+
 def breast_share_summary(shares: Mapping[str, tuple[str, pd.Series]]) -> pd.DataFrame:
     """Per output (name -> (family, shares per image)): images, median, 5th percentile, minimum, nearly empty."""
     rows = []
@@ -39,7 +44,7 @@ def breast_share_summary(shares: Mapping[str, tuple[str, pd.Series]]) -> pd.Data
         if finite.size == 0:
             continue
         rows.append({
-            "output": name, "input": "NYU window" if family == "nyu" else "ImageNet square",
+            "output": name, "input": _INPUTS.get(family, "square"),
             "n_images": int(finite.size), "median": float(np.median(finite)),
             "p05": float(np.percentile(finite, 5)), "min": float(finite.min()),
             f"n_below_{SMALL_SHARE:g}": int((finite < SMALL_SHARE).sum()),
@@ -51,7 +56,7 @@ def implausible(summary: pd.DataFrame) -> list[str]:
     """The NYU outputs whose median window holds implausibly little breast."""
     if summary.empty:
         return []
-    nyu = summary[(summary["input"] == "NYU window") & (summary["median"] < PLAUSIBLE_NYU_MEDIAN)]
+    nyu = summary[summary["input"].str.startswith("NYU window") & (summary["median"] < PLAUSIBLE_NYU_MEDIAN)]
     return nyu["output"].tolist()
 
 

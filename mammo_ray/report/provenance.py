@@ -31,9 +31,10 @@ def _versions() -> str:
 
 
 def provenance_section(output_uri: str, study: str, config_hash: str, manifest: pd.DataFrame | None,
-                       weights: list[str], errors: pd.DataFrame | None) -> Section:
-    """The study (its name, config hash, output, versions, weights ids), the manifest's counts and the images
-    the configured stages could not read."""
+                       weights: list[str], errors: pd.DataFrame | None,
+                       extractors: pd.DataFrame | None = None) -> Section:
+    """The study (its name, config hash, output, versions, weights ids), the manifest's counts, the images
+    the configured stages could not read, and each extractor's pretraining and licence (`extractors`)."""
     rows = [("study", study), ("config hash", config_hash), ("output", output_uri), ("versions", _versions()),
             ("weights ids", ", ".join(weights) or "none")]
     if manifest is not None:
@@ -48,4 +49,16 @@ def provenance_section(output_uri: str, study: str, config_hash: str, manifest: 
     if errors is not None and len(errors):
         per_stage = errors.groupby("stage").size()
         rows.append(("images with errors", ", ".join(f"{stage}: {n}" for stage, n in per_stage.items())))
-    return Section("Provenance", tables=[("Study", pd.DataFrame(rows, columns=["item", "value"]))])
+    section = Section("Provenance", tables=[("Study", pd.DataFrame(rows, columns=["item", "value"]))])
+    if extractors is not None and len(extractors):
+        section.tables.append(("Extractors: what each was pretrained on, and its licence", extractors))
+        flagged = extractors[extractors["external"] != "yes"]
+        if len(flagged):
+            section.paragraphs.append(
+                f"Not external: {', '.join(flagged['extractor'])} were pretrained on a collection this study tests "
+                "on (acknowledged in the config): their rows measure a model on data it has seen.")
+        restricted = extractors[extractors["licence"].str.contains("non-commercial", case=False)]
+        if len(restricted):
+            section.paragraphs.append(f"Non-commercial licence: the numbers of {', '.join(restricted['extractor'])} "
+                                      "come from weights whose licence forbids commercial use.")
+    return section

@@ -107,7 +107,7 @@ class EmbedTask(InferenceTask):
         # torch: only where the model runs (the Ray tasks that unpickle this task decode without it)
         from mammo_ray.models.nyu import trunks_of
 
-        return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) != "imagenet" else ()
+        return trunks_of(catalogue.member(self.spec)) if catalogue.family(self.spec) in catalogue.NYU_CHANNELS else ()
 
     def from_trunks(self, model: LoadedExtractor, maps: dict[str, torch.Tensor], group: str) -> torch.Tensor:
         from mammo_ray.models.nyu import features_from_maps  # torch: in the actors only (see shared_trunks)
@@ -188,7 +188,7 @@ def _depends_on(current: CurrentInputs) -> object:
     return current.digest("images"), [current.embedding_key(spec).as_dict() for spec in current.config.embed.extractors]
 
 
-STAGE = Stage("embed", _depends_on, sections=("ingest",), needs_ray=True, check=preflight.embed_weights,
+STAGE = Stage("embed", _depends_on, sections=("ingest",), needs_ray=True, check=preflight.extractors,
               image_outputs=ImageOutputs(tasks=_tasks, counts=_counts),
               reads=(tables.MANIFEST, tables.COHORT, tables.HEATMAPS),
               writes=(tables.EMBEDDINGS, tables.EMBED_ERRORS),

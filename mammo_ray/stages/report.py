@@ -19,6 +19,7 @@ from mammo_ray.config import StudyConfig
 from mammo_ray.current_tables import read_current
 from mammo_ray.errors import MammoRayError, StaleTableError
 from mammo_ray.models.catalogue import family
+from mammo_ray.models.registry import pretraining_of
 from mammo_ray.report.checklist import checklist_section
 from mammo_ray.report.comparisons import TRANSFER_TITLE, compared_pipeline, comparisons_section
 from mammo_ray.report.contact_sheet import SheetImage, draw_contact_sheet, spread
@@ -119,7 +120,8 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
     shown = _shown_config(config)
     sections = [
         verdict_section(grid, comparisons, transfer, finetune),
-        provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors),
+        provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors,
+                           _extractor_pretraining(config)),
         preprocessing_section(current.breast_shares, current.contact_sheet, current.contact_sheet_problem),
         zero_shot_section(current.zero_shot if current.zero_shot_heatmaps is None else
                           {MODEL_LABELS[ZERO_SHOT]: current.zero_shot,
@@ -208,6 +210,20 @@ def _current_figure_2(current: CurrentInputs) -> tuple[bytes | None, str | None]
         return None, (f"{folder} was drawn from other heatmaps, other images, other image choices or another "
                       "window (out of date)")
     return storage.read_bytes(storage.join(folder, "figure.png")), None
+
+
+def _extractor_pretraining(config: StudyConfig) -> pd.DataFrame:
+    """Per extractor: its pretraining group, collections, licence, and whether its rows are external here."""
+    tested = {source.adapter.name for source in (config.data.sources or {"data": config.data}).values()
+              if source.adapter is not None}
+    rows = []
+    for spec in config.embed.extractors:
+        pretraining, licence = pretraining_of(spec)
+        seen = sorted(set(pretraining.collections) & tested)
+        rows.append({"extractor": spec.name, "group": pretraining.group,
+                     "pretrained on": ", ".join(pretraining.collections) or "-", "modality": pretraining.modality,
+                     "licence": licence, "external": f"no ({', '.join(seen)})" if seen else "yes"})
+    return pd.DataFrame(rows)
 
 
 def _contact_sheet(current: CurrentInputs) -> tuple[bytes | None, str | None]:
