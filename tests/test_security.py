@@ -1,7 +1,7 @@
 """Security: token auth on the local quick start, credentials never logged or written, no PHI in any output.
 
 One whole study runs as `ray job submit` would run it (its own process, its own local Ray with its logs
-under a folder of ours), on S3 (moto), with credentials and DICOM PHI no output may contain; then every
+under a folder of ours), its output on S3 (moto), with credentials and DICOM PHI no output may contain; then every
 byte it wrote (S3 objects, Parquet contents and metadata decoded, Ray logs, its stdout/stderr) is scanned.
 """
 
@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,20 +73,16 @@ def _readable_text(name: str, data: bytes) -> list[bytes]:
     return views
 
 
-def _launch(where: str, s3_endpoint: str) -> dict:
-    """Write a PACS-style DICOM export (PHI in headers, folder and file names) and the study config on S3 or on
-    the local disk, and start the whole study on it as a Ray job runs it: its own process, its own local Ray
-    with its logs under a folder of ours, the dicom_folder adapter. Returns what `_collect` needs."""
+def _launch(s3_endpoint: str) -> dict:
+    """Write a PACS-style DICOM export (PHI in headers, folder and file names) on the local disk and start the
+    whole study on it as a Ray job runs it, its output on S3: its own process, its own local Ray with its logs
+    under a folder of ours, the dicom_folder adapter. Returns what `_collect` needs."""
     import boto3
     import pydicom
 
     work = Path(tempfile.mkdtemp(prefix="/tmp/mr-sec-"))  # short: Ray's unix sockets live under it
-    if where == "s3":
-        bucket = f"security-study-{where}"
-        boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-        root = f"s3://{bucket}"
-    else:
-        root = str(work / "store")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="security-study")
+    root, output = str(work / "store"), "s3://security-study/out"
     cohort = generate_cohort(str(work / "cohort"), SyntheticSource(patients=PATIENTS, rows=96, positive_fraction=0.5))
     labels = []
     for index, row in enumerate(cohort.itertuples(index=False)):
@@ -99,7 +94,7 @@ def _launch(where: str, s3_endpoint: str) -> dict:
     # Small but whole: every stage runs and writes its tables and the report (the scan needs their bytes,
     # not their statistical power).
     config.write_text(yaml.safe_dump({
-        "name": "security", "output": f"{root}/out",
+        "name": "security", "output": output,
         "data": {"adapter": {"name": "dicom_folder", "locations": str(work / "locations.csv"), "args": {
             "images_uri": f"{root}/export", "dataset": "pacs", "labels_uri": f"{root}/labels.csv", **SALT}}},
         "ray": {"num_cpus": 2},
@@ -117,7 +112,7 @@ def _launch(where: str, s3_endpoint: str) -> dict:
     with open(work / "stdout", "wb") as stdout, open(work / "stderr", "wb") as stderr:
         process = subprocess.Popen([sys.executable, "jobs/full_study.py", "--config", str(config)], cwd=REPO,
                                    env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-    return {"work": work, "root": root, "process": process}
+    return {"work": work, "root": root, "output": output, "process": process}
 
 
 def _collect(run: dict) -> dict[str, list[bytes]]:
@@ -128,7 +123,7 @@ def _collect(run: dict) -> dict[str, list[bytes]]:
     stdout, stderr = (work / "stdout").read_bytes(), (work / "stderr").read_bytes()
     assert process.returncode == 0, stderr[-3000:].decode(errors="replace")
     found: dict[str, list[bytes]] = {"stdout": [stdout], "stderr": [stderr]}
-    for uri in storage.list_files(f"{root}/out"):
+    for uri in storage.list_files(run["output"]):
         found[uri] = _readable_text(uri, storage.read_bytes(uri))
     for path in (work / "ray").rglob("*"):
         if path.is_file() and not path.is_symlink():
@@ -140,37 +135,18 @@ def _collect(run: dict) -> dict[str, list[bytes]]:
 
 
 @pytest.fixture(scope="module")
-def _launched(request, s3_endpoint: str) -> Iterator[dict[str, dict]]:
-    """The studies this session's tests of the module scan, started together (each its own process and Ray):
-    most of a study is start-up latency, so the second waits on nothing the first holds."""
-    wanted = [where for where in ("s3", "local") if any(
-        item.module is request.module and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("scanned_run") == where for item in request.session.items)]
-    token = Path.home() / ".ray" / "auth_token"
-    runs: dict[str, dict] = {}
+def scanned_run(s3_endpoint: str) -> Iterator[dict[str, list[bytes]]]:
+    """The whole study on a PACS-style DICOM export on the local disk read with the dicom_folder adapter, its
+    output on S3, run as a Ray job runs it; {where: [its bytes, decoded views]} of every output file, Ray log and
+    console stream. (One study: the scan reads what the writers wrote, which is the same on either store.)"""
+    run = _launch(s3_endpoint)
     try:
-        for where in wanted:
-            if runs and not token.exists():  # the first study makes Ray's token file: never two at once
-                first = next(iter(runs.values()))["process"]
-                deadline = time.monotonic() + 300
-                while not token.exists() and first.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            runs[where] = _launch(where, s3_endpoint)
-        yield runs
+        yield _collect(run)
     finally:
-        for run in runs.values():
-            if run["process"].poll() is None:
-                os.killpg(run["process"].pid, signal.SIGKILL)
-                run["process"].wait()
-            shutil.rmtree(run["work"], ignore_errors=True)
-
-
-@pytest.fixture(scope="module", params=["s3", "local"])
-def scanned_run(request, _launched: dict[str, dict]) -> dict[str, list[bytes]]:
-    """The whole study on a PACS-style DICOM export read with the dicom_folder adapter, images and output on S3
-    or on the local disk, run as a Ray job runs it; {where: [its bytes, decoded views]} of every output file,
-    Ray log and console stream."""
-    return _collect(_launched[request.param])
+        if run["process"].poll() is None:
+            os.killpg(run["process"].pid, signal.SIGKILL)
+            run["process"].wait()
+        shutil.rmtree(run["work"], ignore_errors=True)
 
 
 def _outputs(found: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
