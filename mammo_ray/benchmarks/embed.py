@@ -8,7 +8,8 @@ thread, as a one-CPU Ray actor gets); (b) `run_embed` on a local Ray of --cpus C
 on the prepared inputs ((c1) split over --cpus one-thread processes; the faster is the ceiling of any
 pipeline here); (d) decode + preprocess alone. It prints images/s of each, b/c and b/a, the peak memory of
 (b), the loop's seconds per image in read / decode / preprocess / forward (the README's cost model), and
-checks the stage's vectors against the loop's.
+checks the stage's vectors against the loop's. `--beside ARCH` adds an extractor by architecture (a timm or
+torchvision model) on the same images in the same run: its stage (b) and network alone (c).
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 stage_s, result = timed(lambda: run_embed(manifest, output, spec, options))
             stored = read_embeddings(output, manifest, spec).set_index("image_id").loc[manifest["image_id"]]
             difference = float(np.max(np.abs(np.stack(stored["embedding"].to_numpy()) - loop_vectors)))
+            beside = _beside(args, manifest, options, Path(folder)) if args.beside else []
         finally:
             ray.shutdown()
     n = len(manifest)
@@ -206,7 +208,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"  b/c = {ceiling_s / stage_s:.2f} (c: the faster of c and c1), b/a = {loop_s / stage_s:.2f}{past}")
     print(f"  a1/a = {loop_s / loop1_s:.2f}; peak memory of (b) {peak.bytes / 2**20:.0f} MiB (PSS, driver and "
           f"local Ray); {result.embedded} embedded, {result.errors} errors; largest |stage - loop| {difference:.1e}")
+    for name, seconds in beside:
+        print(f"  {name:<40} {n / seconds:7.1f} img/s  ({seconds:6.1f} s)")
+    if beside:
+        print(f"  {args.beside} (b) / {spec.name} (b) = {stage_s / beside[0][1]:.2f} (images/s, same images, one run)")
     return 0
+
+
+def _beside(args: argparse.Namespace, manifest: pd.DataFrame, options: EmbedConfig,
+            folder: Path) -> list[tuple[str, float]]:
+    """An extractor by architecture (`--beside`, e.g. timm:efficientnet_b0) on the same images in the same run:
+    the embed stage (b) and the network alone (c), random-init at --size."""
+    from mammo_ray.stages.embed import run_embed  # Ray and torch: the benchmark's run only
+
+    spec = ExtractorConfig(name="beside", architecture=args.beside, weights="random-init:0", input_size=args.size)
+    stage_s, _ = timed(lambda: run_embed(manifest, str(folder / "beside"), spec, options))
+    inputs = prepare_images(manifest, spec)
+    model_s, _ = timed(lambda: forward_batches(spec, inputs, args.batch_size))
+    return [(f"(b) {args.beside}: embed stage", stage_s), (f"(c) {args.beside}: network alone", model_s)]
 
 
 def _at_least_one(text: str) -> int:
@@ -228,4 +247,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rows", type=int, default=4096, help="height of the JPEG 2000 images")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--beside", default=None, metavar="ARCH",
+                        help="also an extractor by architecture on the same images, e.g. timm:efficientnet_b0")
     parser.set_defaults(func=run)
