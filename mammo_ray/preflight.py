@@ -10,7 +10,7 @@ from mammo_ray import storage
 from mammo_ray.config import StudyConfig
 from mammo_ray.config.finetune import DEFAULT_WEIGHTS
 from mammo_ray.errors import ConfigError, MammoRayError
-from mammo_ray.models.catalogue import weights_spec, zero_shot_heatmaps_weights
+from mammo_ray.models.catalogue import dim, weights_spec, zero_shot_heatmaps_weights
 from mammo_ray.models.finetune_models import resolve_models
 from mammo_ray.models.registry import pretraining_of
 from mammo_ray.models.weights import WeightsError
@@ -91,8 +91,24 @@ def embed_weights(config: StudyConfig) -> list[Problem]:
 
 
 def extractors(config: StudyConfig) -> list[Problem]:
-    """Every extractor's weights are there, and none was pretrained on a collection the study tests on."""
-    return embed_weights(config) + contamination(config)
+    """Every extractor's weights are there, every architecture exists, and none was pretrained on a collection the
+    study tests on."""
+    return embed_weights(config) + architectures(config) + contamination(config)
+
+
+def architectures(config: StudyConfig) -> list[Problem]:
+    """Every extractor by architecture names a model its library has (built once on the meta device, which also
+    gives its dimension), so a misspelt name fails here instead of in the pass's actors."""
+    problems: list[Problem] = []
+    for i, spec in enumerate(config.embed.extractors):
+        if spec.architecture is None:
+            continue
+        try:
+            dim(spec)
+        except (ValueError, RuntimeError) as error:
+            problems.append((f"embed.extractors.{i}.architecture", spec.architecture,
+                             ConfigError(f"embed.extractors.{i}.architecture", str(error))))
+    return problems
 
 
 def _study_collections(config: StudyConfig) -> dict[str, str]:

@@ -12,7 +12,7 @@ torch, torchvision and timm are imported lazily: the driver only asks for dimens
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,8 +123,8 @@ def build_generic_extractor(architecture: str, state_dict: Mapping[str, torch.Te
     return model.eval()
 
 
-def _is_head(key: str, expected: object) -> bool:
+def _is_head(key: str, expected: Collection[str]) -> bool:
     """Whether `key` belongs to a classifier the extractor removed: a top-level head module's weight or bias."""
     module = key.rsplit(".", 1)[0]
     return module.split(".")[0] in ("fc", "classifier", "head", "heads", "last_linear") and not any(
-        str(name).startswith(module + ".") for name in expected)  # type: ignore[attr-defined]
+        name.startswith(module + ".") for name in expected)

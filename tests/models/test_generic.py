@@ -70,3 +70,17 @@ def test_extractor_names_and_conventions_fail_before_work(extractor, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"embed": {"extractors": [extractor]}})
     assert ExtractorConfig(name="mine", architecture="timm:resnet10t", channels=1).channels == 1
+
+
+def test_an_architecture_its_library_lacks_fails_before_work_naming_its_key():
+    from mammo_ray import preflight
+    from mammo_ray.config import parse_config
+
+    config = parse_config({"embed": {"extractors": [
+        {"name": "imagenet_resnet18"}, {"name": "typo", "architecture": "timm:resnet10tt"},
+        {"name": "fine", "architecture": "torchvision:resnet18"}, {"name": "typo2", "architecture": "torchvision:x"}]}})
+    problems = preflight.architectures(config)
+    assert [key for key, _, _ in problems] == ["embed.extractors.1.architecture", "embed.extractors.3.architecture"]
+    with pytest.raises(ConfigError, match=r"timm:resnet10tt"):
+        preflight.raise_problems(problems[:1])
+    assert preflight.architectures(parse_config({})) == []
