@@ -1,5 +1,6 @@
-"""Extractors by architecture: a timm model and a torchvision model outside the built-in list embed through the
-image pass from weight files the test writes, each with its stated input convention (channels, mean, std)."""
+"""Extractors by architecture: a timm model, a torchvision model outside the built-in list and Mammo-CLIP's B2 image
+encoder (its preset, from a checkpoint with the published structure) embed through the image pass from weight
+files the test writes, each with its stated input convention (channels, mean, std, a non-square size)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ def _torchvision_file(tmp_path) -> str:
     return str(path)
 
 
+def _mammo_clip_file(tmp_path) -> str:
+    """Mammo-CLIP's published checkpoint structure: {'config', 'model'}, the encoder under 'image_encoder.' in the
+    efficientnet_pytorch layout, without its _fc; the text side beside it."""
+    import efficientnet_pytorch
+
+    torch.manual_seed(3)
+    encoder = efficientnet_pytorch.EfficientNet.from_name("efficientnet-b2").state_dict()
+    path = tmp_path / "b2-model-best-epoch-10.tar"
+    torch.save({"config": {"model": {"image_encoder": {"source": "cnn", "name": "tf_efficientnetv2-detect"}}},
+                "model": {**{f"image_encoder.{key}": value for key, value in _lively(encoder).items()
+                             if not key.startswith("_fc.")}, "text_encoder.embeddings.weight": torch.zeros(4, 2)}},
+               path)
+    return str(path)
+
+
 def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_conventions(tmp_path):
     manifest = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=1, seed=4, rows=160))
     timm_spec = ExtractorConfig(name="mammo_encoder", architecture="timm:mobilenetv3_small_050",
@@ -61,13 +77,16 @@ def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_
                                 channels=1, mean=(0.3089,), std=(0.2505,), input_size=96)
     vision_spec = ExtractorConfig(name="shufflenet", architecture="torchvision:shufflenet_v2_x0_5",
                                   weights=_torchvision_file(tmp_path), input_size=64)
+    clip_spec = ExtractorConfig(name="mammo_clip_b2", weights=_mammo_clip_file(tmp_path), input_size=96,
+                                input_width=64)
+    specs = (timm_spec, vision_spec, clip_spec)
     output = str(tmp_path / "out")
-    done = run_pass(manifest, output, [EmbedTask(timm_spec), EmbedTask(vision_spec)], EmbedConfig(batch_size=4))
-    assert [done.runs[f"embed:{name}"].written for name in ("mammo_encoder", "shufflenet")] == [4, 4]
+    done = run_pass(manifest, output, [EmbedTask(spec) for spec in specs], EmbedConfig(batch_size=4))
+    assert [done.runs[f"embed:{spec.name}"].written for spec in specs] == [4, 4, 4]
 
     first = manifest.sort_values("image_id").iloc[0]
     pixels = read_image(first.to_dict(), IngestConfig()).pixels
-    for spec, dim in ((timm_spec, 1024), (vision_spec, 1024)):
+    for spec, dim in ((timm_spec, 1024), (vision_spec, 1024), (clip_spec, 1408)):
         assert catalogue.dim(spec) == dim
         rows = read_embeddings(output, manifest, spec)
         assert np.stack(rows["embedding"]).shape == (4, dim)
@@ -76,6 +95,7 @@ def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_
         convention = catalogue.input_convention(spec)
         inputs = transform(pixels, first.view, first.laterality)
         assert inputs.shape[1] == convention.channels == (1 if spec is timm_spec else 3)
+        assert inputs.shape[2:] == ((96, 64) if spec is clip_spec else (spec.input_size,) * 2)
         resolved = resolve_weights(catalogue.weights_spec(spec))
         network = build_generic_extractor(spec.architecture, resolved.state_dict, channels=convention.channels,
                                           key_prefix=spec.key_prefix)

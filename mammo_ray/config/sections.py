@@ -150,6 +150,18 @@ class IngestConfig(StrictModel):
 ExtractorName = Literal["imagenet_resnet50", "imagenet_resnet18", "imagenet_squeezenet", "nyu_lcc", "nyu_avg",
                         "nyu_lcc_heatmaps", "nyu_avg_heatmaps"]
 
+#: Extractors by architecture the product names (docs/design.md, "Extractors by architecture"): a published image
+#: encoder's architecture, checkpoint layout and input convention, filled in where the config leaves them out.
+#: The weights file stays the user's (`weights:`); the weights registry (`mammo-ray weights list`) says where each
+#: comes from, its licence and what it was pretrained on.
+_MAMMO_CLIP_INPUT: dict[str, Any] = {
+    "checkpoint_key": "model", "key_prefix": "image_encoder.", "channels": 3, "mean": (0.3089,) * 3,
+    "std": (0.2505,) * 3, "input_size": 1520, "input_width": 912}
+ARCHITECTURE_PRESETS: dict[str, dict[str, Any]] = {
+    "mammo_clip_b5": {"architecture": "efficientnet_pytorch:efficientnet-b5", **_MAMMO_CLIP_INPUT},
+    "mammo_clip_b2": {"architecture": "efficientnet_pytorch:efficientnet-b2", **_MAMMO_CLIP_INPUT},
+}
+
 
 class NYUInputConfig(StrictModel):
     """The weights and the NYU input settings an extractor and the zero-shot model share (docs/design.md,
@@ -177,15 +189,20 @@ class ExtractorConfig(NYUInputConfig):
     malignant heatmaps (the `heatmaps` section, which must be enabled) cut with the image's window.
     """
 
-    name: str = Field(description="one of ExtractorName, or a name of your own for an extractor by `architecture`")
+    name: str = Field(description="one of ExtractorName or ARCHITECTURE_PRESETS, or a name of your own for an "
+                                  "extractor by `architecture`")
     pool: Literal["global", "4x4"] = "global"
-    input_size: int = Field(224, ge=32, le=2048)
+    input_size: int = Field(224, ge=32, le=2048, description="rows of an ImageNet-style input (and columns, unless "
+                                                             "input_width)")
+    input_width: int | None = Field(None, ge=32, le=2048, description="columns of a non-square input (extractors by "
+                                                                      "architecture); None: square")
     # Any backbone by architecture (docs/design.md, "Extractors by architecture"): a torchvision classification
     # model or a timm model by name, its pooled penultimate features, with a weights file (.pth, .safetensors, or
     # a checkpoint dict: `checkpoint_key` names the sub-dict, `key_prefix` is stripped from its keys) and the
     # input convention (channels, mean, std of the [0, 1] intensities; None: the architecture's defaults).
-    architecture: str | None = Field(None, pattern=r"^(torchvision|timm):[A-Za-z0-9_.\-]+$",
-                                     description="torchvision:<model> or timm:<model>")
+    architecture: str | None = Field(None, pattern=r"^(torchvision|timm|efficientnet_pytorch):[A-Za-z0-9_.\-]+$",
+                                     description="torchvision:<model>, timm:<model> or "
+                                                 "efficientnet_pytorch:efficientnet-b<N>")
     checkpoint_key: str | None = Field(None, min_length=1)
     key_prefix: str | None = Field(None, min_length=1)
     channels: int | None = Field(None, ge=1, le=4)
@@ -211,6 +228,18 @@ class ExtractorConfig(NYUInputConfig):
             raise ValueError(f"pretraining_group {value!r}: one of {list(PRETRAINING_GROUPS)}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """A preset's settings, where the config does not state them."""
+        if not isinstance(data, dict) or data.get("name") not in ARCHITECTURE_PRESETS:
+            return data
+        preset = ARCHITECTURE_PRESETS[data["name"]]
+        if data.get("architecture") not in (None, preset["architecture"]):
+            raise ValueError(f"extractor {data['name']!r} is {preset['architecture']}: an extractor of another "
+                             "architecture takes a name of its own")
+        return {**preset, **{key: value for key, value in data.items() if value is not None}}
+
     @model_validator(mode="after")
     def _named_by_catalogue_or_architecture(self) -> ExtractorConfig:
         known = get_args(ExtractorName)
@@ -218,17 +247,17 @@ class ExtractorConfig(NYUInputConfig):
             if self.name not in known:
                 raise ValueError(f"extractor {self.name!r}: not one of {list(known)}; an extractor of your own "
                                  "names its `architecture` (torchvision:<model> or timm:<model>)")
-            generic = [field for field in ("checkpoint_key", "key_prefix", "channels", "mean", "std")
+            generic = [field for field in ("checkpoint_key", "key_prefix", "channels", "mean", "std", "input_width")
                        if getattr(self, field) is not None]
             if generic:
                 raise ValueError(f"extractor {self.name!r}: {generic} apply to extractors by `architecture` only")
             return self
-        if self.name in known or not SOURCE_NAME.fullmatch(self.name) or ".." in self.name:
+        if self.name in known or not SOURCE_NAME.fullmatch(self.name) or ".." in self.name:  # presets pass
             raise ValueError(f"extractor {self.name!r} by architecture: give it a name of your own (letters, digits, "
                              f"'_', '.', '-'), not one of {list(known)}")
-        if self.architecture.startswith("torchvision:") and self.channels not in (None, 3):
-            raise ValueError(f"extractor {self.name!r}: torchvision models take 3 channels (timm models take "
-                             "`channels`)")
+        if not self.architecture.startswith("timm:") and self.channels not in (None, 3):
+            raise ValueError(f"extractor {self.name!r}: {self.architecture.split(':')[0]} models take 3 channels "
+                             "(timm models take `channels`)")
         if self.std is not None and not all(value > 0 for value in self.std):
             raise ValueError(f"extractor {self.name!r}: std must be positive, got {self.std}")
         return self

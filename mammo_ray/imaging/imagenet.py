@@ -48,11 +48,16 @@ def resize_grey(pixels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 def fit_square(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize so the long side is `size` (aspect ratio kept), centred on a zero (size, size) canvas."""
+    return fit_canvas(pixels, size, size)
+
+
+def fit_canvas(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Resize to the largest size that fits (rows, cols) with the aspect ratio kept, centred on a zero canvas."""
     height, width = pixels.shape
-    scale = size / max(height, width)
-    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
-    canvas = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - out_h) // 2, (size - out_w) // 2
+    scale = min(rows / height, cols / width)
+    out_h, out_w = min(rows, max(1, round(height * scale))), min(cols, max(1, round(width * scale)))
+    canvas = np.zeros((rows, cols), dtype=np.float32)
+    top, left = (rows - out_h) // 2, (cols - out_w) // 2
     canvas[top : top + out_h, left : left + out_w] = resize_grey(pixels, (out_h, out_w))
     return canvas
 
@@ -68,7 +73,7 @@ def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageNetPreprocess:
-    """Grey mammogram (H, W) -> float32 (3, size, size) normalised for an ImageNet-pretrained CNN.
+    """Grey mammogram (H, W) -> float32 (channels, size, width or size) normalised for a pretrained CNN.
 
     crop_to_breast: crop to the published breast box first. source_resolution: the inputs'
     resolution relative to a full-field mammogram, where the crop's 100 iterations and 50 px margin
@@ -79,6 +84,8 @@ class ImageNetPreprocess:
     size: int = 224
     crop_to_breast: bool = True
     source_resolution: float = 1.0
+    #: Columns of the input when it is not square (e.g. Mammo-CLIP's 1520 x 912); None: `size`.
+    width: int | None = None
     #: The network's input convention: channels (the grey image replicated), and the mean and std subtracted
     #: and divided per channel from the [0, 1] intensities (ImageNet's by default).
     channels: int = 3
@@ -86,8 +93,8 @@ class ImageNetPreprocess:
     std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
+        if self.size < 1 or (self.width is not None and self.width < 1):
+            raise ValueError(f"size and width must be positive, got {self.size} and {self.width}")
         if not self.source_resolution > 0:
             raise ValueError(f"source_resolution must be positive, got {self.source_resolution}")
         if self.channels < 1 or len(self.mean) not in (1, self.channels) or len(self.std) not in (1, self.channels):
@@ -102,8 +109,10 @@ class ImageNetPreprocess:
             crop += f":source={float(self.source_resolution)!r}"
         convention = "" if (self.channels, self.mean, self.std) == (3, *IMAGENET_MEAN_STD) else (
             f":channels={self.channels}:mean={','.join(map(repr, self.mean))}:std={','.join(map(repr, self.std))}")
+        shape = f"size={self.size}:crop={crop}:fit=pad-square" if self.width is None else (
+            f"size={self.size}x{self.width}:crop={crop}:fit=pad")
         return (
-            f"imagenet:{_VERSION}:size={self.size}:crop={crop}:fit=pad-square:max=p{ROBUST_MAX_PERCENTILE:g}"
+            f"imagenet:{_VERSION}:{shape}:max=p{ROBUST_MAX_PERCENTILE:g}"
             + convention
         )
 
@@ -111,7 +120,7 @@ class ImageNetPreprocess:
         return self.prepare(pixels)[0]
 
     def prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
-        """The input as __call__ gives it, and the share of the square the breast (non-zero pixels) covers."""
+        """The input as __call__ gives it, and the share of the canvas the breast (non-zero pixels) covers."""
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
         image = np.asarray(pixels, dtype=np.float32)
@@ -119,7 +128,7 @@ class ImageNetPreprocess:
             iterations, margin = scaled_crop_params(self.source_resolution)
             image = image[breast_box(image, iterations=iterations, margin=margin).slices()]
         # Scale after resizing: the percentile is then taken over ~size^2 pixels, not millions.
-        grey = scale_to_unit(fit_square(image, self.size))
+        grey = scale_to_unit(fit_canvas(image, self.size, self.width or self.size))
         channels = np.repeat(grey[None], self.channels, axis=0)
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]

@@ -38,7 +38,8 @@ def _auto(configured: float | None) -> str:
 
 @dataclass(frozen=True)
 class ImageNetTransform:
-    """Breast crop, long side to `size`, zero-padded square, ImageNet normalisation: (1, 3, size, size)."""
+    """Breast crop, fitted into (size, width or size) with its aspect ratio, zero-padded, normalised with the
+    network's mean and std: (1, channels, size, width or size)."""
 
     family: ClassVar[str] = "imagenet"
     #: Whether the output depends on the image's laterality and view (it does not: no flip, no window).
@@ -51,11 +52,12 @@ class ImageNetTransform:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN_STD[0]
     std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
+    width: int | None = None  # None: a square input
 
     def preprocess(self, height: int) -> ImageNetPreprocess:
         resolution = source_resolution_for(height, self.source_resolution)
         return ImageNetPreprocess(size=self.size, crop_to_breast=self.crop_to_breast, source_resolution=resolution,
-                                  channels=self.channels, mean=self.mean, std=self.std)
+                                  channels=self.channels, mean=self.mean, std=self.std, width=self.width)
 
     @property
     def id(self) -> str:
@@ -63,7 +65,7 @@ class ImageNetTransform:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.channels, self.size, self.size
+        return self.channels, self.size, self.width or self.size
 
     def __call__(self, pixels: np.ndarray, view: object = None, laterality: object = None) -> np.ndarray:
         return self.prepare(pixels, view, laterality)[0]

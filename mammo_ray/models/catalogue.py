@@ -121,7 +121,8 @@ def transform(extractor: ExtractorConfig, heatmaps: ModelKey | None = None) -> I
     if family(extractor) == GENERIC:
         convention = input_convention(extractor)
         return ImageNetTransform(size=extractor.input_size, source_resolution=extractor.source_resolution,
-                                 channels=convention.channels, mean=convention.mean, std=convention.std)
+                                 channels=convention.channels, mean=convention.mean, std=convention.std,
+                                 width=extractor.input_width)
     if family(extractor) == "nyu_heatmaps":
         return with_heatmaps(nyu_transform(extractor), heatmaps)
     return nyu_transform(extractor)

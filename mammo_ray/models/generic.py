@@ -1,5 +1,7 @@
 """Extractors by architecture (docs/design.md, "Extractors by architecture"): any torchvision classification model
-or timm model by name, as a feature extractor of its pooled penultimate features.
+or timm model by name, or an EfficientNet in the efficientnet_pytorch key layout
+(`efficientnet_pytorch:efficientnet-b5`, Mammo-CLIP's image encoders: `mammo_ray.models.efficientnet_layout`), as
+a feature extractor of its pooled penultimate features.
 
 torchvision: the model with its last `nn.Linear` (its classifier) replaced by the identity, so its output is the
 pooled feature vector the classifier read. timm: `num_classes=0`, timm's own way to the pooled features, with
@@ -16,6 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mammo_ray.models import efficientnet_layout
 from mammo_ray.models.weight_loading import load_state_dict_strict, seeded_init
 from mammo_ray.models.weights import WeightsError
 
@@ -37,11 +40,16 @@ class InputConvention:
     std: tuple[float, ...]
 
 
+#: Where an architecture's network comes from: its prefix in `architecture`.
+LIBRARIES = ("torchvision", "timm", "efficientnet_pytorch")
+
+
 def split(architecture: str) -> tuple[str, str]:
     """'timm:convnext_tiny' -> ('timm', 'convnext_tiny')."""
     library, _, name = architecture.partition(":")
-    if library not in ("torchvision", "timm") or not name:
-        raise ValueError(f"architecture {architecture!r}: expected torchvision:<model> or timm:<model>")
+    if library not in LIBRARIES or not name:
+        expected = ", ".join(f"{known}:<model>" for known in LIBRARIES)
+        raise ValueError(f"architecture {architecture!r}: expected one of {expected}")
     return library, name
 
 
@@ -65,6 +73,8 @@ def input_convention(architecture: str, channels: int | None = None) -> InputCon
 
 def _build(architecture: str, channels: int) -> nn.Module:
     library, name = split(architecture)
+    if library == "efficientnet_pytorch":
+        return efficientnet_layout.build(name, channels)
     if library == "timm":
         import timm
 
@@ -114,12 +124,16 @@ def build_generic_extractor(architecture: str, state_dict: Mapping[str, torch.Te
             state = {key[len(key_prefix):]: value for key, value in state.items() if key.startswith(key_prefix)}
             if not state:
                 raise WeightsError(source, f"holds no key starting with key_prefix {key_prefix!r}")
+        names = None
+        if split(architecture)[0] == "efficientnet_pytorch":  # the file's names, here and in any error
+            names = efficientnet_layout.layout_names(model)
+            state = efficientnet_layout.to_timm_keys(state, names)
         expected = model.state_dict().keys()
         # The classifier the extractor dropped: its keys (e.g. fc.*, head.fc.*, classifier.*) are not features.
         head = {key for key in state if key not in expected and key.rsplit(".", 1)[-1] in ("weight", "bias")
                 and _is_head(key, expected)}
         load_state_dict_strict(model, {k: v for k, v in state.items() if k not in head}, source,
-                               f"state dict does not match {architecture}")
+                               f"state dict does not match {architecture}", names=names)
     return model.eval()
 
 

@@ -43,6 +43,7 @@ class RegistryEntry:
     name: str
     family: str
     architecture: str
+    extractors: str  # the config's names that load it (extractors, zero_shot, heatmaps), or how to load it
     file_name: str
     sha256: str | None
     source: str
@@ -61,56 +62,65 @@ _IMAGENET = Pretraining(("imagenet-1k",), "natural images", "1.28M images, 1,000
 _TORCHVISION_LICENCE = "BSD-3-Clause (torchvision code); ImageNet-1k terms: non-commercial research (the data)"
 _IMAGENET_INPUT = "3 channels, 224 x 224, ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)"
 _TORCHVISION_SOURCE = "https://download.pytorch.org/models/"
+_MAMMO_CLIP_INPUT = ("3 channels (grey replicated), 1520 x 912 (aspect kept, zero-padded), mean 0.3089, std 0.2505 "
+                     "(the intensity scaling before them unconfirmed; here: [0, 1] at the 99.9th percentile)")
+_GENERIC_ONLY = "an extractor by architecture of your own (checkpoint_key, key_prefix)"
 
 REGISTRY: tuple[RegistryEntry, ...] = (
-    RegistryEntry("nyu-image-wise", "nyu", "NYU ResNet-22 image-wise (nyu_lcc, nyu_avg, zero-shot)",
+    RegistryEntry("nyu-image-wise", "nyu", "NYU ResNet-22 image-wise", "nyu_lcc, nyu_avg, zero_shot.weights",
                   "ImageOnly__ModeImage_weights.p", None, _NYU_SOURCE, _NYU_LICENCE, _NYU_DATA, _NYU_WINDOW,
                   "confirmed: {'model': state dict}, four_view_resnet.{cc,mlo}.* (docs/design.md, 'NYU model')"),
-    RegistryEntry("nyu-view-wise", "nyu", "NYU ResNet-22 view-wise", "sample_image_model.p", None, _NYU_SOURCE,
+    RegistryEntry("nyu-view-wise", "nyu", "NYU ResNet-22 view-wise", "finetune models nyu (view heads)",
+                  "sample_image_model.p", None, _NYU_SOURCE,
                   _NYU_LICENCE, _NYU_DATA, _NYU_WINDOW, "confirmed: as nyu-image-wise, per-view trunk prefixes"),
-    RegistryEntry("nyu-image-heatmaps", "nyu", "NYU ResNet-22 image-wise, image + 2 heatmaps "
-                  "(nyu_lcc_heatmaps, nyu_avg_heatmaps, zero-shot)", "ImageHeatmaps__ModeImage_weights.p", None,
+    RegistryEntry("nyu-image-heatmaps", "nyu", "NYU ResNet-22 image-wise, image + 2 heatmaps",
+                  "nyu_lcc_heatmaps, nyu_avg_heatmaps, zero_shot.heatmaps_weights",
+                  "ImageHeatmaps__ModeImage_weights.p", None,
                   _NYU_SOURCE, _NYU_LICENCE, _NYU_DATA, "3 channels: the NYU window and its benign and malignant "
                   "heatmaps (not standardised)", "confirmed: nyu-image-wise's keys, first_conv with 3 channels"),
-    RegistryEntry("nyu-patch", "nyu", "DenseNet-121 patch classifier, TensorFlow SAME padding",
+    RegistryEntry("nyu-patch", "nyu", "DenseNet-121 patch classifier, TensorFlow SAME padding", "heatmaps.weights",
                   "sample_patch_model.p", None, _NYU_SOURCE, _NYU_LICENCE,
                   Pretraining(("nyu-screening",), "mammography patches", "patches of the NYU screening dataset",
                               "mammography"),
                   "3 channels (grey replicated), 256 x 256 patches of the standardised crop",
                   "confirmed: a bare torchvision DenseNet-121 state dict, 4 classes"),
-    *(RegistryEntry(f"torchvision:{arch}:{enum}", "imagenet", f"torchvision:{arch}", file_name, None,
+    *(RegistryEntry(f"torchvision:{arch}:{enum}", "imagenet", f"torchvision:{arch}", extractor, file_name, None,
                     _TORCHVISION_SOURCE + file_name, _TORCHVISION_LICENCE, _IMAGENET, _IMAGENET_INPUT,
                     "confirmed: torchvision's own state dict (its file name carries its sha256's first 8 digits)")
-      for arch, enum, file_name in (("resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth"),
-                                    ("resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
-                                    ("resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth"),
-                                    ("squeezenet1_1", "IMAGENET1K_V1", "squeezenet1_1-b8a52dc0.pth"))),
-    RegistryEntry("mammo-clip-b5", "mammo-clip", "EfficientNet-B5 image encoder (tf_efficientnet_b5_ns-detect), "
-                  "2048-d", "b5-model-best-epoch-7.tar", None, "Hugging Face shawn24/Mammo-CLIP",
-                  "CC BY-NC-SA 4.0 (non-commercial)",
+      for arch, enum, file_name, extractor in (
+          ("resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", "imagenet_resnet50"),
+          ("resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", "imagenet_resnet50"),
+          ("resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", "imagenet_resnet18"),
+          ("squeezenet1_1", "IMAGENET1K_V1", "squeezenet1_1-b8a52dc0.pth", "imagenet_squeezenet"))),
+    RegistryEntry("mammo-clip-b5", "mammo-clip", "EfficientNet-B5 image encoder (tf_efficientnet_b5_ns-detect: "
+                  "efficientnet_pytorch:efficientnet-b5), 2048-d", "mammo_clip_b5", "b5-model-best-epoch-7.tar", None,
+                  "Hugging Face shawn24/Mammo-CLIP", "CC BY-NC-SA 4.0 (non-commercial)",
                   Pretraining(("upmc",), "mammography with radiology reports (CLIP)", "UPMC image-report pairs",
                               "mammography"),
-                  "1 channel, 1520 x 912, mean 0.3089, std 0.2505 (the scaling before them unconfirmed)",
-                  "unconfirmed: {'config', 'model'} with image_encoder.* keys in the efficientnet_pytorch layout "
-                  "(_conv_stem, _blocks.N); no loader of its own yet: the generic path loads it only where the "
-                  "keys fit a timm architecture"),
-    RegistryEntry("mammo-clip-b2", "mammo-clip", "EfficientNet-B2 image encoder", "b2-model-best-epoch-10.tar", None,
-                  "Hugging Face shawn24/Mammo-CLIP", "CC BY-NC-SA 4.0 (non-commercial)",
+                  _MAMMO_CLIP_INPUT, "confirmed: {'config', 'model'}; the encoder's keys under 'image_encoder.' in the "
+                  "efficientnet_pytorch layout (_conv_stem, _bn0, _blocks.N, _conv_head, _bn1; no _fc), static TF "
+                  "'same' padding at 456 px, average-pooled (Mammo-CLIP src/codebase/breastclip/model/modules)"),
+    RegistryEntry("mammo-clip-b2", "mammo-clip", "EfficientNet-B2 image encoder (tf_efficientnetv2-detect: "
+                  "efficientnet_pytorch:efficientnet-b2), 1408-d", "mammo_clip_b2", "b2-model-best-epoch-10.tar",
+                  None, "Hugging Face shawn24/Mammo-CLIP", "CC BY-NC-SA 4.0 (non-commercial)",
                   Pretraining(("upmc", "vindr"), "mammography with radiology reports (CLIP)",
                               "UPMC image-report pairs; a variant adds VinDr-Mammo", "mammography"),
-                  "1 channel, 1520 x 912, mean 0.3089, std 0.2505 (unconfirmed)",
-                  "unconfirmed: {'config', 'model'}, image_encoder.* keys; generic path only (timm, in_chans 1, "
-                  "checkpoint_key model, key_prefix image_encoder.)"),
-    RegistryEntry("mammo-fm", "mammo-fm", "CLIP image encoder", "(two checkpoints, see the source)", None,
+                  _MAMMO_CLIP_INPUT, "unconfirmed: the code maps the encoder name tf_efficientnetv2-detect to "
+                  "efficientnet-b2 in the efficientnet_pytorch layout (as B5); that this release uses that name is "
+                  "not confirmed: the strict load names any key that does not fit"),
+    RegistryEntry("mammo-fm", "mammo-fm", "CLIP image encoder", _GENERIC_ONLY, "(two checkpoints, see the source)",
+                  None,
                   "Hugging Face, batmanlab/Mammo-FM", "non-commercial academic licence",
                   Pretraining(("bu", "upmc", "embed", "mayo"), "mammography", "821,326 mammograms", "mammography"),
                   "unconfirmed", "unconfirmed: layout not confirmed from public sources; generic path only"),
-    RegistryEntry("primer", "primer", "ResNet-50, 2048-d (SimCLR from RadImageNet)", "(see the source)", None,
+    RegistryEntry("primer", "primer", "ResNet-50, 2048-d (SimCLR from RadImageNet)", _GENERIC_ONLY,
+                  "(see the source)", None,
                   "Hugging Face Lab-Rasool/PRIMER", "Apache-2.0",
                   Pretraining(("cmmd",), "mammography", "CMMD (1,775 patients)", "mammography"),
                   "3 channels, 224 x 224 (unconfirmed)",
                   "unconfirmed: generic path only (architecture torchvision:resnet50 or timm:resnet50)"),
-    RegistryEntry("radimagenet-resnet50", "radimagenet", "ResNet-50", "RadImageNet-ResNet50 (see the source)", None,
+    RegistryEntry("radimagenet-resnet50", "radimagenet", "ResNet-50", _GENERIC_ONLY,
+                  "RadImageNet-ResNet50 (see the source)", None,
                   "RadImageNet (radimagenet.com)", "RadImageNet terms (unconfirmed here)",
                   Pretraining(("radimagenet",), "CT, MR, ultrasound (no mammography)", "1.35M images",
                               "other medical"),
@@ -119,6 +129,8 @@ REGISTRY: tuple[RegistryEntry, ...] = (
 
 _BY_NAME = {entry.name: entry for entry in REGISTRY}
 _BY_FILE = {entry.file_name: entry for entry in REGISTRY if not entry.file_name.startswith("(")}
+#: A named extractor by architecture (a preset) -> the entry of the weights it is for.
+_BY_PRESET = {entry.extractors: entry for entry in REGISTRY if entry.family == "mammo-clip"}
 
 
 def entry(name: str) -> RegistryEntry:
@@ -143,8 +155,11 @@ UNKNOWN = Pretraining((), "unknown", "-", "unknown")
 
 def pretraining_of(extractor: ExtractorConfig) -> tuple[Pretraining, str]:
     """What an extractor's weights were pretrained on, and their licence: the config's statement, else the
-    registry's entry for its weights, else none (random-init) or unknown."""
+    registry's entry for its weights (by file name, else by the preset it names), else none (random-init) or
+    unknown."""
     known = entry_for(extractor.weights)
+    if known is None and not extractor.weights.startswith("random-init"):
+        known = _BY_PRESET.get(extractor.name)
     base = known.pretraining if known is not None else (
         NONE if extractor.weights.startswith("random-init") else UNKNOWN)
     licence = known.licence if known is not None else "-" if base is NONE else "unknown"

@@ -105,7 +105,7 @@ def load_state_dict_strict(
     keep: the keys that count, of the model and of the state dict alike (the others are neither required
     nor loaded: the model keeps its own values); None: every key (torch's strict load).
     optional: model keys the state dict may lack; they keep the model's own values. Returns those, sorted.
-    names: a state-dict key -> the name the error shows for it (e.g. its name in the original file).
+    names: a key (of the state dict or the model) -> the name the error shows for it (e.g. its name in the file).
     given_as: what a shape mismatch calls the state dict ("<key>: <given_as> (shape) vs model (shape)").
     """
     expected = model.state_dict()
@@ -114,7 +114,7 @@ def load_state_dict_strict(
     shown = names or {}
     absent = wanted - given.keys()
     filled = sorted(key for key in absent if optional is not None and optional(key))
-    missing = sorted(absent - set(filled))
+    missing = sorted(shown.get(key, key) for key in absent - set(filled))
     unexpected = sorted(shown.get(key, key) for key in given.keys() - wanted)
     mismatched = sorted(
         f"{shown.get(key, key)}: {given_as} {tuple(given[key].shape)} vs model {tuple(expected[key].shape)}"

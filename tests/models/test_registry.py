@@ -40,9 +40,7 @@ def _config(**extractor):
 
 
 def test_an_extractor_pretrained_on_the_test_collection_is_refused_naming_both_unless_acknowledged():
-    clip = {"name": "mammo_clip_b2", "architecture": "timm:tf_efficientnet_b2", "channels": 1,
-            "weights": "s3://models/b2-model-best-epoch-10.tar", "checkpoint_key": "model",
-            "key_prefix": "image_encoder."}
+    clip = {"name": "mammo_clip_b2", "weights": "s3://models/mammo-clip-b2.tar"}  # the preset names the entry
     problems = preflight.contamination(_config(**clip))
     with pytest.raises(ConfigError, match=r"mammo_clip_b2 was pretrained on vindr .* and the study tests on it "
                                           r"\(data\.adapter\)(?s:.*)pretraining_acknowledged: true") as raised:
