@@ -120,3 +120,50 @@ def test_fine_tuning_is_compared_with_its_own_frozen_features_on_the_same_images
     rows = rows.assign(weights_id="random-init:0")
     question, *_ = _answers(verdict_section(grid, comparisons, transfer, rows).paragraphs)["2"]
     assert "No conclusion: the weights are random-init" in question
+
+
+def test_the_first_question_compares_the_best_of_each_pretraining_group_on_the_same_images():
+    """Three groups: two mammography extractors (the better one stands for the group, marked as picked after the
+    fact), one other-medical, one natural-images; the built-in better group is named, the others' pairs are
+    there with their numbers, and random-init extractors are listed but not compared."""
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(60), 4)
+    y = (rng.random(60) < 0.3).repeat(4).astype(np.int8)
+    images = tuple(f"img{i:03d}" for i in range(240))
+    signals = {"mammo_clip_b5": 1.4, "nyu_avg": 0.5, "radimagenet": 0.1, "imagenet_resnet50": 0.0, "scratch": 1.4}
+    datasets = {}
+    for name, signal in signals.items():
+        X = rng.standard_normal((240, 30)).astype(np.float32)
+        X[:, :3] += signal * y[:, None]
+        weights = "random-init:0" if name == "scratch" else f"sha256:{name}"
+        datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
+    config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
+                        permutations=10, bootstrap=300, oof={"repeats": 2})
+    results = [r for data in datasets.values()
+               for r in evaluate_cells(data, grid_cells(config, [data.extractor]), config)]
+    grid = results_table(results, config, {name: data.weights_ids for name, data in datasets.items()}).to_pandas()
+    comparisons = comparisons_table(predictions_table(results, datasets).to_pandas(), datasets, config).to_pandas()
+    pretraining = {"mammo_clip_b5": "mammography", "nyu_avg": "mammography", "radimagenet": "other medical",
+                   "imagenet_resnet50": "natural images", "scratch": "none"}
+
+    question, *lines, listing = verdict_section(grid, comparisons, groups=pretraining).paragraphs[:5]
+    assert question.startswith("1. Do features of models pretrained on mammograms beat")
+    assert "mammo_clip_b5 (best) beats imagenet_resnet50" in question
+    assert [line.split(" AUC")[0] for line in lines] == [
+        "- mammo_clip_b5 (best)", "- mammo_clip_b5 (best)", "- radimagenet"]  # group pairs, vocabulary order
+    assert "vs radimagenet" in lines[0] and "vs imagenet_resnet50" in lines[1] and "vs imagenet_resnet50" in lines[2]
+    assert all("Holm-adjusted DeLong p" in line and "on permuted labels" in line for line in lines)
+    assert listing.startswith("Pretraining groups of this study's extractors: mammography: mammo_clip_b5, nyu_avg; "
+                              "other medical: radimagenet; natural images: imagenet_resnet50; none: scratch.")
+    assert "picked after the fact" in listing
+    # The numbers are the table's whichever way it holds a pair: the same table with every pair reversed (sides,
+    # AUCs, sign, interval) reads the same.
+    reversed_pairs = comparisons.rename(columns={"a": "b", "b": "a", "auc_a": "auc_b", "auc_b": "auc_a",
+                                                 "ci_low": "ci_high", "ci_high": "ci_low"})
+    reversed_pairs[["difference", "ci_low", "ci_high"]] *= -1
+    assert verdict_section(grid, reversed_pairs, groups=pretraining).paragraphs[:5] == [question, *lines, listing]
+
+    # One pretrained group only (the others random-init or unknown): the paper's own NYU vs ImageNet pairs.
+    only_one = {name: "none" for name in pretraining} | {"nyu_avg": "mammography"}
+    assert verdict_section(grid, comparisons, groups=only_one).paragraphs[0].startswith(
+        "1. Do features of a model pretrained on mammograms (NYU) beat ImageNet features?")

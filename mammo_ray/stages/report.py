@@ -119,7 +119,8 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
                                                                 "grid": dict(expected.get("grid", {}))})
     shown = _shown_config(config)
     sections = [
-        verdict_section(grid, comparisons, transfer, finetune),
+        verdict_section(grid, comparisons, transfer, finetune,
+                        {spec.name: pretraining_of(spec)[0].group for spec in config.embed.extractors}),
         provenance_section(output_uri, config.name, shown["config_hash"], manifest, weights, errors,
                            _extractor_pretraining(config)),
         preprocessing_section(current.breast_shares, current.contact_sheet, current.contact_sheet_problem),
