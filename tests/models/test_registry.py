@@ -67,3 +67,14 @@ def test_pretraining_of_reads_the_registry_then_the_config():
     assert registry.pretraining_of(unknown)[0].group == "unknown"
     assert registry.pretraining_of(unknown.model_copy(update={"pretraining_group": "other medical"}))[0].group == (
         "other medical")
+
+
+def test_the_pretraining_groups_config_names_three_groups_from_the_registry_and_the_config():
+    from mammo_ray.config import load_config
+    from mammo_ray.models.registry import pretraining_of
+
+    config = load_config("jobs/configs/pretraining_groups.yaml")
+    groups = {spec.name: pretraining_of(spec)[0].group for spec in config.embed.extractors}
+    assert groups == {"nyu_lcc": "mammography", "mammo_clip_b5": "mammography",
+                      "radimagenet_resnet50": "other medical", "imagenet_resnet50": "natural images"}
+    assert pretraining_of(config.embed.extractors[1])[1] == "CC BY-NC-SA 4.0 (non-commercial)"
