@@ -1,4 +1,6 @@
-"""`mammo-ray` command line: one subcommand per stage, plus `run` for the whole study."""
+"""`mammo-ray` command line: `run` runs the study (`run --help` lists its stages and what each writes); the other
+subcommands make a synthetic cohort or a manifest, decode a manifest's images, fetch and list weights, prune an
+output's unreachable caches and compare two outputs."""
 
 from __future__ import annotations
 
@@ -30,6 +32,18 @@ from mammo_ray.models.weights_catalogue import DEFAULT_FETCH_NAMES
 #: Exit codes: bad input or config (fix it, then rerun); the store failed (rerun once it is back).
 EXIT_BAD_INPUT = 2
 EXIT_STORE_UNAVAILABLE = 3
+
+
+class _RunParser(argparse.ArgumentParser):
+    """`run`'s parser: its help ends with the study's stages, read from the study only when help is asked for
+    (importing the study takes seconds)."""
+
+    def format_help(self) -> str:
+        from mammo_ray.study import describe_stages  # the study's stages: heavy imports, only for this help
+
+        self.epilog = ("stages, in study order, and what each writes under the output\n(a stage runs when its "
+                       "inputs changed or its outputs are missing):\n" + describe_stages())
+        return super().format_help()
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,10 +80,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "list", help="the weights registry: every known file, its licence, what it was pretrained on, its input")
     listed.add_argument("--json", action="store_true", help="as JSON rows instead of blocks of text")
 
-    run = commands.add_parser("run", help="run the study from a YAML config")
+    commands._parser_class = _RunParser  # noqa: SLF001 - argparse offers no other way to pick one subparser's class
+    run = commands.add_parser("run", help="run the study from a YAML config",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands._parser_class = argparse.ArgumentParser  # noqa: SLF001
     run.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     run.add_argument("--output", default=None, help="override the config's output URI")
-    run.add_argument("--stages", nargs="*", default=None, help="run only these stages (in study order)")
+    run.add_argument("--stages", nargs="*", default=None,
+                     help="run only these stages (in study order; the list below)")
     run.add_argument("--force", action="store_true", help="rerun stages even when their outputs are up to date")
 
     prune = commands.add_parser("prune", help="remove cached model outputs the current manifest and config cannot see")

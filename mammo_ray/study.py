@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,18 @@ STAGES: tuple[Stage, ...] = stage_order([
 ])
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def describe_stages() -> str:
+    """One line per stage, in study order: its name and the tables it writes under the output (`run --help`)."""
+    output = "s3://output"  # a URI the storage layer joins as written (a local path would be made absolute)
+    width = max(len(name) for name in STAGE_NAMES)
+    lines = []
+    for stage in STAGES:
+        written = dict.fromkeys(table.pattern(output).removeprefix(output + "/") for table in stage.writes)
+        lines.append(textwrap.fill(", ".join(written) or "-", width=100, break_on_hyphens=False,
+                                   initial_indent=f"  {stage.name.ljust(width)}  ", subsequent_indent=" " * (width + 4)))
+    return "\n".join(lines)
 
 
 @dataclass
