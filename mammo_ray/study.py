@@ -56,7 +56,8 @@ def describe_stages() -> str:
     for stage in STAGES:
         written = dict.fromkeys(table.pattern(output).removeprefix(output + "/") for table in stage.writes)
         lines.append(textwrap.fill(", ".join(written) or "-", width=100, break_on_hyphens=False,
-                                   initial_indent=f"  {stage.name.ljust(width)}  ", subsequent_indent=" " * (width + 4)))
+                                   initial_indent=f"  {stage.name.ljust(width)}  ",
+                                   subsequent_indent=" " * (width + 4)))
     return "\n".join(lines)
 
 
