@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import schemas, storage, tables
+from mammo_ray import content_keys, schemas, storage, tables
 from mammo_ray.errors import StaleTableError
 
 log = logging.getLogger("mammo_ray.feature_store")
@@ -66,7 +66,7 @@ def _read_folder(uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame
 
 
 def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
-    """Content keys (schemas.content_key) already stored under `key`."""
+    """Content keys (content_keys.content_key) already stored under `key`."""
     rows = _read_folder(key_uri(table_uri, key), schemas.CONTENT_KEY_COLUMNS)
     if rows is None:
         return frozenset()
@@ -75,19 +75,19 @@ def stored_content(table_uri: str, key: ModelKey) -> frozenset[str]:
 
 def _stored_keys(rows: pd.DataFrame, key: ModelKey) -> pd.Series:
     """The content keys of feature-store rows (whose laterality / view columns hold the hints)."""
-    return schemas.content_keys(rows["content_sha256"], rows["laterality"], rows["view"], key.orientation)
+    return content_keys.content_keys(rows["content_sha256"], rows["laterality"], rows["view"], key.orientation)
 
 
 def _image_keys(images: pd.DataFrame, key: ModelKey) -> pd.Series:
     """The content keys of manifest rows joined to their content (the manifest's laterality / view)."""
-    return schemas.content_keys(images["content_sha256"], images["laterality"], images["view"], key.orientation)
+    return content_keys.content_keys(images["content_sha256"], images["laterality"], images["view"], key.orientation)
 
 
 def feature_rows(rows: pd.DataFrame, key: ModelKey) -> pd.DataFrame:
     """Output rows (decoded rows: `content_sha256`, `manifest_laterality`, `manifest_view`) with the key
     columns, one per content key."""
     def hints(column: str) -> list[str]:
-        return [schemas.orientation_hint(v) if key.orientation else "" for v in rows[column]]
+        return [content_keys.orientation_hint(v) if key.orientation else "" for v in rows[column]]
 
     keyed = rows.assign(laterality=hints("manifest_laterality"), view=hints("manifest_view"),
                         model_id=key.model_id, weights_id=key.weights_id, preprocess_id=key.preprocess_id)

@@ -24,6 +24,7 @@ import ray.data
 
 from mammo_ray import storage
 from mammo_ray.config.sections import IngestConfig
+from mammo_ray.content_keys import content_key
 from mammo_ray.datasets.manifest import to_table, validate_manifest
 from mammo_ray.errors import StoreUnavailableError, describe
 from mammo_ray.imaging.decode import DecodedImage, check_modality, decode_image
@@ -31,7 +32,7 @@ from mammo_ray.imaging.modality import allowed_modalities
 from mammo_ray.imaging.transforms import INPUT_PREFIX
 from mammo_ray.placement import ANYWHERE, Placement
 from mammo_ray.privacy import SOURCE_COLUMN, shown
-from mammo_ray.schemas import ERRORS_SCHEMA, MANIFEST_COLUMNS, content_key
+from mammo_ray.schemas import ERRORS_SCHEMA, MANIFEST_COLUMNS
 
 DECODED_COLUMNS: list[str] = [
     *MANIFEST_COLUMNS,
@@ -132,7 +133,7 @@ def decode_batch(batch: pd.DataFrame, options: IngestConfig, cached: Sequence[Ca
         decoded = _read_and_decode(record, options, cached)
         tag_laterality, tag_view = decoded.pop("tag_laterality"), decoded.pop("tag_view")
         # The manifest is the override; the file's own tags fill what the manifest leaves open. What the
-        # manifest said is kept too: with the content it keys stored model outputs (schemas.content_key).
+        # manifest said is kept too: with the content it keys stored model outputs (content_keys.content_key).
         decoded["manifest_laterality"], decoded["manifest_view"] = record["laterality"], record["view"]
         decoded["laterality"] = _present(record["laterality"]) or tag_laterality
         decoded["view"] = _present(record["view"]) or tag_view

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class S3Config(BaseModel):
@@ -19,9 +19,12 @@ class S3Config(BaseModel):
     # As the config sections: unknown keys are errors, and frozen (hashable: it keys the filesystem cache).
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    anonymous: bool = False
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint; None: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else the AWS default")
+    region: str | None = Field(None, description="S3 region; None: AWS_REGION or AWS_DEFAULT_REGION, else the AWS "
+                                                 "default")
+    anonymous: bool = Field(False, description="read public buckets unsigned (credentials: only from the "
+                                               "environment or an instance profile, never the config)")
 
     @classmethod
     def from_env(cls) -> S3Config:

@@ -193,7 +193,7 @@ ZERO_SHOT_HEATMAPS_ERRORS = Table("errors/zero_shot_heatmaps",
                                   lambda output_uri: errors_uri(output_uri, "zero_shot_heatmaps"),
                                   schema=schemas.ERRORS_SCHEMA)
 HEATMAPS = Table("heatmaps", heatmaps_uri, schema=schemas.HEATMAPS_SCHEMA)
-THUMBNAILS = Table("thumbnails/<family>", thumbnails_uri, ("family",))
+THUMBNAILS = Table("thumbnails/<family>", thumbnails_uri, ("family",), schemas.THUMBNAILS_SCHEMA)
 THUMBNAILS_ERRORS = Table("errors/thumbnails-<family>",
                           lambda output_uri, family: errors_uri(output_uri, f"thumbnails:{family}"), ("family",),
                           schemas.ERRORS_SCHEMA)
@@ -203,14 +203,14 @@ HEATMAPS_FIGURE = Table("figures/figure_2", lambda output_uri: figures_uri(outpu
 GRID = Table("results/grid", grid_uri, schema=schemas.GRID_SCHEMA)
 GRID_PREDICTIONS = Table("results/grid_predictions", grid_predictions_uri, schema=schemas.GRID_PREDICTIONS_SCHEMA)
 COMPARISONS = Table("results/comparisons", comparisons_uri, schema=schemas.COMPARISONS_SCHEMA)
-EXTERNAL = Table("results/external", external_uri)
+EXTERNAL = Table("results/external", external_uri, schema=schemas.EXTERNAL_SCHEMA)
 GRID_UNITS = Table("results/grid_units", grid_units_uri)
 TUNE = Table("tune", tune_uri)
-SUBGROUPS = Table("results/subgroups", subgroups_uri)
+SUBGROUPS = Table("results/subgroups", subgroups_uri, schema=schemas.SUBGROUPS_SCHEMA)
 FINETUNE = Table("results/finetune", finetune_uri, schema=schemas.FINETUNE_SCHEMA)
 FINETUNE_PREDICTIONS = Table("results/finetune_predictions", finetune_predictions_uri,
                              schema=schemas.FINETUNE_PREDICTIONS_SCHEMA)
-FINETUNE_ERRORS = Table("errors/finetune-<family>-<size>", finetune_errors_uri, ("inputs",))
+FINETUNE_ERRORS = Table("errors/finetune-<family>-<size>", finetune_errors_uri, ("inputs",), schemas.ERRORS_SCHEMA)
 CHECKPOINTS = Table("checkpoints", checkpoints_uri)
 FINETUNE_VS_FROZEN = Table("results/finetune_vs_frozen", finetune_vs_frozen_uri, schema=schemas.COMPARISONS_SCHEMA)
 REPORT = Table("report", report_uri)

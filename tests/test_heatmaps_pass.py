@@ -1,5 +1,6 @@
 """Heatmaps as an output of the one image pass: each image decoded once for every output, each output computing
-only what its own store lacks, and a stride change recomputing the heatmaps and nothing else."""
+only what its own store lacks, a stride change recomputing the heatmaps and nothing else, and an image whose
+heatmaps are an errors row an errors row of every output that reads them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from mammo_ray.config import HeatmapsConfig, parse_config
-from mammo_ray.datasets.manifest import read_manifest
+from mammo_ray import storage, tables
+from mammo_ray.config import HeatmapsConfig, SyntheticSource, parse_config
+from mammo_ray.datasets.manifest import read_manifest, write_manifest
+from mammo_ray.datasets.synthetic import generate_cohort
 from mammo_ray.imaging.heatmaps import PatchGrid
 from mammo_ray.stages.heatmaps import figure_uri, heatmap_images, heatmaps_key, read_heatmaps
 from mammo_ray.study import run_study
+from tests.image_builders import png_bytes
 
 EXTRACTOR = {"name": "imagenet_resnet18", "input_size": 32}
 # The image+heatmaps model as an extractor, on small windows (a tenth of NYU's).
@@ -24,9 +29,25 @@ WITH_HEATMAPS = {"name": "nyu_lcc_heatmaps", "weights": "random-init:3", "nyu_sc
 HEATMAPS = {"enabled": True, "stride": 70, "scale": 0.5, "source_resolution": 0.5, "batch_size": 8}
 
 
+BLANK = "blank-cc"
+
+
+def _manifest(tmp_path) -> str:
+    """Two synthetic patients and one blank image (it decodes; no output finds a breast in it)."""
+    path = tmp_path / "manifest.parquet"
+    if not path.exists():
+        cohort = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=2, rows=384))
+        blank = tmp_path / "blank.png"
+        blank.write_bytes(png_bytes(np.zeros((384, 300), dtype=np.uint16)))
+        row = {**cohort.iloc[0].to_dict(), "image_id": BLANK, "uri": str(blank), "patient_id": "blank",
+               "exam_id": "blank", "laterality": "L", "view": "CC", "birads": "1", "label": 0}
+        write_manifest(pd.concat([cohort, pd.DataFrame([row])], ignore_index=True), str(path))
+    return str(path)
+
+
 def _config(tmp_path, **heatmaps):
     return parse_config({"name": "heatmaps", "output": str(tmp_path / "study"),
-                         "data": {"synthetic": {"patients": 2, "rows": 384}},
+                         "data": {"manifest": _manifest(tmp_path)},
                          "embed": {"extractors": [EXTRACTOR, WITH_HEATMAPS]},
                          "zero_shot": {"nyu_scale": 0.1, "heatmaps_weights": "random-init:4"},
                          "heatmaps": {**HEATMAPS, **heatmaps}})
@@ -53,15 +74,23 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
     # then one for the outputs that read the stored heatmaps (the image+heatmaps extractor and zero-shot model).
     assert first.counts["pass_images"] == images >= 4 and first.counts["pass_decoded"] == 2 * images
     assert first.counts["pass_outputs"] == 6
-    assert first.counts["embedded:nyu_lcc_heatmaps"] == first.counts["zero_shot_heatmaps_scored"] == images
-    assert first.counts["heatmaps_computed"] == images and first.counts["heatmaps_errors"] == 0, str(first.counts)
+    assert first.counts["embedded:nyu_lcc_heatmaps"] == first.counts["zero_shot_heatmaps_scored"] == images - 1
+    assert first.counts["heatmaps_computed"] == images - 1 and first.counts["heatmaps_errors"] == 1, str(first.counts)
+    # The blank image's heatmaps are an errors row, and so is it for both outputs that read them, saying why.
+    heatmaps_errors = storage.read_table(tables.errors_uri(config.output, "heatmaps")).to_pandas()
+    assert heatmaps_errors["image_id"].tolist() == [BLANK]
+    for stage in ("embed:nyu_lcc_heatmaps", "zero_shot_heatmaps"):
+        errors = storage.read_table(tables.errors_uri(config.output, stage)).to_pandas()
+        assert errors["image_id"].tolist() == [BLANK], stage
+        assert errors["error_type"].tolist() == ["MissingHeatmapsError"], stage
+        assert "errors/heatmaps.parquet" in errors["message"].iloc[0], stage
     # Figure 2 of the highest-BI-RADS image of each view, drawn from the stored heatmaps, with what it shows.
     drawn = json.loads(Path(figure_uri(config.output), "figure.json").read_text())
     assert first.counts["heatmaps_figure_images"] == len(drawn["image_ids"]) == 2
     assert drawn["key"] == read_provenance_key(config) and Path(figure_uri(config.output), "figure.png").stat().st_size
 
     rows = read_heatmaps(config.output, manifest, config.heatmaps)
-    assert sorted(rows["image_id"]) == sorted(manifest["image_id"])
+    assert sorted(rows["image_id"]) == sorted(set(manifest["image_id"]) - {BLANK})
     for row in rows.itertuples():
         grid = PatchGrid.over(row.crop_height, row.crop_width, stride=70)
         assert len(row.malignant) == len(row.benign) == grid.count > 1
@@ -75,8 +104,9 @@ def test_heatmaps_share_the_pass_resume_per_output_and_follow_the_stride(tmp_pat
     coarse = HeatmapsConfig(**{**HEATMAPS, "stride": 35})
     again = run_study(_config(tmp_path, stride=35), stages)
     assert again.ran == ["heatmaps", "embed", "zero_shot"] and again.skipped == ["manifest", "ingest"]
-    assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (images, 0)
-    assert (again.counts["embedded:nyu_lcc_heatmaps"], again.counts["zero_shot_heatmaps_scored"]) == (images, images)
+    assert (again.counts["heatmaps_computed"], again.counts["heatmaps_skipped"]) == (images - 1, 0)
+    assert (again.counts["embedded:nyu_lcc_heatmaps"], again.counts["zero_shot_heatmaps_scored"]) == (
+        images - 1, images - 1)
     assert (again.counts["embedded:imagenet_resnet18"], again.counts["skipped:imagenet_resnet18"]) == (0, images)
     assert (again.counts["zero_shot_scored"], again.counts["zero_shot_skipped"]) == (0, images)
     strided = read_heatmaps(config.output, manifest, coarse)

@@ -50,3 +50,25 @@ def test_plain_names_are_left_as_they_are() -> None:
 def test_the_html_report_escapes_the_same_text() -> None:
     page = to_html(f"mammo-ray study report: {NAME}", None, [Section("Sites", paragraphs=[SITE])])
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_p_values_are_never_printed_as_zero_and_read_the_same_in_tables_and_the_verdict():
+    from mammo_ray.report.render import format_p, markdown_table
+
+    frame = pd.DataFrame({"a": ["x", "y"], "holm_p": [6.21e-06, 0.0412], "auc_a": [0.81234, 0.5]})
+    table = markdown_table(frame)
+    assert "| x | 6.2e-06 | 0.812 |" in table and "| y | 0.041 | 0.500 |" in table
+    assert "0.000" not in table and format_p(6.21e-06) == "6.2e-06" and format_p(0.5) == "0.500"
+
+
+def test_a_subgroup_interval_reads_a_to_b_or_too_few_patients_never_zero_width():
+    from mammo_ray.report.subgroups import subgroups_section
+
+    rows = pd.DataFrame({
+        "extractor": ["e"] * 3, "selection": ["none"] * 3, "balancing": ["none"] * 3, "classifier": ["logreg"] * 3,
+        "subgroup": ["view"] * 3, "value": ["CC", "MLO", "XCCL"], "n_images": [40, 38, 2], "n_patients": [20, 19, 1],
+        "n_positive": [10, 9, 1], "auc": [0.71, 0.64, 0.4], "ci_low": [0.55, 0.5, 0.4], "ci_high": [0.85, 0.79, 0.4],
+        "small": [False, False, True]})
+    (_, shown), = subgroups_section(rows, 0.95).tables
+    assert shown["interval"].tolist() == ["0.550 to 0.850", "0.500 to 0.790", "too few patients (1)"]
+    assert "ci_low" not in shown and list(shown.columns).index("interval") == list(shown.columns).index("auc") + 1

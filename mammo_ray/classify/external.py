@@ -22,12 +22,9 @@ from mammo_ray.classify.engine import build_pipeline
 from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.stats import patient_bootstrap_auc
 from mammo_ray.config.grid import GridCell, GridConfig
+from mammo_ray.schemas import EXTERNAL_SCHEMA
 
-EXTERNAL_COLUMNS = [
-    "extractor", "train", "test", "selection", "balancing", "classifier", "status", "error", "n_train",
-    "n_train_positive", "n_test", "n_test_positive", "internal_auc", "internal_ci_low", "internal_ci_high",
-    "external_auc", "external_ci_low", "external_ci_high", "drop",
-]
+EXTERNAL_COLUMNS: list[str] = EXTERNAL_SCHEMA.names
 #: The columns that are AUCs (float, NaN where not computed).
 EXTERNAL_METRICS = EXTERNAL_COLUMNS[EXTERNAL_COLUMNS.index("internal_auc"):]
 

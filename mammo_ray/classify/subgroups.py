@@ -17,15 +17,13 @@ import pandas as pd
 from mammo_ray.auc import auc
 from mammo_ray.classify.comparisons import score_matrix
 from mammo_ray.classify.stats import patient_bootstrap_auc
+from mammo_ray.schemas import SUBGROUPS_SCHEMA
 
 #: Manifest columns that define subgroups ('birads_group' is derived from birads).
 SUBGROUP_COLUMNS: tuple[str, ...] = ("view", "laterality", "density", "birads_group", "site", "device")
 SMALL_IMAGES = 30
 SMALL_CLASS = 5
-SUBGROUP_RESULT_COLUMNS = [
-    "extractor", "selection", "balancing", "classifier", "subgroup", "value", "n_images", "n_patients",
-    "n_positive", "auc", "ci_low", "ci_high", "small",
-]
+SUBGROUP_RESULT_COLUMNS: list[str] = SUBGROUPS_SCHEMA.names
 
 
 def birads_group(birads: object) -> str | None:

@@ -31,9 +31,13 @@ class FinetuneModelConfig(StrictModel):
     MLO) and its fc1, with every image shown in that view's input window (the paper fine-tunes from the
     L-MLO and the R-CC head). Two entries of one NYU model with different views are two runs."""
 
-    name: ModelName
-    weights: str | None = Field(None, description="None: the default (ImageNet for torchvision models)")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    name: ModelName = Field(description="the network: resnet50, resnet18, squeezenet1_1, nyu or small_cnn (the "
+                                        "from-scratch baseline)")
+    weights: str | None = Field(None, description="random-init:<seed>, torchvision:<arch>:<enum>, a path or s3:// "
+                                                  "URI; None: torchvision's IMAGENET1K_V1 for the torchvision "
+                                                  "networks, random-init:0 for small_cnn (nyu needs a file)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="expected sha256 of the weights file (hex); None: not verified")
     view: NYUView | None = Field(None, description="NYU only; None: l_cc")
 
     @model_validator(mode="after")
@@ -54,23 +58,29 @@ class FinetuneModelConfig(StrictModel):
 class FinetuneStageConfig(StrictModel):
     """One stage of the schedule: which parameters train, at which input size, for how long."""
 
-    name: str = Field(..., pattern=_NAME_PATTERN, max_length=40)
-    train: Literal["head", "all"] = "all"
-    size: int = Field(224, ge=16, le=4096)
-    epochs: int = Field(1, ge=1, le=10_000)
-    lr: float = Field(1e-4, gt=0.0, le=10.0)
-    batch_size: int | None = Field(None, ge=1, le=4096)
+    name: str = Field(..., pattern=_NAME_PATTERN, max_length=40,
+                      description="the stage's name, unique in the schedule and part of its run names")
+    train: Literal["head", "all"] = Field("all", description="head: only the head trains, the rest frozen; all: "
+                                                             "every parameter")
+    size: int = Field(224, ge=16, le=4096, description="input size in pixels: ImageNet inputs size x size, NYU "
+                                                       "windows scaled to size rows")
+    epochs: int = Field(1, ge=1, le=10_000, description="epochs of the stage")
+    lr: float = Field(1e-4, gt=0.0, le=10.0, description="learning rate of the stage's first epoch, cosine-decayed "
+                                                         "over its epochs")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="images per training batch on each worker; "
+                                                                    "None: finetune.batch_size")
 
 
 class AugmentConfig(StrictModel):
     """Training-split augmentation (see `training.augment`)."""
 
-    enabled: bool = True
-    hflip: bool = True
-    vflip: bool = True
-    degrees: float = Field(10.0, ge=0.0, le=180.0)
-    translate: float = Field(0.05, ge=0.0, lt=1.0)
-    scale: float = Field(0.1, ge=0.0, lt=1.0)
+    enabled: bool = Field(True, description="augment the training split (the validation split never is)")
+    hflip: bool = Field(True, description="random horizontal flips (probability 0.5)")
+    vflip: bool = Field(True, description="random vertical flips (probability 0.5)")
+    degrees: float = Field(10.0, ge=0.0, le=180.0, description="rotation in degrees, drawn from [-degrees, degrees]")
+    translate: float = Field(0.05, ge=0.0, lt=1.0, description="shift of up to this share of the image size on "
+                                                               "each axis")
+    scale: float = Field(0.1, ge=0.0, lt=1.0, description="isotropic zoom, drawn from [1 - scale, 1 + scale]")
 
     @property
     def is_identity(self) -> bool:
@@ -95,28 +105,40 @@ class FinetuneConfig(StrictModel):
 
     name: str = Field("finetune", pattern=_NAME_PATTERN, max_length=60,
                       description="run-name prefix: the same name resumes")
-    models: list[FinetuneModelConfig] = Field(default_factory=_default_models, min_length=1)
+    models: list[FinetuneModelConfig] = Field(default_factory=_default_models, min_length=1,
+                                              description="the networks to fine-tune and the weights each starts from")
     tasks: list[Literal["binary", "birads"]] = Field(
-        default_factory=lambda: ["binary", "birads"], min_length=1
+        default_factory=lambda: ["binary", "birads"], min_length=1,
+        description="binary (the manifest label) or birads (the BI-RADS category): each task a run of its own"
     )
-    protocol: Literal["patient", "paper"] = "patient"
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)
-    stages: list[FinetuneStageConfig] = Field(default_factory=_default_stages, min_length=1)
-    batch_size: int = Field(16, ge=1, le=4096)
-    num_workers: int = Field(1, ge=1, le=4096)
-    use_gpu: bool = False
+    protocol: Literal["patient", "paper"] = Field(
+        "patient", description="held-out split: patient (about val_fraction of the patients, all their images) "
+                               "or paper (the paper's image-level split)")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out share: of the patients (patient) or of "
+                                                                 "the images (paper)")
+    seed: int = Field(0, ge=0, description="seed of the split, shuffling, augmentation, bootstrap, and of "
+                                           "random-init weights that name none")
+    stages: list[FinetuneStageConfig] = Field(default_factory=_default_stages, min_length=1,
+                                              description="the schedule: stages run in order, progressive sizes")
+    batch_size: int = Field(16, ge=1, le=4096, description="images per training batch on each worker, for stages "
+                                                           "that set none")
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers")
+    use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
     cpus_per_worker: float = Field(1.0, ge=0.0, description="CPUs each training worker reserves")
     data_cpus: float = Field(1.0, gt=0.0, description="CPUs each preprocessing task reserves")
     torch_threads: int | None = Field(None, ge=1, description="None: the node's CPUs / the workers on it")
     mixed_precision: bool = Field(True, description="float16 autocast + GradScaler; only ever used on CUDA")
-    class_weighted: bool = True
+    class_weighted: bool = Field(True, description="weight the loss by class: n / (k * count) per class (sklearn's "
+                                                   "balanced)")
     bootstrap: int = Field(1000, ge=0, le=100_000, description="patient resamples of each metric's interval; 0 = none")
-    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    crop_to_breast: bool = True
-    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="confidence level of each metric's interval")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="training-split augmentation: random "
+                                                                              "flips and a small affine")
+    crop_to_breast: bool = Field(True, description="ImageNet inputs: crop to the breast box before resizing")
+    source_resolution: float | None = Field(
+        None, gt=0.0, le=4.0, description="the images' resolution relative to a ~4000-row full-field mammogram; "
+                                          "None: estimated per image from its height")
     checkpoint_path: str | None = Field(None, description="None: <output>/checkpoints")
     keep_checkpoints: int | None = Field(2, ge=1, description="per run; None keeps every epoch's")
     max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the latest checkpoint")

@@ -56,9 +56,10 @@ class LassoConfig(StrictModel):
 
     alpha: float | Literal["cv"] = Field(0.01, description="L1 strength, or 'cv' for LassoCV")
     cv_folds: int = Field(5, ge=2, le=20, description="folds of LassoCV when alpha is 'cv'")
-    max_iter: int = Field(2000, ge=10)
-    tol: float = Field(1e-3, gt=0.0)
-    min_features: int = Field(1, ge=1)
+    max_iter: int = Field(2000, ge=10, description="iterations of sklearn's Lasso (or LassoCV) at most")
+    tol: float = Field(1e-3, gt=0.0, description="optimisation tolerance of the Lasso (or LassoCV)")
+    min_features: int = Field(1, ge=1, description="features kept at least: if the Lasso keeps fewer, the features "
+                                                   "most correlated with the label are kept instead")
 
     @field_validator("alpha")
     @classmethod
@@ -69,7 +70,7 @@ class LassoConfig(StrictModel):
 
 
 class SmoteConfig(StrictModel):
-    k_neighbors: int = Field(5, ge=1)
+    k_neighbors: int = Field(5, ge=1, description="nearest neighbours SMOTE interpolates between")
 
 
 class SvmConfig(StrictModel):
@@ -78,20 +79,23 @@ class SvmConfig(StrictModel):
     of ~500 rows, where fits normally take milliseconds); a fit stopped there is counted in the cell's
     `unconverged_fits`."""
 
-    C: float = Field(1.0, gt=0.0)
-    gamma: float | Literal["scale", "auto"] = "scale"
-    max_iter: int = Field(1_000_000, ge=1000)
+    C: float = Field(1.0, gt=0.0, description="regularisation parameter C of the SVC")
+    gamma: float | Literal["scale", "auto"] = Field(
+        "scale", description="RBF kernel coefficient (svm_rbf and its Nystroem approximation): a number, scale or "
+                             "auto, as sklearn's SVC takes it")
+    max_iter: int = Field(1_000_000, ge=1000, description="bound on libsvm's SMO iterations; a fit stopped there is "
+                                                          "counted in the cell's unconverged_fits")
 
 
 class LogregConfig(StrictModel):
-    C: float = Field(1.0, gt=0.0)
-    max_iter: int = Field(1000, ge=10)
+    C: float = Field(1.0, gt=0.0, description="inverse regularisation strength of the logistic regression")
+    max_iter: int = Field(1000, ge=10, description="iterations of the lbfgs solver at most")
 
 
 class ClassifierParams(StrictModel):
-    svm_linear: SvmConfig = Field(default_factory=SvmConfig)
-    svm_rbf: SvmConfig = Field(default_factory=SvmConfig)
-    logreg: LogregConfig = Field(default_factory=LogregConfig)
+    svm_linear: SvmConfig = Field(default_factory=SvmConfig, description="the linear-kernel SVC's settings")
+    svm_rbf: SvmConfig = Field(default_factory=SvmConfig, description="the RBF-kernel SVC's settings")
+    logreg: LogregConfig = Field(default_factory=LogregConfig, description="the logistic regression's settings")
 
 
 class ScalePathConfig(StrictModel):
@@ -106,11 +110,15 @@ class ScalePathConfig(StrictModel):
     rows) never switches. grid.parquet's `scale_path` column says what every cell ran.
     """
 
-    max_rows_exact: int = Field(2000, ge=1)
-    policy: Literal["approximate", "refuse"] = "approximate"
-    nystroem_components: int = Field(500, ge=10)
-    linear_tol: float = Field(1e-2, gt=0.0)
-    linear_max_iter: int = Field(1000, ge=10)
+    max_rows_exact: int = Field(2000, ge=1, description="labelled rows up to which kernel SVMs are exact libsvm "
+                                                        "SVCs; above it, policy applies")
+    policy: Literal["approximate", "refuse"] = Field(
+        "approximate", description="above max_rows_exact: approximate (svm_rbf becomes Nystroem + LinearSVC, "
+                                   "svm_linear LinearSVC) or refuse (those cells fail); logreg never switches")
+    nystroem_components: int = Field(500, ge=10, description="Nystroem components of the approximate svm_rbf")
+    linear_tol: float = Field(1e-2, gt=0.0, description="tolerance of the LinearSVC of the approximate SVMs")
+    linear_max_iter: int = Field(1000, ge=10, description="iterations of the LinearSVC of the approximate SVMs at "
+                                                          "most")
 
 
 class OofConfig(StrictModel):
@@ -121,26 +129,32 @@ class OofConfig(StrictModel):
     inner scores: `platt` (a logistic curve, 2 parameters) or `isotonic` (monotone steps; needs more
     positives per fold to be stable)."""
 
-    folds: int = Field(5, ge=2, le=50)
-    repeats: int = Field(5, ge=1, le=100)
-    threshold_folds: int = Field(3, ge=2, le=20)
-    calibration: Literal["platt", "isotonic"] = "platt"
+    folds: int = Field(5, ge=2, le=50, description="folds of the patient-grouped, stratified K-fold over all images")
+    repeats: int = Field(5, ge=1, le=100, description="repeats of the K-fold: every image is scored once per repeat")
+    threshold_folds: int = Field(3, ge=2, le=20, description="inner folds of each training fold on which the "
+                                                             "threshold and the calibration are fitted")
+    calibration: Literal["platt", "isotonic"] = Field(
+        "platt", description="scores to probabilities: platt (a logistic curve, 2 parameters) or isotonic (monotone "
+                             "steps; needs more positives per fold to be stable)")
 
 
 class ComparePipeline(StrictModel):
     """The one pipeline every extractor is compared on (pre-specified, so no pick among cells inflates it).
     A value left null is the paper's (lasso, smote, svm_linear) when the grid has it, else the grid's first."""
 
-    selection: Selection | None = None
-    balancing: Balancing | None = None
-    classifier: ClassifierName | None = None
+    selection: Selection | None = Field(
+        None, description="the comparisons' selection; None: lasso when the grid has it, else the grid's first")
+    balancing: Balancing | None = Field(
+        None, description="the comparisons' balancing; None: smote when the grid has it, else the grid's first")
+    classifier: ClassifierName | None = Field(
+        None, description="the comparisons' classifier; None: svm_linear when the grid has it, else the grid's first")
 
 
 class ExternalPair(StrictModel):
     """Fit on every image of source `train`, evaluate once on source `test`."""
 
-    train: str = Field(min_length=1)
-    test: str = Field(min_length=1)
+    train: str = Field(min_length=1, description="the source (of data.sources) every pipeline is fitted on")
+    test: str = Field(min_length=1, description="the source (of data.sources) it is scored on, once")
 
     @model_validator(mode="after")
     def _two_sources(self) -> ExternalPair:
@@ -159,16 +173,23 @@ class GridConfig(StrictModel):
     extractors: list[str] | None = Field(
         None, description="embeddings tables to use; null = every table under <output>/embeddings/"
     )
-    selection: list[Selection] = Field(default_factory=lambda: list(SELECTIONS), min_length=1)
-    balancing: list[Balancing] = Field(default_factory=lambda: list(BALANCINGS), min_length=1)
-    classifiers: list[ClassifierName] = Field(default_factory=lambda: list(CLASSIFIERS), min_length=1)
-    protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
+    selection: list[Selection] = Field(default_factory=lambda: list(SELECTIONS), min_length=1,
+                                       description="the feature-selection axis: none or lasso")
+    balancing: list[Balancing] = Field(default_factory=lambda: list(BALANCINGS), min_length=1,
+                                       description="the class-balancing axis: none or smote")
+    classifiers: list[ClassifierName] = Field(default_factory=lambda: list(CLASSIFIERS), min_length=1,
+                                              description="the classifier axis: svm_linear, svm_rbf or logreg")
+    protocols: list[Protocol] = Field(
+        default_factory=lambda: list(PROTOCOLS), min_length=1,
+        description="the protocol axis: paper (standardisation fit on all rows, the paper's split) or leak_free "
+                    "(every fit inside each training fold)")
 
     evaluation: Evaluation = Field(
         "oof", description="leak_free cells: 'oof' (repeated patient-grouped K-fold, every image scored) or "
         "'holdout' (one patient-grouped held-out split); paper cells always use the paper's split",
     )
-    oof: OofConfig = Field(default_factory=OofConfig)
+    oof: OofConfig = Field(default_factory=OofConfig, description="out-of-fold evaluation of leak_free cells "
+                                                                  "(evaluation: oof)")
     permutations: int = Field(
         100, ge=0, le=100_000,
         description="label permutations between patients per cell, the protocol rerun on each: the AUC it "
@@ -182,24 +203,28 @@ class GridConfig(StrictModel):
         None, description="extractor pairs (a, b) compared on the same images (AUC(a) - AUC(b)); null = every "
         "pair of the grid's extractors, in the order listed",
     )
-    compare: ComparePipeline = Field(default_factory=ComparePipeline)
+    compare: ComparePipeline = Field(default_factory=ComparePipeline, description="the one pre-specified pipeline "
+                                                                                  "the extractors are compared on")
     external: list[ExternalPair] = Field(
         default_factory=list, description="external validation: each pipeline fitted on all of source `train` "
         "(its choices by CV inside it) and scored once on source `test` (data.sources names both)",
     )
-    cv_folds: int = Field(10, ge=2, le=100)
+    cv_folds: int = Field(10, ge=2, le=100, description="CV folds of the paper protocol and of a leak_free holdout")
     test_fraction: float = Field(
         0.33, gt=0.0, lt=1.0,
         description="held-out share: 0.33 gives the paper's 136 of 410 and 205 of 620 (sklearn rounds up)",
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the grid's random draws: splits, SMOTE, label permutations, "
+                                           "bootstrap resamples")
     bootstrap: int = Field(1000, ge=0, le=100_000, description="resamples for the AUC interval; 0 = none")
-    ci_level: float = Field(0.95, gt=0.0, lt=1.0)
+    ci_level: float = Field(0.95, gt=0.0, lt=1.0, description="confidence level of the bootstrap intervals")
 
-    lasso: LassoConfig = Field(default_factory=LassoConfig)
-    smote: SmoteConfig = Field(default_factory=SmoteConfig)
-    classifier_params: ClassifierParams = Field(default_factory=ClassifierParams)
-    scale: ScalePathConfig = Field(default_factory=ScalePathConfig)
+    lasso: LassoConfig = Field(default_factory=LassoConfig, description="the lasso selection's settings")
+    smote: SmoteConfig = Field(default_factory=SmoteConfig, description="the smote balancing's settings")
+    classifier_params: ClassifierParams = Field(default_factory=ClassifierParams,
+                                                description="the classifiers' settings: svm_linear, svm_rbf, logreg")
+    scale: ScalePathConfig = Field(default_factory=ScalePathConfig,
+                                   description="what kernel SVMs do on big tables (exact, approximate or refused)")
 
     trial_grouping: Literal["cell", "preprocessing", "selection", "protocol"] = Field(
         "selection",
@@ -207,8 +232,9 @@ class GridConfig(StrictModel):
         "selection, balancing) ('preprocessing'); (extractor, protocol, selection) ('selection'); or "
         "(extractor, protocol) ('protocol'). Fits shared by a trial's cells are made once per fold.",
     )
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0.0, description="CPUs each Ray Tune trial reserves")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Ray Tune trials running at once at most; "
+                                                                      "None: as many as the free CPUs allow")
 
     @field_validator("extractors")
     @classmethod

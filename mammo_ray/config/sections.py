@@ -29,13 +29,18 @@ class SyntheticSource(StrictModel):
     breast and are 0 outside; `transfer_syntax` is Explicit VR Little Endian, RLE Lossless or JPEG 2000 Lossless.
     """
 
-    patients: int = Field(24, ge=1, le=100_000)
-    seed: int = Field(0, ge=0)
-    rows: int = Field(512, ge=64, le=8192)
+    patients: int = Field(24, ge=1, le=100_000, description="patients in the synthetic cohort")
+    seed: int = Field(0, ge=0, description="seed of the cohort: the same settings always write the same bytes")
+    rows: int = Field(512, ge=64, le=8192, description="image height in pixels")
     columns: int | None = Field(None, ge=48, le=8192, description="None: round(0.8 * rows)")
-    positive_fraction: float = Field(0.25, ge=0.0, le=1.0)
-    bits_stored: int = Field(14, ge=8, le=16)
-    transfer_syntax: Literal["explicit", "rle", "jpeg2000"] = "explicit"
+    positive_fraction: float = Field(
+        0.25, ge=0.0, le=1.0, description="share of breasts (= images = positive labels) with a suspicious finding, "
+                                          "BI-RADS 4a..6 (0.25 is INbreast's share)")
+    bits_stored: int = Field(14, ge=8, le=16, description="DICOM BitsStored: pixel values lie in "
+                                                         "[1, 2**bits_stored - 2] inside the breast and are 0 outside")
+    transfer_syntax: Literal["explicit", "rle", "jpeg2000"] = Field(
+        "explicit", description="explicit (Explicit VR Little Endian), rle (RLE Lossless) or jpeg2000 "
+                                "(JPEG 2000 Lossless)")
     # Another site's images: its vendor's presentation curve and its detector's noise (defaults: none).
     contrast: float = Field(1.0, ge=0.25, le=4.0, description="tissue values v -> max * (v / max) ** contrast")
     noise: float = Field(0.0, ge=0.0, le=0.2, description="added noise, sd as a share of the value range")
@@ -44,21 +49,30 @@ class SyntheticSource(StrictModel):
 class AdapterSource(StrictModel):
     """Build the manifest with a dataset adapter (mammo_ray.datasets.adapters.ADAPTERS names them all)."""
 
-    name: Literal["inbreast", "mias", "cbis_ddsm", "csv", "rsna", "vindr", "cmmd", "dicom_folder"]
-    args: dict[str, Any] = Field(default_factory=dict)
+    name: Literal["inbreast", "mias", "cbis_ddsm", "csv", "rsna", "vindr", "cmmd", "dicom_folder"] = Field(
+        description="the dataset adapter that builds the manifest")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="the adapter's arguments by name (a missing or unknown one is refused); "
+                                          "args.salt keys the pseudonymisation")
     # Paths -> pseudonymous locators (mammo_ray.privacy), keyed by `args.salt`; None: the adapter's default
     # (dicom_folder: yes, a hospital's export names folders after patients; the published collections: no).
-    pseudonymise: bool | None = None
+    pseudonymise: bool | None = Field(
+        None, description="replace every image path by a locator, pseudo://<dataset>/<16 hex><ext> (salted sha256 "
+                          "of the path, keyed by args.salt); None: the adapter's default (true for dicom_folder, "
+                          "else false)")
     # Where the manifest stage writes each locator's real path (CSV), for the user: outside the output.
-    locations: str | None = None
+    locations: str | None = Field(
+        None, description="a CSV (image_id, locator, uri) the manifest stage writes: the only place the real paths "
+                          "of a pseudonymised collection are written; refused inside the output; None: not written")
 
 
 class DataSource(StrictModel):
     """Exactly one of: a synthetic cohort, an existing manifest (Parquet/CSV URI), a dataset adapter."""
 
-    synthetic: SyntheticSource | None = None
-    manifest: str | None = None
-    adapter: AdapterSource | None = None
+    synthetic: SyntheticSource | None = Field(
+        None, description="generate the synthetic cohort (under <output>/cohort); exactly one source is set")
+    manifest: str | None = Field(None, description="URI of an existing manifest (Parquet or CSV)")
+    adapter: AdapterSource | None = Field(None, description="build the manifest with a dataset adapter")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DataSource:
@@ -78,7 +92,9 @@ class DataConfig(DataSource):
     image, patient and exam ids are prefixed with it (`<source>/...`), so two sources never share an id; a
     source that names no site gets its name as `site`. grid.external evaluates across them."""
 
-    sources: dict[str, DataSource] | None = None
+    sources: dict[str, DataSource] | None = Field(
+        None, description="two or more named sources, {site_a: {synthetic or manifest or adapter: ...}, ...}: one "
+                          "manifest of them all, dataset = the source, ids prefixed <source>/")
 
     @staticmethod
     def _choices() -> tuple[str, ...]:
@@ -99,12 +115,14 @@ class DataConfig(DataSource):
 
 
 class StorageConfig(StrictModel):
-    s3: S3Config = Field(default_factory=S3Config)
+    s3: S3Config = Field(
+        default_factory=S3Config, description="where S3 lives (endpoint_url, region, anonymous); credentials only "
+                                              "from the environment or an instance profile")
 
 
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: join a running cluster if there is one, else start local Ray")
-    num_cpus: int | None = Field(None, ge=1)
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; None: all")
     node_types: NodeTypesMode = Field(
         "auto", description="auto: place work on its node type (mammo_ray.placement) when such nodes are alive; "
                             "required: always (worker types that scale from zero); off: anywhere")
@@ -126,10 +144,11 @@ class IngestConfig(StrictModel):
     headers are known to be wrong (the SOP class of such a file is then not judged; its body part is).
     """
 
-    batch_size: int = Field(4, ge=1, le=1024)
+    batch_size: int = Field(4, ge=1, le=1024, description="images decoded per task")
     rows_per_block: int | None = Field(None, ge=1, description="None: from the manifest and the cluster")
-    apply_voi_lut: bool = True
-    max_pixels: int = Field(120_000_000, ge=1)
+    apply_voi_lut: bool = Field(True, description="apply the DICOM VOI LUT / window")
+    max_pixels: int = Field(120_000_000, ge=1, description="larger images (in pixels) are errors rows, refused from "
+                                                           "their header before decoding")
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="larger files are errors rows, refused unread")
     allow_modalities: tuple[str, ...] = Field((), description="Modality values accepted besides MG, e.g. [DX]")
 
@@ -174,10 +193,15 @@ class NYUInputConfig(StrictModel):
     weights: str = Field(
         "random-init:0", description="random-init:<seed>, torchvision:<arch>:<enum>, a path or s3:// URI"
     )
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    nyu_scale: float = Field(0.25, gt=0.0, le=1.0)
-    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
-    tta: int = Field(0, ge=0, le=64)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="expected sha256 of the weights file (hex); None: not verified")
+    nyu_scale: float = Field(0.25, gt=0.0, le=1.0, description="NYU window size as a fraction of the published "
+                                                               "2677x1942 (CC) / 2974x1748 (MLO)")
+    source_resolution: float | None = Field(
+        None, gt=0.0, le=4.0, description="the images' resolution relative to a ~4000-row full-field mammogram (e.g. "
+                                          "0.25 for a 4x downsampled export); None: estimated per image from its "
+                                          "height")
+    tta: int = Field(0, ge=0, le=64, description="test-time augmented NYU windows per image, averaged; 0: none")
 
 
 class ExtractorConfig(NYUInputConfig):
@@ -191,7 +215,8 @@ class ExtractorConfig(NYUInputConfig):
 
     name: str = Field(description="one of ExtractorName or ARCHITECTURE_PRESETS, or a name of your own for an "
                                   "extractor by `architecture`")
-    pool: Literal["global", "4x4"] = "global"
+    pool: Literal["global", "4x4"] = Field(
+        "global", description="NYU extractors: global (average pooling, 256-d) or 4x4 (the paper's 4096-d vector)")
     input_size: int = Field(224, ge=32, le=2048, description="rows of an ImageNet-style input (and columns, unless "
                                                              "input_width)")
     input_width: int | None = Field(None, ge=32, le=2048, description="columns of a non-square input (extractors by "
@@ -203,18 +228,32 @@ class ExtractorConfig(NYUInputConfig):
     architecture: str | None = Field(None, pattern=r"^(torchvision|timm|efficientnet_pytorch):[A-Za-z0-9_.\-]+$",
                                      description="torchvision:<model>, timm:<model> or "
                                                  "efficientnet_pytorch:efficientnet-b<N>")
-    checkpoint_key: str | None = Field(None, min_length=1)
-    key_prefix: str | None = Field(None, min_length=1)
-    channels: int | None = Field(None, ge=1, le=4)
-    mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=4)
-    std: tuple[float, ...] | None = Field(None, min_length=1, max_length=4)
+    checkpoint_key: str | None = Field(
+        None, min_length=1, description="the sub-dict of a checkpoint dict holding the weights (dotted); None: the "
+                                        "file's state dict, or the one under model or state_dict")
+    key_prefix: str | None = Field(None, min_length=1, description="stripped from the weights' keys (keys without it "
+                                                                   "are ignored); None: keys as they are")
+    channels: int | None = Field(None, ge=1, le=4, description="input channels, the grey image replicated (timm "
+                                                               "only; the others take 3); None: the architecture's")
+    mean: tuple[float, ...] | None = Field(
+        None, min_length=1, max_length=4, description="per-channel mean subtracted from the [0, 1] intensities; None: "
+                                                      "the architecture's (timm's pretrained config, else ImageNet's)")
+    std: tuple[float, ...] | None = Field(
+        None, min_length=1, max_length=4, description="per-channel std the [0, 1] intensities are divided by; None: "
+                                                      "the architecture's (timm's pretrained config, else ImageNet's)")
     # What the weights were pretrained on, for a file the weights registry does not know (or to correct it):
     # collection names as the adapters name them (cmmd, vindr, inbreast, ...) and the group the paper's first
     # question compares. A study whose data is among them is refused unless `pretraining_acknowledged`, and then
     # the report says its rows are not external.
-    pretrained_on: tuple[str, ...] | None = None
-    pretraining_group: str | None = None
-    pretraining_acknowledged: bool = False
+    pretrained_on: tuple[str, ...] | None = Field(
+        None, description="collections the weights were pretrained on, as the adapters name them (cmmd, vindr, "
+                          "inbreast, ...); None: the weights registry's entry, else none (random-init) or unknown")
+    pretraining_group: str | None = Field(
+        None, description="pretraining group the paper's first question compares: mammography, other medical, "
+                          "natural images, none or unknown; None: the weights registry's entry")
+    pretraining_acknowledged: bool = Field(
+        False, description="accept an extractor pretrained on a collection the study reads (else refused before any "
+                           "work); the report then marks its rows as not external")
 
     @field_validator("pretrained_on")
     @classmethod
@@ -270,8 +309,11 @@ def _default_extractors() -> list[ExtractorConfig]:
 class EmbedConfig(StrictModel):
     """The extractors and the inference pool of the image pass (sized by `mammo_ray.stages.pass_plan`)."""
 
-    extractors: list[ExtractorConfig] = Field(default_factory=_default_extractors, min_length=1)
-    batch_size: int = Field(8, ge=1, le=4096)
+    extractors: list[ExtractorConfig] = Field(
+        default_factory=_default_extractors, min_length=1,
+        description="the feature extractors, names unique: built-in names, presets of published encoders, or any "
+                    "backbone by architecture")
+    batch_size: int = Field(8, ge=1, le=4096, description="images per inference batch (fixed)")
     max_actors: int | None = Field(
         None, ge=1, description="None: one per GPU, else one per torch_threads CPUs; never more than batches")
     num_gpus: float | None = Field(None, ge=0.0, description="per actor; None: 1 when the cluster has GPUs")
@@ -303,7 +345,8 @@ class ZeroShotConfig(NYUInputConfig):
 
     heatmaps_weights: str | None = Field(
         None, description="None, random-init:<seed>, or ImageHeatmaps__ModeImage_weights.p (path or s3://)")
-    heatmaps_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    heatmaps_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                                        description="expected sha256 of heatmaps_weights (hex); None: not verified")
 
 
 class HeatmapsConfig(StrictModel):
@@ -314,20 +357,27 @@ class HeatmapsConfig(StrictModel):
     full-field mammogram, where the classifier was trained (1.0; lower is a cheaper, coarser approximation).
     `batch_size`: patches per forward."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="compute the benign and malignant heatmaps in the image pass (the "
+                                             "image+heatmaps model needs them)")
     weights: str = Field("random-init:0", description="random-init:<seed>, or sample_patch_model.p (path or s3://)")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    stride: int = Field(70, ge=8, le=256)
-    scale: float = Field(1.0, gt=0.0, le=1.0)
-    source_resolution: float | None = Field(None, gt=0.0, le=4.0)
-    batch_size: int = Field(32, ge=1, le=4096)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="expected sha256 of the weights file (hex); None: not verified")
+    stride: int = Field(70, ge=8, le=256, description="pixels between 256 x 256 patches (the published 70); a "
+                                                      "coarser stride costs about (70 / stride)^2 as many patches")
+    scale: float = Field(1.0, gt=0.0, le=1.0, description="the crop's resolution relative to a full-field mammogram, "
+                                                          "where the classifier was trained (lower: cheaper, coarser)")
+    source_resolution: float | None = Field(
+        None, gt=0.0, le=4.0, description="the images' resolution relative to a ~4000-row full-field mammogram; "
+                                          "None: estimated per image from its height")
+    batch_size: int = Field(32, ge=1, le=4096, description="patches per forward pass")
     figure_images: list[str] | None = Field(
         None, description="image ids of the report's Figure 2; None: the highest-BI-RADS image of each view; "
                           "[]: no figure (it shows the images' pixels)")
 
 
 class ReportConfig(StrictModel):
-    published: str | None = Field(None, description="CSV of the paper's published values (report.published)")
+    published: str | None = Field(None, description="CSV of the paper's published values, printed beside the "
+                                                     "study's (format: mammo_ray/report/published.py); None: none")
     contact_sheet: int | None = Field(
         64, ge=0, description="images on the preprocessing contact sheet (each one's NYU window and ImageNet input "
                               "as thumbnails, grouped by view and side), spread over the manifest; None: all; "

@@ -24,18 +24,32 @@ def _demo_finetune() -> FinetuneConfig:
 
 
 class StudyConfig(StrictModel):
-    name: str = Field("study", min_length=1)
-    output: str = "output/study"
-    data: sections.DataConfig = Field(default_factory=lambda: sections.DataConfig(synthetic=sections.SyntheticSource()))
-    storage: sections.StorageConfig = Field(default_factory=sections.StorageConfig)
-    ray: sections.RayConfig = Field(default_factory=sections.RayConfig)
-    ingest: sections.IngestConfig = Field(default_factory=sections.IngestConfig)
-    embed: sections.EmbedConfig = Field(default_factory=sections.EmbedConfig)
-    zero_shot: sections.ZeroShotConfig = Field(default_factory=sections.ZeroShotConfig)
-    heatmaps: sections.HeatmapsConfig = Field(default_factory=sections.HeatmapsConfig)
-    grid: GridConfig = Field(default_factory=GridConfig)
-    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
-    report: sections.ReportConfig = Field(default_factory=sections.ReportConfig)
+    name: str = Field("study", min_length=1, description="study name")
+    output: str = Field("output/study", description="output folder URI (local or s3://)")
+    data: sections.DataConfig = Field(default_factory=lambda: sections.DataConfig(synthetic=sections.SyntheticSource()),
+                                      description="where the images come from: exactly one of synthetic, manifest, "
+                                                  "adapter, sources")
+    storage: sections.StorageConfig = Field(default_factory=sections.StorageConfig,
+                                            description="storage settings: where S3 lives")
+    ray: sections.RayConfig = Field(default_factory=sections.RayConfig,
+                                    description="the Ray cluster and where each kind of work runs on it")
+    ingest: sections.IngestConfig = Field(default_factory=sections.IngestConfig,
+                                          description="how images are read and decoded, by every image stage")
+    embed: sections.EmbedConfig = Field(default_factory=sections.EmbedConfig,
+                                        description="the feature extractors and the inference pool of the image pass")
+    zero_shot: sections.ZeroShotConfig = Field(
+        default_factory=sections.ZeroShotConfig,
+        description="zero-shot NYU inference (Figure 3): the image-wise model's own benign/malignant heads")
+    heatmaps: sections.HeatmapsConfig = Field(
+        default_factory=sections.HeatmapsConfig,
+        description="the NYU patch classifier's benign and malignant heatmaps, an output of the image pass")
+    grid: GridConfig = Field(default_factory=GridConfig, description="the classifier grid: its axes and every "
+                                                                     "setting a cell depends on")
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune,
+                                     description="fine-tuning: networks, weights, tasks, the schedule of stages, "
+                                                 "Ray Train workers")
+    report: sections.ReportConfig = Field(default_factory=sections.ReportConfig,
+                                          description="the report: published values and the contact sheet")
 
     @model_validator(mode="after")
     def _grid_extractors_are_configured(self) -> StudyConfig:

@@ -30,12 +30,26 @@ def _is_count(column: object) -> bool:
     return name.startswith("n_") or name in ("permutations", "oof_repeats", "cv_folds", "count")
 
 
-def _format(value: object, count: bool = False) -> str:
+def _is_p_value(column: object) -> bool:
+    """Columns of p-values (delong_p, holm_p, permutation_p): shown by `format_p`, never as 0.000."""
+    name = str(column)
+    return name == "p" or name.endswith("_p")
+
+
+def format_p(p: float) -> str:
+    """A p-value as the report prints it everywhere: three decimals, or two significant digits in scientific
+    notation below 0.001 (a p of 6e-06 is not "0.000")."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _format(value: object, count: bool = False, p_value: bool = False) -> str:
     if value is None or value is pd.NA:
         return ""
     if isinstance(value, float):
         if pd.isna(value):
             return ""
+        if p_value:
+            return format_p(value)
         return f"{value:.0f}" if count and value == round(value) else f"{value:.3f}"
     return str(value)
 
@@ -65,8 +79,8 @@ def markdown_text(value: object, starts_line: bool = False) -> str:
 def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(markdown_text(column) for column in frame.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
-    counts = [_is_count(c) for c in frame.columns]
-    rows = ["| " + " | ".join(markdown_text(_format(v, count)) for v, count in zip(row, counts, strict=True))
+    kinds = [(_is_count(c), _is_p_value(c)) for c in frame.columns]
+    rows = ["| " + " | ".join(markdown_text(_format(v, *kind)) for v, kind in zip(row, kinds, strict=True))
             + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
@@ -79,7 +93,7 @@ def html_table(frame: pd.DataFrame) -> str:
     """A table in a container that scrolls sideways at a laptop's width, its first column kept in view
     when it names the row; numbers right-aligned, text left."""
     sticky = len(frame.columns) > 0 and str(frame.columns[0]) in KEY_COLUMNS
-    counts = [_is_count(c) for c in frame.columns]
+    kinds = [(_is_count(c), _is_p_value(c)) for c in frame.columns]
 
     def cell(tag: str, text: str, index: int, numeric: bool) -> str:
         classes = " ".join(name for name, on in (("key", sticky and index == 0), ("num", numeric)) if on)
@@ -87,7 +101,7 @@ def html_table(frame: pd.DataFrame) -> str:
 
     head = "".join(cell("th", html.escape(str(c)), i, False) for i, c in enumerate(frame.columns))
     body = "".join(
-        "<tr>" + "".join(cell("td", html.escape(_format(v, counts[i])), i, _is_number(v))
+        "<tr>" + "".join(cell("td", html.escape(_format(v, *kinds[i])), i, _is_number(v))
                          for i, v in enumerate(row)) + "</tr>"
         for row in frame.itertuples(index=False)
     )

@@ -9,6 +9,17 @@ from mammo_ray.classify.subgroups import SMALL_CLASS, SMALL_IMAGES
 from mammo_ray.report.render import Section
 
 
+def interval_text(row: pd.Series) -> str:
+    """A subgroup's interval as "a to b"; "too few patients" where resampling patients cannot vary it (one
+    patient, or every resample the same): a zero-width interval would read as certainty."""
+    low, high = row["ci_low"], row["ci_high"]
+    if pd.isna(row["auc"]):
+        return ""
+    if row["n_patients"] < 2 or pd.isna(low) or pd.isna(high) or high - low <= 0:
+        return f"too few patients ({int(row['n_patients'])})"
+    return f"{low:.3f} to {high:.3f}"
+
+
 def subgroups_section(subgroups: pd.DataFrame | None, level: float) -> Section:
     """results/subgroups.parquet as a table: every subgroup shown, the small ones marked."""
     section = Section("Subgroups: view, side, density, BI-RADS group, site, device")
@@ -22,8 +33,10 @@ def subgroups_section(subgroups: pd.DataFrame | None, level: float) -> Section:
         f"bootstrap interval. Subgroups with fewer than {SMALL_IMAGES} images or fewer than {SMALL_CLASS} of "
         "either class are marked small: shown, not to be read as a difference. A subgroup of one class has no AUC.")
     shown = subgroups.assign(pipeline=subgroups["selection"] + "/" + subgroups["balancing"] + "/"
-                             + subgroups["classifier"], small=subgroups["small"].map({True: "small", False: ""}))
+                             + subgroups["classifier"], small=subgroups["small"].map({True: "small", False: ""}),
+                             interval=[interval_text(row) for _, row in subgroups.iterrows()])
     columns = ["extractor", "pipeline", *(c for c in subgroups.columns if c not in
-                                         ("extractor", "selection", "balancing", "classifier"))]
+                                         ("extractor", "selection", "balancing", "classifier", "ci_low", "ci_high"))]
+    columns.insert(columns.index("auc") + 1, "interval")
     section.tables.append(("AUC per subgroup", shown[columns]))
     return section

@@ -18,7 +18,7 @@ from itertools import combinations
 
 import pandas as pd
 
-from mammo_ray.report.render import Section
+from mammo_ray.report.render import Section, format_p
 from mammo_ray.vocabulary import PRETRAINING_GROUPS
 
 NYU = ("nyu_avg", "nyu_lcc")
@@ -57,7 +57,7 @@ def comparison_numbers(row: pd.Series, grid: pd.DataFrame, control_of: str = "a"
     controlled = str(row[control_of]).removesuffix(BEST)
     return (f"{a} AUC {row['auc_a']:.3f} vs {b} {row['auc_b']:.3f} on {int(row['n_images'])} images: "
             f"difference {row['difference']:+.3f} (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}, "
-            f"Holm-adjusted DeLong p = {row['holm_p']:.3g}; {_null(grid, row, controlled)})")
+            f"Holm-adjusted DeLong p = {format_p(row['holm_p'])}; {_null(grid, row, controlled)})")
 
 
 def comparison_conclusion(row: pd.Series) -> str:

@@ -64,7 +64,7 @@ from mammo_ray.classify.protocols import evaluate_cells
 from mammo_ray.classify.selection import select_inside
 from mammo_ray.config.grid import GridCell, GridConfig, combinations
 from mammo_ray.faults import crash_point
-from mammo_ray.schemas import COMPARISONS_SCHEMA, GRID_COLUMNS_DOC, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
+from mammo_ray.schemas import COMPARISONS_SCHEMA, EXTERNAL_SCHEMA, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
 from mammo_ray.stages.embed import read_embeddings
 from mammo_ray.stages.grid_units import TrialUnit, finished_units, plan_units, unit_file
 from mammo_ray.stages.stage import Counts, Stage, tables_missing
@@ -261,7 +261,7 @@ def results_table(results: Sequence[CellResult], config: GridConfig,
     return tables.with_provenance(
         table, "grid", config_hash=config_hash, inputs=inputs,
         weights_ids=[w for ids in weights.values() for w in ids], weights_by_extractor=weights,
-        grid_config=config.model_dump(mode="json"), dropped_unlabelled=dropped or {}, columns=GRID_COLUMNS_DOC,
+        grid_config=config.model_dump(mode="json"), dropped_unlabelled=dropped or {},
     )
 
 
@@ -338,7 +338,8 @@ def external_table(datasets: Mapping[str, GridData], sources: pd.Series | None, 
                                   internal.get((name, pair.train)))
               for pair in config.external if sources is not None for name, data in datasets.items()]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXTERNAL_COLUMNS)
-    table = pa.Table.from_pandas(frame.astype(dict.fromkeys(EXTERNAL_METRICS, "float64")), preserve_index=False)
+    table = pa.Table.from_pandas(frame.astype(dict.fromkeys(EXTERNAL_METRICS, "float64")), schema=EXTERNAL_SCHEMA,
+                                 preserve_index=False)
     return table.replace_schema_metadata(metadata)
 
 
@@ -400,7 +401,7 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
 
 
 __all__ = [
-    "GRID_COLUMNS_DOC", "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "grid_data", "grid_uri",
+    "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "grid_data", "grid_uri",
     "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid", "tune_grid",
 ]
 

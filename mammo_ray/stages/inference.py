@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from mammo_ray import feature_store, schemas, storage, tables
+from mammo_ray import content_keys, feature_store, storage, tables
 from mammo_ray.config.sections import EmbedConfig, IngestConfig
 from mammo_ray.feature_store import ModelKey
 from mammo_ray.image_stream import CachedContent, block_rows, error_records, errors_table, manifest_dataset, read_images
@@ -63,8 +63,8 @@ class IngestedContent(CachedContent):
 
     def __contains__(self, row: tuple[str, object, object]) -> bool:
         sha, laterality, view = row
-        return sha in self.keys and (schemas.orientation_hint(laterality) != "" or sha in self.open_laterality) \
-            and (schemas.orientation_hint(view) != "" or sha in self.open_view)
+        return sha in self.keys and (content_keys.orientation_hint(laterality) != "" or sha in self.open_laterality) \
+            and (content_keys.orientation_hint(view) != "" or sha in self.open_view)
 
 
 def _decode_settings(read: IngestConfig) -> dict[str, Any]:

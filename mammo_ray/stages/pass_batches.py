@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import feature_store, schemas, storage, tables
+from mammo_ray import content_keys, feature_store, storage, tables
 from mammo_ray.config.sections import EmbedConfig, IngestConfig
 from mammo_ray.errors import describe
 from mammo_ray.faults import crash_point
@@ -276,7 +276,7 @@ def write_batch(batch: pd.DataFrame, tasks: Sequence[InferenceTask], keys: Seque
             keyed = feature_store.feature_rows(rows, key)
             table = pa.Table.from_pandas(task.to_frame(keyed), schema=task.schema, preserve_index=False)
             table = tables.with_provenance(table, task.stage, weights_ids=[key.weights_id], key=key.as_dict())
-            contents = schemas.content_keys(keyed["content_sha256"], keyed["laterality"], keyed["view"],
+            contents = content_keys.content_keys(keyed["content_sha256"], keyed["laterality"], keyed["view"],
                                            key.orientation)
             storage.write_table(table, storage.join(feature_store.key_uri(task.table_uri(output_uri), key),
                                                     feature_store.part_name(contents.tolist())))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import storage, tables
+from mammo_ray import schemas, storage, tables
 from mammo_ray.classify.cells import compare_pipeline
 from mammo_ray.classify.subgroups import subgroup_metrics
 from mammo_ray.config import StudyConfig
@@ -47,8 +47,8 @@ def write_subgroups(config: StudyConfig, manifest: pd.DataFrame, predictions: pd
     found = [frame for frame in frames if not frame.empty]
     frame = pd.concat(found, ignore_index=True) if found else frames[0]
     inputs = {"manifest": tables.manifest_digest(manifest), "grid": dict(grid_inputs or {})}
-    storage.write_table(tables.with_provenance(pa.Table.from_pandas(frame, preserve_index=False), NAME,
-                                               inputs=inputs), uri)
+    table = pa.Table.from_pandas(frame, schema=schemas.SUBGROUPS_SCHEMA, preserve_index=False)
+    storage.write_table(tables.with_provenance(table, NAME, inputs=inputs), uri)
     log.info("subgroups: %d rows -> %s", len(frame), uri)
     return frame
 
