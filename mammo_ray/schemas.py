@@ -246,11 +246,11 @@ GRID_SCHEMA = pa.schema(
         column("first_repeat_auc", pa.float64(), "the AUC the permutation null is compared with, the one the "
                "reruns' procedure gives on the real labels (holdout: auc; oof: its first repeat's)"),
         column("permutations", pa.int64(), "label permutations between patients whose negative-control rerun gave "
-               "an AUC; 0: no control ran, or none of its reruns gave one", nullable=False),
+               "an AUC (sequential control: the reruns its decision took); 0: no control ran", nullable=False),
         column("null_auc_mean", pa.float64(), "mean of the negative control's null AUCs; null: none"),
         column("null_auc_q95", pa.float64(), "95th percentile of the negative control's null AUCs; null: none"),
         column("permutation_p", pa.float64(), "one-sided permutation p of first_repeat_auc: (1 + null AUCs >= it) "
-               "/ (1 + null AUCs); null: no negative control"),
+               "/ (1 + null AUCs); stopped after 10 at or above it: 10 / null AUCs; null: no negative control"),
         column("null_aucs", pa.list_(pa.float64()), "the AUC of each negative-control rerun of the protocol on "
                "labels permuted between patients (NaN: the rerun failed)"),
         column("control_seconds", pa.float64(), "seconds of the permutation control, its wall time shared equally "

@@ -1,6 +1,8 @@
 """`grid`: the classifier grid, a plain sequential loop over cells (the notebook way) against the Ray Tune
 stage `run_grid`, on synthetic embedding tables (410 and 4,000 rows), then per-classifier wall time up to
-40,000 rows (kernel SVMs on their scale path there).
+40,000 rows (kernel SVMs on their scale path there). `--control-from CONFIG`: instead, a study's own grid on
+its stored embeddings (real images: libsvm converges far slower on them than on synthetic features), its
+negative control fixed against sequential, side by side, with every cell's p-value compared at 0.05.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from mammo_ray.classify import evaluate_cell, evaluate_cells
 from mammo_ray.classify.cells import grid_cells
 from mammo_ray.classify.data import CellResult, GridData
 from mammo_ray.classify.synthetic import embedding_table, read_synthetic, write_embeddings
+from mammo_ray.config import load_config
 from mammo_ray.config.grid import GridCell, GridConfig, combinations
-from mammo_ray.stages.grid import run_grid
+from mammo_ray.current import CurrentInputs
+from mammo_ray.stages.grid import run_grid, study_datasets
 
 
 def _sequential_grid(data: GridData, cells: Sequence[GridCell], config: GridConfig,
@@ -117,12 +121,46 @@ def _study_grid(args: argparse.Namespace, workdir: Path) -> None:
               f"({sequential_s / 60:.1f} min); sequential / stage {sequential_s / stage_s:.2f}x", flush=True)
 
 
+def _control_comparison(config_path: str, workdir: Path) -> None:
+    """The study's grid on its stored embeddings, twice in one run: every cell's permutations (fixed) against
+    the sequential control, the time of each and the p-values side by side."""
+    study = load_config(config_path)
+    datasets = study_datasets(CurrentInputs(study))
+    rows = {name: data.n_rows for name, data in datasets.items()}
+    print(f"the grid of {config_path} on its stored embeddings ({study.output}): {rows}; "
+          f"{study.grid.permutations} permutations at most per cell")
+    frames, seconds = {}, {}
+    for mode in ("fixed", "sequential"):
+        config = study.grid.model_copy(update={"control_stop": mode})
+        started = time.perf_counter()
+        frames[mode] = run_grid(str(workdir / mode), config, datasets).frame
+        seconds[mode] = time.perf_counter() - started
+        ok = frames[mode][frames[mode]["status"] == "ok"]
+        print(f"  {mode:<10} {seconds[mode]:7.0f} s; control {ok['control_seconds'].sum():7.0f} CPU-s; "
+              f"permutations per cell: median {ok['permutations'].median():.0f}, total {ok['permutations'].sum():.0f}"
+              f" ({load_average()})", flush=True)
+    keys = ["extractor", "protocol", "selection", "balancing", "classifier"]
+    both = frames["fixed"].merge(frames["sequential"], on=keys, suffixes=("_fixed", "_sequential"))
+    both = both[both["permutation_p_fixed"].notna()]
+    agree = (both["permutation_p_fixed"] < 0.05) == (both["permutation_p_sequential"] < 0.05)
+    print(f"  fixed / sequential: {seconds['fixed'] / seconds['sequential']:.2f}x; p-values on the same side of "
+          f"0.05 in {int(agree.sum())} of {len(both)} cells")
+    for row in both[~agree].itertuples():
+        print(f"    differs: {row.extractor} {row.protocol} {row.selection}/{row.balancing}/{row.classifier}: "
+              f"p {row.permutation_p_fixed:.3f} vs {row.permutation_p_sequential:.3f}")
+
+
 def run(args: argparse.Namespace) -> int:
     import ray  # keeps `jobs/benchmark.py --help` fast: no Ray import
 
     cpus = args.num_cpus or os.cpu_count() or 1
     started = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if args.control_from:
+        with tempfile.TemporaryDirectory(prefix="mammo-grid-control-") as workdir:
+            _control_comparison(args.control_from, Path(workdir))
+        ray.shutdown()
+        return 0
     print(f"grid benchmark: {cpus} CPUs for Ray (ray.init {time.perf_counter() - started:.1f} s, not counted), "
           f"{load_average()}")
     print(f"data: synthetic embedding-like features, {args.features} columns, 25% positives, 4 images/patient")
@@ -219,6 +257,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--oof-repeats", type=int, default=5)
     parser.add_argument("--permutations", type=int, default=200, help="negative-control permutations per cell")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray (default: all)")
+    parser.add_argument("--control-from", default=None, metavar="CONFIG",
+                        help="only this: the study CONFIG's grid on its stored embeddings (run its embed stage "
+                        "first), negative control fixed vs sequential")
     parser.add_argument("--baseline-threads", choices=["1", "all"], default="1",
                         help="BLAS threads of the sequential loop (1: no hidden parallelism, and the faster "
                         "choice on a busy machine)")

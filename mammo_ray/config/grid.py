@@ -192,8 +192,14 @@ class GridConfig(StrictModel):
                                                                   "(evaluation: oof)")
     permutations: int = Field(
         100, ge=0, le=100_000,
-        description="label permutations between patients per cell, the protocol rerun on each: the AUC it "
-        "reaches on no signal and a p-value (0 = no control)",
+        description="label permutations between patients per cell (at most, when control_stop is sequential), the "
+        "protocol rerun on each: the AUC it reaches on no signal and a p-value (0 = no control)",
+    )
+    control_stop: Literal["sequential", "fixed"] = Field(
+        "sequential",
+        description="sequential: a cell's reruns stop once its p-value is decided, after 10 null AUCs at or above "
+        "its own (Besag and Clifford 1991) or once p is below 0.05 with 95% confidence; the count used is the "
+        "cell's permutations column. fixed: every cell runs all permutations",
     )
     combined: list[list[str]] | None = Field(
         None, description="extractor combinations run as extractors of their own (features concatenated, "

@@ -59,11 +59,19 @@ def control_paragraphs(ok: pd.DataFrame) -> list[str]:
         beating = int((cells["permutation_p"] < 0.05).sum())
         sentences.append(
             f"Negative control, {protocol} protocol: on labels permuted between patients "
-            f"({int(cells['permutations'].max())} permutations per cell) it reaches AUC "
+            f"({_permutation_counts(cells)}) it reaches AUC "
             f"{cells['null_auc_mean'].median():.2f} (median over {len(cells)} cells; 95th percentile up to "
             f"{cells['null_auc_q95'].max():.2f}); {beating} of {len(cells)} cells beat their own null at "
             "p < 0.05 (unadjusted).")
     return sentences
+
+
+def _permutation_counts(cells: pd.DataFrame) -> str:
+    """How many reruns the control took per cell: one number (fixed), or the range (sequential: a cell stops
+    once its p-value is decided)."""
+    low, high = int(cells["permutations"].min()), int(cells["permutations"].max())
+    return f"{high} permutations per cell" if low == high else (
+        f"{low} to {high} permutations per cell, each stopped once its p-value was decided")
 
 
 def selected_paragraphs(ok: pd.DataFrame) -> list[str]:

@@ -402,11 +402,14 @@ def run_grid(output_uri: str, config: GridConfig, datasets: Mapping[str, GridDat
 
 __all__ = [
     "GRID_PREDICTIONS_SCHEMA", "GRID_SCHEMA", "GridResult", "grid_data", "grid_uri",
-    "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid", "tune_grid",
+    "predictions_table", "read_grid", "read_grid_predictions", "results_table", "run_grid", "study_datasets",
+    "tune_grid",
 ]
 
 
-def _run(current: CurrentInputs) -> Counts:
+def study_datasets(current: CurrentInputs) -> dict[str, GridData]:
+    """The grid's tables of a study: each grid extractor's current embeddings joined to the current manifest,
+    and their configured combinations."""
     config, manifest = current.config, current.manifest()
     datasets = {spec.name: grid_data(read_embeddings(config.output, manifest, spec, key=current.embedding_key(spec)),
                                      spec.name)
@@ -414,6 +417,12 @@ def _run(current: CurrentInputs) -> Counts:
     for members in combinations(config.grid, list(datasets)):
         combined = GridData.combine([datasets[name] for name in members])
         datasets[combined.extractor] = combined
+    return datasets
+
+
+def _run(current: CurrentInputs) -> Counts:
+    config, manifest = current.config, current.manifest()
+    datasets = study_datasets(current)
     sources = manifest.set_index("image_id")["dataset"] if config.grid.external else None
     result = run_grid(config.output, config.grid, datasets, current.grid_inputs(), sources)
     log.info("grid: %d cells ok, %d failed -> %s", result.n_ok, result.n_failed, result.uri)
