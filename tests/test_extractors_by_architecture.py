@@ -4,6 +4,8 @@ files the test writes, each with its stated input convention (channels, mean, st
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -70,7 +72,7 @@ def _mammo_clip_file(tmp_path) -> str:
     return str(path)
 
 
-def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_conventions(tmp_path):
+def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_conventions(tmp_path, caplog):
     manifest = generate_cohort(str(tmp_path / "cohort"), SyntheticSource(patients=1, seed=4, rows=160))
     timm_spec = ExtractorConfig(name="mammo_encoder", architecture="timm:mobilenetv3_small_050",
                                 weights=_timm_file(tmp_path), checkpoint_key="network", key_prefix="encoder.",
@@ -81,7 +83,12 @@ def test_a_timm_and_a_torchvision_model_embed_through_the_pass_with_their_input_
                                 input_width=64)
     specs = (timm_spec, vision_spec, clip_spec)
     output = str(tmp_path / "out")
-    done = run_pass(manifest, output, [EmbedTask(spec) for spec in specs], EmbedConfig(batch_size=4))
+    with caplog.at_level(logging.INFO, logger="mammo_ray.inference"):
+        done = run_pass(manifest, output, [EmbedTask(spec) for spec in specs], EmbedConfig(batch_size=4))
+    # A person sees the pass in images: its last progress line says all of them are done.
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("image pass (embed:")]
+    assert progress and progress[-1].startswith(
+        "image pass (embed:mammo_encoder, embed:shufflenet, embed:mammo_clip_b2): 4/4 images (100%)"), progress
     assert [done.runs[f"embed:{spec.name}"].written for spec in specs] == [4, 4, 4]
 
     first = manifest.sort_values("image_id").iloc[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -33,13 +34,17 @@ def _through_the_store(output: str, data: GridData, unlabelled: int = 0) -> Grid
     return read_synthetic(output, data.extractor, manifest, key)
 
 
-def test_grid_writes_every_cell_with_its_settings_and_provenance(tmp_path):
+def test_grid_writes_every_cell_with_its_settings_and_provenance(tmp_path, caplog):
     output = str(tmp_path / "study")
     signal = _through_the_store(output, embedding_table(160, 64, seed=1, extractor="signal"), unlabelled=7)
     noise = _through_the_store(output, noise_table(120, 48, 30, seed=2, extractor="noise"))
     config = GridConfig(**SMALL)
     inputs = {"manifest": "digest-of-the-manifest", "embeddings": {"signal": {"index": "i1"}}}
-    result = run_grid(output, config, {"signal": signal, "noise": noise}, inputs)
+    with caplog.at_level(logging.INFO, logger="mammo_ray.grid"):
+        result = run_grid(output, config, {"signal": signal, "noise": noise}, inputs)
+    # A person sees the grid in cells as its trials finish: the last line has them all.
+    progress = [r.getMessage() for r in caplog.records if "/48 cells" in r.getMessage()]
+    assert progress and progress[-1].startswith("grid: 48/48 cells (100%)"), progress
 
     frame, provenance = _check_table(output, 2 * 24 + 2)  # + each extractor's best, chosen inside the folds
     assert result.n_ok == 50 and result.n_failed == 0

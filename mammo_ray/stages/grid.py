@@ -66,7 +66,7 @@ from mammo_ray.config.grid import GridCell, GridConfig, combinations
 from mammo_ray.faults import crash_point
 from mammo_ray.schemas import COMPARISONS_SCHEMA, EXTERNAL_SCHEMA, GRID_PREDICTIONS_SCHEMA, GRID_SCHEMA
 from mammo_ray.stages.embed import read_embeddings
-from mammo_ray.stages.grid_units import TrialUnit, finished_units, plan_units, unit_file
+from mammo_ray.stages.grid_units import TrialUnit, cell_progress, finished_units, plan_units, unit_file
 from mammo_ray.stages.stage import Counts, Stage, tables_missing
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +132,10 @@ def _grid_trial(trial_config: dict[str, int], units: dict[int, TrialUnit], datas
 
 
 def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: GridConfig,
-              storage_path: str, name: str = "grid", units_uri: str | None = None) -> list[CellResult]:
-    """Run `cells` (all of whose extractors are in `datasets`) as Ray Tune trials; one result per cell.
+              storage_path: str, name: str = "grid", units_uri: str | None = None,
+              label: str = "grid") -> list[CellResult]:
+    """Run `cells` (all of whose extractors are in `datasets`) as Ray Tune trials; one result per cell; progress
+    lines in cells, named `label`.
 
     `units_uri`: the journal folder. Units found there are not run again; every trial run now writes
     its unit there. Starts a local Ray when none is running. The datasets go to the object store once.
@@ -149,12 +151,12 @@ def tune_grid(datasets: dict[str, GridData], cells: Sequence[GridCell], config: 
     by_cell: dict[GridCell, CellResult] = {r.cell: r for results in finished.values() for r in results}
     units = [unit for unit in units if unit.id not in finished]
     if units:
-        by_cell.update(_run_units(datasets, units, config, storage_path, name, units_uri))
+        by_cell.update(_run_units(datasets, units, config, storage_path, name, units_uri, label))
     return [by_cell[cell] for cell in cells]
 
 
 def _run_units(datasets: dict[str, GridData], units: list[TrialUnit], config: GridConfig,
-               storage_path: str, name: str, units_uri: str | None) -> dict[GridCell, CellResult]:
+               storage_path: str, name: str, units_uri: str | None, label: str) -> dict[GridCell, CellResult]:
     import ray
     from ray import tune
 
@@ -182,6 +184,7 @@ def _run_units(datasets: dict[str, GridData], units: list[TrialUnit], config: Gr
             name=name,
             storage_path=storage_path,
             verbose=0,
+            callbacks=[cell_progress(by_id, label)],
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
         ),
     )
@@ -317,7 +320,7 @@ def tune_internal(datasets: Mapping[str, GridData], sources: pd.Series | None, c
                 parts[key], origin[key] = fit_data, (extractor, train)
                 cells += [replace(cell, extractor=key) for cell in external_cells(grid_cells(config, [extractor]))]
     results = tune_grid(parts, cells, internal_config(config), storage_path, name=internal_run_name(name),
-                        units_uri=units_uri)
+                        units_uri=units_uri, label="grid: internal estimates")
     internal: dict[tuple[str, str], list[CellResult]] = {}
     for result in results:
         internal.setdefault(origin[result.cell.extractor], []).append(result)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 
@@ -22,6 +23,7 @@ from mammo_ray.feature_store import ModelKey
 from mammo_ray.image_stream import CachedContent, block_rows, error_records, errors_table, manifest_dataset, read_images
 from mammo_ray.imaging.decode import decode_id
 from mammo_ray.placement import ANYWHERE, NODE_TYPES, Placement
+from mammo_ray.progress import Progress
 from mammo_ray.schemas import IMAGES_SCHEMA
 from mammo_ray.stages.inference_task import InferenceRun, InferenceTask
 from mammo_ray.stages.pass_batches import (
@@ -190,7 +192,13 @@ def run_pass(
                                     fn_kwargs={"tasks": list(tasks), "keys": keys, "output_uri": output_uri,
                                                "ingest": ingest},
                                     resources=placement.resources("decode"))
-    parts = [batch for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None) if batch.num_rows]
+    progress = Progress(log, f"image pass ({', '.join(task.stage for task in tasks) or 'ingest'})", len(manifest))
+    parts = []
+    for batch in stream.iter_batches(batch_format="pyarrow", batch_size=None):
+        if batch.num_rows:
+            parts.append(batch)
+            progress.advance(batch.num_rows, errors=_images_with_errors(batch))
+    progress.finish()
     schema = result_schema(len(tasks), ingest)
     results = (pa.concat_tables(parts) if parts else schema.empty_table()).to_pandas()
     runs = {task.stage: _finish_output(manifest, output_uri, task, key, results, output, options.part_bytes)
@@ -198,6 +206,17 @@ def run_pass(
     summary = _finish_ingest(manifest, output_uri, read, results, ingested) if ingest else None
     return PassResult(runs, summary, images=len(results), decoded=int(results["decoded"].sum()),
                       forwards=int(results["forwards"].sum()))
+
+
+def _images_with_errors(batch: pa.Table) -> int:
+    """Images of a result batch that are an errors row of at least one output (or of decoding)."""
+    flags = [pc.is_valid(batch.column(name)) for name in batch.column_names if name.startswith("error_type")]
+    if not flags:
+        return 0
+    any_error = flags[0]
+    for flag in flags[1:]:
+        any_error = pc.or_(any_error, flag)
+    return int(pc.sum(any_error).as_py() or 0)
 
 
 def _finish_output(manifest: pd.DataFrame, output_uri: str, task: InferenceTask, key: ModelKey,
