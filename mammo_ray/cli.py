@@ -1,6 +1,7 @@
-"""`mammo-ray` command line: `run` runs the study (`run --help` lists its stages and what each writes); the other
-subcommands make a synthetic cohort or a manifest, decode a manifest's images, fetch and list weights, prune an
-output's unreachable caches and compare two outputs."""
+"""`mammo-ray` command line: `run` runs the study (`run --help` lists its stages and what each writes; `run --plan`
+says what it would do) and `status` says where one stands; the other subcommands make a synthetic cohort or a
+manifest, decode a manifest's images, fetch and list weights, prune an output's unreachable caches and compare
+two outputs."""
 
 from __future__ import annotations
 
@@ -89,6 +90,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--stages", nargs="*", default=None,
                      help="run only these stages (in study order; the list below)")
     run.add_argument("--force", action="store_true", help="rerun stages even when their outputs are up to date")
+    run.add_argument("--plan", action="store_true",
+                     help="only say which stages would run or be skipped, and why; nothing is run or written")
+
+    status = commands.add_parser(
+        "status", help="where a study stands: running or not, what each stage last finished, what would run next")
+    status.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+    status.add_argument("--output", default=None, help="override the config's output URI")
 
     prune = commands.add_parser("prune", help="remove cached model outputs the current manifest and config cannot see")
     prune.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
@@ -205,7 +213,18 @@ def _command(args: argparse.Namespace) -> int:
         from mammo_ray.study import check_stages, run_from_cli
 
         check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
+        if args.plan:
+            from mammo_ray.study import load_study_config  # as above: heavy imports, only for this command
+            from mammo_ray.study_plan import format_plan, plan_study
+
+            print(format_plan(plan_study(load_study_config(args.config, args.output), args.stages, args.force)))
+            return 0
         return run_from_cli(args.config, args.output, args.stages, args.force)
+    elif args.command == "status":
+        from mammo_ray.study import load_study_config  # heavy imports (the study's stages): only for this command
+        from mammo_ray.study_plan import status
+
+        print(status(load_study_config(args.config, args.output)))
     elif args.command == "prune":
         # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray/torch import).
         from mammo_ray.study import load_study_config, prune_output

@@ -13,6 +13,7 @@ import logging
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from mammo_ray import feature_store, preflight, storage, tables
 from mammo_ray.config import HeatmapsConfig, StudyConfig, ZeroShotConfig, load_config
@@ -83,21 +84,29 @@ def check_stages(stages: Sequence[str] | None) -> list[str]:
     return [s for s in STAGE_NAMES if s in stages]
 
 
-def _finished_counts(current: CurrentInputs, stage: Stage, fingerprint: str) -> Counts | None:
-    """The counts of a stage already finished for this fingerprint whose outputs are all still there (a prune
-    under another config, or a user, may have removed them since), or None when it must run."""
+def ledger_state(current: CurrentInputs, stage: Stage, fingerprint: str) -> tuple[Counts | None, str]:
+    """A stage's ledger against `fingerprint`: its counts when it finished for this fingerprint and its outputs
+    are all still there (a prune under another config, or a user, may have removed them since), else None;
+    and why, in words."""
     uri = tables.ledger_uri(current.config.output, stage.name)
     if not storage.exists(uri):
-        return None
+        return None, "it never finished on this output"
     entry = json.loads(storage.read_bytes(uri))
+    when = f" (it last finished {entry['finished_at']})" if entry.get("finished_at") else ""
     if entry.get("fingerprint") != fingerprint:
-        return None
+        return None, f"its inputs or settings changed since it last finished{when}"
     gone = stage.missing(current)
     if gone is not None:
-        log.info("%s: done for these inputs before, but its outputs are not all there (%s): it runs again",
-                 stage.name, gone)
-        return None
-    return entry["counts"]
+        return None, f"done for these inputs before, but its outputs are not all there ({gone})"
+    return entry["counts"], f"already done for these inputs and config{when}"
+
+
+def _finished_counts(current: CurrentInputs, stage: Stage, fingerprint: str) -> Counts | None:
+    """The counts of a stage already finished for this fingerprint with all its outputs, or None: it must run."""
+    counts, reason = ledger_state(current, stage, fingerprint)
+    if counts is None and reason.startswith("done for these inputs before"):
+        log.info("%s: %s: it runs again", stage.name, reason)
+    return counts
 
 
 def _run_image_pass(current: CurrentInputs, stages: Sequence[Stage]) -> dict[str, Counts]:
@@ -186,7 +195,8 @@ def _run_stages(config: StudyConfig, selected: Sequence[str], force: bool, resul
                 counts = passed.pop(stage.name)
             lock.check()  # another study took the output over meanwhile: record nothing as done
             entry = {"stage": stage.name, "fingerprint": fingerprint, "counts": counts,
-                     "config_hash": config.config_hash()}
+                     "config_hash": config.config_hash(),
+                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
             storage.write_bytes(tables.ledger_uri(config.output, stage.name), json.dumps(entry, indent=2).encode())
             result.ran.append(stage.name)
             result.counts.update(counts)
