@@ -3,6 +3,7 @@ open a link, an HTML tag, a table cell or a block in it (report.html escapes the
 
 from __future__ import annotations
 
+import html
 import re
 
 import pandas as pd
@@ -72,3 +73,21 @@ def test_a_subgroup_interval_reads_a_to_b_or_too_few_patients_never_zero_width()
     (_, shown), = subgroups_section(rows, 0.95).tables
     assert shown["interval"].tolist() == ["0.550 to 0.850", "0.500 to 0.790", "too few patients (1)"]
     assert "ci_low" not in shown and list(shown.columns).index("interval") == list(shown.columns).index("auc") + 1
+
+
+def test_the_papers_facts_stand_in_a_labelled_box_and_the_report_opens_with_its_contents():
+    from mammo_ray.report.grid import PAPER_BOX, grid_section
+
+    section = grid_section(None)
+    assert section.boxes == [(PAPER_BOX, section.boxes[0][1])] and not any("1/82" in p for p in section.paragraphs)
+    markdown = to_markdown("report", None, [Section("Verdict"), section])
+    lines = markdown.splitlines()
+    assert lines[2:6] == ["**Contents**", "", "1. Verdict", "2. Table 2: features + classifiers, paper protocol vs "
+                          "leak-free protocol"]
+    boxed = [line for line in lines if line.startswith(">")]
+    assert boxed[0] == f"> **{PAPER_BOX}**" and any("1/82" in line for line in boxed)
+    page = to_html("report", None, [Section("Verdict"), section])
+    assert "<nav><b>Contents</b><ol><li><a href='#section-1'>Verdict</a></li>" in page
+    assert f"<aside><h3>{html.escape(PAPER_BOX)}</h3><p>Table 1 (fine-tuning): accuracies are multiples of 1/82" in page
+    escaped = to_html("r", None, [Section("s", boxes=[("In the paper", [SITE])])])
+    assert "<script>" not in escaped and "&lt;script&gt;" in escaped

@@ -30,6 +30,9 @@ PAPER_FACTS = [
 ]
 
 
+#: The title of the box that sets the paper's own facts apart from this study's results.
+PAPER_BOX = "In the paper (not this study's numbers)"
+
 _CELL = ["extractor", "selection", "balancing", "classifier"]
 #: How many of the best cells (by CV balanced accuracy) of each protocol get an ROC curve.
 BEST_CELLS_PER_PROTOCOL = 3
@@ -124,7 +127,7 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
                  pipeline: tuple[str, str, str] | None = None) -> Section:
     """Table 2 and what stands beside it; `pipeline`: the one the extractors are compared on."""
     section = Section("Table 2: features + classifiers, paper protocol vs leak-free protocol",
-                      paragraphs=list(PAPER_FACTS))
+                      boxes=[(PAPER_BOX, list(PAPER_FACTS))])
     if grid is None or grid.empty:
         section.paragraphs.append(problem or "The grid stage has not run for this study.")
         return section

@@ -16,10 +16,12 @@ from mammo_ray import storage, tables
 
 @dataclass
 class Section:
-    """A titled part of the report: paragraphs, tables and PNG figures, in that order."""
+    """A titled part of the report: paragraphs, boxes (a titled aside: e.g. what the paper reports, set apart from
+    this study's results), tables and PNG figures, in that order."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
+    boxes: list[tuple[str, list[str]]] = field(default_factory=list)  # (title, paragraphs)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, str, bytes]] = field(default_factory=list)  # (caption, file name, PNG bytes)
 
@@ -114,10 +116,16 @@ def to_markdown(title: str, banner: str | None, sections: list[Section]) -> str:
     lines = [f"# {text(title)}", ""]
     if banner:
         lines += [f"> **{text(banner)}**", ""]
+    lines += ["**Contents**", "", *(f"{i}. {text(section.title)}" for i, section in enumerate(sections, 1)), ""]
     for section in sections:
         lines += [f"## {text(section.title)}", ""]
         for paragraph in section.paragraphs:
             lines += [text(paragraph, starts_line=True), ""]
+        for box_title, box in section.boxes:
+            lines += [f"> **{text(box_title)}**", ">"]
+            for paragraph in box:
+                lines += [f"> {text(paragraph)}", ">"]
+            lines[-1] = ""
         for caption, frame in section.tables:
             lines += [f"**{text(caption)}**", "", markdown_table(frame) if len(frame) else "_(no rows)_", ""]
         for caption, name, _ in section.figures:
@@ -133,6 +141,8 @@ _STYLE = (
     "td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".key{position:sticky;left:0;background:#fff;z-index:1}th.key{background:#f3f3f3}"
     ".banner{background:#fff3cd;border:1px solid #e0b84c;padding:.75em 1em;font-weight:600}"
+    "aside{background:#f4f6fa;border-left:4px solid #7a8bb0;padding:.5em 1em;margin:1em 0}"
+    "aside h3{font-size:1em;margin:.25em 0}nav ol{columns:2;font-size:.95em}"
     "img{max-width:100%}figcaption{font-style:italic;color:#555}"
 )
 
@@ -142,9 +152,15 @@ def to_html(title: str, banner: str | None, sections: list[Section]) -> str:
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if banner:
         parts.append(f"<p class='banner'>{html.escape(banner)}</p>")
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+    parts.append("<nav><b>Contents</b><ol>" + "".join(
+        f"<li><a href='#section-{i}'>{html.escape(section.title)}</a></li>" for i, section in enumerate(sections, 1))
+        + "</ol></nav>")
+    for i, section in enumerate(sections, 1):
+        parts.append(f"<h2 id='section-{i}'>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
+        for box_title, box in section.boxes:
+            parts.append(f"<aside><h3>{html.escape(box_title)}</h3>"
+                         + "".join(f"<p>{html.escape(p)}</p>" for p in box) + "</aside>")
         for caption, frame in section.tables:
             body = html_table(frame) if len(frame) else "<p>(no rows)</p>"
             parts.append(f"<p><b>{html.escape(caption)}</b></p>" + body)
