@@ -42,14 +42,15 @@ def _grid_roc(axes: Axes, best: pd.DataFrame, predictions: pd.DataFrame) -> None
     if "repeat" in predictions:  # out-of-fold cells score every image once per repeat: the first repeat's
         predictions = predictions[predictions["repeat"] == 0]
     keyed = predictions.set_index([*_CELL, "protocol"]).sort_index()
-    curves = []
+    curves, aucs = [], []
     for cell in best.itertuples():
         key = tuple(getattr(cell, c) for c in [*_CELL, "protocol"])
         if key in keyed.index:
             rows = keyed.loc[key]
             label = f"{cell.protocol}: {cell.extractor}/{cell.selection}/{cell.balancing}/{cell.classifier}"
             curves.append((label, rows["target"].to_numpy(), rows["score"].to_numpy()))
-    roc(axes, curves)
+            aucs.append(float(cell.auc))  # the table's AUC (out of fold: the mean over repeats), not the curve's
+    roc(axes, curves, aucs)
 
 
 def control_paragraphs(ok: pd.DataFrame) -> list[str]:
@@ -179,7 +180,8 @@ def grid_section(grid: pd.DataFrame | None, predictions: pd.DataFrame | None = N
     if predictions is not None and not predictions.empty:
         top = ranked.groupby("protocol").head(BEST_CELLS_PER_PROTOCOL)
         caption = (f"Held-out ROC curves of the {BEST_CELLS_PER_PROTOCOL} best cells of each protocol (by CV "
-                   "balanced accuracy; paper + SMOTE test splits hold synthetic rows)")
+                   "balanced accuracy; paper + SMOTE test splits hold synthetic rows); out-of-fold cells drawn from "
+                   "their first repeat, each labelled with the table's AUC (the mean over repeats)")
         section.figures.append((caption, "grid_roc.png", png(lambda axes: _grid_roc(axes, top, predictions))))
     return section
 

@@ -23,14 +23,17 @@ def png(draw: Callable[[Axes], None], size: tuple[float, float] = (5.5, 5.0)) ->
     return buffer.getvalue()
 
 
-def roc(axes: Axes, curves: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-    """One ROC plot of (label, targets, scores) curves; the label gets each curve's AUC."""
-    for label, targets, scores in curves:
+def roc(axes: Axes, curves: list[tuple[str, np.ndarray, np.ndarray]], aucs: list[float] | None = None) -> None:
+    """One ROC plot of (label, targets, scores) curves; each label gets its AUC: `aucs` where given (the number
+    the report's table shows for that row), else the curve's own. The legend sits beside the axes, where it
+    hides no curve."""
+    for index, (label, targets, scores) in enumerate(curves):
         if len(np.unique(targets)) < 2:
             continue
         fpr, tpr, _ = roc_curve(targets, scores)
-        axes.plot(fpr, tpr, label=f"{label} AUC {roc_auc_score(targets, scores):.2f}")
+        shown = aucs[index] if aucs is not None else roc_auc_score(targets, scores)
+        axes.plot(fpr, tpr, label=f"{label} AUC {shown:.3f}")
     axes.plot([0, 1], [0, 1], color="#999", linestyle=":")
     axes.set_xlabel("false positive rate")
     axes.set_ylabel("true positive rate")
-    axes.legend(fontsize=7, loc="lower right")
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
