@@ -29,3 +29,21 @@ def test_roc_legend_sits_beside_the_axes_and_shows_the_tables_auc():
         "leak_free: a/none/none/logreg AUC 0.812", "leak_free: b/none/none/logreg AUC 0.746"]
     anchor = legend.get_bbox_to_anchor().transformed(axes.transAxes.inverted())
     assert anchor.x0 > 1.0  # right of the axes: over no curve
+
+
+def test_reliability_bins_hold_every_image_once_with_intervals_that_contain_their_share():
+    from mammo_ray.report.plots import reliability_bins
+
+    rng = np.random.default_rng(1)
+    probability = rng.uniform(0, 1, 400)
+    target = (rng.uniform(0, 1, 400) < probability).astype(int)  # calibrated by construction
+    bins = reliability_bins(target, probability, bins=5)
+    assert len(bins) == 5 and bins["n"].sum() == 400 and (bins["n"] == 80).all()
+    assert ((bins["low"] <= bins["observed"]) & (bins["observed"] <= bins["high"])).all()
+    assert (bins["predicted"].diff().dropna() > 0).all()
+    # Calibrated scores: the bins' shares follow their mean predictions (each interval 95%: most bins cover it).
+    assert (bins["observed"] - bins["predicted"]).abs().mean() < 0.08
+    assert ((bins["low"] <= bins["predicted"]) & (bins["predicted"] <= bins["high"])).sum() >= 4
+    # All of one class: the interval still has width, and never leaves [0, 1].
+    ones = reliability_bins(np.ones(10), np.linspace(0.5, 1, 10), bins=2)
+    assert (ones["observed"] == 1).all() and (ones["low"] < 1).all() and (ones["high"] <= 1 + 1e-12).all()

@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from sklearn.calibration import calibration_curve
 
 from mammo_ray.report.checklist import calibration_method
-from mammo_ray.report.plots import png, roc
+from mammo_ray.report.plots import png, reliability, roc
 from mammo_ray.report.published import beside
 from mammo_ray.report.render import Section
 
@@ -193,13 +192,9 @@ def _reliability(axes: Axes, predictions: pd.DataFrame, pipeline: tuple[str, str
     selection, balancing, classifier = pipeline or (first["selection"], first["balancing"], first["classifier"])
     chosen = calibrated[(calibrated["selection"] == selection) & (calibrated["balancing"] == balancing)
                         & (calibrated["classifier"] == classifier)]
-    for extractor, rows in chosen.groupby("extractor"):
-        observed, predicted = calibration_curve(rows["target"], rows["probability"], n_bins=8, strategy="quantile")
-        axes.plot(predicted, observed, marker="o", label=extractor)
-    axes.plot([0, 1], [0, 1], color="#999", linestyle=":")
-    axes.set_xlabel(f"predicted probability ({selection}/{balancing}/{classifier})")
-    axes.set_ylabel("observed share of positives")
-    axes.legend(fontsize=7)
+    reliability(axes, [(str(extractor), rows["target"].to_numpy(), rows["probability"].to_numpy())
+                       for extractor, rows in chosen.groupby("extractor")])
+    axes.set_xlabel(f"predicted probability ({selection}/{balancing}/{classifier}), 5 bins of equal count")
 
 
 def _protocol_gap(axes: Axes, wide: pd.DataFrame) -> None:
