@@ -91,3 +91,14 @@ def test_the_papers_facts_stand_in_a_labelled_box_and_the_report_opens_with_its_
     assert f"<aside><h3>{html.escape(PAPER_BOX)}</h3><p>Table 1 (fine-tuning): accuracies are multiples of 1/82" in page
     escaped = to_html("r", None, [Section("s", boxes=[("In the paper", [SITE])])])
     assert "<script>" not in escaped and "&lt;script&gt;" in escaped
+
+
+def test_interval_columns_read_as_one_a_to_b_column_where_the_low_one_stood():
+    from mammo_ray.report.render import html_table, markdown_table
+
+    frame = pd.DataFrame({"a": ["x"], "auc": [0.7], "auc_ci_low": [0.55], "auc_ci_high": [0.85], "difference": [0.1],
+                          "ci_low": [float("nan")], "ci_high": [0.2]})
+    lines = markdown_table(frame).splitlines()
+    assert lines[0] == "| a | auc | auc_interval | difference | interval |"
+    assert lines[2] == "| x | 0.700 | 0.550 to 0.850 | 0.100 |  |"
+    assert "<td>0.550 to 0.850</td>" in html_table(frame) and "ci_low" not in html_table(frame)

@@ -35,7 +35,9 @@ def comparisons_section(comparisons: pd.DataFrame | None, problem: str | None = 
         section.paragraphs.append(
             f"Pipeline {first['selection']}/{first['balancing']}/{first['classifier']} for every extractor (fixed "
             "in advance: grid.compare). Difference = AUC(a) - AUC(b) on the images both scored; " + method)
-    section.tables.append(("Paired comparisons", comparisons))
+    # The pipeline is one for every row and stated above: the table keeps the columns that differ.
+    section.tables.append(("Paired comparisons", comparisons.drop(columns=["selection", "balancing", "classifier"],
+                                                                  errors="ignore")))
     return section
 
 

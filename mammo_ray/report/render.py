@@ -78,7 +78,24 @@ def markdown_text(value: object, starts_line: bool = False) -> str:
     return _BLOCK_START.sub(r"\1\\\2", text.lstrip()) if starts_line else text
 
 
+def merge_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each pair of interval columns (`<x>ci_low`, `<x>ci_high`) shown as one column `<x>interval`, "a to b",
+    where the low one stood: a reader reads an interval, not two numbers to pair up across a wide table."""
+    shown = frame.copy()
+    for low in [c for c in frame.columns if str(c).endswith("ci_low")]:
+        high = str(low)[: -len("low")] + "high"
+        if high not in shown:
+            continue
+        merged = [f"{_format(a)} to {_format(b)}" if pd.notna(a) and pd.notna(b) else ""
+                  for a, b in zip(shown[low], shown[high], strict=True)]
+        position = list(shown.columns).index(low)
+        shown = shown.drop(columns=[low, high])
+        shown.insert(position, str(low)[: -len("ci_low")] + "interval", merged)
+    return shown
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
+    frame = merge_intervals(frame)
     header = "| " + " | ".join(markdown_text(column) for column in frame.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
     kinds = [(_is_count(c), _is_p_value(c)) for c in frame.columns]
@@ -94,6 +111,7 @@ KEY_COLUMNS = ("extractor", "model", "a")
 def html_table(frame: pd.DataFrame) -> str:
     """A table in a container that scrolls sideways at a laptop's width, its first column kept in view
     when it names the row; numbers right-aligned, text left."""
+    frame = merge_intervals(frame)
     sticky = len(frame.columns) > 0 and str(frame.columns[0]) in KEY_COLUMNS
     kinds = [(_is_count(c), _is_p_value(c)) for c in frame.columns]
 
