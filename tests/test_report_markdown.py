@@ -102,3 +102,13 @@ def test_interval_columns_read_as_one_a_to_b_column_where_the_low_one_stood():
     assert lines[0] == "| a | auc | auc_interval | difference | interval |"
     assert lines[2] == "| x | 0.700 | 0.550 to 0.850 | 0.100 |  |"
     assert "<td>0.550 to 0.850</td>" in html_table(frame) and "ci_low" not in html_table(frame)
+
+
+def test_narrow_screens_keep_every_number_in_view_names_wrap_numbers_do_not():
+    from mammo_ray.report.render import html_table
+
+    table = html_table(pd.DataFrame({"n_images": [96], "extractor": ["nyu_avg+imagenet_resnet50"]}))
+    assert "<th>n_<wbr>images</th>" in table  # a header breaks after '_' only
+    page = to_html("r", None, [Section("s")])
+    assert "td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}" in page
+    assert "overflow-wrap:anywhere" in page and "@media (max-width:900px)" in page

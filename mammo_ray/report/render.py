@@ -119,7 +119,9 @@ def html_table(frame: pd.DataFrame) -> str:
         classes = " ".join(name for name, on in (("key", sticky and index == 0), ("num", numeric)) if on)
         return f"<{tag} class='{classes}'>{text}</{tag}>" if classes else f"<{tag}>{text}</{tag}>"
 
-    head = "".join(cell("th", html.escape(str(c)), i, False) for i, c in enumerate(frame.columns))
+    # A column name may break after each '_' (and only there), so narrow columns keep whole words.
+    head = "".join(cell("th", html.escape(str(c)).replace("_", "_<wbr>"), i, False)
+                   for i, c in enumerate(frame.columns))
     body = "".join(
         "<tr>" + "".join(cell("td", html.escape(_format(v, *kinds[i])), i, _is_number(v))
                          for i, v in enumerate(row)) + "</tr>"
@@ -155,8 +157,11 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
     ".wide{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}"
     "table{border-collapse:collapse;font-size:.9em}"
-    "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;white-space:nowrap}th{background:#f3f3f3}"
-    "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    # Names wrap (at any character: extractor names have no spaces) so that the numbers stay in view on a narrow
+    # screen; numbers never wrap.
+    "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;overflow-wrap:anywhere;min-width:3em}"
+    "th{background:#f3f3f3;overflow-wrap:normal}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+    "@media (max-width:900px){table{font-size:.78em}td,th{padding:.2em .3em}}"
     ".key{position:sticky;left:0;background:#fff;z-index:1}th.key{background:#f3f3f3}"
     ".banner{background:#fff3cd;border:1px solid #e0b84c;padding:.75em 1em;font-weight:600}"
     "aside{background:#f4f6fa;border-left:4px solid #7a8bb0;padding:.5em 1em;margin:1em 0}"
