@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -158,7 +160,7 @@ def _load_state(uri: str) -> dict:
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path):
+def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path, caplog):
     from mammo_ray.datasets.mias import build_manifest
 
     manifest = build_manifest(str(mini_mias_dir / "Info.txt"), str(mini_mias_dir), positive="malignant")
@@ -175,7 +177,13 @@ def test_mini_mias_from_scratch_writes_every_metric(mini_mias_dir, tmp_path):
     output = str(tmp_path / "mias")
     config = _config(name="mias", stages=[{"name": "all", "size": 48, "epochs": 1, "lr": 1e-3}],
                      cpus_per_worker=1.0, batch_size=8)
-    result = run_finetune(subset, output, config)
+    with caplog.at_level(logging.INFO, logger="mammo_ray.finetune"):
+        result = run_finetune(subset, output, config)
+    # The workers' progress reaches the driver's console: the epoch's end, with its numbers; its file is gone.
+    echoed = [r.getMessage() for r in caplog.records if r.name == "mammo_ray.finetune" and "epoch 1/1 done" in
+              r.getMessage()]
+    assert echoed and re.search(r": epoch 1/1 done, \d+ images in \d+ s, loss \d\.\d{4}, validation AUROC", echoed[-1])
+    assert not list((tmp_path / "mias" / "checkpoints").glob("*.progress"))
 
     table = storage.read_table(finetune_uri(output))
     assert table.schema.equals(FINETUNE_SCHEMA, check_metadata=False)

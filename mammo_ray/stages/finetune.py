@@ -35,10 +35,13 @@ Outputs under `output_uri`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +55,7 @@ from mammo_ray.config.finetune import (
     FinetuneStageConfig,
 )
 from mammo_ray.config.sections import IngestConfig
-from mammo_ray.errors import ConfigError
+from mammo_ray.errors import ConfigError, MammoRayError
 from mammo_ray.models.catalogue import finetune_transform
 from mammo_ray.models.finetune_models import FinetuneModel, resolve_models, weights_key
 from mammo_ray.models.weights_resolver import ResolvedWeights, resolve_weights
@@ -200,6 +203,7 @@ def _fit_stage(
     checkpoints = config.checkpoint_path or storage.join(output_uri, "checkpoints")
     filesystem, path = storage.arrow_filesystem(checkpoints)
     name = info["run_name"]
+    spec = replace(spec, progress_uri=storage.join(checkpoints, f"{name}.progress"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec, "init_state": init_state, "init_checkpoint": init_checkpoint},
@@ -216,10 +220,43 @@ def _fit_stage(
         dataset_config=TrainEvenValWhole(),
     )
     log.info("finetune %s: %d train / %d val images, %s", name, len(train_frame), len(val_frame), stage)
-    result = trainer.fit()
+    with echoed_progress(spec.progress_uri):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"finetune run {name} finished without a checkpoint")
     return result, spec
+
+
+@contextlib.contextmanager
+def echoed_progress(uri: str, every_s: float = 5.0) -> Iterator[None]:
+    """While the body runs, each new progress line rank 0 leaves at `uri` is logged on this (the driver's)
+    console, where the workers' own output does not reach; the last one too, then the file goes."""
+    stop = threading.Event()
+    shown = [b""]
+
+    def echo() -> None:
+        try:
+            line = storage.read_bytes(uri) if storage.exists(uri) else b""
+        except MammoRayError:  # a line half-written or a store hiccup: the next look shows it
+            return
+        if line and line != shown[0]:
+            shown[0] = line
+            log.info("%s", line.decode(errors="replace"))
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            echo()
+
+    watcher = threading.Thread(target=watch, name="finetune-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        echo()
+        with contextlib.suppress(MammoRayError):  # a store that went away is the body's error to report, not this
+            storage.remove(uri)
 
 
 def _warn_if_no_cpu_left_for_data(config: FinetuneConfig) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_ray import storage
 from mammo_ray.config.finetune import AugmentConfig
 from mammo_ray.faults import crash_point
 from mammo_ray.ray_setup import this_node_cpus
@@ -43,6 +44,17 @@ def worker_threads(workers_on_node: int) -> int:
     return max(1, this_node_cpus() // max(1, workers_on_node))
 
 
+def _tell(spec: LoopSpec, line: str) -> None:
+    """A progress line of rank 0: to its log, and to `spec.progress_uri`, which the driver echoes on its console
+    (worker output stays in Ray's logs)."""
+    log.info("%s", line)
+    if spec.progress_uri is not None:
+        try:
+            storage.write_bytes(spec.progress_uri, line.encode())
+        except Exception as error:  # noqa: BLE001 - a progress line is for a person: it never fails training
+            log.warning("progress line not written to %s: %s", spec.progress_uri, error)
+
+
 class _Progress:
     """Rank 0's progress line every `progress_s` within an epoch: images, images/s, loss, ETA of the epoch."""
 
@@ -59,9 +71,9 @@ class _Progress:
         self.next_line = now + self.spec.progress_s
         rate = seen / (now - self.started)
         left = max(0, self.expected - seen) / rate if rate > 0 else math.nan
-        log.info("%s: epoch %d/%d, %d/%d images, %.1f images/s (%d torch threads), loss %.4f, epoch ETA %.0f s",
-                 self.spec.info.get("run_name", "train"), self.epoch + 1, self.spec.epochs, seen, self.expected,
-                 rate, self.threads, loss_sum / max(1, seen), left)
+        _tell(self.spec, f"{self.spec.info.get('run_name', 'train')}: epoch {self.epoch + 1}/{self.spec.epochs}, "
+                         f"{seen}/{self.expected} images, {rate:.1f} images/s ({self.threads} torch threads), loss "
+                         f"{loss_sum / max(1, seen):.4f}, epoch ETA {left:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class LoopSpec:
     shuffle_buffer: int = 64
     train_rows: int = 0  # images of the training split: the progress log's ETA
     progress_s: float = 30.0  # seconds between progress lines within an epoch (rank 0)
+    progress_uri: str | None = None  # where rank 0 leaves its latest progress line for the driver to echo
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -240,6 +253,9 @@ def train_loop(config: dict[str, Any]) -> None:
             **{f"val_{name}": value for name, value in scores.items()},
         }
         if rank == 0:
+            _tell(spec, f"{spec.info.get('run_name', 'train')}: epoch {epoch + 1}/{spec.epochs} done, "
+                        f"{total_seen} images in {slowest:.0f} s, loss {metrics['train_loss']:.4f}, validation AUROC "
+                        f"{scores.get('auroc', math.nan):.3f}")
             with tempfile.TemporaryDirectory(prefix="mammo-ray-ckpt-") as folder:
                 write_checkpoint(
                     folder, model_state=model.state_dict(),
