@@ -214,17 +214,14 @@ def _command(args: argparse.Namespace) -> int:
 
         check_stages(args.stages)  # `--stages` naming none is refused before the config is even read
         if args.plan:
-            from mammo_ray.study import load_study_config  # as above: heavy imports, only for this command
-            from mammo_ray.study_plan import format_plan, plan_study
+            from mammo_ray.study_plan import plan_from_cli  # as above: the study's stages, only with --plan
 
-            print(format_plan(plan_study(load_study_config(args.config, args.output), args.stages, args.force)))
-            return 0
+            return plan_from_cli(args.config, args.output, args.stages, args.force)
         return run_from_cli(args.config, args.output, args.stages, args.force)
     elif args.command == "status":
-        from mammo_ray.study import load_study_config  # heavy imports (the study's stages): only for this command
-        from mammo_ray.study_plan import status
+        from mammo_ray.study_plan import status_from_cli  # heavy imports (the study's stages): only for this command
 
-        print(status(load_study_config(args.config, args.output)))
+        return status_from_cli(args.config, args.output)
     elif args.command == "prune":
         # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray/torch import).
         from mammo_ray.study import load_study_config, prune_output

@@ -19,7 +19,7 @@ from mammo_ray.errors import MammoRayError
 from mammo_ray.output_lock import read_lock
 from mammo_ray.stages import manifest
 from mammo_ray.stages.stage import Stage
-from mammo_ray.study import STAGES, check_stages, ledger_state
+from mammo_ray.study import STAGES, check_stages, ledger_state, load_study_config
 
 RUNS, SKIPPED, LIKELY_SKIPPED = "runs", "skipped", "likely skipped"
 
@@ -91,3 +91,15 @@ def status(config: StudyConfig) -> str:
     lines.append("the next run of this config:")
     lines.append(format_plan(plan_study(config)))
     return "\n".join(lines)
+
+
+def plan_from_cli(config_uri: str | None, output: str | None, stages: Sequence[str] | None, force: bool) -> int:
+    """`mammo-ray run --plan`: the plan printed, nothing run."""
+    print(format_plan(plan_study(load_study_config(config_uri, output), stages, force)))
+    return 0
+
+
+def status_from_cli(config_uri: str | None, output: str | None) -> int:
+    """`mammo-ray status`."""
+    print(status(load_study_config(config_uri, output)))
+    return 0
