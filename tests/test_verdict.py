@@ -30,6 +30,11 @@ def _study(weights: str) -> tuple:
     images = tuple(f"img{i:03d}" for i in range(240))
     datasets = _two_extractors(rng, y, groups, images, weights)
     datasets["nyu_avg+imagenet_resnet50"] = GridData.combine(list(datasets.values()))
+    return _grid_and_comparisons(datasets)
+
+
+def _grid_and_comparisons(datasets: dict[str, GridData]) -> tuple:
+    """The grid and comparisons tables of `datasets` under one leak_free logistic-regression pipeline."""
     config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
                         permutations=10, bootstrap=300, oof={"repeats": 2})
     results = [r for data in datasets.values()
@@ -137,12 +142,7 @@ def test_the_first_question_compares_the_best_of_each_pretraining_group_on_the_s
         X[:, :3] += signal * y[:, None]
         weights = "random-init:0" if name == "scratch" else f"sha256:{name}"
         datasets[name] = GridData(name, X, y, groups, weights_ids=(weights,), image_ids=images)
-    config = GridConfig(protocols=["leak_free"], selection=["none"], balancing=["none"], classifiers=["logreg"],
-                        permutations=10, bootstrap=300, oof={"repeats": 2})
-    results = [r for data in datasets.values()
-               for r in evaluate_cells(data, grid_cells(config, [data.extractor]), config)]
-    grid = results_table(results, config, {name: data.weights_ids for name, data in datasets.items()}).to_pandas()
-    comparisons = comparisons_table(predictions_table(results, datasets).to_pandas(), datasets, config).to_pandas()
+    grid, comparisons = _grid_and_comparisons(datasets)
     pretraining = {"mammo_clip_b5": "mammography", "nyu_avg": "mammography", "radimagenet": "other medical",
                    "imagenet_resnet50": "natural images", "scratch": "none"}
 

@@ -62,6 +62,7 @@ def cell_settings(grid: GridConfig, cell: GridCell) -> dict[str, Any]:
         "bootstrap": grid.bootstrap,
         "ci_level": grid.ci_level,
         "permutations": grid.permutations,
+        "control_stop": grid.control_stop,  # sequential or fixed: which null AUCs and p the cell records
         "classifier_params": getattr(grid.classifier_params, cell.classifier).model_dump(mode="json"),
         "scale": grid.scale.model_dump(mode="json"),
     }

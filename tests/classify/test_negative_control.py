@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_ray.classify import GridData, evaluate_cells
-from mammo_ray.classify.cells import grid_cells
+from mammo_ray.classify.cells import cell_settings, grid_cells
 from mammo_ray.classify.control import EXCEEDANCES, sequential_p_value
 from mammo_ray.classify.stats import holm
 from mammo_ray.config import GridConfig
@@ -63,6 +63,9 @@ def test_the_sequential_control_stops_where_the_decision_is_made_and_decides_as_
     noise = GridData("noise", X, y, groups)
     base = {"protocols": ["leak_free"], "selection": ["none"], "balancing": ["none"], "classifiers": ["logreg"],
             "permutations": 120, "bootstrap": 0, "oof": {"repeats": 1, "threshold_folds": 2}, "seed": 1}
+    # The stopping rule changes the recorded numbers, so it is part of every cell's settings (and journal key).
+    (cell,) = grid_cells(GridConfig(**base), ["signal"])
+    assert cell_settings(GridConfig(**base), cell) != cell_settings(GridConfig(**base, control_stop="fixed"), cell)
     for data in (signal, noise):
         cells = grid_cells(GridConfig(**base), [data.extractor])
         (fixed,) = evaluate_cells(data, cells, GridConfig(**base, control_stop="fixed"))

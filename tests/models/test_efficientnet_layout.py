@@ -105,5 +105,7 @@ def test_the_mammo_clip_presets_state_the_published_convention_and_refuse_anothe
     assert transform(smaller).shape == (3, 380, 228) and transform(smaller).id != prepared.id
     with pytest.raises((ConfigError, ValueError), match="takes a name of its own"):
         ExtractorConfig(name="mammo_clip_b5", architecture="timm:tf_efficientnet_b5")
+    with pytest.raises(ValueError, match=r"efficientnet_pytorch:efficientnet-b9: one of \['efficientnet-b0'"):
+        dim(ExtractorConfig(name="mine", architecture="efficientnet_pytorch:efficientnet-b9"))
     with pytest.raises((ConfigError, ValueError), match="input_width"):
         ExtractorConfig(name="imagenet_resnet50", input_width=300)
