@@ -35,7 +35,7 @@ RAYLESS_TESTS := tests/classify tests/datasets tests/imaging tests/models tests/
 	tests/test_report_preprocessing.py tests/test_storage.py tests/test_verdict.py \
 	tests/test_config.py tests/test_house.py tests/test_refusals.py tests/test_compare.py \
 	tests/test_source_counts.py tests/test_faults.py tests/test_benchmarks.py tests/test_transfer.py \
-	tests/test_heatmap_figure.py tests/test_cli_help.py tests/test_readme_reference.py tests/test_progress.py tests/test_study_plan.py tests/test_report_figures.py
+	tests/test_heatmap_figure.py tests/test_cli_help.py tests/test_readme_reference.py tests/test_progress.py tests/test_study_plan.py tests/test_report_figures.py tests/test_packages.py
 PYTEST := $(BIN)/python -m pytest
 
 test: setup

@@ -1,7 +1,7 @@
 """`mammo-ray` command line: `run` runs the study (`run --help` lists its stages and what each writes; `run --plan`
-says what it would do) and `status` says where one stands; the other subcommands make a synthetic cohort or a
-manifest, decode a manifest's images, fetch and list weights, prune an output's unreachable caches and compare
-two outputs."""
+says what it would do), `status` says where one stands and `score` applies a model package the study exported to
+a collection; the other subcommands make a synthetic cohort or a manifest, decode a manifest's images, fetch and
+list weights, prune an output's unreachable caches and compare two outputs."""
 
 from __future__ import annotations
 
@@ -98,6 +98,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     status.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     status.add_argument("--output", default=None, help="override the config's output URI")
 
+    score = commands.add_parser(
+        "score", help="score a collection with a model package the study exported (<output>/models/<name>)")
+    score.add_argument("package", help="the package's folder URI (local or s3://)")
+    score.add_argument("--config", default=None,
+                       help="YAML config whose data is the collection to score, and its ray/storage/ingest settings "
+                            "(default: the embedded demo)")
+    score.add_argument("--output", default=None, help="override the config's output URI (scores/<package>.parquet)")
+    score.add_argument("--weights", default=None,
+                       help="the extractor's weights (path or s3://) when the package's were a file: their sha256 "
+                            "must be the package's")
+
     prune = commands.add_parser("prune", help="remove cached model outputs the current manifest and config cannot see")
     prune.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
     prune.add_argument("--output", default=None, help="override the config's output URI")
@@ -150,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Commands that run Ray: its console output (progress, each failed task's traceback, retry advice) goes to a
 #: log file, so that a failure reads as the declared error in a few lines.
-_RAY_COMMANDS = frozenset({"run", "ingest"})
+_RAY_COMMANDS = frozenset({"run", "ingest", "score"})
 
 
 class _RayOutput:
@@ -222,6 +233,10 @@ def _command(args: argparse.Namespace) -> int:
         from mammo_ray.study_plan import status_from_cli  # heavy imports (the study's stages): only for this command
 
         return status_from_cli(args.config, args.output)
+    elif args.command == "score":
+        from mammo_ray.scoring import score_from_cli  # the study's pass: heavy imports, only for this command
+
+        return score_from_cli(args.package, args.config, args.output, args.weights)
     elif args.command == "prune":
         # Here, not at the top: keeps `mammo-ray --help` and the other commands fast (no Ray/torch import).
         from mammo_ray.study import load_study_config, prune_output

@@ -23,6 +23,7 @@ from mammo_ray.output_lock import hold_output
 from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ensure_ray, work_placement
 from mammo_ray.stages import (
     embed,
+    export,
     finetune,
     grid,
     heatmaps,
@@ -43,7 +44,7 @@ log = logging.getLogger("mammo_ray.study")
 #: Every stage of the study, in the order the tables they read and write allow (ties: as listed).
 STAGES: tuple[Stage, ...] = stage_order([
     manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, heatmaps.STAGE, thumbnails.STAGE, grid.STAGE,
-    finetune.STAGE, transfer.STAGE, subgroups.STAGE, report.STAGE,
+    finetune.STAGE, transfer.STAGE, subgroups.STAGE, export.STAGE, report.STAGE,
 ])
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}

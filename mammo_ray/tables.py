@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mammo_ray import __version__, schemas, storage
+from mammo_ray import __version__, package_schemas, schemas, storage
 from mammo_ray.schemas import IMAGE_COLUMNS, MANIFEST_COLUMNS
 
 # --- paths ------------------------------------------------------------------------------------------
@@ -140,6 +140,21 @@ def cohort_uri(output_uri: str, source: str | None = None) -> str:
     return storage.join(output_uri, "cohort", *([source] if source else []))
 
 
+def models_uri(output_uri: str, name: str | None = None) -> str:
+    """The exported model packages (the export stage), or the package `name`."""
+    folder = storage.join(output_uri, "models")
+    return folder if name is None else storage.join(folder, name)
+
+
+def model_predictions_uri(output_uri: str) -> str:
+    return storage.join(output_uri, "results", "model_predictions.parquet")
+
+
+def scores_uri(output_uri: str, package: str) -> str:
+    """`mammo-ray score`'s table of one package, under the scoring run's output."""
+    return storage.join(output_uri, "scores", f"{package}.parquet")
+
+
 def tune_uri(output_uri: str) -> str:
     """Ray Tune's experiment folders of the grid (its trials' state), where the output is a local folder."""
     return storage.join(output_uri, "tune")
@@ -213,6 +228,13 @@ FINETUNE_PREDICTIONS = Table("results/finetune_predictions", finetune_prediction
 FINETUNE_ERRORS = Table("errors/finetune-<family>-<size>", finetune_errors_uri, ("inputs",), schemas.ERRORS_SCHEMA)
 CHECKPOINTS = Table("checkpoints", checkpoints_uri)
 FINETUNE_VS_FROZEN = Table("results/finetune_vs_frozen", finetune_vs_frozen_uri, schema=schemas.COMPARISONS_SCHEMA)
+MODELS = Table("models", models_uri)  # one folder per package: models/<name>/
+MODEL_PREDICTIONS = Table("results/model_predictions", model_predictions_uri,
+                          schema=package_schemas.MODEL_PREDICTIONS_SCHEMA)
+#: Written by `mammo-ray score` (mammo_ray.scoring), not by a stage of the study.
+SCORES = Table("scores/<package>", scores_uri, ("package",), package_schemas.SCORES_SCHEMA)
+SCORE_ERRORS = Table("errors/score-<package>", lambda output_uri, package: errors_uri(output_uri, f"score-{package}"),
+                     ("package",), schemas.ERRORS_SCHEMA)
 REPORT = Table("report", report_uri)
 
 

@@ -22,7 +22,7 @@ from tests.random_data import blob_mask
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["crop", "grid", "train", "memory", "join", "manifest", "morphology", "engine", "embed", "study-images",
-            "scale", "heatmaps", "gpu-check"]
+            "scale", "heatmaps", "gpu-check", "score"]
 
 
 def test_every_benchmark_is_a_subcommand_of_the_thin_entry_point() -> None:

@@ -26,4 +26,4 @@ def test_run_help_lists_every_stage_in_order_with_what_it_writes():
 def test_the_top_level_help_names_the_subcommands_that_exist():
     text = _help()
     assert "one subcommand per stage" not in text
-    assert "{synth,manifest,ingest,weights,run,status,prune,compare}" in text
+    assert "{synth,manifest,ingest,weights,run,status,score,prune,compare}" in text

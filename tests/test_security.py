@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ PHI = {"PatientName": "Doe^Jane^Quartermaine", "PatientBirthDate": "19230405", "
 #: The pseudonymisation salt of the PACS export: no output may show it either.
 SALT = {"salt": "pacs-export-salt-7Qm2xVw9Lk4Zr8"}
 #: Patients of the export (4 images each).
-PATIENTS = 4
+PATIENTS = 8  # the fewest whose leak_free folds (2, inner 2) fit: the study exports a model package
 
 
 def _with_phi(path: str, patient: str) -> bytes:
@@ -63,8 +64,12 @@ def _pacs_path(patient: str, index: int) -> str:
 
 
 def _readable_text(name: str, data: bytes) -> list[bytes]:
-    """The bytes of a file as stored, plus, for Parquet (compressed), every value and its metadata decoded."""
+    """The bytes of a file as stored, plus, for Parquet (compressed), every value and its metadata decoded, and
+    for a model package's pipeline (a zip), its members."""
     views = [data]
+    if name.endswith(".skops"):  # a zip: every member decompressed
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            views += [archive.read(member) for member in archive.namelist()]
     if name.endswith(".parquet"):
         table = pq.read_table(pa.BufferReader(data)) if data[:4] == b"PAR1" else None
         if table is not None:
@@ -101,7 +106,8 @@ def _launch(s3_endpoint: str) -> dict:
         "embed": {"extractors": [{"name": "imagenet_resnet18", "input_size": 32}]},
         "zero_shot": {"nyu_scale": 0.125},
         "grid": {"cv_folds": 2, "bootstrap": 10, "classifiers": ["logreg"], "selection": ["none"],
-                 "permutations": 2, "oof": {"repeats": 1}},
+                 "permutations": 2, "oof": {"repeats": 1, "folds": 2, "threshold_folds": 2},
+                 "compare": {"balancing": "none"}},
         "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"],
                      "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5,
                      "data_cpus": 0.5},
@@ -163,7 +169,8 @@ def _leaks(found: dict[str, list[bytes]], secrets: dict[str, str]) -> list[str]:
 def test_the_run_wrote_every_stage_and_its_logs(scanned_run):
     outputs = [w for w in scanned_run if "/out/" in w]
     for table in ("manifest.parquet", "ingest/images.parquet", "embeddings/", "zero_shot/", "results/grid.parquet",
-                  "results/finetune", "report/report.html", "report/provenance.json"):
+                  "results/finetune", "models/", "pipeline.skops", "card.md", "report/report.html",
+                  "report/provenance.json"):
         assert any(table in uri for uri in outputs), table
     assert sum(1 for w in scanned_run if "/logs/" in w) > 5  # the run's Ray logs were scanned
     # The inputs did carry the PHI, in the header and the path: every image the study read holds all of it.

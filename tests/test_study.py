@@ -134,7 +134,7 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     touched = record_stage_access(monkeypatch)
     result = run_study(config)
     assert result.ran == ["manifest", "ingest", "heatmaps", "embed", "zero_shot", "thumbnails", "grid", "finetune",
-                          "transfer", "subgroups", "report"]
+                          "transfer", "subgroups", "export", "report"]
     # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))
@@ -147,7 +147,7 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     assert result.counts["heatmaps_computed"] == images == result.counts["embedded:nyu_lcc_heatmaps"]
     markdown = (output / "report" / "report.md").read_text()
     for heading in ("Verdict", "Provenance", "Preprocessing", "Figure 3", "Table 1", "Table 2",
-                    "Fine-tuned networks against their frozen features"):
+                    "Fine-tuned networks against their frozen features", "Model packages"):
         assert f"## {heading}" in markdown
     assert markdown.index("## Verdict") < markdown.index("## Provenance")  # the verdict opens the report
     assert "Negative control, leak_free protocol" in markdown and "Negative control, paper protocol" in markdown

@@ -18,13 +18,14 @@ from mammo_ray.benchmarks import (
     memory,
     morphology,
     scale,
+    score,
     study_images,
     train,
 )
 
 #: One module per subcommand, in the order `--help` lists them.
 BENCHMARKS: list[ModuleType] = [crop, grid, train, memory, join, manifest, morphology, engine, embed, study_images,
-                                  scale, heatmaps, gpu_check]
+                                  scale, heatmaps, gpu_check, score]
 
 
 def build_parser() -> argparse.ArgumentParser:

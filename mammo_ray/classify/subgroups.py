@@ -11,6 +11,9 @@ subgroup). A subgroup with fewer than SMALL_IMAGES images or SMALL_CLASS images 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -79,3 +82,14 @@ def subgroup_metrics(predictions: pd.DataFrame, manifest: pd.DataFrame, pipeline
                     "small": bool(len(labels) < SMALL_IMAGES or min(positives, len(labels) - positives) < SMALL_CLASS),
                 })
     return pd.DataFrame(rows, columns=SUBGROUP_RESULT_COLUMNS)
+
+
+def interval_text(row: Mapping[str, Any]) -> str:
+    """A subgroup's interval as "a to b"; "too few patients" where resampling patients cannot vary it (one
+    patient, or every resample the same): a zero-width interval would read as certainty."""
+    low, high = row["ci_low"], row["ci_high"]
+    if pd.isna(row["auc"]):
+        return ""
+    if row["n_patients"] < 2 or pd.isna(low) or pd.isna(high) or high - low <= 0:
+        return f"too few patients ({int(row['n_patients'])})"
+    return f"{low:.3f} to {high:.3f}"

@@ -5,19 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mammo_ray.classify.subgroups import SMALL_CLASS, SMALL_IMAGES
+from mammo_ray.classify.subgroups import SMALL_CLASS, SMALL_IMAGES, interval_text
 from mammo_ray.report.render import Section
-
-
-def interval_text(row: pd.Series) -> str:
-    """A subgroup's interval as "a to b"; "too few patients" where resampling patients cannot vary it (one
-    patient, or every resample the same): a zero-width interval would read as certainty."""
-    low, high = row["ci_low"], row["ci_high"]
-    if pd.isna(row["auc"]):
-        return ""
-    if row["n_patients"] < 2 or pd.isna(low) or pd.isna(high) or high - low <= 0:
-        return f"too few patients ({int(row['n_patients'])})"
-    return f"{low:.3f} to {high:.3f}"
 
 
 def subgroups_section(subgroups: pd.DataFrame | None, level: float) -> Section:

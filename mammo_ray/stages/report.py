@@ -20,6 +20,7 @@ from mammo_ray.current_tables import read_current
 from mammo_ray.errors import MammoRayError, StaleTableError
 from mammo_ray.models.catalogue import family
 from mammo_ray.models.registry import pretraining_of
+from mammo_ray.packages.files import DESCRIPTION_FILE
 from mammo_ray.report.checklist import checklist_section
 from mammo_ray.report.comparisons import TRANSFER_TITLE, compared_pipeline, comparisons_section
 from mammo_ray.report.contact_sheet import SheetImage, draw_contact_sheet, spread
@@ -28,6 +29,7 @@ from mammo_ray.report.figures import zero_shot_section
 from mammo_ray.report.finetune import finetune_section
 from mammo_ray.report.grid import grid_section
 from mammo_ray.report.heatmap_figure import figure_2_section
+from mammo_ray.report.packages import packages_section
 from mammo_ray.report.preprocessing import preprocessing_section
 from mammo_ray.report.provenance import provenance_section, random_init_banner
 from mammo_ray.report.published import read_published
@@ -136,6 +138,7 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
         comparisons_section(transfer, transfer_problem, TRANSFER_TITLE),
         external_section(external, external_problem),
         subgroups_section(subgroups, config.grid.ci_level),
+        packages_section(_current_packages(output_uri, expected.get("grid"))),
         checklist_section(manifest, grid, weights, errors),
     ]
     uris = write_report(output_uri, f"mammo-ray study report: {config.name}", random_init_banner(weights), sections)
@@ -144,6 +147,15 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
     storage.write_bytes(storage.join(tables.report_uri(output_uri), "provenance.json"),
                         json.dumps(document, indent=2, default=str).encode())
     return uris
+
+
+def _current_packages(output_uri: str, expected: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The descriptions of the packages the export stage wrote for the current grid (none when not current)."""
+    predictions, _ = _current(tables.model_predictions_uri(output_uri), expected)
+    if predictions is None:
+        return []
+    return [json.loads(storage.read_bytes(storage.join(tables.models_uri(output_uri, name), DESCRIPTION_FILE)))
+            for name in sorted(predictions["package"].unique())]
 
 
 def report_inputs(current: CurrentInputs) -> ReportInputs:
@@ -285,7 +297,8 @@ STAGE = Stage("report", None, run=_run, check=preflight.published_values,
                      tables.GRID, tables.GRID_PREDICTIONS, tables.COMPARISONS,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
                      tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_ERRORS,
-                     tables.HEATMAPS_FIGURE, tables.THUMBNAILS, tables.THUMBNAILS_ERRORS),
+                     tables.HEATMAPS_FIGURE, tables.THUMBNAILS, tables.THUMBNAILS_ERRORS, tables.MODELS,
+                     tables.MODEL_PREDICTIONS),
               writes=(tables.REPORT,))
 
 

@@ -26,6 +26,9 @@ README = REPO_ROOT / "README.md"
 
 #: The study's Ray job entrypoint: every manifest, comment and README must use exactly this.
 ENTRYPOINT = "python jobs/full_study.py --config jobs/configs/cluster_s3.yaml"
+#: The nightly scoring's entrypoint (k8s/scoring.yaml): a package of the study above, a config of its own.
+SCORING_ENTRYPOINT = ("python jobs/score.py s3://mammo-ray-data/studies/inbreast/models/imagenet_resnet50-compare "
+                      "--config jobs/configs/cluster_score.yaml")
 #: The one command users run against a cluster (README, cluster.yaml, k8s/).
 SUBMIT_COMMAND = f"ray job submit --working-dir . -- {ENTRYPOINT}"
 

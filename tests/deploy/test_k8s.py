@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mammo_ray.config import load_config
 from tests.deploy.manifests import (
     AUTH_SECRET,
     AUTH_SECRET_KEY,
@@ -25,6 +26,9 @@ from tests.deploy.manifests import (
     K8S_DIR,
     PREFIX_SITE_PACKAGES,
     RAY_KINDS,
+    REPO_ROOT,
+    SCORING_ENTRYPOINT,
+    STUDY_CONFIG,
     SUBMIT_COMMAND,
     autoscaler_container,
     builtin_errors,
@@ -135,7 +139,7 @@ def test_negative_a_misspelt_field_fails_the_kuberay_schema() -> None:
     broken = copy.deepcopy(only("RayCluster"))
     broken["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be the string "0"
     assert any("num-cpus" in error for error in kuberay_errors(broken))
-    broken = copy.deepcopy(only("RayCronJob"))
+    broken = copy.deepcopy(only("RayCronJob", "mammo-ray-nightly"))
     broken["spec"]["jobTemplate"]["shutdownAfterJobFinishes"] = False  # ttl needs shutdown
     assert kuberay_errors(broken) != []
 
@@ -239,7 +243,7 @@ def test_every_submitter_sends_the_token() -> None:
     submitters = [
         (where, job["submitterPodTemplate"]) for where, obj in RAY_OBJECTS for _, job in ray_job_specs(obj)
     ]
-    assert len(submitters) == 4
+    assert len(submitters) == 5  # the study's four and the nightly scoring
     for where, template in submitters:
         for container in template["spec"]["containers"]:
             env = env_of(container)
@@ -251,11 +255,25 @@ def test_every_submitter_sends_the_token() -> None:
 # --- entrypoint, images, versions -------------------------------------------------------------------
 
 
-def test_every_job_runs_exactly_the_study_entrypoint() -> None:
+def test_every_job_runs_exactly_the_study_entrypoint_or_the_nightly_scoring() -> None:
     jobs = [(where, job) for where, obj in RAY_OBJECTS for _, job in ray_job_specs(obj)]
-    assert len(jobs) == 4
+    assert len(jobs) == 5
+    scoring = [(where, job) for where, job in jobs if where.startswith("scoring.yaml")]
+    assert len(scoring) == 1 and scoring[0][1]["entrypoint"] == SCORING_ENTRYPOINT
     for where, job in jobs:
-        assert job["entrypoint"] == ENTRYPOINT, where
+        if (where, job) not in scoring:
+            assert job["entrypoint"] == ENTRYPOINT, where
+
+
+def test_the_nightly_scoring_runs_on_the_raycluster_after_the_study_and_cannot_overlap() -> None:
+    cron = only("RayCronJob", "mammo-ray-nightly-scoring")["spec"]
+    assert cron["schedule"] == "0 3 * * *"
+    assert cron["jobTemplate"]["clusterSelector"] == {"ray.io/cluster": only("RayCluster")["metadata"]["name"]}
+    assert cron["jobTemplate"]["activeDeadlineSeconds"] < 24 * 3600
+    package, config = SCORING_ENTRYPOINT.split()[2], SCORING_ENTRYPOINT.split()[-1]
+    scoring = load_config(REPO_ROOT / config)
+    assert package.startswith(load_config(STUDY_CONFIG).output + "/models/")
+    assert scoring.output != load_config(STUDY_CONFIG).output
 
 
 def test_every_mention_of_the_study_command_is_the_same() -> None:
@@ -342,7 +360,7 @@ def test_the_copies_of_the_study_spec_do_not_drift() -> None:
     cluster = only("RayCluster")["spec"]
     job = own_cluster_job()["spec"]
     assert job["rayClusterSpec"] == cluster
-    assert only("RayCronJob")["spec"]["jobTemplate"] == job
+    assert only("RayCronJob", "mammo-ray-nightly")["spec"]["jobTemplate"] == job
     scheduled = only("RayJob", "mammo-ray-scheduled")
     assert scheduled["spec"] == job
 
@@ -369,7 +387,7 @@ def test_the_own_cluster_rayjob_cleans_up_and_the_other_uses_the_raycluster() ->
 def test_the_raycronjob_documents_its_feature_gate_and_cannot_overlap() -> None:
     text = (K8S_DIR / "raycronjob.yaml").read_text()
     assert "RayCronJob=true" in text and "feature gate" in text
-    cron = only("RayCronJob")["spec"]
+    cron = only("RayCronJob", "mammo-ray-nightly")["spec"]
     assert cron["schedule"] == "0 2 * * *"  # daily: a period of 24 h
     assert cron["jobTemplate"]["activeDeadlineSeconds"] < 24 * 3600
 

@@ -1,0 +1,42 @@
+"""The schemas of the model packages' tables: the study's full-fit predictions of its own images and
+`mammo-ray score`'s scores (the other tables' are in `mammo_ray/schemas.py`)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mammo_ray.schemas import column
+
+_PACKAGE = column("package", pa.string(), "the model package's name (its folder under models/)", nullable=False)
+_SCORE = column("score", pa.float64(), "the pipeline's decision score", nullable=False)
+_PROBABILITY = column("probability", pa.float64(), "the calibrated probability of the positive class (the map "
+                      "fitted on the study's out-of-fold scores)", nullable=False)
+_FLAG = column("flag", pa.bool_(), "score at or above the package's threshold (chosen on the study's out-of-fold "
+               "scores)", nullable=False)
+
+#: results/model_predictions.parquet: each exported package's full-fit predictions of the study's labelled images.
+MODEL_PREDICTIONS_SCHEMA = pa.schema([
+    _PACKAGE,
+    column("image_id", pa.string(), "the manifest image", nullable=False),
+    _SCORE, _PROBABILITY, _FLAG,
+])
+
+#: scores.parquet (`mammo-ray score`): one row per image, breast and exam of the scored collection.
+SCORES_SCHEMA = pa.schema([
+    column("package_id", pa.string(), "the id of the package that scored (package.json's package_id)",
+           nullable=False),
+    column("level", pa.string(), "image, breast (mean of its images' scores and probabilities) or exam (max of "
+           "its breasts')", nullable=False),
+    column("unit", pa.string(), "the image id; the breast as patient/exam/side; the exam as patient/exam",
+           nullable=False),
+    column("patient_id", pa.string(), "the manifest's pseudonymous patient key", nullable=False),
+    column("exam_id", pa.string(), "the exam; null: not given"),
+    column("laterality", pa.string(), "L or R (images and breasts); null: unknown or an exam"),
+    column("view", pa.string(), "the image's view; null for breasts and exams"),
+    column("images", pa.int64(), "images behind the row", nullable=False),
+    _SCORE, _PROBABILITY, _FLAG,
+    column("shift_distance", pa.float64(), "images: root mean square of the embedding standardised by the "
+           "training images' mean and sd (about 1 for a training-like image); null for breasts and exams"),
+])
+
+__all__ = ["MODEL_PREDICTIONS_SCHEMA", "SCORES_SCHEMA"]

@@ -1,0 +1,47 @@
+"""The report's model packages: what the export stage kept of the study to score new mammograms (mammo_ray.packages),
+one row per package from its own description, so the report and the package cannot disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from mammo_ray.report.render import Section
+
+TITLE = "Model packages: the chosen pipelines, kept to score new mammograms"
+
+
+def packages_section(packages: Sequence[dict[str, Any]]) -> Section:
+    """One row per package (its description, package.json): pipeline, out-of-fold AUC and interval, the
+    negative control's p, the threshold, what its extractor was pretrained on, and its id."""
+    section = Section(TITLE)
+    if not packages:
+        section.paragraphs.append("No model packages: the export stage writes them from the current grid's "
+                                  "leak_free out-of-fold cells (the grid has none, or they are not current).")
+        return section
+    section.paragraphs.append(
+        "Each is a folder under `models/<name>/`: the pipeline fitted on every labelled image, its threshold and "
+        "calibration chosen on the out-of-fold scores, and its model card (`card.md`). `-compare` is the "
+        "pipeline fixed before scoring (grid.compare); `-selected` the nested selection's choice, with the "
+        "nested estimate. Score new images with `mammo-ray score <output>/models/<name> --config new.yaml` "
+        "(README, \"Scoring new mammograms\").")
+    rows = []
+    for package in packages:
+        performance, control, extractor = package["performance"], package["control"], package["extractor"]
+        pipeline = package["pipeline"]
+        rows.append({
+            "package": package["name"],
+            "pipeline": f"{pipeline['selection']}/{pipeline['balancing']}/{pipeline['classifier']}",
+            "auc": performance.get("auc"), "ci_low": performance.get("auc_ci_low"),
+            "ci_high": performance.get("auc_ci_high"), "permutation_p": control.get("permutation_p"),
+            "threshold": package["threshold"],
+            "pretrained on": ", ".join(extractor["pretrained_on"]) or extractor["pretraining_group"],
+            "package id": package["package_id"][:12],
+        })
+    section.tables.append(("Model packages (performance: leak_free out of fold)", pd.DataFrame(rows)))
+    return section
+
+
+__all__ = ["TITLE", "packages_section"]
