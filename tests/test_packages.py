@@ -46,7 +46,8 @@ def _description(spec=None, subgroups=()):
     spec = spec or ExtractorConfig(name="imagenet_resnet18", input_size=64)
     return {"name": "e-compare", "kind": "compare", "created_by": "test",
             "extractor": extractor_identity(spec, embedding_key(spec)),
-            "pipeline": {"selection": "lasso", "balancing": "smote", "classifier": "svm_rbf", "grid_settings": {}},
+            "pipeline": {"selection": "lasso", "balancing": "smote", "classifier": "svm_rbf", "grid_settings": {},
+                         "support_vectors": 31},
             "threshold": 0.0, "calibration": "platt",
             "training": {"manifest_digest": "d", "images": 80, "positives": 20, "patients": 40,
                          "unlabelled_left_out": 0, "datasets": ["inbreast"], "views": ["CC", "MLO"],
@@ -76,6 +77,7 @@ def test_the_fitted_model_is_the_cells_pipeline_fitted_on_everything_with_the_oo
     np.testing.assert_array_equal(scores, decision_scores(reference, data.X))
     np.testing.assert_allclose(probability, calibrate("platt", np.tile(data.y, 2), oof.ravel(), scores))
     assert (flag == (scores >= model.threshold)).all()
+    assert model.support_vectors() == len(reference.named_steps["classify"].support_vectors_) > 0
     assert 0.8 < np.mean(distance) < 1.2  # standardised training rows: RMS about 1
 
 
@@ -165,6 +167,7 @@ def test_the_card_states_use_data_pretraining_performance_control_subgroups_and_
     assert "Research only" in markdown and "AUC 0.710 (patient bootstrap 0.600 to 0.800)" in markdown
     assert "permutation p 0.01" in markdown and "Pretrained on: nothing" in markdown
     assert "random-init" in markdown and "BI-RADS proxies" in markdown
+    assert "keeps 31 support vectors: standardised embeddings of training images" in markdown
     assert "| site | x | 2 | 1 | 1.000 | too few patients (1) (small) |" in markdown
 
 

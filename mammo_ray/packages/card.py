@@ -28,6 +28,11 @@ def _limitations(description: dict[str, Any]) -> list[str]:
     notes.append(f"Trained on {training['images']} images of {training['patients']} patients "
                  f"({', '.join(training['datasets']) or 'one collection'}); views {', '.join(training['views'])}: "
                  "other views are not scored, and other scanners shift the embeddings (see each run's shift check).")
+    kept = description["pipeline"].get("support_vectors", 0)
+    if kept:
+        notes.append(f"The classifier keeps {kept} support vectors: standardised embeddings of training images "
+                     "(some synthetic, from SMOTE). Share the package as you would share data derived from the "
+                     "training patients.")
     control = description.get("control") or {}
     p = control.get("permutation_p")
     if p is None:
@@ -58,7 +63,7 @@ def _number(value: Any) -> str:
 
 
 def _interval(group: dict[str, Any]) -> str:
-    return interval_text(group) + (" (small)" if group["small"] else "")
+    return (interval_text(group) or "-") + (" (small)" if group["small"] else "")
 
 
 def card_markdown(card: dict[str, Any]) -> str:

@@ -80,6 +80,12 @@ class FittedModel:
         """The embeddings as the pipeline's first step standardises them (what the shift check reads)."""
         return self.pipeline.named_steps["scale"].transform(X)
 
+    def support_vectors(self) -> int:
+        """Rows of (standardised, selected) training embeddings the classifier keeps: an SVM's support vectors
+        (after SMOTE, some synthetic); 0 for a model of coefficients only."""
+        vectors = getattr(self.pipeline.named_steps["classify"], "support_vectors_", None)
+        return 0 if vectors is None else int(vectors.shape[0])
+
     def parts(self) -> dict[str, Any]:
         """The objects saved (skops): everything fitted."""
         return {"pipeline": self.pipeline, "calibration": self.calibration}

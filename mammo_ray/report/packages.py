@@ -22,11 +22,11 @@ def packages_section(packages: Sequence[dict[str, Any]]) -> Section:
                                   "leak_free out-of-fold cells (the grid has none, or they are not current).")
         return section
     section.paragraphs.append(
-        "Each is a folder under `models/<name>/`: the pipeline fitted on every labelled image, its threshold and "
-        "calibration chosen on the out-of-fold scores, and its model card (`card.md`). `-compare` is the "
-        "pipeline fixed before scoring (grid.compare); `-selected` the nested selection's choice, with the "
-        "nested estimate. Score new images with `mammo-ray score <output>/models/<name> --config new.yaml` "
-        "(README, \"Scoring new mammograms\").")
+        "Each is a folder under models/<name>/ of the output: the pipeline fitted on every labelled image, its "
+        "threshold and calibration chosen on the out-of-fold scores, and its model card (card.md). The -compare "
+        "package is the pipeline fixed before scoring (grid.compare); -selected is the nested selection's choice, "
+        "with the nested estimate (its control: the chosen cell's). Score new images with: mammo-ray score "
+        "<output>/models/<name> --config new.yaml (README, \"Scoring new mammograms\").")
     rows = []
     for package in packages:
         performance, control, extractor = package["performance"], package["control"], package["extractor"]

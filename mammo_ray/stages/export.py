@@ -95,11 +95,13 @@ def _package(name: str, kind: str, cell_row: pd.Series, performance_row: pd.Seri
     return {
         "name": name, "kind": kind, "created_by": f"mammo-ray {__version__}", "extractor": identity,
         "pipeline": {"selection": cell_row["selection"], "balancing": cell_row["balancing"],
-                     "classifier": cell_row["classifier"], "grid_settings": settings},
+                     "classifier": cell_row["classifier"], "grid_settings": settings,
+                     "support_vectors": model.support_vectors()},
         "threshold": model.threshold, "calibration": settings["calibration"], "training": training,
         "performance": {"evaluation": "leak_free out-of-fold (patient-grouped folds, everything fitted inside "
                                       "training folds)", **_numbers(performance_row, _PERFORMANCE)},
-        "control": _numbers(performance_row, _CONTROL), "subgroups": subgroups,
+        # The nested row runs no control of its own: the chosen cell's (the same pipeline on permuted labels).
+        "control": _numbers(cell_row, _CONTROL), "subgroups": subgroups,
         "shift": {"statistic": "mean shift: sqrt(images) x RMS over features of the images' mean standardised "
                                "embedding; reference: patient-bootstrap resamples of the training images",
                   "training_median": model.shift.training_median, "training_q95": model.shift.training_q95},
