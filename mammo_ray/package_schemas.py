@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from mammo_ray import schemas
 from mammo_ray.schemas import column
 
 _PACKAGE = column("package", pa.string(), "the model package's name (its folder under models/)", nullable=False)
@@ -39,4 +40,14 @@ SCORES_SCHEMA = pa.schema([
            "training images' mean and sd (about 1 for a training-like image); null for breasts and exams"),
 ])
 
-__all__ = ["MODEL_PREDICTIONS_SCHEMA", "SCORES_SCHEMA"]
+
+#: networks/<package>/ under a scoring output (`mammo-ray score` with a network package): the feature store of the
+#: network's probability per image content.
+NETWORK_OUTPUTS_SCHEMA = pa.schema([
+    *(schemas.ZERO_SHOT_SCHEMA.field(name) for name in schemas.FEATURE_KEY_COLUMNS),
+    column("probability", pa.float32(), "the fine-tuned network's softmax probability of the positive class",
+           nullable=False),
+    schemas.BREAST_SHARE_FIELD,
+])
+
+__all__ = ["MODEL_PREDICTIONS_SCHEMA", "NETWORK_OUTPUTS_SCHEMA", "SCORES_SCHEMA"]

@@ -7,8 +7,8 @@ with the package's extractor: read and decoded once, embedded once per content a
 embeds only new images and the feature store of an earlier run on the same output is reused. The classifier
 then scores every current image (milliseconds), so removed images leave the table. Refused before any work:
 a package changed after export or holding foreign types (packages.files), weights whose sha256 is not the
-package's, preprocessing that differs from the package's (each differing setting named). An image whose view
-or side the package was not trained on is an errors row (`errors/score-<package>.parquet`) with the reason;
+package's, preprocessing that differs from the package's (each differing setting named). An image of a view the
+package was not trained on (or of none known) is an errors row (`errors/score-<package>.parquet`) with the reason;
 the shift check (packages.model.ShiftReference) is logged and kept in the table's provenance.
 """
 
@@ -24,13 +24,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mammo_ray import schemas, storage, tables
-from mammo_ray.config import EmbedConfig, ExtractorConfig, StudyConfig
+from mammo_ray import feature_store, schemas, storage, tables
+from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, StudyConfig
 from mammo_ray.current import CurrentInputs
 from mammo_ray.errors import ConfigError
+from mammo_ray.output_lock import hold_output
 from mammo_ray.package_schemas import SCORES_SCHEMA
-from mammo_ray.packages.files import LoadedPackage, PackageRefused, load_package
+from mammo_ray.packages.files import NETWORK_FILE, LoadedPackage, PackageRefused, load_package
+from mammo_ray.ray_setup import ensure_ray, work_placement
 from mammo_ray.stages.embed import embedding_key, read_embeddings
+from mammo_ray.stages.inference import run_pass
+from mammo_ray.stages.manifest import locate
+from mammo_ray.stages.network_task import NetworkSpec, NetworkTask
 from mammo_ray.study import load_study_config, run_study
 
 log = logging.getLogger("mammo_ray.score")
@@ -80,15 +85,12 @@ def scoring_extractor(package: LoadedPackage, config: StudyConfig, weights: str 
 
 
 def _unscorable(frame: pd.DataFrame, training: dict[str, Any]) -> pd.Series:
-    """Per image: why the package cannot score it (a view or side it was not trained on), or None."""
-    def reason(view: object, side: object) -> str | None:
-        if view not in training["views"]:
-            return f"view {view!r}: the package was trained on {', '.join(training['views'])} only"
-        if training["lateralities"] and side not in training["lateralities"]:
-            return f"side {side!r}: the package was trained on {', '.join(training['lateralities'])} only"
-        return None
-    return pd.Series([reason(v, s) for v, s in zip(frame["view"], frame["laterality"], strict=True)],
-                     index=frame.index, dtype=object)
+    """Per image: why the package cannot score it (a view it was not trained on, or none known), or None. An
+    image of unknown side is scored (the pipelines are not side-specific) but belongs to no breast row."""
+    views = training["views"]
+    reasons = [None if view in views else f"view {view!r}: the package was trained on {', '.join(views)} only"
+               for view in frame["view"]]
+    return pd.Series(reasons, index=frame.index, dtype=object)
 
 
 def _levels(images: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -108,50 +110,108 @@ def _levels(images: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return levels.assign(flag=levels["score"] >= threshold, shift_distance=np.nan)
 
 
+def score_view(package: LoadedPackage, view: pd.DataFrame) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
+    """Score a `read_embeddings` frame: the scores table (images, breasts, exams), the errors rows of the images
+    the package cannot score, and the shift check of the scored ones."""
+    reasons = _unscorable(view, package.description["training"])
+    scorable = view[reasons.isna()].reset_index(drop=True)
+    images = scorable[["patient_id", "exam_id", "laterality", "view"]].assign(
+        level="image", unit=scorable["image_id"], images=1)
+    threshold = float(package.description["threshold"])
+    if package.model is None:  # a network: its stored softmax probability is its score; no embedding to compare
+        probability = scorable["probability"].to_numpy(dtype=np.float64)
+        images = images.assign(score=probability, probability=probability, flag=probability >= threshold,
+                               shift_distance=np.nan)
+        shift = {"images": len(images), "mean_shift": None, "beyond_training_q95": False,
+                 "note": "a network package keeps no embedding reference: no shift check"}
+    elif len(scorable):
+        X = np.stack([np.asarray(v, dtype=np.float32) for v in scorable["embedding"]])
+        score, probability, flag, distance = package.model.apply(X)
+        images = images.assign(score=score, probability=probability, flag=flag, shift_distance=distance)
+        shift = package.model.shift.summary(package.model.scaled(X))
+    else:
+        images = images.assign(score=np.nan, probability=np.nan, flag=False, shift_distance=np.nan)
+        shift = package.model.shift.summary(np.zeros((0, 1)))
+    parts = [images, _levels(images, threshold)] if len(images) else [images]
+    table = pa.concat_tables([pa.Table.from_pandas(part.assign(package_id=package.package_id)[SCORES_SCHEMA.names],
+                                                   schema=SCORES_SCHEMA, preserve_index=False) for part in parts])
+    refused = view[reasons.notna()]
+    errors = pd.DataFrame({"image_id": refused["image_id"], "uri": refused["uri"],
+                           "stage": f"score-{package.description['name']}", "error_type": "UnscorableImage",
+                           "message": reasons[reasons.notna()]})
+    return table, errors, shift
+
+
 def score_collection(package_uri: str, config: StudyConfig, weights: str | None = None) -> ScoreResult:
     """Score `config`'s collection with the package at `package_uri` into `config.output`."""
     if storage.exists(tables.ledger_uri(config.output, "grid")):
         raise ConfigError("output", f"{config.output} holds a study: score into an output of its own (a scoring "
                                     "run writes its own manifest.parquet there)")
     package = load_package(package_uri)
-    spec = scoring_extractor(package, config, weights)
     name = package.description["name"]
-    scoring = config.model_copy(update={"embed": EmbedConfig(**{**config.embed.model_dump(), "extractors": [spec]})})
     started = time.perf_counter()
-    study = run_study(scoring, list(SCORING_STAGES))
-    stages_done = time.perf_counter()
-    current = CurrentInputs(scoring)
-    view = read_embeddings(scoring.output, current.manifest(), spec, scoring.ingest, current.embedding_key(spec))
-    reasons = _unscorable(view, package.description["training"])
-    scorable = view[reasons.isna()].reset_index(drop=True)
-    X = np.stack([np.asarray(v, dtype=np.float32) for v in scorable["embedding"]]) if len(scorable) else None
-    images = scorable[["patient_id", "exam_id", "laterality", "view"]].assign(
-        level="image", unit=scorable["image_id"], images=1)
-    if X is not None:
-        score, probability, flag, distance = package.model.apply(X)
-        images = images.assign(score=score, probability=probability, flag=flag, shift_distance=distance)
+    if package.model is None:
+        task = network_task(package, config.ingest)
+        scoring, embedded = config, _run_network(task, config)
+        current = CurrentInputs(scoring)
+        key = task.key(scoring.ingest)
+        view = feature_store.read_view(task.table_uri(scoring.output), current.manifest(), key, "score")
     else:
-        images = images.assign(score=np.nan, probability=np.nan, flag=False, shift_distance=np.nan)
-    parts = [images, _levels(images, package.model.threshold)] if len(images) else [images]
-    table = pa.concat_tables([pa.Table.from_pandas(part.assign(package_id=package.package_id)[SCORES_SCHEMA.names],
-                                                   schema=SCORES_SCHEMA, preserve_index=False) for part in parts])
-    shift = package.model.shift.summary(package.model.scaled(X) if X is not None else np.zeros((0, 1)))
-    inputs = {"manifest": current.digest("manifest"), "embeddings": current.embedding_key(spec).as_dict(),
-              "package_id": package.package_id}
+        spec = scoring_extractor(package, config, weights)
+        scoring = config.model_copy(update={"embed": EmbedConfig(**{**config.embed.model_dump(),
+                                                                    "extractors": [spec]})})
+        study = run_study(scoring, list(SCORING_STAGES))
+        embedded = study.counts.get(f"embedded:{spec.name}", 0) if "embed" in study.ran else 0  # else: the ledger's
+        current = CurrentInputs(scoring)
+        key = current.embedding_key(spec)
+        view = read_embeddings(scoring.output, current.manifest(), spec, scoring.ingest, key)
+    stages_done = time.perf_counter()
+    table, errors, shift = score_view(package, view)
+    inputs = {"manifest": current.digest("manifest"), "model": key.as_dict(), "package_id": package.package_id}
     uri = tables.scores_uri(scoring.output, name)
     storage.write_table(tables.with_provenance(table, "score", inputs=inputs, shift=shift), uri)
-    refused = view[reasons.notna()]
-    errors = pd.DataFrame({"image_id": refused["image_id"], "uri": refused["uri"], "stage": f"score-{name}",
-                           "error_type": "UnscorableImage", "message": reasons[reasons.notna()]})
     storage.write_table(pa.Table.from_pandas(errors, schema=schemas.ERRORS_SCHEMA, preserve_index=False),
                         tables.SCORE_ERRORS.uri(scoring.output, name))
-    log.info("score %s: %d images scored, %d not scorable -> %s; shift check: mean shift %.2f (training range: "
-             "median %.2f, 95th percentile %.2f)%s", name, len(images), len(errors), uri, shift["mean_shift"],
-             shift["training_median"], shift["training_q95"],
-             ": BEYOND the training range (another scanner or population?)" if shift["beyond_training_q95"] else "")
-    embedded = study.counts.get(f"embedded:{spec.name}", 0) if "embed" in study.ran else 0  # else: the ledger's
+    scored = int(np.sum(np.asarray(table.column("level")) == "image"))
+    log.info("score %s: %d images scored, %d not scorable -> %s; %s", name, scored, len(errors), uri, _said(shift))
     timings = {"stages": stages_done - started, "classifier": time.perf_counter() - stages_done}
-    return ScoreResult(package.package_id, uri, len(images), len(errors), embedded, shift, timings)
+    return ScoreResult(package.package_id, uri, scored, len(errors), embedded, shift, timings)
+
+
+def _said(shift: dict[str, Any]) -> str:
+    if shift.get("mean_shift") is None:
+        return shift.get("note", "no shift check")
+    beyond = ": BEYOND the training range (another scanner or population?)" if shift["beyond_training_q95"] else ""
+    return (f"shift check: mean shift {shift['mean_shift']:.2f} (training range: median {shift['training_median']:.2f},"
+            f" 95th percentile {shift['training_q95']:.2f}){beyond}")
+
+
+def network_task(package: LoadedPackage, read: IngestConfig) -> NetworkTask:
+    """The image-pass output of a network package, its weights the package's own file; PackageRefused when the
+    scoring decode settings would prepare other inputs than the package's."""
+    network = package.description["network"]
+    spec = NetworkSpec(package.description["name"], network["model"], network["variant"], network["num_classes"],
+                       network["positive"], network["size"], network["crop_to_breast"], network["source_resolution"],
+                       storage.join(package.uri, NETWORK_FILE), package.description["files"][NETWORK_FILE])
+    task = NetworkTask(spec)
+    expected = package.description["model_key"]
+    key = task.key(read).as_dict()
+    if key["preprocess_id"] != expected["preprocess_id"]:
+        raise PackageRefused(package.uri, "preprocessing differs from the package's: the ingest settings (preprocess "
+                                          f"id {key['preprocess_id']}, package: {expected['preprocess_id']})")
+    return task
+
+
+def _run_network(task: NetworkTask, config: StudyConfig) -> int:
+    """The collection's manifest (the manifest stage), then one pass of the network over the images it has not
+    scored yet, holding the output; the images computed."""
+    run_study(config, ["manifest"])
+    with hold_output(config.output):
+        ensure_ray(config)
+        current = CurrentInputs(config, locate=locate(config))
+        done = run_pass(current.readable_manifest(), config.output, [task], config.embed, config.ingest,
+                        placement=work_placement(config))
+    return done.runs[task.stage].written
 
 
 def score_from_cli(package_uri: str, config_uri: str | None, output: str | None, weights: str | None) -> int:
@@ -161,4 +221,5 @@ def score_from_cli(package_uri: str, config_uri: str | None, output: str | None,
     return 0
 
 
-__all__ = ["SCORING_STAGES", "ScoreResult", "score_collection", "score_from_cli", "scoring_extractor"]
+__all__ = ["SCORING_STAGES", "ScoreResult", "network_task", "score_collection", "score_from_cli", "score_view",
+           "scoring_extractor"]

@@ -24,6 +24,7 @@ from mammo_ray.ray_setup import apply_storage_config, check_ray_before_work, ens
 from mammo_ray.stages import (
     embed,
     export,
+    export_networks,
     finetune,
     grid,
     heatmaps,
@@ -44,7 +45,8 @@ log = logging.getLogger("mammo_ray.study")
 #: Every stage of the study, in the order the tables they read and write allow (ties: as listed).
 STAGES: tuple[Stage, ...] = stage_order([
     manifest.STAGE, ingest.STAGE, embed.STAGE, zero_shot.STAGE, heatmaps.STAGE, thumbnails.STAGE, grid.STAGE,
-    finetune.STAGE, transfer.STAGE, subgroups.STAGE, export.STAGE, report.STAGE,
+    finetune.STAGE, transfer.STAGE, subgroups.STAGE, export.STAGE,
+    export_networks.STAGE, report.STAGE,
 ])
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}

@@ -146,6 +146,12 @@ def models_uri(output_uri: str, name: str | None = None) -> str:
     return folder if name is None else storage.join(folder, name)
 
 
+def networks_uri(output_uri: str, name: str | None = None) -> str:
+    """The exported fine-tuned network packages (the export_networks stage), or the package `name`."""
+    folder = storage.join(output_uri, "networks")
+    return folder if name is None else storage.join(folder, name)
+
+
 def model_predictions_uri(output_uri: str) -> str:
     return storage.join(output_uri, "results", "model_predictions.parquet")
 
@@ -229,6 +235,7 @@ FINETUNE_ERRORS = Table("errors/finetune-<family>-<size>", finetune_errors_uri, 
 CHECKPOINTS = Table("checkpoints", checkpoints_uri)
 FINETUNE_VS_FROZEN = Table("results/finetune_vs_frozen", finetune_vs_frozen_uri, schema=schemas.COMPARISONS_SCHEMA)
 MODELS = Table("models", models_uri)  # one folder per package: models/<name>/
+NETWORKS = Table("networks", networks_uri)  # one folder per package: networks/<name>/
 MODEL_PREDICTIONS = Table("results/model_predictions", model_predictions_uri,
                           schema=package_schemas.MODEL_PREDICTIONS_SCHEMA)
 #: Written by `mammo-ray score` (mammo_ray.scoring), not by a stage of the study.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import skops.io
 
@@ -23,12 +24,13 @@ from mammo_ray.packages.files import (
     PackageRefused,
     load_package,
     package_id,
+    pipeline_files,
     sha256_hex,
     write_package,
 )
 from mammo_ray.packages.model import ShiftReference, fit_model, mean_shift
 from mammo_ray.report.packages import packages_section
-from mammo_ray.scoring import score_collection, scoring_extractor
+from mammo_ray.scoring import score_collection, score_view, scoring_extractor
 from mammo_ray.stages.embed import embedding_key
 from mammo_ray.stages.export import extractor_identity
 
@@ -64,7 +66,7 @@ def _write(uri, data=None, spec=None):
     description = {**_description(spec), "threshold": model.threshold,
                    "shift": {"training_median": model.shift.training_median,
                              "training_q95": model.shift.training_q95}}
-    return model, write_package(str(uri), model, description, card_files(description))
+    return model, write_package(str(uri), description, {**pipeline_files(model), **card_files(description)})
 
 
 def test_the_fitted_model_is_the_cells_pipeline_fitted_on_everything_with_the_oof_threshold_and_calibration():
@@ -161,7 +163,7 @@ def test_the_card_states_use_data_pretraining_performance_control_subgroups_and_
     card, markdown = json.loads(files["card.json"]), files["card.md"].decode()
     assert {"intended_use", "training_data", "extractor", "performance", "negative_control", "subgroups",
             "limitations", "citation"} <= set(card)
-    for heading in ("Intended use", "Model", "Training data", "Performance (out of fold)", "Subgroups",
+    for heading in ("Intended use", "Model", "Training data", "Performance", "Subgroups",
                     "Limitations", "How to cite"):
         assert f"## {heading}" in markdown
     assert "Research only" in markdown and "AUC 0.710 (patient bootstrap 0.600 to 0.800)" in markdown
@@ -197,7 +199,7 @@ def test_the_reports_packages_section_shows_each_package_from_its_own_descriptio
     section = packages_section([written])
     (caption, table), = section.tables
     row = table.iloc[0]
-    assert (row["package"], row["pipeline"], row["auc"]) == ("e-compare", "lasso/smote/svm_rbf", 0.71)
+    assert (row["package"], row["model"], row["auc"]) == ("e-compare", "lasso/smote/svm_rbf", 0.71)
     assert row["package id"] == written["package_id"][:12] and row["pretrained on"] == "none"
     assert "No model packages" in packages_section([]).paragraphs[0]
 
@@ -208,3 +210,27 @@ def test_scoring_into_a_studys_own_output_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="holds a study: score into an output of its own"):
         score_collection(str(tmp_path / "pkg"), parse_config({"output": str(tmp_path / "study")}))
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["_stages"]
+
+
+def test_score_view_scores_images_breasts_and_exams_and_makes_other_views_errors_rows(tmp_path):
+    model, _ = _write(tmp_path / "pkg")
+    package = load_package(str(tmp_path / "pkg"))
+    X = _data(n=8, seed=7).X
+    view = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)], "uri": [f"u{k}" for k in range(8)],
+                         "patient_id": ["p1"] * 4 + ["p2"] * 4, "exam_id": [None] * 8,
+                         "laterality": ["L", "R", "L", "R", "L", "R", None, "R"],
+                         "view": ["CC", "CC", "MLO", "MLO", "CC", "CC", "MLO", "other"],
+                         "embedding": list(X)})
+    table, errors, shift = score_view(package, view)
+    frame = table.to_pandas()
+    images = frame[frame["level"] == "image"].set_index("unit")
+    assert list(images.index) == [f"i{k}" for k in range(7)]
+    np.testing.assert_array_equal(images["probability"], model.apply(X[:7])[1])
+    breasts = frame[frame["level"] == "breast"].set_index("unit")
+    assert sorted(breasts.index) == ["p1/p1/L", "p1/p1/R", "p2/p2/L", "p2/p2/R"]
+    assert breasts.loc["p1/p1/L", "probability"] == pytest.approx(images.loc[["i0", "i2"], "probability"].mean())
+    exams = frame[frame["level"] == "exam"].set_index("unit")
+    assert exams.loc["p1/p1", "score"] == breasts.loc[["p1/p1/L", "p1/p1/R"], "score"].max()
+    (error,) = errors.to_dict("records")
+    assert (error["image_id"], error["error_type"]) == ("i7", "UnscorableImage") and "view 'other'" in error["message"]
+    assert shift["images"] == 7

@@ -65,3 +65,14 @@ def test_the_readme_holds_what_the_code_gives_and_renders_as_tables():
             if lines and lines[0].startswith("|"):
                 assert re.fullmatch(r"\|( [a-z]+ \|)+", lines[0]) and re.fullmatch(r"\|(---\|)+", lines[1])
                 assert all(line.startswith("| `") and line.endswith(" |") for line in lines[2:]), chunk[:60]
+
+
+def test_every_command_in_the_readme_runs_the_tool_one_way_from_the_repository_root():
+    """The README's shell blocks name the tool as `make` installs it (.venv/bin/...), never a bare `mammo-ray` or
+    `python` a newcomer's shell may not have; a cluster job is `ray job submit`."""
+    text = README.read_text()
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()
+             if line.strip()]
+    assert lines and [line for line in lines if line.split()[0] in ("mammo-ray", "python", "python3")] == []
+    commands = {line.split()[0] for line in lines}
+    assert commands <= {"make", ".venv/bin/mammo-ray", ".venv/bin/python", "ray", "duckdb"}, commands

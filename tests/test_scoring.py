@@ -11,7 +11,7 @@ from mammo_ray import storage, tables
 from mammo_ray.config import parse_config
 from mammo_ray.datasets.manifest import write_manifest
 from mammo_ray.datasets.synthetic import SyntheticSource, generate_cohort
-from mammo_ray.packages.files import DESCRIPTION_FILE, load_package
+from mammo_ray.packages.files import DESCRIPTION_FILE, PackageRefused, load_package
 from mammo_ray.scoring import score_collection
 from mammo_ray.study import run_study
 
@@ -110,3 +110,32 @@ def test_a_moved_package_scores_identically_and_an_unscorable_view_is_an_errors_
     (error,) = pd.read_parquet(tables.SCORE_ERRORS.uri(str(root / "scored"), PACKAGE)).to_dict("records")
     assert error["error_type"] == "UnscorableImage" and "view 'other'" in error["message"]
     assert error["image_id"] not in set(_image_scores(odd.uri).index)
+
+
+def test_a_fine_tuned_network_package_scores_new_images_as_the_network_predicted_its_validation_images(cohort):
+    root, _, manifests, _, _ = cohort
+    study = root / "finetuned"
+    config = parse_config({
+        "name": "nets", "output": str(study), "data": {"manifest": str(manifests["train"])},
+        "finetune": {"models": [{"name": "small_cnn"}], "tasks": ["binary"], "batch_size": 4,
+                     "stages": [{"name": "all", "size": 32, "epochs": 1}], "cpus_per_worker": 0.5,
+                     "data_cpus": 0.5, "augment": {"enabled": False}}})
+    assert run_study(config, ["manifest", "finetune", "export_networks"]).counts["networks_exported"] == 1
+    (folder,) = (study / "networks").iterdir()
+    described = load_package(str(folder)).description
+    assert described["kind"] == "network" and "safetensors" in " ".join(described["files"])
+    card = (folder / "card.md").read_text()
+    assert "Fine-tuned network small_cnn" in card and "No negative control ran for fine-tuning" in card
+    scoring = parse_config({"name": "nets", "output": str(root / "scored-network"),
+                            "data": {"manifest": str(manifests["train"])}})
+    scored = score_collection(str(folder), scoring)
+    assert (scored.images, scored.embedded) == (48, 48)
+    validation = pd.read_parquet(tables.finetune_predictions_uri(str(study)))
+    expected = validation.set_index("image_id")["probabilities"].map(lambda p: float(p[1])).sort_index()
+    probability = _image_scores(scored.uri).loc[expected.index, "probability"]
+    np.testing.assert_allclose(probability, expected, atol=1e-5)  # the network's own softmax, as validated
+    again = score_collection(str(folder), scoring)
+    assert again.embedded == 0 and again.images == 48
+    decode = parse_config({**scoring.model_dump(mode="json"), "ingest": {"apply_voi_lut": False}})
+    with pytest.raises(PackageRefused, match="preprocessing differs from the package's: the ingest settings"):
+        score_collection(str(folder), decode)

@@ -169,8 +169,8 @@ def _leaks(found: dict[str, list[bytes]], secrets: dict[str, str]) -> list[str]:
 def test_the_run_wrote_every_stage_and_its_logs(scanned_run):
     outputs = [w for w in scanned_run if "/out/" in w]
     for table in ("manifest.parquet", "ingest/images.parquet", "embeddings/", "zero_shot/", "results/grid.parquet",
-                  "results/finetune", "models/", "pipeline.skops", "card.md", "report/report.html",
-                  "report/provenance.json"):
+                  "results/finetune", "models/", "pipeline.skops", "card.md", "network.safetensors",
+                  "report/report.html", "report/provenance.json"):
         assert any(table in uri for uri in outputs), table
     assert sum(1 for w in scanned_run if "/logs/" in w) > 5  # the run's Ray logs were scanned
     # The inputs did carry the PHI, in the header and the path: every image the study read holds all of it.

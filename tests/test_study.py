@@ -134,7 +134,7 @@ def test_whole_study_writes_a_report_with_every_section(tmp_path, monkeypatch):
     touched = record_stage_access(monkeypatch)
     result = run_study(config)
     assert result.ran == ["manifest", "ingest", "heatmaps", "embed", "zero_shot", "thumbnails", "grid", "finetune",
-                          "transfer", "subgroups", "export", "report"]
+                          "transfer", "subgroups", "export", "export_networks", "report"]
     # Every table a stage read or wrote is one it declares (docs/design.md, "Stages").
     assert touched and not undeclared_access(touched, str(output)), undeclared_access(touched, str(output))
     assert not undeclared_files(str(output))

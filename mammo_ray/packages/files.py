@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ FORMAT = "mammo-ray model package"
 FORMAT_VERSION = 1
 DESCRIPTION_FILE = "package.json"
 PIPELINE_FILE = "pipeline.skops"
+#: A fine-tuned network's package: its state dict in safetensors (tensors only, no code).
+NETWORK_FILE = "network.safetensors"
+NETWORK_KIND = "network"
 CARD_MARKDOWN = "card.md"
 CARD_JSON = "card.json"
 #: Types a package holds beyond those skops trusts by default (scikit-learn's, numpy's).
@@ -52,7 +56,7 @@ class PackageRefused(MammoRayError):
 class LoadedPackage:
     uri: str
     description: dict[str, Any]
-    model: FittedModel
+    model: FittedModel | None  # None for a network package: its network loads where it runs (an actor)
 
     @property
     def package_id(self) -> str:
@@ -69,11 +73,16 @@ def package_id(description: dict[str, Any]) -> str:
     return sha256_hex(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())[:32]
 
 
-def write_package(uri: str, model: FittedModel, description: dict[str, Any], cards: dict[str, bytes]) -> dict[str, Any]:
-    """Write the package at `uri` (the description last: its presence means the package is whole); the
-    description as written, with its files' digests and its id."""
+def pipeline_files(model: FittedModel) -> dict[str, bytes]:
+    """A frozen-feature pipeline's file: everything fitted, in skops's format."""
     # skops names arrays by object id: the same fit written twice gives other bytes, so another package_id.
-    files = {PIPELINE_FILE: skops.io.dumps(model.parts()), **cards}
+    return {PIPELINE_FILE: skops.io.dumps(model.parts())}
+
+
+def write_package(uri: str, description: dict[str, Any], files: Mapping[str, bytes]) -> dict[str, Any]:
+    """Write the package's `files` (its model file and card) and its description at `uri`, the description last:
+    its presence means the package is whole. Returns the description as written, with its files' digests and
+    its id."""
     written = {**description, "format": FORMAT, "format_version": FORMAT_VERSION,
                "files": {name: sha256_hex(data) for name, data in sorted(files.items())}}
     written["package_id"] = package_id(written)
@@ -107,6 +116,12 @@ def load_package(uri: str) -> LoadedPackage:
             raise PackageRefused(uri, f"{name} was changed after export: its sha256 is {sha256_hex(data)}, "
                                       f"{DESCRIPTION_FILE} says {expected}")
         contents[name] = data
+    if description.get("kind") == NETWORK_KIND:
+        if NETWORK_FILE not in contents:
+            raise PackageRefused(uri, f"a network package without {NETWORK_FILE}")
+        return LoadedPackage(uri, description, None)
+    if PIPELINE_FILE not in contents:
+        raise PackageRefused(uri, f"a pipeline package without {PIPELINE_FILE}")
     blob = contents[PIPELINE_FILE]
     foreign = sorted(set(skops.io.get_untrusted_types(data=blob)) - TRUSTED_TYPES)
     if foreign:
@@ -118,5 +133,6 @@ def load_package(uri: str) -> LoadedPackage:
     return LoadedPackage(uri, description, model)
 
 
-__all__ = ["CARD_JSON", "CARD_MARKDOWN", "DESCRIPTION_FILE", "FORMAT", "PIPELINE_FILE", "TRUSTED_TYPES",
-           "LoadedPackage", "PackageRefused", "load_package", "package_id", "sha256_hex", "write_package"]
+__all__ = ["CARD_JSON", "CARD_MARKDOWN", "DESCRIPTION_FILE", "FORMAT", "NETWORK_FILE", "NETWORK_KIND", "PIPELINE_FILE",
+           "TRUSTED_TYPES", "LoadedPackage", "PackageRefused", "load_package", "package_id", "pipeline_files",
+           "sha256_hex", "write_package"]

@@ -14,8 +14,9 @@ TITLE = "Model packages: the chosen pipelines, kept to score new mammograms"
 
 
 def packages_section(packages: Sequence[dict[str, Any]]) -> Section:
-    """One row per package (its description, package.json): pipeline, out-of-fold AUC and interval, the
-    negative control's p, the threshold, what its extractor was pretrained on, and its id."""
+    """One row per package (its description, package.json): pipeline or network, AUC and interval (out of fold;
+    a network's on its validation split), the negative control's p, the threshold, what it was pretrained on,
+    and its id."""
     section = Section(TITLE)
     if not packages:
         section.paragraphs.append("No model packages: the export stage writes them from the current grid's "
@@ -25,22 +26,28 @@ def packages_section(packages: Sequence[dict[str, Any]]) -> Section:
         "Each is a folder under models/<name>/ of the output: the pipeline fitted on every labelled image, its "
         "threshold and calibration chosen on the out-of-fold scores, and its model card (card.md). The -compare "
         "package is the pipeline fixed before scoring (grid.compare); -selected is the nested selection's choice, "
-        "with the nested estimate (its control: the chosen cell's). Score new images with: mammo-ray score "
-        "<output>/models/<name> --config new.yaml (README, \"Scoring new mammograms\").")
+        "with the nested estimate (its control: the chosen cell's). Fine-tuned networks are under networks/<name>/. "
+        "Score new images with: mammo-ray score <package folder> --config new.yaml (README, \"Scoring new "
+        "mammograms\").")
     rows = []
     for package in packages:
         performance, control, extractor = package["performance"], package["control"], package["extractor"]
-        pipeline = package["pipeline"]
+        if "network" in package:  # a fine-tuned network: its validation AUROC
+            network = package["network"]
+            model, auc = f"network {network['model']} at {network['size']} px", "auroc"
+        else:
+            pipeline = package["pipeline"]
+            model, auc = f"{pipeline['selection']}/{pipeline['balancing']}/{pipeline['classifier']}", "auc"
         rows.append({
-            "package": package["name"],
-            "pipeline": f"{pipeline['selection']}/{pipeline['balancing']}/{pipeline['classifier']}",
-            "auc": performance.get("auc"), "ci_low": performance.get("auc_ci_low"),
-            "ci_high": performance.get("auc_ci_high"), "permutation_p": control.get("permutation_p"),
+            "package": package["name"], "model": model,
+            "auc": performance.get(auc), "ci_low": performance.get(f"{auc}_ci_low"),
+            "ci_high": performance.get(f"{auc}_ci_high"), "permutation_p": control.get("permutation_p"),
             "threshold": package["threshold"],
             "pretrained on": ", ".join(extractor["pretrained_on"]) or extractor["pretraining_group"],
             "package id": package["package_id"][:12],
         })
-    section.tables.append(("Model packages (performance: leak_free out of fold)", pd.DataFrame(rows)))
+    section.tables.append(("Model packages (pipelines: leak_free out of fold; networks: held-out validation)",
+                           pd.DataFrame(rows)))
     return section
 
 

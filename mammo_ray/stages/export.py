@@ -30,7 +30,7 @@ from mammo_ray.models.catalogue import family
 from mammo_ray.models.registry import pretraining_of
 from mammo_ray.package_schemas import MODEL_PREDICTIONS_SCHEMA
 from mammo_ray.packages.card import card_files
-from mammo_ray.packages.files import write_package
+from mammo_ray.packages.files import pipeline_files, write_package
 from mammo_ray.packages.model import FittedModel, fit_model
 from mammo_ray.report.comparisons import compared_pipeline
 from mammo_ray.stages.grid import study_datasets
@@ -149,8 +149,8 @@ def export_packages(current: CurrentInputs) -> tuple[list[str], pd.DataFrame]:
             groups = [] if subgroups is None else _subgroups(subgroups, spec.name, perf)
             settings = {**json.loads(row["cell_config"] or "{}"), "calibration": config.grid.oof.calibration}
             description = _package(name, kind, row, perf, model, identity, training, groups, settings)
-            written = write_package(tables.models_uri(config.output, name), model, description,
-                                    card_files(description))
+            written = write_package(tables.models_uri(config.output, name), description,
+                                    {**pipeline_files(model), **card_files(description)})
             scores, probability, flag, _ = model.apply(data.X)
             rows.append(pd.DataFrame({"package": name, "image_id": list(data.image_ids), "score": scores,
                                       "probability": probability, "flag": flag}))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mammo_ray import preflight, privacy, storage, tables
+from mammo_ray import feature_store, preflight, privacy, storage, tables
 from mammo_ray.config import StudyConfig
 from mammo_ray.current_tables import read_current
 from mammo_ray.errors import MammoRayError, StaleTableError
@@ -138,7 +138,8 @@ def build_report(config: StudyConfig, current: ReportInputs) -> dict[str, str]:
         comparisons_section(transfer, transfer_problem, TRANSFER_TITLE),
         external_section(external, external_problem),
         subgroups_section(subgroups, config.grid.ci_level),
-        packages_section(_current_packages(output_uri, expected.get("grid"))),
+        packages_section([*_current_packages(output_uri, expected.get("grid")),
+                          *_current_networks(output_uri, tables.manifest_digest(manifest))]),
         checklist_section(manifest, grid, weights, errors),
     ]
     uris = write_report(output_uri, f"mammo-ray study report: {config.name}", random_init_banner(weights), sections)
@@ -156,6 +157,14 @@ def _current_packages(output_uri: str, expected: Mapping[str, Any] | None) -> li
         return []
     return [json.loads(storage.read_bytes(storage.join(tables.models_uri(output_uri, name), DESCRIPTION_FILE)))
             for name in sorted(predictions["package"].unique())]
+
+
+def _current_networks(output_uri: str, manifest_digest: str) -> list[dict[str, Any]]:
+    """The descriptions of the fine-tuned network packages trained on the current manifest."""
+    found = [json.loads(storage.read_bytes(storage.join(tables.networks_uri(output_uri, name), DESCRIPTION_FILE)))
+             for name in feature_store.subfolders(tables.networks_uri(output_uri))
+             if storage.exists(storage.join(tables.networks_uri(output_uri, name), DESCRIPTION_FILE))]
+    return [package for package in found if package["training"]["manifest_digest"] == manifest_digest]
 
 
 def report_inputs(current: CurrentInputs) -> ReportInputs:
@@ -298,7 +307,7 @@ STAGE = Stage("report", None, run=_run, check=preflight.published_values,
                      tables.EXTERNAL, tables.SUBGROUPS, tables.FINETUNE, tables.FINETUNE_PREDICTIONS,
                      tables.FINETUNE_VS_FROZEN, tables.ZERO_SHOT_FIGURE, tables.HEATMAPS_ERRORS,
                      tables.HEATMAPS_FIGURE, tables.THUMBNAILS, tables.THUMBNAILS_ERRORS, tables.MODELS,
-                     tables.MODEL_PREDICTIONS),
+                     tables.MODEL_PREDICTIONS, tables.NETWORKS),
               writes=(tables.REPORT,))
 
 
