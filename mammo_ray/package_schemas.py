@@ -26,8 +26,8 @@ MODEL_PREDICTIONS_SCHEMA = pa.schema([
 SCORES_SCHEMA = pa.schema([
     column("package_id", pa.string(), "the id of the package that scored (package.json's package_id)",
            nullable=False),
-    column("level", pa.string(), "image, breast (mean of its images' scores and probabilities) or exam (max of "
-           "its breasts')", nullable=False),
+    column("level", pa.string(), "image, breast (its images' scores and probabilities aggregated: score.breast, mean "
+           "by default) or exam (its breasts': score.exam, max by default)", nullable=False),
     column("unit", pa.string(), "the image id; the breast as patient/exam/side; the exam as patient/exam",
            nullable=False),
     column("patient_id", pa.string(), "the manifest's pseudonymous patient key", nullable=False),

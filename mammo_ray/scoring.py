@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mammo_ray import feature_store, schemas, storage, tables
-from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, StudyConfig
+from mammo_ray.config import EmbedConfig, ExtractorConfig, IngestConfig, ScoreConfig, StudyConfig
 from mammo_ray.current import CurrentInputs
 from mammo_ray.errors import ConfigError
 from mammo_ray.output_lock import hold_output
@@ -93,24 +93,26 @@ def _unscorable(frame: pd.DataFrame, training: dict[str, Any]) -> pd.Series:
     return pd.Series(reasons, index=frame.index, dtype=object)
 
 
-def _levels(images: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Breast rows (mean of their images) and exam rows (max of their breasts), as the grid's levels."""
+def _levels(images: pd.DataFrame, threshold: float, how: ScoreConfig) -> pd.DataFrame:
+    """Breast rows (`how.breast` of their images) and exam rows (`how.exam` of their breasts); the defaults are the
+    grid's levels (mean, max)."""
     known = images[images["laterality"].notna()].assign(
         exam=lambda f: f["exam_id"].fillna(f["patient_id"]))
     breasts = known.groupby(["patient_id", "exam", "laterality"], as_index=False, dropna=False).agg(
-        exam_id=("exam_id", "first"), images=("images", "sum"), score=("score", "mean"),
-        probability=("probability", "mean"))
+        exam_id=("exam_id", "first"), images=("images", "sum"), score=("score", how.breast),
+        probability=("probability", how.breast))
     breasts["unit"] = breasts["patient_id"] + "/" + breasts["exam"].astype(str) + "/" + breasts["laterality"]
     exams = breasts.groupby(["patient_id", "exam"], as_index=False).agg(
-        exam_id=("exam_id", "first"), images=("images", "sum"), score=("score", "max"),
-        probability=("probability", "max"))
+        exam_id=("exam_id", "first"), images=("images", "sum"), score=("score", how.exam),
+        probability=("probability", how.exam))
     exams["unit"] = exams["patient_id"] + "/" + exams["exam"].astype(str)
     frames = [breasts.assign(level="breast", view=None), exams.assign(level="exam", view=None, laterality=None)]
     levels = pd.concat(frames, ignore_index=True).drop(columns=["exam"])
     return levels.assign(flag=levels["score"] >= threshold, shift_distance=np.nan)
 
 
-def score_view(package: LoadedPackage, view: pd.DataFrame) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
+def score_view(package: LoadedPackage, view: pd.DataFrame,
+               how: ScoreConfig | None = None) -> tuple[pa.Table, pd.DataFrame, dict[str, Any]]:
     """Score a `read_embeddings` frame: the scores table (images, breasts, exams), the errors rows of the images
     the package cannot score, and the shift check of the scored ones."""
     reasons = _unscorable(view, package.description["training"])
@@ -132,7 +134,7 @@ def score_view(package: LoadedPackage, view: pd.DataFrame) -> tuple[pa.Table, pd
     else:
         images = images.assign(score=np.nan, probability=np.nan, flag=False, shift_distance=np.nan)
         shift = package.model.shift.summary(np.zeros((0, 1)))
-    parts = [images, _levels(images, threshold)] if len(images) else [images]
+    parts = [images, _levels(images, threshold, how or ScoreConfig())] if len(images) else [images]
     table = pa.concat_tables([pa.Table.from_pandas(part.assign(package_id=package.package_id)[SCORES_SCHEMA.names],
                                                    schema=SCORES_SCHEMA, preserve_index=False) for part in parts])
     refused = view[reasons.notna()]
@@ -166,7 +168,7 @@ def score_collection(package_uri: str, config: StudyConfig, weights: str | None 
         key = current.embedding_key(spec)
         view = read_embeddings(scoring.output, current.manifest(), spec, scoring.ingest, key)
     stages_done = time.perf_counter()
-    table, errors, shift = score_view(package, view)
+    table, errors, shift = score_view(package, view, scoring.score)
     inputs = {"manifest": current.digest("manifest"), "model": key.as_dict(), "package_id": package.package_id}
     uri = tables.scores_uri(scoring.output, name)
     storage.write_table(tables.with_provenance(table, "score", inputs=inputs, shift=shift), uri)

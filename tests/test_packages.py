@@ -14,7 +14,7 @@ from mammo_ray import storage, tables
 from mammo_ray.classify.calibration import apply_calibration, calibrate, fit_calibration
 from mammo_ray.classify.data import GridData
 from mammo_ray.classify.engine import build_pipeline, decision_scores
-from mammo_ray.config import ExtractorConfig, parse_config
+from mammo_ray.config import ExtractorConfig, ScoreConfig, parse_config
 from mammo_ray.config.grid import GridCell, GridConfig
 from mammo_ray.errors import ConfigError
 from mammo_ray.packages.card import card_files
@@ -234,3 +234,9 @@ def test_score_view_scores_images_breasts_and_exams_and_makes_other_views_errors
     (error,) = errors.to_dict("records")
     assert (error["image_id"], error["error_type"]) == ("i7", "UnscorableImage") and "view 'other'" in error["message"]
     assert shift["images"] == 7
+    table, _, _ = score_view(package, view, ScoreConfig(breast="max", exam="mean"))
+    frame = table.to_pandas()
+    breasts = frame[frame["level"] == "breast"].set_index("unit")
+    assert breasts.loc["p1/p1/L", "probability"] == images.loc[["i0", "i2"], "probability"].max()
+    exam = frame[frame["level"] == "exam"].set_index("unit").loc["p1/p1", "score"]
+    assert exam == pytest.approx(breasts.loc[["p1/p1/L", "p1/p1/R"], "score"].mean())

@@ -20,6 +20,7 @@ from mammo_ray.config.sections import (
     NYUInputConfig,
     RayConfig,
     ReportConfig,
+    ScoreConfig,
     StorageConfig,
     SyntheticSource,
     ZeroShotConfig,
@@ -29,6 +30,6 @@ from mammo_ray.config.study_config import StudyConfig, parse_config
 __all__ = [
     "AdapterSource", "AugmentConfig", "DataConfig", "EmbedConfig", "ExtractorConfig", "FinetuneConfig",
     "FinetuneModelConfig", "FinetuneStageConfig", "GridCell", "GridConfig", "HeatmapsConfig", "IngestConfig",
-    "NYUInputConfig", "RayConfig", "ReportConfig", "StorageConfig", "StrictModel", "StudyConfig", "SyntheticSource",
-    "ZeroShotConfig", "load_config", "parse_config",
+    "NYUInputConfig", "RayConfig", "ReportConfig", "ScoreConfig", "StorageConfig", "StrictModel", "StudyConfig",
+    "SyntheticSource", "ZeroShotConfig", "load_config", "parse_config",
 ]

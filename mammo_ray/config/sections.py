@@ -375,6 +375,16 @@ class HeatmapsConfig(StrictModel):
                           "[]: no figure (it shows the images' pixels)")
 
 
+class ScoreConfig(StrictModel):
+    """`mammo-ray score`: how a scoring run's breast and exam rows aggregate its image rows."""
+
+    breast: Literal["mean", "max"] = Field(
+        "mean", description="a breast's score and probability from its images': mean (as the grid's breast level) "
+                            "or max")
+    exam: Literal["max", "mean"] = Field(
+        "max", description="an exam's score and probability from its breasts': max (as the grid's exam level) or mean")
+
+
 class ReportConfig(StrictModel):
     published: str | None = Field(None, description="CSV of the paper's published values, printed beside the "
                                                      "study's (format: mammo_ray/report/published.py); None: none")

@@ -48,6 +48,8 @@ class StudyConfig(StrictModel):
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune,
                                      description="fine-tuning: networks, weights, tasks, the schedule of stages, "
                                                  "Ray Train workers")
+    score: sections.ScoreConfig = Field(default_factory=sections.ScoreConfig,
+                                        description="mammo-ray score: how breast and exam rows aggregate images")
     report: sections.ReportConfig = Field(default_factory=sections.ReportConfig,
                                           description="the report: published values and the contact sheet")
 
