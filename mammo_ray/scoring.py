@@ -192,9 +192,10 @@ def network_task(package: LoadedPackage, read: IngestConfig) -> NetworkTask:
     """The image-pass output of a network package, its weights the package's own file; PackageRefused when the
     scoring decode settings would prepare other inputs than the package's."""
     network = package.description["network"]
-    spec = NetworkSpec(package.description["name"], network["model"], network["variant"], network["num_classes"],
-                       network["positive"], network["size"], network["crop_to_breast"], network["source_resolution"],
-                       storage.join(package.uri, NETWORK_FILE), package.description["files"][NETWORK_FILE])
+    spec = NetworkSpec(package.description["name"], network["model"], network["input_family"], network["variant"],
+                       network["num_classes"], network["positive"], network["size"], network["crop_to_breast"],
+                       network["source_resolution"], storage.join(package.uri, NETWORK_FILE),
+                       package.description["files"][NETWORK_FILE])
     task = NetworkTask(spec)
     expected = package.description["model_key"]
     key = task.key(read).as_dict()

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
+from safetensors.torch import save
 
 from mammo_ray import __version__, storage, tables
 from mammo_ray.current_tables import read_current
@@ -19,6 +21,7 @@ from mammo_ray.packages.card import card_files
 from mammo_ray.packages.files import NETWORK_FILE, NETWORK_KIND, sha256_hex, write_package
 from mammo_ray.stages.network_task import NetworkSpec, NetworkTask
 from mammo_ray.stages.stage import Counts, Stage, tables_missing
+from mammo_ray.training.models import input_family
 
 if TYPE_CHECKING:  # pragma: no cover
     from mammo_ray.current import CurrentInputs  # types only: stages are above the current inputs' module
@@ -37,9 +40,6 @@ def package_name(row: pd.Series) -> str:
 
 
 def _safetensors(checkpoint_uri: str) -> bytes:
-    import torch  # here, not at the top: the study imports this stage, torch only when a network is exported
-    from safetensors.torch import save  # as above
-
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(checkpoint_uri, "model.pt"))), map_location="cpu",
                        weights_only=True)
     return save({name: tensor.contiguous() for name, tensor in state.items()})
@@ -68,7 +68,8 @@ def export_networks(current: CurrentInputs) -> list[str]:
         uri = tables.networks_uri(config.output, name)
         network = _safetensors(str(row["checkpoint_uri"]))
         classes = [str(c) for c in row["classes"]]
-        spec = NetworkSpec(name, str(row["model"]), str(row["variant"] or ""), len(classes), classes.index(POSITIVE),
+        spec = NetworkSpec(name, str(row["model"]), input_family(str(row["model"])), str(row["variant"] or ""),
+                           len(classes), classes.index(POSITIVE),
                            int(row["image_size"]), config.finetune.crop_to_breast, config.finetune.source_resolution,
                            storage.join(uri, NETWORK_FILE), sha256_hex(network))
         task = NetworkTask(spec)
@@ -76,7 +77,8 @@ def export_networks(current: CurrentInputs) -> list[str]:
         key = task.key(current.read)
         description = {
             "name": name, "kind": NETWORK_KIND, "created_by": f"mammo-ray {__version__}",
-            "network": {"model": spec.model, "variant": spec.variant, "num_classes": spec.num_classes,
+            "network": {"model": spec.model, "input_family": spec.input_family, "variant": spec.variant,
+                        "num_classes": spec.num_classes,
                         "positive": spec.positive, "size": spec.size, "crop_to_breast": spec.crop_to_breast,
                         "source_resolution": spec.source_resolution, "classes": classes,
                         "stage": str(row["stage"]), "model_id": task.model_id},

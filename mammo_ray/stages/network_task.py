@@ -18,7 +18,6 @@ from mammo_ray.models import catalogue
 from mammo_ray.models.weights import WeightsSpec
 from mammo_ray.package_schemas import NETWORK_OUTPUTS_SCHEMA
 from mammo_ray.stages.inference_task import InferenceTask, LoadedModel
-from mammo_ray.training.models import input_family
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -28,12 +27,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """What scoring needs of a fine-tuned network: its package name, architecture (training.models), NYU view
-    head, classes and the positive one, the final stage's input size and preprocessing settings, and its
-    weights file (the package's network.safetensors) with that file's sha256."""
+    """What scoring needs of a fine-tuned network: its package name, architecture (training.models) and its input
+    family, NYU view head, classes and the positive one, the final stage's input size and preprocessing settings,
+    and its weights file (the package's network.safetensors) with that file's sha256. Plain data: the decode
+    tasks that unpickle it import no torch."""
 
     name: str
     model: str
+    input_family: str  # training.models.input_family: imagenet or nyu inputs
     variant: str
     num_classes: int
     positive: int
@@ -68,8 +69,7 @@ class NetworkTask(InferenceTask):
     def transform(self) -> ImageTransform:
         settings = FinetuneConfig(crop_to_breast=self.spec.crop_to_breast,
                                   source_resolution=self.spec.source_resolution)
-        return catalogue.finetune_transform(settings, input_family(self.spec.model), self.spec.size,
-                                            self.spec.variant)
+        return catalogue.finetune_transform(settings, self.spec.input_family, self.spec.size, self.spec.variant)
 
     @property
     def schema(self) -> pa.Schema:
