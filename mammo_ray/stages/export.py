@@ -114,6 +114,8 @@ def export_packages(current: CurrentInputs) -> tuple[list[str], pd.DataFrame]:
     expected = current.grid_inputs()
     grid, _ = read_current(tables.grid_uri(config.output), expected)
     predictions, _ = read_current(tables.grid_predictions_uri(config.output), expected)
+    # The predictions first: a run that fails after this leaves no table naming packages that are gone.
+    storage.remove(tables.model_predictions_uri(config.output))
     storage.remove(tables.models_uri(config.output), recursive=True)
     if grid is None or predictions is None:
         return [], pd.DataFrame(columns=MODEL_PREDICTIONS_SCHEMA.names)
